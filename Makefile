@@ -1,0 +1,43 @@
+# mdevfs: `make demo` and `make test` set everything up on a fresh Debian machine (as root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc mdevctl util-linux
+
+.PHONY: install system venv demo test bench lint clean
+
+install: system venv
+
+# Debian packages: installed only when one is missing, so a second run does nothing.
+system:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | system
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m mdevfs.bench
+
+lint: install
+	$(BIN)/python -m ruff check mdevfs vendors tests examples || true
+
+clean:
+	rm -rf $(VENV) build *.egg-info

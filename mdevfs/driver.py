@@ -1,0 +1,186 @@
+"""The vendor-driver interface, modelled on the kernel's ``struct mdev_driver``.
+
+A vendor driver owns one parent device. mdevfs talks to it only through
+:class:`VendorDriver`; drivers are found through the ``mdevfs.vendors``
+entry-point group (or, for prototyping, by ``module:attr`` or a Python file
+path in the topology). The entry point names a factory called as
+``factory(options)`` with the parent's ``[parent.options]`` table.
+
+Errors: a driver refuses an operation by raising ``OSError(errno, ...)``
+(use :func:`mdevfs.errors.fail`); the errno reaches the user's ``write(2)``
+or ``read(2)`` unchanged, as the kernel passes a driver's return through.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from attrs import frozen
+
+if TYPE_CHECKING:
+    from .model import MdevDevice, MdevType
+
+ENTRY_POINT_GROUP = "mdevfs.vendors"
+
+
+@frozen
+class MdevTypeSpec:
+    """One type a parent offers; its type id is ``<driver name>-<sysfs_name>``."""
+
+    sysfs_name: str
+    device_api: str = "vfio-pci"
+    #: the ``name`` file; None shows ``sysfs_name``, as the 6.1+ core does
+    pretty_name: str | None = None
+    #: the ``description`` file; None means no file at all (6.1+ hides it)
+    description: str | None = None
+
+
+@frozen
+class Attribute:
+    """A vendor attribute: ``name`` may hold a group, as in ``vendor/sample_mdev_dev``.
+
+    ``show`` returns the text without the final newline; ``store`` gets the
+    written bytes (at most 4096, one call per write(2)) and raises OSError to fail.
+    The file mode follows from which of the two exist: 0444, 0200 or 0644.
+    """
+
+    name: str
+    show: Callable[[], str] | None = None
+    store: Callable[[bytes], None] | None = None
+
+
+@runtime_checkable
+class Migration(Protocol):
+    """The ``migration_version`` of one type or device (seed v5, spec §5.2)."""
+
+    def version(self) -> str:
+        """The opaque ASCII string (≤ 4096 bytes); raise OSError when unsupported."""
+
+    def check(self, source: str) -> None:
+        """Accept a source's string (trailing newline already stripped) or raise OSError."""
+
+
+class VendorDriver(Protocol):
+    """The contract between mdevfs and a vendor driver (one instance per parent)."""
+
+    #: dev_driver_string(parent): the prefix of every type id ("mtty", "i915", "nvidia")
+    name: str
+    #: the driver on the mdev bus that devices bind to (the ``driver`` link)
+    mdev_driver: str
+    #: where the parent's ``subsystem`` link points: ("class", "mtty") or ("bus", "pci")
+    subsystem: tuple[str, str]
+    #: default dev_name and device path of the parent, used when the topology gives none
+    default_parent: str
+    default_path: str
+
+    def types(self) -> Sequence[MdevTypeSpec]:
+        """The types the parent offers, in registration order."""
+
+    def available_instances(self, mtype: MdevType) -> int | None:
+        """The driver's own arithmetic (kernel ``get_available``), or None to leave
+        counting to the core: one counter per parent shared by all its types,
+        starting at :meth:`max_instances`, exhaustion EUSERS (kernels from 6.1)."""
+
+    def max_instances(self) -> int:
+        """The parent's core counter; used only when available_instances gives None."""
+
+    def probe(self, mdev: MdevDevice) -> None:
+        """Take the resources of a new device, or raise OSError (e.g. ENOSPC) to refuse.
+        Called before the device is visible; on failure nothing is created."""
+
+    def remove(self, mdev: MdevDevice) -> None:
+        """Release the device's resources, or raise OSError (e.g. EBUSY) to refuse."""
+
+    def device_attributes(self, mdev: MdevDevice) -> Sequence[Attribute]:
+        """Per-device vendor attributes (the kernel's dev_groups)."""
+
+    def type_attributes(self, mtype: MdevType) -> Sequence[Attribute]:
+        """Extra type attributes, as drivers could add them before 6.1."""
+
+    def parent_uevent(self) -> Mapping[str, str]:
+        """The parent's uevent properties (e.g. MAJOR, MINOR, DEVNAME or PCI_ID)."""
+
+    def migration(self, target: MdevType | MdevDevice) -> Migration | None:
+        """The migration_version of a type or device; None means no attribute."""
+
+
+class BaseDriver:
+    """Defaults for every optional part of :class:`VendorDriver`; subclass it."""
+
+    name = "base"
+    mdev_driver = "vfio_mdev"
+    subsystem = ("class", "base")
+    default_parent = "base"
+    default_path = "devices/virtual/base/base"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
+
+    def types(self) -> Sequence[MdevTypeSpec]:
+        return ()
+
+    def available_instances(self, mtype: MdevType) -> int | None:
+        return None
+
+    def max_instances(self) -> int:
+        return 0
+
+    def probe(self, mdev: MdevDevice) -> None:
+        return None
+
+    def remove(self, mdev: MdevDevice) -> None:
+        return None
+
+    def device_attributes(self, mdev: MdevDevice) -> Sequence[Attribute]:
+        return ()
+
+    def type_attributes(self, mtype: MdevType) -> Sequence[Attribute]:
+        return ()
+
+    def parent_uevent(self) -> Mapping[str, str]:
+        return {}
+
+    def migration(self, target: MdevType | MdevDevice) -> Migration | None:
+        return None
+
+
+class DriverLoadError(Exception):
+    """A driver named in a topology could not be found or loaded."""
+
+
+def load_factory(spec: str, base_dir: Path | None = None) -> Callable[..., VendorDriver]:
+    """Find a driver factory by entry-point name, ``module:attr``, or ``path.py:attr``.
+
+    A bare ``path.py`` takes the factory named ``Driver`` in it.
+    """
+    try:
+        if ".py" in spec:
+            file, _, attr = spec.partition(".py")
+            path = Path(file + ".py")
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            mod_name = f"mdevfs_user_driver_{path.stem}"
+            loader = importlib.util.spec_from_file_location(mod_name, path)
+            if loader is None or loader.loader is None or not path.is_file():
+                raise DriverLoadError(f"driver {spec!r}: no such file {path}")
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+            return getattr(module, attr.lstrip(":") or "Driver")
+        if ":" in spec:
+            mod, _, attr = spec.partition(":")
+            return getattr(importlib.import_module(mod), attr)
+        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=spec)
+        if not found:
+            known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+            raise DriverLoadError(
+                f"driver {spec!r}: no entry point of that name in group {ENTRY_POINT_GROUP!r}"
+                f" (known: {', '.join(known) or 'none'})")
+        return next(iter(found)).load()
+    except DriverLoadError:
+        raise
+    except Exception as exc:  # any import-time failure of third-party code
+        raise DriverLoadError(f"driver {spec!r} failed to load: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,260 @@
+"""The FUSE adapter: the only module that imports pyfuse3.
+
+Each handler resolves the inode, calls one synchronous function of the core
+and converts the result. The core never awaits, so every request is atomic
+under trio without locks: no reader ever sees a half-built device.
+
+Errors cross one boundary: an OSError becomes ``FUSEError(errno)``; anything
+else is a bug, logged with its traceback and answered with EIO, because any
+other exception would end ``pyfuse3.main()`` and with it the mount.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from bisect import bisect_right
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from .sysfs import PAGE_SIZE, ROOT_INODE, Dir, File, Link, Node, Tree
+
+log = logging.getLogger(__name__)
+
+# --- the caching policy, in one place ---------------------------------------------------
+# sysfs values change behind the reader's back, so pyfuse3's defaults (page cache,
+# keep_cache, 300 s timeouts) would serve stale values forever (fuse-performance.md).
+# * Attribute files are opened with direct_io: every read reaches show(), and a value
+#   that grows from "1\n" to "10\n" is never cut to a cached i_size.
+# * ENTRY_TIMEOUT is 0: a name that vanishes (a removed device) or comes back under a
+#   new inode is looked up afresh on every path walk; a missing name is answered with
+#   ENOENT, which the kernel never caches.
+# * ATTR_TIMEOUT is long: a node's attributes (mode, size 4096, times) never change
+#   for the life of its inode, and inodes are never reused.
+ENTRY_TIMEOUT = 0.0
+ATTR_TIMEOUT = 3600.0
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def handler(fn: F) -> F:
+    """No exception escapes a handler: OSError → its errno; anything else → logged, EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s; answering EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Handle:
+    __slots__ = ("node", "data")
+
+    def __init__(self, node: File) -> None:
+        self.node = node
+        self.data: bytes | None = None
+
+
+class SysfsOperations(pyfuse3.Operations):
+    """Serves a :class:`~mdevfs.sysfs.Tree` as a sysfs root."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, tree: Tree) -> None:
+        super().__init__()
+        self.tree = tree
+        self._handles: dict[int, Any] = {}
+        self._next_fh = 1
+        self._time_ns = time.time_ns()
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _node(self, inode: int) -> Node:
+        node = self.tree.nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _new_fh(self, value: Any) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = value
+        return fh
+
+    def entry_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.inode
+        attr.generation = 0
+        attr.entry_timeout = ENTRY_TIMEOUT
+        attr.attr_timeout = ATTR_TIMEOUT
+        if isinstance(node, File):
+            attr.st_mode = stat.S_IFREG | node.op.mode
+            attr.st_size = PAGE_SIZE  # as sysfs: every attribute stats with size 4096
+            attr.st_nlink = 1
+        elif isinstance(node, Dir):
+            attr.st_mode = stat.S_IFDIR | 0o755
+            attr.st_nlink = 2
+            attr.st_size = 0
+        else:
+            attr.st_mode = stat.S_IFLNK | 0o777
+            attr.st_nlink = 1
+            attr.st_size = len(node.target)  # type: ignore[attr-defined]
+        attr.st_uid = self._uid
+        attr.st_gid = self._gid
+        attr.st_blksize = PAGE_SIZE
+        attr.st_blocks = 0
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._time_ns
+        return attr
+
+    # --- handlers -----------------------------------------------------------------------
+
+    @handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        parent = self._node(parent_inode)
+        if not isinstance(parent, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        text = os.fsdecode(name)
+        if text == ".":
+            return self.entry_attributes(parent)
+        if text == "..":
+            return self.entry_attributes(parent.parent or self.tree.root)
+        child = parent.children.get(text)
+        if child is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.entry_attributes(child)
+
+    @handler
+    async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        return self.entry_attributes(self._node(inode))
+
+    @handler
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        # kernfs ignores size changes, so O_TRUNC and truncate(2) are harmless no-ops.
+        return self.entry_attributes(self._node(inode))
+
+    @handler
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        node = self._node(inode)
+        if not isinstance(node, Link):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        node = self._node(inode)
+        if not isinstance(node, File):
+            raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.EACCES)
+        # kernfs_fop_open with KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK: a direction the
+        # attribute has no method for is EACCES, even for root (spec §2.1).
+        mode = flags & os.O_ACCMODE
+        wants_read = mode in (os.O_RDONLY, os.O_RDWR)
+        wants_write = mode in (os.O_WRONLY, os.O_RDWR)
+        if (wants_read and node.op.show is None) or (wants_write and node.op.store is None):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        if node.parent is None:
+            raise pyfuse3.FUSEError(errno.ENODEV)
+        return pyfuse3.FileInfo(fh=self._new_fh(_Handle(node)), direct_io=True, keep_cache=False)
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle: _Handle = self._handles[fh]
+        if off == 0 or handle.data is None:
+            # seq_file: a read from the start calls show() again (poll-and-reread works)
+            handle.data = handle.node.read()
+        return handle.data[off:off + size]
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle: _Handle = self._handles[fh]
+        return handle.node.write(bytes(buf))
+
+    @handler
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    @handler
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @handler
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = self._node(inode)
+        if not isinstance(node, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        # A snapshot in inode order: offsets are inodes, so entries that come and go
+        # while a listing is under way never shift the rest.
+        entries = list(node.children.values())
+        return self._new_fh(([n.inode for n in entries], entries))
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        inodes, entries = self._handles[fh]
+        for i in range(bisect_right(inodes, start_id), len(entries)):
+            node = entries[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name),
+                                         self.entry_attributes(node), node.inode):
+                break
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    @handler
+    async def statfs(self, ctx: Any) -> Any:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = PAGE_SIZE
+        data.f_namemax = 255
+        return data
+
+    @handler
+    async def forget(self, inode_list: Any) -> None:
+        return None
+
+
+def mount_options(allow_other: bool = False) -> set[str]:
+    options = {"fsname=mdevfs", "subtype=mdevfs", "default_permissions"}
+    if allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def serve(tree: Tree, mountpoint: str, allow_other: bool = False,
+                ready: Callable[[], None] | None = None) -> None:
+    """Mount ``tree`` at ``mountpoint`` and serve until unmounted or terminated."""
+    import signal
+
+    import trio
+
+    ops = SysfsOperations(tree)
+    pyfuse3.init(ops, mountpoint, mount_options(allow_other))
+    try:
+        async with trio.open_nursery() as nursery:
+            async def on_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("signal %d: unmounting %s", signum, mountpoint)
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signals)
+            if ready is not None:
+                ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=True)

@@ -1,0 +1,231 @@
+"""The kernel objects of the mdev framework and the rules the core enforces.
+
+Pure and synchronous: no FUSE here. The rules and their errnos follow
+``mdev-sysfs-abi.md`` §2.2 (create_store) and §2.3 (remove_store); the
+sysfs view of these objects lives in :mod:`mdevfs.sysfs`.
+"""
+from __future__ import annotations
+
+import errno
+import string
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import Factory, define, field
+
+from .driver import MdevTypeSpec, VendorDriver
+from .errors import fail
+
+UUID_STRING_LEN = 36
+_HEX = frozenset(string.hexdigits)
+_ULONG_MAX = 2**64 - 1
+
+
+def parse_uuid(buf: bytes) -> str:
+    """``create_store`` input → the canonical lower-case UUID (spec §2.2 rows 1 and 3).
+
+    36 or 37 bytes; ``uuid_is_valid()`` checks only the first 36: hyphens at
+    8, 13, 18, 23 and hex digits (either case) elsewhere. The 37th byte is not
+    looked at, so ``"<uuid>\\n"`` and ``"<uuid>X"`` both pass.
+    """
+    if not UUID_STRING_LEN <= len(buf) <= UUID_STRING_LEN + 1:
+        fail(errno.EINVAL)
+    head = buf[:UUID_STRING_LEN].decode("latin-1")
+    for i, ch in enumerate(head):
+        if (ch != "-") if i in (8, 13, 18, 23) else (ch not in _HEX):
+            fail(errno.EINVAL)
+    return head.lower()
+
+
+def kstrtoul(buf: bytes) -> int:
+    """The kernel's ``kstrtoul(buf, 0, &val)`` on a sysfs store buffer.
+
+    sysfs NUL-terminates the buffer, so parsing stops at the first NUL. An
+    optional ``+``; base 0 (``0x`` hex when a hex digit follows, leading ``0``
+    octal, else decimal); one trailing newline. Anything else is EINVAL, a
+    value past ULONG_MAX is ERANGE (lib/kstrtox.c ``_kstrtoull``).
+    """
+    s = buf.split(b"\0", 1)[0].decode("latin-1")
+    if s.startswith("+"):
+        s = s[1:]
+    base = 10
+    if s.startswith("0"):
+        base = 8
+        if s[1:2] in ("x", "X") and s[2:3] in _HEX and s[2:3]:
+            base, s = 16, s[2:]
+    if s.endswith("\n"):
+        s = s[:-1]
+    if not s:
+        fail(errno.EINVAL)
+    value = 0
+    for ch in s:
+        digit = int(ch, 16) if ch in _HEX else 99
+        if digit >= base:
+            fail(errno.EINVAL)
+        value = value * base + digit
+        if value > _ULONG_MAX:
+            fail(errno.ERANGE)
+    return value
+
+
+@define(eq=False)
+class MdevType:
+    """One ``mdev_supported_types/<type_id>`` of a parent."""
+
+    parent: Parent
+    spec: MdevTypeSpec
+    type_id: str
+    devices: dict[str, MdevDevice] = Factory(dict)
+
+    @property
+    def available_instances(self) -> int:
+        return self.parent.available(self)
+
+
+@define(eq=False)
+class MdevDevice:
+    """A created mdev, named by its lower-case UUID."""
+
+    uuid: str
+    mdev_type: MdevType
+    iommu_group: int
+    #: the vendor driver's own per-device state (e.g. a resolution it shows)
+    vendor: dict[str, Any] = Factory(dict)
+
+    @property
+    def parent(self) -> Parent:
+        return self.mdev_type.parent
+
+
+@define(eq=False)
+class Parent:
+    """A registered parent device and the driver that owns it."""
+
+    host: Host
+    name: str
+    path: str
+    driver: VendorDriver
+    types: dict[str, MdevType] = Factory(dict)
+    #: devices counted against the core's per-parent counter (6.1+ rule)
+    core_used: int = 0
+
+    def available(self, mtype: MdevType) -> int:
+        count = self.driver.available_instances(mtype)
+        if count is None:
+            count = self.driver.max_instances() - self.core_used
+        return max(count, 0)
+
+    def devices(self) -> list[MdevDevice]:
+        return [d for t in self.types.values() for d in t.devices.values()]
+
+
+class HostObserver:
+    """Told of every change, after the model has made it (the sysfs tree, events, state)."""
+
+    def parent_added(self, parent: Parent) -> None: ...
+    def parent_removed(self, parent: Parent) -> None: ...
+    def device_added(self, mdev: MdevDevice) -> None: ...
+    def device_removed(self, mdev: MdevDevice) -> None: ...
+
+
+@define(eq=False)
+class Host:
+    """The machine: registered parents, every mdev on the global list, IOMMU groups."""
+
+    iommu_group_base: int = 0
+    parents: dict[str, Parent] = Factory(dict)
+    devices: dict[str, MdevDevice] = Factory(dict)
+    observers: list[HostObserver] = Factory(list)
+    _groups: set[int] = field(factory=set, init=False)
+
+    def add_parent(self, name: str, path: str, driver: VendorDriver) -> Parent:
+        """``mdev_register_parent()``: the parent and its types appear."""
+        if name in self.parents:
+            raise ValueError(f"parent {name!r} is registered twice")
+        parent = Parent(host=self, name=name, path=path.strip("/"), driver=driver)
+        for spec in driver.types():
+            type_id = f"{driver.name}-{spec.sysfs_name}"
+            parent.types[type_id] = MdevType(parent=parent, spec=spec, type_id=type_id)
+        self.parents[name] = parent
+        for obs in self.observers:
+            obs.parent_added(parent)
+        return parent
+
+    def remove_parent(self, name: str) -> None:
+        """``mdev_unregister_parent()``: every device of the parent is destroyed first."""
+        parent = self.parents[name]
+        for mdev in parent.devices():
+            self._destroy(mdev)
+        del self.parents[name]
+        for obs in self.observers:
+            obs.parent_removed(parent)
+
+    def create(self, mtype: MdevType, buf: bytes) -> int:
+        """``create_store()``: checks in the kernel's order (spec §2.2); returns len(buf)."""
+        uuid = parse_uuid(buf)
+        if uuid in self.devices:
+            fail(errno.EEXIST)
+        parent = mtype.parent
+        if self.parents.get(parent.name) is not parent:
+            fail(errno.ENODEV)
+        counted = parent.driver.available_instances(mtype) is None
+        if counted and parent.available(mtype) <= 0:
+            fail(errno.EUSERS)
+        self.restore(mtype, uuid)
+        return len(buf)
+
+    def restore(self, mtype: MdevType, uuid: str, group: int | None = None,
+                vendor: Mapping[str, Any] | None = None) -> MdevDevice:
+        """Probe and register a device whose input is already validated."""
+        mdev = MdevDevice(uuid=uuid, mdev_type=mtype, iommu_group=self._alloc_group(group),
+                          vendor=dict(vendor or {}))
+        parent = mtype.parent
+        try:
+            parent.driver.probe(mdev)
+        except BaseException:
+            self._groups.discard(mdev.iommu_group)
+            raise
+        if parent.driver.available_instances(mtype) is None:
+            parent.core_used += 1
+        self.devices[uuid] = mtype.devices[uuid] = mdev
+        for obs in self.observers:
+            obs.device_added(mdev)
+        return mdev
+
+    def remove(self, mdev: MdevDevice, buf: bytes) -> int:
+        """``remove_store()`` (spec §2.3): kstrtoul base 0; 0 is a successful no-op."""
+        if kstrtoul(buf) == 0:
+            return len(buf)
+        if self.devices.get(mdev.uuid) is not mdev:
+            fail(errno.ENODEV)
+        mdev.parent.driver.remove(mdev)
+        self._destroy(mdev, vendor_removed=True)
+        return len(buf)
+
+    def _destroy(self, mdev: MdevDevice, vendor_removed: bool = False) -> None:
+        parent = mdev.parent
+        if not vendor_removed:
+            try:
+                parent.driver.remove(mdev)
+            except OSError:
+                pass  # unregistering a parent destroys its devices regardless
+        del self.devices[mdev.uuid]
+        del mdev.mdev_type.devices[mdev.uuid]
+        if parent.driver.available_instances(mdev.mdev_type) is None:
+            parent.core_used -= 1
+        self._groups.discard(mdev.iommu_group)
+        for obs in self.observers:
+            obs.device_removed(mdev)
+
+    def _alloc_group(self, wanted: int | None) -> int:
+        """``iommu_group_alloc()``: the lowest free id (an ida), from the host's base."""
+        if wanted is not None:
+            if wanted in self._groups:
+                raise ValueError(f"IOMMU group {wanted} is in use")
+            group = wanted
+        else:
+            group = self.iommu_group_base
+            while group in self._groups:
+                group += 1
+        self._groups.add(group)
+        return group

@@ -1,0 +1,426 @@
+"""The sysfs view of the model: directories, attribute files and relative symlinks.
+
+The tree follows ``mdev-sysfs-abi.md`` §1.1 and is kept in step with the model
+as a :class:`~mdevfs.model.HostObserver`. Nodes are small ``__slots__`` objects;
+an attribute file holds a shared :class:`Op` (how to show and store) and the
+model object it shows, so a device costs a few hundred bytes per node.
+
+Inodes are handed out by one counter and never reused; a removed node is
+dropped from the table and marked dead, so a write through a file handle that
+outlived it fails with ENODEV, as kernfs_get_active() makes it fail.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import posixpath
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from attrs import frozen
+
+from .driver import Attribute, Migration
+from .errors import fail
+from .model import Host, HostObserver, MdevDevice, MdevType, Parent
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 4096
+#: the migration_version string limit of the seed: ASCII, at most PATH_MAX bytes
+PATH_MAX = 4096
+ROOT_INODE = 1
+UEVENT_ACTIONS = frozenset(("add", "remove", "change", "move", "online", "offline", "bind", "unbind"))
+
+
+@frozen
+class Op:
+    """How one kind of attribute shows and stores: ``show(obj) -> bytes``,
+    ``store(obj, buf) -> count``. A missing half makes the file one-way."""
+
+    show: Callable[[Any], bytes] | None = None
+    store: Callable[[Any, bytes], int] | None = None
+
+    @property
+    def mode(self) -> int:
+        return (0o444 if self.show else 0) | (0o200 if self.store else 0)
+
+
+class Node:
+    __slots__ = ("inode", "name", "parent")
+
+    def __init__(self, name: str) -> None:
+        self.inode = 0
+        self.name = name
+        self.parent: Dir | None = None
+
+    @property
+    def path(self) -> str:
+        parts = []
+        node: Node | None = self
+        while node is not None and node.inode != ROOT_INODE:
+            parts.append(node.name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+
+class Dir(Node):
+    __slots__ = ("children",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.children: dict[str, Node] = {}
+
+
+class File(Node):
+    __slots__ = ("op", "obj")
+
+    def __init__(self, name: str, op: Op, obj: Any = None) -> None:
+        super().__init__(name)
+        self.op = op
+        self.obj = obj
+
+    def read(self) -> bytes:
+        """``show()`` as sysfs_kf_seq_show gives it: at most PAGE_SIZE - 1 bytes."""
+        assert self.op.show is not None
+        data = self.op.show(self.obj)
+        if len(data) >= PAGE_SIZE:
+            log.warning("fill_read_buffer: %s returned bad count %d", self.path, len(data))
+            data = data[:PAGE_SIZE - 1]
+        return data
+
+    def write(self, buf: bytes) -> int:
+        """``sysfs_kf_write``: one store() per write(2), cut at PAGE_SIZE; 0 bytes is a no-op."""
+        assert self.op.store is not None
+        if self.parent is None:
+            fail(errno.ENODEV)  # the node is being (or was) removed
+        buf = buf[:PAGE_SIZE]
+        if not buf:
+            return 0
+        return self.op.store(self.obj, buf)
+
+
+class Link(Node):
+    __slots__ = ("target",)
+
+    def __init__(self, name: str, target: str) -> None:
+        super().__init__(name)
+        self.target = target
+
+
+def _text(value: object) -> bytes:
+    return f"{value}\n".encode()
+
+
+# --- the core's attributes (one shared Op each) ------------------------------------------
+
+TYPE_NAME = Op(show=lambda t: _text(t.spec.pretty_name or t.spec.sysfs_name))
+TYPE_DEVICE_API = Op(show=lambda t: _text(t.spec.device_api))
+TYPE_DESCRIPTION = Op(show=lambda t: _text(t.spec.description))
+TYPE_AVAILABLE = Op(show=lambda t: _text(t.available_instances))
+TYPE_CREATE = Op(store=lambda t, buf: t.parent.host.create(t, buf))
+DEVICE_REMOVE = Op(store=lambda d, buf: d.parent.host.remove(d, buf))
+
+
+def _uevent_store(obj: Any, buf: bytes) -> int:
+    """``kobject_synth_uevent``: a known action word, else EINVAL."""
+    action = buf.split(b"\0", 1)[0].decode("latin-1").split(" ", 1)[0].rstrip("\n")
+    if action not in UEVENT_ACTIONS:
+        fail(errno.EINVAL)
+    return len(buf)
+
+
+def _props(props: dict[str, str]) -> bytes:
+    return "".join(f"{k}={v}\n" for k, v in props.items()).encode()
+
+
+DEVICE_UEVENT = Op(show=lambda d: _props({"DRIVER": d.parent.driver.mdev_driver}),
+                   store=_uevent_store)
+PARENT_UEVENT = Op(show=lambda p: _props(dict(p.driver.parent_uevent())), store=_uevent_store)
+PARENT_DEV = Op(show=lambda p: _text("{MAJOR}:{MINOR}".format_map(p.driver.parent_uevent())))
+BUS_UEVENT = Op(store=_uevent_store)
+
+
+def _set_autoprobe(state: list[int], buf: bytes) -> int:
+    state[0] = 0 if buf[:1] == b"0" else 1  # bus_autoprobe store: '0' off, else on
+    return len(buf)
+
+
+def _streq(buf: bytes, word: str) -> bool:
+    """``sysfs_streq``: equal but for one trailing newline on either side."""
+    text = buf.split(b"\0", 1)[0].decode("latin-1")
+    return text.removesuffix("\n") == word
+
+
+def _power_control(state: list[str], buf: bytes) -> int:
+    for word in ("auto", "on"):
+        if _streq(buf, word):
+            state[0] = word
+            return len(buf)
+    fail(errno.EINVAL)
+
+
+def _no_autosuspend(obj: Any, buf: bytes = b"") -> Any:
+    fail(errno.EIO)  # power.use_autosuspend is off: both show and store say EIO
+
+
+POWER_CONTROL = Op(show=lambda s: _text(s[0]), store=_power_control)
+POWER_STATUS = Op(show=lambda s: b"unsupported\n")
+POWER_TIME = Op(show=lambda s: b"0\n")
+POWER_AUTOSUSPEND = Op(show=_no_autosuspend, store=_no_autosuspend)
+
+
+def _vendor_op(attr: Attribute) -> Op:
+    show = store = None
+    if attr.show is not None:
+        show_fn = attr.show
+        show = lambda _obj: _text(show_fn())  # noqa: E731
+    if attr.store is not None:
+        store_fn = attr.store
+
+        def store(_obj: Any, buf: bytes) -> int:
+            store_fn(buf)
+            return len(buf)
+    return Op(show=show, store=store)
+
+
+def migration_op(migration: Migration, owner: str) -> Op:
+    """``migration_version`` (seed v5, spec §5.2), with the limits the framework enforces.
+
+    A driver whose string is not ASCII or is longer than PATH_MAX has a bug: the
+    read fails with EIO and the log names the driver. A written string with a
+    non-ASCII byte is EINVAL. One trailing newline is ignored, as sysfs_streq does.
+    """
+
+    def show(_obj: Any) -> bytes:
+        version = migration.version()
+        if not version.isascii() or len(version) > PATH_MAX:
+            log.error("driver %s: migration_version of %s is %s; answering EIO", owner,
+                      _obj, "not ASCII" if not version.isascii() else f"{len(version)} bytes")
+            fail(errno.EIO)
+        return _text(version)
+
+    def store(_obj: Any, buf: bytes) -> int:
+        text = buf.split(b"\0", 1)[0]
+        if not text.isascii():
+            fail(errno.EINVAL)
+        migration.check(text.decode("ascii").removesuffix("\n"))
+        return len(buf)
+
+    return Op(show=show, store=store)
+
+
+class Tree(HostObserver):
+    """The whole sysfs root, kept in step with a :class:`Host`."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.nodes: dict[int, Node] = {}
+        self._next_inode = ROOT_INODE
+        self.root = self._register(Dir(""))
+        for path in ("class/mdev_bus", "bus/mdev/devices", "bus/mdev/drivers",
+                     "kernel/iommu_groups", "devices"):
+            self.mkdirs(path)
+        bus = self.mkdirs("bus/mdev")
+        self._file(bus, "drivers_autoprobe",
+                   Op(show=lambda s: _text(s[0]), store=_set_autoprobe), [1])
+        self._file(bus, "drivers_probe", Op(store=self._drivers_probe))
+        self._file(bus, "uevent", BUS_UEVENT)
+        host.observers.append(self)
+        for parent in host.parents.values():
+            self.parent_added(parent)
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    def _register(self, node: Node) -> Any:
+        node.inode = self._next_inode
+        self._next_inode += 1
+        self.nodes[node.inode] = node
+        return node
+
+    def _attach(self, directory: Dir, node: Node) -> Any:
+        self._register(node)
+        node.parent = directory
+        directory.children[node.name] = node
+        return node
+
+    def _file(self, directory: Dir, name: str, op: Op, obj: Any = None) -> File:
+        return self._attach(directory, File(name, op, obj))
+
+    def _dir(self, directory: Dir, name: str) -> Dir:
+        existing = directory.children.get(name)
+        if isinstance(existing, Dir):
+            return existing
+        return self._attach(directory, Dir(name))
+
+    def _drop(self, node: Node) -> None:
+        """Detach ``node`` and forget its whole subtree; its inodes are never reused."""
+        if node.parent is not None:
+            node.parent.children.pop(node.name, None)
+        stack = [node]
+        while stack:
+            cur = stack.pop()
+            self.nodes.pop(cur.inode, None)
+            cur.parent = None
+            if isinstance(cur, Dir):
+                stack.extend(cur.children.values())
+
+    def resolve(self, path: str) -> Node | None:
+        node: Node | None = self.root
+        for part in filter(None, path.split("/")):
+            if not isinstance(node, Dir):
+                return None
+            node = node.children.get(part)
+        return node
+
+    def mkdirs(self, path: str) -> Dir:
+        node = self.root
+        for part in filter(None, path.split("/")):
+            node = self._dir(node, part)
+        return node
+
+    def link(self, at: str, to: str) -> Link:
+        """A symlink at ``at`` to ``to`` (both from the root), relative as sysfs writes it."""
+        where, name = posixpath.split(at)
+        target = posixpath.relpath(to, where or ".")
+        return self._attach(self.mkdirs(where), Link(name, target))
+
+    def unlink(self, path: str) -> None:
+        node = self.resolve(path)
+        if node is not None:
+            self._drop(node)
+
+    def walk(self, node: Node | None = None) -> Iterator[Node]:
+        stack = [node or self.root]
+        while stack:
+            cur = stack.pop()
+            yield cur
+            if isinstance(cur, Dir):
+                stack.extend(reversed(list(cur.children.values())))
+
+    # --- the model's changes --------------------------------------------------------------
+
+    def parent_added(self, parent: Parent) -> None:
+        driver = parent.driver
+        pdir = self.mkdirs(parent.path)
+        props = driver.parent_uevent()
+        if "MAJOR" in props and "MINOR" in props:
+            self._file(pdir, "dev", PARENT_DEV, parent)
+        kind, subsys = driver.subsystem
+        self.link(f"{parent.path}/subsystem", f"{kind}/{subsys}")
+        if kind == "class":
+            self.link(f"class/{subsys}/{parent.name}", parent.path)
+        else:
+            self.link(f"{kind}/{subsys}/devices/{parent.name}", parent.path)
+        self._file(pdir, "uevent", PARENT_UEVENT, parent)
+        self._power(pdir)
+        types = self._dir(pdir, "mdev_supported_types")
+        for mtype in parent.types.values():
+            self._type_dir(types, mtype)
+        self._driver_dir(driver.mdev_driver)
+        self.link(f"class/mdev_bus/{parent.name}", parent.path)
+
+    def _type_dir(self, types: Dir, mtype: MdevType) -> None:
+        tdir = self._dir(types, mtype.type_id)
+        self._file(tdir, "create", TYPE_CREATE, mtype)
+        self._file(tdir, "name", TYPE_NAME, mtype)
+        self._file(tdir, "device_api", TYPE_DEVICE_API, mtype)
+        self._file(tdir, "available_instances", TYPE_AVAILABLE, mtype)
+        if mtype.spec.description is not None:
+            self._file(tdir, "description", TYPE_DESCRIPTION, mtype)
+        self._vendor_files(tdir, mtype.parent.driver.type_attributes(mtype), mtype)
+        self._migration(tdir, mtype)
+        self._dir(tdir, "devices")
+
+    def _driver_dir(self, name: str) -> None:
+        drivers = self.resolve("bus/mdev/drivers")
+        assert isinstance(drivers, Dir)
+        if name in drivers.children:
+            return
+        ddir = self._dir(drivers, name)
+        self._file(ddir, "bind", Op(store=self._bind))
+        self._file(ddir, "unbind", Op(store=self._bind))
+        self._file(ddir, "uevent", BUS_UEVENT)
+
+    def _power(self, directory: Dir) -> None:
+        power = self._dir(directory, "power")
+        self._file(power, "control", POWER_CONTROL, ["auto"])
+        self._file(power, "runtime_status", POWER_STATUS)
+        self._file(power, "runtime_active_time", POWER_TIME)
+        self._file(power, "runtime_suspended_time", POWER_TIME)
+        self._file(power, "autosuspend_delay_ms", POWER_AUTOSUSPEND)
+
+    def _vendor_files(self, directory: Dir, attrs: Any, obj: Any) -> None:
+        for attr in attrs:
+            group, _, name = attr.name.rpartition("/")
+            where = directory
+            for part in filter(None, group.split("/")):
+                where = self._dir(where, part)
+            self._file(where, name, _vendor_op(attr), obj)
+
+    def _migration(self, directory: Dir, target: MdevType | MdevDevice) -> None:
+        migration = target.parent.driver.migration(target)
+        if migration is not None:
+            self._file(directory, "migration_version",
+                       migration_op(migration, target.parent.driver.name), target)
+
+    def parent_removed(self, parent: Parent) -> None:
+        self.unlink(f"class/mdev_bus/{parent.name}")
+        kind, subsys = parent.driver.subsystem
+        self.unlink(f"class/{subsys}/{parent.name}" if kind == "class"
+                    else f"{kind}/{subsys}/devices/{parent.name}")
+        self.unlink(parent.path)
+
+    def device_added(self, mdev: MdevDevice) -> None:
+        parent = mdev.parent
+        ddir_path = f"{parent.path}/{mdev.uuid}"
+        tdir = f"{parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}"
+        drv = parent.driver.mdev_driver
+        group = f"kernel/iommu_groups/{mdev.iommu_group}"
+        # Build the device directory whole before any link to it appears.
+        ddir = Dir(mdev.uuid)
+        pdir = self.resolve(parent.path)
+        assert isinstance(pdir, Dir)
+        self._attach(pdir, ddir)
+        self._file(ddir, "remove", DEVICE_REMOVE, mdev)
+        self.link(f"{ddir_path}/mdev_type", tdir)
+        self.link(f"{ddir_path}/driver", f"bus/mdev/drivers/{drv}")
+        self.link(f"{ddir_path}/iommu_group", group)
+        self.link(f"{ddir_path}/subsystem", "bus/mdev")
+        self._file(ddir, "uevent", DEVICE_UEVENT, mdev)
+        self._power(ddir)
+        self._vendor_files(ddir, parent.driver.device_attributes(mdev), mdev)
+        self._migration(ddir, mdev)
+        self.link(f"{group}/devices/{mdev.uuid}", ddir_path)
+        self.link(f"{tdir}/devices/{mdev.uuid}", ddir_path)
+        self.link(f"bus/mdev/drivers/{drv}/{mdev.uuid}", ddir_path)
+        self.link(f"bus/mdev/devices/{mdev.uuid}", ddir_path)
+
+    def device_removed(self, mdev: MdevDevice) -> None:
+        parent = mdev.parent
+        self.unlink(f"bus/mdev/devices/{mdev.uuid}")
+        self.unlink(f"bus/mdev/drivers/{parent.driver.mdev_driver}/{mdev.uuid}")
+        self.unlink(f"{parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}"
+                    f"/devices/{mdev.uuid}")
+        self.unlink(f"kernel/iommu_groups/{mdev.iommu_group}")  # one group per mdev
+        self.unlink(f"{parent.path}/{mdev.uuid}")
+
+    # --- bus files ------------------------------------------------------------------------
+
+    def _device_named(self, buf: bytes) -> MdevDevice:
+        name = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
+        mdev = self.host.devices.get(name)
+        if mdev is None:
+            fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
+        return mdev
+
+    def _drivers_probe(self, _obj: Any, buf: bytes) -> int:
+        self._device_named(buf)  # already bound: bus_rescan_devices_helper has nothing to do
+        return len(buf)
+
+    def _bind(self, _obj: Any, buf: bytes) -> int:
+        self._device_named(buf)
+        # mdevfs keeps every device bound to its driver; rebinding is not emulated.
+        fail(errno.EBUSY)
+
+
+__all__ = ["Tree", "Node", "Dir", "File", "Link", "Op", "migration_op", "PAGE_SIZE", "PATH_MAX"]

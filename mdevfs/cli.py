@@ -6,8 +6,10 @@ model from a topology and hand it to the FUSE adapter or a library function.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,23 +31,32 @@ def _topology(config: str | None) -> Topology:
     return Topology.from_toml(config) if config else Topology.default()
 
 
+def mountpoints() -> set[str]:
+    """The mount points of this mount namespace (/proc/self/mounts, octal escapes undone)."""
+    with open("/proc/self/mounts") as f:
+        fields = [line.split()[1] for line in f]
+    return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in fields}
+
+
 def check_mountpoint(directory: Path) -> None:
     """Refuse a missing or non-empty directory; recover one left by a killed daemon."""
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing: load the fuse module or give the container "
                          "--device /dev/fuse")
-    try:
-        os.stat(directory)
-    except OSError as exc:
-        if exc.errno == 107:  # ENOTCONN: "Transport endpoint is not connected"
-            log.warning("%s was left mounted by a dead mdevfs; unmounting it", directory)
+    if str(directory) in mountpoints():
+        try:
+            os.listdir(directory)  # a readdir always reaches the daemon; a stat may be cached
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise UsageError(f"{directory}: {exc.strerror}") from exc
+            log.warning("%s was left mounted by a dead daemon (%s); unmounting it",
+                        directory, exc.strerror)
             unmount(directory, lazy=True)
         else:
-            raise UsageError(f"{directory}: {exc.strerror}") from exc
+            raise UsageError(f"{directory}: something is already mounted there")
     if not directory.is_dir():
-        raise UsageError(f"{directory}: not a directory")
-    if os.path.ismount(directory):
-        raise UsageError(f"{directory}: something is already mounted there")
+        raise UsageError(f"{directory}: no such directory" if not directory.exists()
+                         else f"{directory}: not a directory")
     if any(directory.iterdir()):
         raise UsageError(f"{directory}: not empty; mdevfs mounts only on an empty directory")
 

@@ -1,0 +1,317 @@
+"""The kernel's mdev sysfs ABI through a real FUSE mount: plain open/read/write/readlink.
+
+Each test names the item of ``../shared/spec/mdev-sysfs-abi.md`` it checks.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from conftest import needs_fuse
+
+pytestmark = needs_fuse
+
+U = "11111111-2222-3333-4444-555555555555"
+MTTY = "devices/virtual/mtty/mtty"
+TYPES = f"{MTTY}/mdev_supported_types"
+
+
+def oserror(fn, *args):
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    return info.value.errno
+
+
+def write(path, data: bytes, flags: int = os.O_WRONLY) -> int:
+    fd = os.open(path, flags)
+    try:
+        return os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# --- §1.1 layout --------------------------------------------------------------------------
+
+def test_class_mdev_bus_links_to_the_parent(mtty):
+    """§1.1: /sys/class/mdev_bus/<parent> → the parent device dir, named by dev_name."""
+    assert os.listdir(mtty.root / "class/mdev_bus") == ["mtty"]
+    assert os.readlink(mtty.root / "class/mdev_bus/mtty") == "../../devices/virtual/mtty/mtty"
+    assert os.path.realpath(mtty.root / "class/mdev_bus/mtty") == str(mtty.root / MTTY)
+
+
+def test_type_directories_hold_exactly_the_core_files(mtty):
+    """§1.1, §1.2 and §3: mtty-1 and mtty-2; create/name/device_api/available_instances/
+    devices; no description file for mtty (6.1+ hides it)."""
+    assert sorted(os.listdir(mtty.root / TYPES)) == ["mtty-1", "mtty-2"]
+    assert sorted(os.listdir(mtty.root / TYPES / "mtty-1")) == [
+        "available_instances", "create", "device_api", "devices", "name"]
+
+
+def test_device_entries_and_link_targets(mtty):
+    """§1.1: the device dir under its parent and every link, relative as the kernel writes."""
+    mtty.create("mtty-1", U)
+    dev = mtty.root / MTTY / U
+    assert sorted(os.listdir(dev)) == ["driver", "iommu_group", "mdev_type", "power", "remove",
+                                       "subsystem", "uevent", "vendor"]
+    links = {name: os.readlink(dev / name)
+             for name in ("mdev_type", "driver", "iommu_group", "subsystem")}
+    assert links == {"mdev_type": "../mdev_supported_types/mtty-1",
+                     "driver": "../../../../../bus/mdev/drivers/mtty",
+                     "iommu_group": "../../../../../kernel/iommu_groups/0",
+                     "subsystem": "../../../../../bus/mdev"}
+    assert os.readlink(mtty.root / "bus/mdev/devices" / U) == f"../../../{MTTY}/{U}"
+    assert os.readlink(mtty.root / TYPES / "mtty-1/devices" / U) == f"../../../{U}"
+    assert os.readlink(mtty.root / "bus/mdev/drivers/mtty" / U) == f"../../../../{MTTY}/{U}"
+    assert os.readlink(mtty.root / "kernel/iommu_groups/0/devices" / U) == f"../../../../{MTTY}/{U}"
+    for name in links:  # every link resolves inside the mount
+        assert os.path.isdir(dev / name)
+    assert os.path.realpath(mtty.root / "bus/mdev/devices" / U / "mdev_type") == \
+        str(mtty.root / TYPES / "mtty-1")
+
+
+def test_bus_mdev_files(mtty):
+    """§1.1: /sys/bus/mdev/{devices, drivers/<name>/{bind,unbind,uevent}, drivers_autoprobe,
+    drivers_probe, uevent} with the driver core's modes."""
+    bus = mtty.root / "bus/mdev"
+    assert sorted(os.listdir(bus)) == ["devices", "drivers", "drivers_autoprobe",
+                                       "drivers_probe", "uevent"]
+    assert sorted(os.listdir(bus / "drivers/mtty")) == ["bind", "uevent", "unbind"]
+    modes = {n: stat.S_IMODE(os.stat(bus / n).st_mode)
+             for n in ("drivers_autoprobe", "drivers_probe", "uevent")}
+    assert modes == {"drivers_autoprobe": 0o644, "drivers_probe": 0o200, "uevent": 0o200}
+    assert read(bus / "drivers_autoprobe") == b"1\n"
+
+
+def test_parent_has_uevent_subsystem_and_power(mtty):
+    """§1.1 (mtty parent): uevent, subsystem → ../../../../class/mtty, power/."""
+    parent = mtty.root / MTTY
+    assert os.readlink(parent / "subsystem") == "../../../../class/mtty"
+    assert os.readlink(mtty.root / "class/mtty/mtty") == "../../devices/virtual/mtty/mtty"
+    assert sorted(os.listdir(parent / "power")) == [
+        "autosuspend_delay_ms", "control", "runtime_active_time", "runtime_status",
+        "runtime_suspended_time"]
+
+
+# --- §1.2, §1.3 contents ------------------------------------------------------------------
+
+def test_type_attribute_contents(mtty):
+    """§1.3 and §3: exact bytes, newline-terminated."""
+    t = mtty.root / TYPES
+    assert read(t / "mtty-1/name") == b"Single port serial\n"
+    assert read(t / "mtty-2/name") == b"Dual port serial\n"
+    assert read(t / "mtty-1/device_api") == b"vfio-pci\n"
+    assert read(t / "mtty-1/available_instances") == b"24\n"
+    assert read(t / "mtty-2/available_instances") == b"12\n"
+
+
+def test_device_attribute_contents(mtty):
+    """§3 mtty: vendor/sample_mdev_dev = "This is MDEV <uuid>\\n"; uevent names the driver."""
+    mtty.create("mtty-1", U)
+    dev = mtty.root / "bus/mdev/devices" / U
+    assert read(dev / "vendor/sample_mdev_dev") == f"This is MDEV {U}\n".encode()
+    assert read(dev / "uevent") == b"DRIVER=mtty\n"
+    assert read(dev / "mdev_type/name") == b"Single port serial\n"
+
+
+def test_every_attribute_stats_with_size_4096_and_its_mode(mtty):
+    """§1.3 sysfs file size; §1.1 modes: 0200 create/remove, 0444 read-only, 0644 rw."""
+    mtty.create("mtty-1", U)
+    t = mtty.root / TYPES / "mtty-1"
+    dev = mtty.root / MTTY / U
+    expect = {t / "create": 0o200, t / "name": 0o444, t / "available_instances": 0o444,
+              t / "device_api": 0o444, dev / "remove": 0o200, dev / "uevent": 0o644,
+              dev / "vendor/sample_mdev_dev": 0o444, dev / "power/control": 0o644}
+    for path, mode in expect.items():
+        st = os.stat(path)
+        assert (stat.S_ISREG(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size) == \
+            (True, mode, 4096), path
+
+
+# --- §2.1 generic sysfs rules -------------------------------------------------------------
+
+def test_wrong_direction_open_is_eacces_even_for_root(mtty):
+    """§2.1: O_RDONLY on a 0200 file, O_WRONLY or O_RDWR on a 0444 file → EACCES for root."""
+    t = mtty.root / TYPES / "mtty-1"
+    assert oserror(os.open, t / "create", os.O_RDONLY) == errno.EACCES
+    assert oserror(os.open, t / "create", os.O_RDWR) == errno.EACCES
+    assert oserror(os.open, t / "name", os.O_WRONLY) == errno.EACCES
+    assert oserror(os.open, t / "available_instances", os.O_RDWR) == errno.EACCES
+
+
+def test_open_with_o_trunc_and_o_creat_is_accepted(mtty):
+    """real-clients §1.3: mdevctl opens create/remove with O_WRONLY|O_CREAT|O_TRUNC."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    assert write(mtty.root / TYPES / "mtty-1/create", U.encode(), flags) == 36
+    assert write(mtty.root / "bus/mdev/devices" / U / "remove", b"1", flags) == 1
+    os.truncate(mtty.root / TYPES / "mtty-1/create", 0)  # kernfs ignores size changes
+
+
+def test_zero_length_write_returns_zero(mtty):
+    """§2.1: sysfs_kf_write returns 0 for an empty write without calling store."""
+    assert write(mtty.root / TYPES / "mtty-1/create", b"") == 0
+    assert os.listdir(mtty.root / "bus/mdev/devices") == []
+
+
+def test_write_is_cut_at_4096_bytes(mtty):
+    """§2.1: one store() per write(2), len = min(count, PAGE_SIZE); the buffer is
+    NUL-terminated, so "auto" followed by NULs is accepted and write returns 4096."""
+    control = mtty.root / MTTY / "power/control"
+    assert write(control, b"on\n" + b"\0" * 5000) == 4096
+    assert read(control) == b"on\n"
+    assert write(control, b"auto") == 4
+    assert oserror(write, control, b"sometimes") == errno.EINVAL
+
+
+def test_autosuspend_delay_without_autosuspend_is_eio(mtty):
+    """drivers/base/power/sysfs.c: autosuspend_delay_ms show → EIO when not in use."""
+    assert oserror(read, mtty.root / MTTY / "power/autosuspend_delay_ms") == errno.EIO
+    assert read(mtty.root / MTTY / "power/runtime_status") == b"unsupported\n"
+
+
+def test_missing_names_are_enoent(mtty):
+    """§2.1: path gone → ENOENT."""
+    assert oserror(os.stat, mtty.root / TYPES / "mtty-3") == errno.ENOENT
+    assert oserror(os.stat, mtty.root / "bus/mdev/devices" / U) == errno.ENOENT
+
+
+# --- §2.2 create --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [U, U + "\n", U + "X"])
+def test_create_accepts_36_or_37_bytes(mtty, data):
+    """§2.2 rows 1, 3: the 37th byte is not validated; write returns the count."""
+    assert write(mtty.root / TYPES / "mtty-1/create", data.encode()) == len(data)
+    assert os.path.isdir(mtty.root / "bus/mdev/devices" / U)
+
+
+@pytest.mark.parametrize("data", [U[:-1], U + "\n\n", U.replace("-", ":"), "z" + U[1:],
+                                  U + "\0\0", "1"])
+def test_create_rejects_bad_uuids_with_einval(mtty, data):
+    """§2.2 rows 1, 3: length outside 36..37, misplaced hyphen, non-hex → EINVAL."""
+    assert oserror(write, mtty.root / TYPES / "mtty-1/create", data.encode()) == errno.EINVAL
+    assert os.listdir(mtty.root / "bus/mdev/devices") == []
+
+
+def test_create_names_the_device_in_lower_case_and_duplicates_are_eexist(mtty):
+    """§1.1 "%pUl" device name; §2.2 row 4: any mdev on the host, case-insensitive → EEXIST."""
+    upper = U.replace("1", "A")
+    assert write(mtty.root / TYPES / "mtty-2/create", upper.encode()) == 36
+    assert os.listdir(mtty.root / "bus/mdev/devices") == [upper.lower()]
+    for type_id, value in (("mtty-1", upper), ("mtty-2", upper.lower())):
+        assert oserror(write, mtty.root / TYPES / type_id / "create", value.encode()) == \
+            errno.EEXIST
+
+
+def test_device_exists_when_write_returns(mtty):
+    """§2.2 / real-clients §0.2: everything exists before write() returns."""
+    for i in range(5):
+        u = f"{i:08x}-2222-3333-4444-555555555555"
+        write(mtty.root / TYPES / "mtty-1/create", u.encode())
+        assert os.path.exists(mtty.root / "bus/mdev/devices" / u / "mdev_type/name")
+        assert os.path.exists(mtty.root / "kernel/iommu_groups" / str(i) / "devices" / u)
+
+
+def test_shared_pool_and_fresh_available_instances(mtty):
+    """§3 mtty: avail_ports / nr_ports from one pool of 24; a read right after a
+    change sees it."""
+    t = mtty.root / TYPES
+    mtty.create("mtty-1", U)
+    assert read(t / "mtty-1/available_instances") == b"23\n"
+    assert read(t / "mtty-2/available_instances") == b"11\n"
+    mtty.create("mtty-2")
+    assert read(t / "mtty-1/available_instances") == b"21\n"
+    assert read(t / "mtty-2/available_instances") == b"10\n"
+
+
+def test_exhaustion_is_the_drivers_enospc(tmp_path):
+    """§2.2 row 7 / §3: mtty refuses a create that does not fit with ENOSPC; a value that
+    grows from "1\\n" to "10\\n" is read whole (no cached i_size)."""
+    from conftest import write_topology
+    from mdevfs.testing import mounted
+    config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\nports = 10\n')
+    with mounted(config) as m:
+        avail = m.root / TYPES / "mtty-1/available_instances"
+        uuids = [m.create("mtty-1") for _ in range(9)]
+        assert read(avail) == b"1\n"
+        assert oserror(m.create, "mtty-2") == errno.ENOSPC
+        m.create("mtty-1")
+        assert read(avail) == b"0\n"
+        assert oserror(m.create, "mtty-1") == errno.ENOSPC
+        for u in os.listdir(m.root / "bus/mdev/devices"):
+            m.remove(u)
+        assert read(avail) == b"10\n"
+        assert len(uuids) == 9 and m.alive()
+
+
+# --- §2.3 remove --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [b"1", b"1\n", b"0x1", b"01", b"+1", b"7", b"1\0x"])
+def test_remove_accepts_kstrtoul_base0(mtty, data):
+    """§2.3: kstrtoul(buf, 0): a non-zero value removes; the dir and every link vanish."""
+    mtty.create("mtty-1", U)
+    assert write(mtty.root / "bus/mdev/devices" / U / "remove", data) == len(data)
+    assert os.listdir(mtty.root / "bus/mdev/devices") == []
+    assert not os.path.lexists(mtty.root / MTTY / U)
+    assert os.listdir(mtty.root / TYPES / "mtty-1/devices") == []
+    assert os.listdir(mtty.root / "kernel/iommu_groups") == []
+    assert read(mtty.root / TYPES / "mtty-1/available_instances") == b"24\n"
+
+
+def test_remove_zero_is_a_successful_noop(mtty):
+    """§2.3: val == 0 returns count and does nothing."""
+    mtty.create("mtty-1", U)
+    assert write(mtty.root / "bus/mdev/devices" / U / "remove", b"0\n") == 2
+    assert os.listdir(mtty.root / "bus/mdev/devices") == [U]
+
+
+@pytest.mark.parametrize("data,err", [(b"abc", errno.EINVAL), (b"-1", errno.EINVAL),
+                                      (b"1 ", errno.EINVAL), (b"0x", errno.EINVAL),
+                                      (b"99999999999999999999", errno.ERANGE)])
+def test_remove_rejects_what_kstrtoul_rejects(mtty, data, err):
+    """§2.3: non-numeric or negative → EINVAL; overflow → ERANGE (lib/kstrtox.c)."""
+    mtty.create("mtty-1", U)
+    assert oserror(write, mtty.root / "bus/mdev/devices" / U / "remove", data) == err
+    assert os.listdir(mtty.root / "bus/mdev/devices") == [U]
+
+
+def test_remove_through_a_handle_that_outlived_the_device_is_enodev(mtty):
+    """§2.1: a write after the node was removed → ENODEV (kernfs_get_active fails)."""
+    mtty.create("mtty-1", U)
+    path = mtty.root / "bus/mdev/devices" / U / "remove"
+    first, second = os.open(path, os.O_WRONLY), os.open(path, os.O_WRONLY)
+    try:
+        assert os.write(first, b"1") == 1
+        assert oserror(os.write, second, b"1") == errno.ENODEV
+    finally:
+        os.close(first)
+        os.close(second)
+
+
+def test_iommu_group_ids_are_reused_lowest_first(mtty):
+    """§1.1 iommu_group: one group per mdev, ids from an ida (lowest free first)."""
+    a, b = mtty.create("mtty-1"), mtty.create("mtty-1")
+    group = lambda u: os.path.basename(os.readlink(mtty.root / "bus/mdev/devices" / u / "iommu_group"))  # noqa: E731
+    assert (group(a), group(b)) == ("0", "1")
+    mtty.remove(a)
+    c = mtty.create("mtty-2")
+    assert group(c) == "0"
+
+
+def test_listing_while_devices_come_and_go(mtty):
+    """Inodes are never reused and readdir offsets are inodes: a listing is consistent."""
+    made = [mtty.create("mtty-1") for _ in range(20)]
+    seen = []
+    with os.scandir(mtty.root / "bus/mdev/devices") as it:
+        for i, entry in enumerate(it):
+            seen.append(entry.name)
+            if i == 2:
+                mtty.remove(made[10])
+    assert set(made) - {made[10]} <= set(seen) <= set(made)
+    assert len(seen) == len(set(seen))

@@ -1,0 +1,148 @@
+"""The CLI and the daemon's life: mount/umount, readiness, bad input, dead mounts, crashes."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_fuse, write_topology
+from mdevfs.testing import mounted
+
+pytestmark = needs_fuse
+MDEVFS = [sys.executable, "-m", "mdevfs"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(MDEVFS + list(args), capture_output=True, text=True, timeout=30)
+
+
+def test_help_for_every_command():
+    for cmd in ("mount", "umount"):
+        out = run(cmd, "--help")
+        assert out.returncode == 0 and f"usage: mdevfs {cmd}" in out.stdout
+
+
+def test_detached_mount_answers_when_it_returns_and_umount_ends_it(tmp_path):
+    """`mdevfs mount DIR` returns only once the mount answers; `mdevfs umount` ends it."""
+    root = tmp_path / "sys"
+    root.mkdir()
+    log = tmp_path / "daemon.log"
+    try:
+        started = time.monotonic()
+        out = run("mount", "--log-file", str(log), str(root))
+        took = time.monotonic() - started
+        assert out.returncode == 0, out.stderr
+        assert f"log {log}" in out.stdout
+        assert os.path.ismount(root)
+        assert (root / "class/mdev_bus/mtty/mdev_supported_types/mtty-1/name").read_text() == \
+            "Single port serial\n"
+        assert took < 5
+    finally:
+        out = run("umount", str(root))
+    assert out.returncode == 0, out.stderr
+    assert not os.path.ismount(root)
+
+
+def test_bad_topology_mounts_nothing(tmp_path):
+    """A bad file gets a clear error naming the file, the entry and the problem."""
+    root = tmp_path / "sys"
+    root.mkdir()
+    config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\nfoo = 1\n')
+    out = run("mount", "--config", str(config), str(root))
+    assert out.returncode == 2
+    assert out.stderr == f"mdevfs: {config}: parent #1: unknown key(s) foo\n"
+    assert not os.path.ismount(root)
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda d: None, "no such directory"),
+    (lambda d: (d.mkdir(), (d / "x").write_text("")), "not empty"),
+])
+def test_mountpoint_must_be_an_empty_directory(tmp_path, setup, message):
+    root = tmp_path / "sys"
+    setup(root)
+    out = run("mount", "--foreground", str(root))
+    assert out.returncode == 2 and message in out.stderr
+    assert not os.path.ismount(root)
+
+
+def test_a_mountpoint_left_by_a_killed_daemon_is_recovered(tmp_path):
+    """kill -9 leaves "Transport endpoint is not connected"; the next mount cleans it."""
+    root = tmp_path / "sys"
+    root.mkdir()
+    proc = subprocess.Popen(MDEVFS + ["mount", "--foreground", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (root / "class").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        with pytest.raises(OSError) as info:
+            os.stat(root / "class")
+        assert info.value.errno == errno.ENOTCONN
+        out = run("mount", str(root))
+        assert out.returncode == 0, out.stderr
+        assert (root / "class/mdev_bus").is_dir()
+    finally:
+        run("umount", str(root))
+        subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True)
+    assert not os.path.ismount(root)
+
+
+def test_sigterm_unmounts_cleanly(tmp_path):
+    root = tmp_path / "sys"
+    root.mkdir()
+    proc = subprocess.Popen(MDEVFS + ["mount", "--foreground", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (root / "class").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert not os.path.ismount(root)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True)
+
+
+CRASHY = '''
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
+
+class Driver(BaseDriver):
+    name = "crashy"
+    def types(self):
+        return (MdevTypeSpec("t"),)
+    def max_instances(self):
+        return 4
+    def device_attributes(self, mdev):
+        def boom(buf=None):
+            raise RuntimeError("a driver bug")
+        return (Attribute("bug", show=boom, store=boom),)
+'''
+
+
+def test_a_driver_bug_is_eio_and_the_mount_stays_up(tmp_path):
+    """No exception escapes a handler: an unexpected one is logged and answered with EIO."""
+    (tmp_path / "crashy.py").write_text(CRASHY)
+    config = write_topology(tmp_path, '[[parent]]\ndriver = "crashy.py"\nname = "c0"\n'
+                            'path = "devices/virtual/crashy/c0"\n')
+    with mounted(config) as m:
+        uuid = m.create("crashy-t")
+        bug = m.root / "bus/mdev/devices" / uuid / "bug"
+        for action in (lambda: bug.read_bytes(), lambda: m.write(str(bug), "x")):
+            with pytest.raises(OSError) as info:
+                action()
+            assert info.value.errno == errno.EIO
+        assert m.alive()
+        assert "RuntimeError: a driver bug" in m.log()
+        m.remove(uuid)
+        assert os.listdir(m.root / "bus/mdev/devices") == []

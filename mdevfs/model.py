@@ -7,6 +7,7 @@ sysfs view of these objects lives in :mod:`mdevfs.sysfs`.
 from __future__ import annotations
 
 import errno
+import heapq
 import string
 from collections.abc import Mapping
 from typing import Any
@@ -136,7 +137,10 @@ class Host:
     parents: dict[str, Parent] = Factory(dict)
     devices: dict[str, MdevDevice] = Factory(dict)
     observers: list[HostObserver] = Factory(list)
-    _groups: set[int] = field(factory=set, init=False)
+    _group_ids: Ida = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._group_ids = Ida(self.iommu_group_base)
 
     def add_parent(self, name: str, path: str, driver: VendorDriver) -> Parent:
         """``mdev_register_parent()``: the parent and its types appear."""
@@ -183,7 +187,7 @@ class Host:
         try:
             parent.driver.probe(mdev)
         except BaseException:
-            self._groups.discard(mdev.iommu_group)
+            self._group_ids.release(mdev.iommu_group)
             raise
         if parent.driver.available_instances(mtype) is None:
             parent.core_used += 1
@@ -213,19 +217,51 @@ class Host:
         del mdev.mdev_type.devices[mdev.uuid]
         if parent.driver.available_instances(mdev.mdev_type) is None:
             parent.core_used -= 1
-        self._groups.discard(mdev.iommu_group)
+        self._group_ids.release(mdev.iommu_group)
         for obs in self.observers:
             obs.device_removed(mdev)
 
     def _alloc_group(self, wanted: int | None) -> int:
         """``iommu_group_alloc()``: the lowest free id (an ida), from the host's base."""
-        if wanted is not None:
-            if wanted in self._groups:
-                raise ValueError(f"IOMMU group {wanted} is in use")
-            group = wanted
-        else:
-            group = self.iommu_group_base
-            while group in self._groups:
-                group += 1
-        self._groups.add(group)
-        return group
+        ids = self._group_ids
+        if wanted is None:
+            return ids.alloc()
+        if not ids.take(wanted):
+            raise ValueError(f"IOMMU group {wanted} is in use")
+        return wanted
+
+
+@define(eq=False)
+class Ida:
+    """The kernel's ida: hands out the lowest free id at or above ``base``."""
+
+    base: int = 0
+    _used: set[int] = field(factory=set, init=False)
+    _free: list[int] = field(factory=list, init=False)  # a heap of ids below _next
+    _next: int = field(default=-1, init=False)
+
+    def alloc(self) -> int:
+        self._next = max(self._next, self.base)
+        while self._free:
+            found = heapq.heappop(self._free)
+            if found not in self._used:  # freed, and not taken back since
+                self._used.add(found)
+                return found
+        found = self._next
+        while found in self._used:
+            found += 1
+        self._next = found + 1
+        self._used.add(found)
+        return found
+
+    def take(self, wanted: int) -> bool:
+        """Claim a given id (a restored device keeps its group); False if in use."""
+        if wanted in self._used:
+            return False
+        self._used.add(wanted)
+        return True
+
+    def release(self, found: int) -> None:
+        self._used.discard(found)
+        if found < self._next:  # ids from _next up are free unless in _used
+            heapq.heappush(self._free, found)

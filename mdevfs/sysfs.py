@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import posixpath
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,6 +40,8 @@ class Op:
 
     show: Callable[[Any], bytes] | None = None
     store: Callable[[Any, bytes], int] | None = None
+    #: the most show() may give before it is cut (sysfs: PAGE_SIZE - 1)
+    limit: int = PAGE_SIZE - 1
 
     @property
     def mode(self) -> int:
@@ -83,9 +86,9 @@ class File(Node):
         """``show()`` as sysfs_kf_seq_show gives it: at most PAGE_SIZE - 1 bytes."""
         assert self.op.show is not None
         data = self.op.show(self.obj)
-        if len(data) >= PAGE_SIZE:
+        if len(data) > self.op.limit:
             log.warning("fill_read_buffer: %s returned bad count %d", self.path, len(data))
-            data = data[:PAGE_SIZE - 1]
+            data = data[:self.op.limit]
         return data
 
     def write(self, buf: bytes) -> int:
@@ -100,11 +103,19 @@ class File(Node):
 
 
 class Link(Node):
-    __slots__ = ("target",)
+    """A symlink to another node; its relative target is worked out when read, so a
+    link costs a pointer rather than a path string."""
 
-    def __init__(self, name: str, target: str) -> None:
+    __slots__ = ("to",)
+
+    def __init__(self, name: str, to: Node) -> None:
         super().__init__(name)
-        self.target = target
+        self.to = to
+
+    @property
+    def target(self) -> str:
+        where = self.parent.path if self.parent is not None else ""
+        return posixpath.relpath(self.to.path or ".", where or ".")
 
 
 def _text(value: object) -> bytes:
@@ -186,27 +197,41 @@ def _vendor_op(attr: Attribute) -> Op:
 def migration_op(migration: Migration, owner: str) -> Op:
     """``migration_version`` (seed v5, spec §5.2), with the limits the framework enforces.
 
-    A driver whose string is not ASCII or is longer than PATH_MAX has a bug: the
-    read fails with EIO and the log names the driver. A written string with a
-    non-ASCII byte is EINVAL. One trailing newline is ignored, as sysfs_streq does.
+    A driver whose string is not an ASCII ``str`` of at most PATH_MAX bytes has a
+    bug: the read fails with EIO and the log names the driver. A string of exactly
+    PATH_MAX bytes reads back whole with its newline (PATH_MAX + 1 bytes), which a
+    real sysfs page could not hold; the seed's limit wins over the page here, so
+    that every string the seed allows survives ``cat`` then ``echo``.
+    A write with any non-ASCII byte is EINVAL; the driver sees the text up to the
+    first NUL (as a C string) without one trailing newline (as sysfs_streq).
     """
 
-    def show(_obj: Any) -> bytes:
+    def show(obj: Any) -> bytes:
         version = migration.version()
-        if not version.isascii() or len(version) > PATH_MAX:
-            log.error("driver %s: migration_version of %s is %s; answering EIO", owner,
-                      _obj, "not ASCII" if not version.isascii() else f"{len(version)} bytes")
+        if not isinstance(version, str) or not version.isascii() or len(version) > PATH_MAX:
+            problem = (f"a {type(version).__name__}, not a str" if not isinstance(version, str)
+                       else "not ASCII" if not version.isascii() else f"{len(version)} bytes")
+            log.error("driver %s: migration_version of %s is %s; answering EIO",
+                      owner, _describe(obj), problem)
             fail(errno.EIO)
         return _text(version)
 
     def store(_obj: Any, buf: bytes) -> int:
-        text = buf.split(b"\0", 1)[0]
-        if not text.isascii():
+        if not buf.isascii():
             fail(errno.EINVAL)
-        migration.check(text.decode("ascii").removesuffix("\n"))
+        text = buf.split(b"\0", 1)[0].decode("ascii")
+        migration.check(text.removesuffix("\n"))
         return len(buf)
 
-    return Op(show=show, store=store)
+    return Op(show=show, store=store, limit=PATH_MAX + 1)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, MdevDevice):
+        return f"device {obj.uuid} ({obj.mdev_type.type_id})"
+    if isinstance(obj, MdevType):
+        return f"type {obj.type_id} of {obj.parent.name}"
+    return repr(obj)
 
 
 class Tree(HostObserver):
@@ -281,8 +306,8 @@ class Tree(HostObserver):
     def link(self, at: str, to: str) -> Link:
         """A symlink at ``at`` to ``to`` (both from the root), relative as sysfs writes it."""
         where, name = posixpath.split(at)
-        target = posixpath.relpath(to, where or ".")
-        return self._attach(self.mkdirs(where), Link(name, target))
+        # A UUID names five entries per device: intern it so that they share one string.
+        return self._attach(self.mkdirs(where), Link(sys.intern(name), self.mkdirs(to)))
 
     def unlink(self, path: str) -> None:
         node = self.resolve(path)
@@ -377,7 +402,7 @@ class Tree(HostObserver):
         drv = parent.driver.mdev_driver
         group = f"kernel/iommu_groups/{mdev.iommu_group}"
         # Build the device directory whole before any link to it appears.
-        ddir = Dir(mdev.uuid)
+        ddir = Dir(sys.intern(mdev.uuid))
         pdir = self.resolve(parent.path)
         assert isinstance(pdir, Dir)
         self._attach(pdir, ddir)

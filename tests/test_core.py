@@ -245,3 +245,16 @@ def test_default_topology_holds_the_mtty_sample():
     host = Topology.default().build()
     assert host.parents["mtty"].path == "devices/virtual/mtty/mtty"
     assert list(host.parents["mtty"].types) == ["mtty-1", "mtty-2"]
+
+
+def test_ida_hands_out_the_lowest_free_id():
+    """The group allocator is an ida: lowest free id first, restored ids kept."""
+    from mdevfs.model import Ida
+    ida = Ida(base=2)
+    assert [ida.alloc() for _ in range(3)] == [2, 3, 4]
+    assert ida.take(9) and not ida.take(3)
+    ida.release(9)
+    ida.release(3)
+    assert [ida.alloc() for _ in range(4)] == [3, 5, 6, 7]
+    ida.release(2)
+    assert ida.take(2) and ida.alloc() == 8

@@ -1,0 +1,188 @@
+"""NVIDIA vGPU (the out-of-tree nvidia.ko vGPU manager) on a pre-Ampere GPU (spec §4.2).
+
+The parent is the physical GPU, a Tesla P4 by default, at ``0000:41:00.0``
+under ``devices/pci0000:40/0000:40:01.1/0000:41:00.0`` (a GPU behind a root
+port; the path is an illustration, not a capture), subsystem bus ``pci``. The
+type-id prefix is the PCI driver's name, ``nvidia``; devices bind to
+``nvidia-vgpu-vfio`` (the spec tags that name [rec]).
+
+Types ``nvidia-63`` … ``nvidia-71`` = ``GRID P4-1Q`` … ``GRID P4-1B`` (option
+``prefix = "NVIDIA"`` gives the newer drivers' names). Ids 63 and 64 and the
+P4-2Q description are documented captures; the rest of the table is [rec]. The
+description reads ``num_heads=…, frl_config=…, framebuffer=…M,
+max_resolution=…x…, max_instance=…``; B profiles use frl_config=45.
+
+Time-sliced vGPU is homogeneous: while any vGPU of one type lives on the GPU,
+every other type shows available_instances 0, and a create of another type
+fails with **EBUSY** (the GPU is busy with that type); a create past the type's
+max_instance fails with **ENOSPC**. Both errnos are mdevfs's choice: the spec
+lists NVIDIA's own as a gap.
+
+migration_version, a scheme of mdevfs's design modelled on vGPU manager
+branches: ``NVIDIA-vGPU:<branch>.<minor>:<profile>``, e.g.
+``NVIDIA-vGPU:535.129:P4-2Q`` for manager 535.129.03 and type GRID P4-2Q (the
+profile without its GRID/NVIDIA prefix, so the two namings stay compatible).
+The same string at type and device nodes. A source string is compatible when
+its profile is the target's, its branch is the target's and its minor is not
+newer than the target's (a guest may move to the same or a later release of
+the same branch, never back). Errnos on write: EINVAL when the string is not of
+this form or names another profile; EPROTONOSUPPORT when the branch differs or
+the source is newer. The reason is logged. ``migration = false`` removes the
+attribute (no migration support).
+
+Each device has ``nvidia/vgpu_params`` (read-write text holding the plugin
+parameters, e.g. ``frame_rate_limiter=0``; kept as written, not interpreted).
+
+Options: ``prefix`` ("GRID"), ``manager`` ("535.129.03"), ``migration`` (true).
+``manager`` changes at run time too, through ``set_option`` (``mdevfs ctl DIR
+set-option PARENT manager 550.54.14``), as an upgrade of the host would.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from attrs import frozen
+
+from mdevfs.driver import Attribute, BaseDriver, Migration, MdevTypeSpec
+from mdevfs.errors import fail
+from mdevfs.model import MdevDevice, MdevType
+
+from ._options import known, text
+
+log = logging.getLogger(__name__)
+
+
+@frozen
+class Profile:
+    type_id: int
+    name: str  # without the GRID/NVIDIA prefix
+    framebuffer_mb: int
+    num_heads: int
+    frl_config: int
+    max_resolution: str
+    max_instance: int
+
+    def description(self) -> str:
+        return (f"num_heads={self.num_heads}, frl_config={self.frl_config}, "
+                f"framebuffer={self.framebuffer_mb}M, max_resolution={self.max_resolution}, "
+                f"max_instance={self.max_instance}")
+
+
+#: Tesla P4, 8 GB of framebuffer
+TESLA_P4 = (
+    Profile(63, "P4-1Q", 1024, 4, 60, "5120x2880", 8),
+    Profile(64, "P4-2Q", 2048, 4, 60, "7680x4320", 4),
+    Profile(65, "P4-4Q", 4096, 4, 60, "7680x4320", 2),
+    Profile(66, "P4-8Q", 8192, 4, 60, "7680x4320", 1),
+    Profile(67, "P4-1A", 1024, 1, 60, "1280x1024", 8),
+    Profile(68, "P4-2A", 2048, 1, 60, "1280x1024", 4),
+    Profile(69, "P4-4A", 4096, 1, 60, "1280x1024", 2),
+    Profile(70, "P4-8A", 8192, 1, 60, "1280x1024", 1),
+    Profile(71, "P4-1B", 1024, 4, 45, "5120x2880", 8),
+)
+
+_MANAGER = re.compile(r"(\d+)\.(\d+)(?:\.\d+)?")
+_VERSION = re.compile(r"NVIDIA-vGPU:(\d+)\.(\d+):(\S+)")
+
+
+class NvidiaVgpu(BaseDriver):
+    """One physical GPU with the vGPU manager loaded."""
+
+    name = "nvidia"
+    mdev_driver = "nvidia-vgpu-vfio"
+    subsystem = ("bus", "pci")
+    default_parent = "0000:41:00.0"
+    default_path = "devices/pci0000:40/0000:40:01.1/0000:41:00.0"
+
+    def __init__(self, options: Mapping[str, object] | None = None) -> None:
+        super().__init__(options)
+        known(self.options, ["prefix", "manager", "migration"])
+        self.prefix = text(self.options, "prefix", "GRID", allowed=("GRID", "NVIDIA"))
+        self.set_manager(text(self.options, "manager", "535.129.03"))
+        self.migratable = self.options.get("migration", True)
+        if not isinstance(self.migratable, bool):
+            raise ValueError(f"option 'migration' must be true or false, not {self.migratable!r}")
+        self.profiles = {str(p.type_id): p for p in TESLA_P4}
+
+    def set_manager(self, version: str) -> None:
+        """Change the vGPU manager version ("<branch>.<minor>[.<patch>]")."""
+        match = _MANAGER.fullmatch(version)
+        if match is None:
+            raise ValueError(f"option 'manager' must look like 535.129.03, not {version!r}")
+        self.branch, self.minor = int(match[1]), int(match[2])
+
+    def set_option(self, key: str, value: object) -> None:
+        """Run-time options (``mdevfs ctl DIR set-option``): only ``manager``."""
+        if key != "manager":
+            return super().set_option(key, value)  # EINVAL: no such run-time option
+        if not isinstance(value, str):
+            raise ValueError(f"manager must be a version string, not {value!r}")
+        self.set_manager(value)
+
+    def types(self) -> Sequence[MdevTypeSpec]:
+        return tuple(MdevTypeSpec(key, pretty_name=f"{self.prefix} {p.name}",
+                                  description=p.description())
+                     for key, p in self.profiles.items())
+
+    def available_instances(self, mtype: MdevType) -> int:
+        if any(t is not mtype and t.devices for t in mtype.parent.types.values()):
+            return 0  # the GPU runs another type
+        return self.profiles[mtype.spec.sysfs_name].max_instance - len(mtype.devices)
+
+    def probe(self, mdev: MdevDevice) -> None:
+        mtype = mdev.mdev_type
+        if any(t is not mtype and t.devices for t in mtype.parent.types.values()):
+            fail(errno.EBUSY)
+        if self.available_instances(mtype) <= 0:
+            fail(errno.ENOSPC)
+        mdev.vendor.setdefault("vgpu_params", "")
+
+    def device_attributes(self, mdev: MdevDevice) -> Sequence[Attribute]:
+        def store(buf: bytes) -> None:
+            mdev.vendor["vgpu_params"] = buf.decode("latin-1").split("\0", 1)[0].strip()
+
+        return (Attribute("nvidia/vgpu_params", show=lambda: mdev.vendor["vgpu_params"],
+                          store=store),)
+
+    def parent_uevent(self) -> Mapping[str, str]:
+        return {"DRIVER": "nvidia", "PCI_CLASS": "30200", "PCI_ID": "10DE:1BB3"}
+
+    def migration(self, target: MdevType | MdevDevice) -> Migration | None:
+        if not self.migratable:
+            return None
+        mtype = target.mdev_type if isinstance(target, MdevDevice) else target
+        return NvidiaMigration(self, self.profiles[mtype.spec.sysfs_name].name)
+
+
+class NvidiaMigration:
+    """``NVIDIA-vGPU:<branch>.<minor>:<profile>`` and its compatibility rule."""
+
+    def __init__(self, gpu: NvidiaVgpu, profile: str) -> None:
+        self.gpu = gpu
+        self.profile = profile
+
+    def version(self) -> str:
+        return f"NVIDIA-vGPU:{self.gpu.branch}.{self.gpu.minor}:{self.profile}"
+
+    def check(self, source: str) -> None:
+        match = _VERSION.fullmatch(source)
+        if match is None:
+            self._refuse(errno.EINVAL, "not an NVIDIA vGPU migration version", source)
+        branch, minor, profile = int(match[1]), int(match[2]), match[3]
+        if profile != self.profile:
+            self._refuse(errno.EINVAL, f"vGPU type {profile} is not {self.profile}", source)
+        if branch != self.gpu.branch:
+            self._refuse(errno.EPROTONOSUPPORT,
+                         f"branch R{branch} is not this manager's R{self.gpu.branch}", source)
+        if minor > self.gpu.minor:
+            self._refuse(errno.EPROTONOSUPPORT,
+                         f"source release {branch}.{minor} is newer than this "
+                         f"{self.gpu.branch}.{self.gpu.minor}", source)
+
+    def _refuse(self, code: int, reason: str, source: str) -> NoReturn:
+        log.error("vGPU migration from %r refused: %s", source, reason)
+        fail(code)

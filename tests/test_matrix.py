@@ -1,0 +1,158 @@
+"""`mdevfs matrix TOPOLOGY...` on the two example hosts: the table, the SVG, the mounts' end."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_fuse, write_topology
+
+pytestmark = needs_fuse
+HOSTS = Path(__file__).resolve().parent.parent / "examples" / "two_hosts"
+LABELS = [f"{host}:{parent}:{type_id}" for host in ("host_a", "host_b")
+          for parent, type_id in (("0000:81:00.0", "acme-large"), ("0000:81:00.0", "acme-small"),
+                                  ("mtty", "mtty-1"), ("mtty", "mtty-2"))]
+# rows: source, columns: target, in the order of LABELS
+EXPECTED = """
+✓✗✗✗✗✗✗✗
+✗✓✗✗✗✓✗✗
+✗✗✗✗✗✗✗✗
+✗✗✗✗✗✗✗✗
+✗✗✗✗✗✗✗✗
+✗✗✗✗✗✓✗✗
+✗✗✗✗✗✗✗✗
+✗✗✗✗✗✗✗✗
+""".split()
+ROW = re.compile(r"(\d+) (\S+) +((?:[✓✗] )*[✓✗])")
+
+
+def matrix(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs the command with its temporary mounts in tmp_path/tmp, so that leftovers show."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+    return subprocess.run([sys.executable, "-m", "mdevfs", "matrix", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_nothing_left(tmp_path: Path) -> None:
+    with open("/proc/mounts") as f:
+        mounts = [line.split()[1] for line in f]
+    assert not [m for m in mounts if m.startswith(str(tmp_path))]
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("matrix")
+    out = matrix(tmp, str(HOSTS / "host_a.toml"), str(HOSTS / "host_b.toml"),
+                 "--svg", str(tmp / "m.svg"), "--why")
+    return tmp, out
+
+
+def test_table_cells(run):
+    """Seed v5 conditions per ordered pair of types (type-node variant, spec §5.2(a)): A's
+    acme-small (2.1) → B's (2.3) only; each ACME type to itself on its host except B's
+    acme-large (read ENODEV); mtty (no attribute) nowhere."""
+    tmp, out = run
+    assert out.returncode == 0, out.stderr
+    rows = [ROW.fullmatch(line) for line in out.stdout.splitlines()]
+    rows = [m for m in rows if m]
+    assert [int(m[1]) for m in rows] == list(range(1, 9))
+    assert [m[2] for m in rows] == LABELS
+    assert [m[3].replace(" ", "") for m in rows] == EXPECTED
+    lines = out.stdout.splitlines()
+    assert lines[0] == "migration_version compatibility (row: source type, column: target type)"
+    assert lines[1].split() == ["source", "\\", "target", *map(str, range(1, 9))]
+    assert lines[10] == ("legend: ✓ compatible (the target accepted the source's string), "
+                         "✗ incompatible (as `mdevfs check` would say)")
+    assert lines[-1] == f"wrote {tmp / 'm.svg'}"
+
+
+def test_why_names_the_failed_condition_and_errno(run):
+    """--why gives `mdevfs check`'s reason per ✗: seed conditions (1)–(4), driver errnos."""
+    _, out = run
+    a_large, a_small, a_mtty1 = LABELS[0], LABELS[1], LABELS[2]
+    b_large, b_small = LABELS[4], LABELS[5]
+    for line in (
+        f"6 → 2: incompatible: writing the source's migration_version to {a_small} failed: "
+        "Invalid argument (EINVAL)",
+        f"1 → 5: incompatible: writing the source's migration_version to {b_large} failed: "
+        "No such device (ENODEV)",
+        f"5 → 1: incompatible: reading the migration_version of {b_large} failed: "
+        "No such device (ENODEV)",
+        f"2 → 1: incompatible: the types differ: acme-small ({a_small}) and "
+        f"acme-large ({a_large})",
+        f"2 → 3: incompatible: {a_mtty1} has no migration_version attribute "
+        "(no migration support)",
+    ):
+        assert line in out.stdout.splitlines()
+    assert "2 → 6:" not in out.stdout and b_small in out.stdout
+    assert sum(line.startswith(tuple("12345678")) and " → " in line
+               for line in out.stdout.splitlines()) == 64 - 4
+
+
+def test_svg_is_valid_and_names_the_types(run):
+    """The image: well-formed SVG, every type named, one cell per pair with its verdict as title."""
+    tmp, _ = run
+    root = ET.parse(tmp / "m.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == f"{ns}svg"
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    for label in LABELS:
+        assert texts.count(label) == 2  # row and column
+    titles = [t.text for t in root.iter(f"{ns}title")]
+    assert len(titles) == 64
+    assert titles[5 * 8 + 1] == (
+        f"{LABELS[5]} → {LABELS[1]}: incompatible: writing the source's migration_version to "
+        f"{LABELS[1]} failed: Invalid argument (EINVAL)")
+    assert titles[1 * 8 + 5].startswith(f"{LABELS[1]} → {LABELS[5]}: compatible")
+
+
+def test_mounts_are_gone_afterwards(run):
+    """Mount only under temporary directories and always unmount."""
+    tmp, _ = run
+    assert_nothing_left(tmp)
+
+
+def test_a_host_that_fails_to_mount_unmounts_the_others(tmp_path):
+    """A daemon that dies: exit 2 naming the problem, and host A, already mounted, is unmounted."""
+    (tmp_path / "dies.py").write_text(
+        "import sys\nfrom mdevfs.driver import BaseDriver\n\n\n"
+        "class Driver(BaseDriver):\n"
+        "    def __init__(self, options=None):\n"
+        "        super().__init__(options)\n"
+        "        if '--foreground' in sys.argv:\n"
+        "            raise RuntimeError('no serving today')\n")
+    dies = write_topology(tmp_path, '[[parent]]\ndriver = "dies.py"\n', "dies.toml")
+    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(dies))
+    assert out.returncode == 2
+    assert out.stderr.startswith("mdevfs: a host did not mount: the mdevfs daemon exited with "
+                                 "status 2")
+    assert "no serving today" in out.stderr
+    assert_nothing_left(tmp_path)
+
+
+def test_bad_topology_mounts_nothing(tmp_path):
+    """A bad file is refused (exit 2, file and problem named) before any host is mounted."""
+    bad = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\nfoo = 1\n', "bad.toml")
+    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(bad))
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"mdevfs: {bad}: parent #1: unknown key(s) foo\n"
+    assert_nothing_left(tmp_path)
+
+
+def test_same_stem_twice_gets_distinct_host_names(tmp_path):
+    """Labels stay unique when two topology files share a stem: host_a, host_a#2."""
+    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(HOSTS / "host_a.toml"))
+    assert out.returncode == 0, out.stderr
+    labels = [m[2] for m in map(ROW.fullmatch, out.stdout.splitlines()) if m]
+    assert labels == LABELS[:4] + [label.replace("host_a", "host_a#2") for label in LABELS[:4]]
+    # same driver version on both: each ACME type migrates across, mtty never
+    cells = [m[3].replace(" ", "") for m in map(ROW.fullmatch, out.stdout.splitlines()) if m]
+    assert cells[0] == "✓✗✗✗✓✗✗✗" and cells[5] == "✗✓✗✗✗✓✗✗"
+    assert_nothing_left(tmp_path)

@@ -1,0 +1,285 @@
+"""``mdevfs run``: a command in a private mount namespace where the emulated tree
+sits at the real ``/sys`` paths, for software that hard-codes them (mdevctl 1.2.0
+has no root override; real-clients.md §0.1 and §2.1).
+
+The FUSE daemon runs outside the namespace, on a temporary directory, as every
+mount of :func:`mdevfs.testing.mounted` does; only bind mounts and tmpfs are
+made inside. The kernel discards them with the namespace's last process, so
+nothing there needs undoing and the host's mount table never sees them.
+
+Inside, ``python -S namespace.py ROOT [--mdevctl-dir DIR] -- COMMAND...``,
+started by ``unshare --mount --propagation private`` (plus ``--user
+--map-root-user`` for a non-root user), grafts the mount at ROOT onto /sys:
+
+* a path the host lacks (``/sys/class/mdev_bus``) is added to its parent
+  directory, which first becomes writable: a tmpfs over it with every original
+  entry put back (directories and files bound, symlinks copied), because sysfs
+  refuses mkdir;
+* a directory the host has (``/sys/kernel/iommu_groups``, a PCI device) is
+  covered by a bind of the emulated one.
+
+The relative symlinks of the tree then resolve through the real paths. It then
+puts a private ``/etc/mdevctl.d`` in place, sets ``SYSTEMD_DEVICE_VERIFY_SYSFS=0``
+(real-clients.md §0.4) and ``MDEVFS_ROOT`` (the mount itself), and execs COMMAND,
+whose exit status is the run's.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import os
+import posixpath
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+SYS = Path("/sys")
+MDEVCTL_DIR = Path("/etc/mdevctl.d")
+#: like env(1) and chroot(1): the namespace could not be set up, COMMAND did not run
+SETUP_FAILED = 125
+
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+
+
+class NamespaceError(Exception):
+    """``mdevfs run`` cannot work here; the message says what is needed."""
+
+
+# --- outside: start COMMAND in a namespace -----------------------------------------------
+
+def _unshare() -> list[str]:
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return ["unshare", *user, "--mount", "--propagation", "private"]
+
+
+def command_line(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None) -> list[str]:
+    """The argv that runs ``command`` in a namespace showing the mount at ``root`` as /sys."""
+    keep = ["--mdevctl-dir", str(Path(mdevctl_dir).absolute())] if mdevctl_dir else []
+    # This file by path, without site: the inside needs only the standard library, and
+    # skipping the package's imports halves the start-up (66 -> 31 ms).
+    return [*_unshare(), sys.executable, "-S", __file__, str(root), *keep, "--", *command]
+
+
+@functools.cache
+def unsupported() -> str | None:
+    """Why no private mount namespace can be made here, or None when one can."""
+    if shutil.which("unshare") is None:
+        return "mdevfs run needs unshare(1) from util-linux"
+    probe = subprocess.run([*_unshare(), "true"], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return None
+    how = ("root (CAP_SYS_ADMIN)" if os.geteuid() == 0 else
+           "root, or unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
+           "kernel.unprivileged_userns_clone=1 where that exists)")
+    return (f"mdevfs run cannot create a private mount namespace "
+            f"({' '.join(_unshare())}: {probe.stderr.strip()}); it needs {how}")
+
+
+def run(root: Path, command: Sequence[str], *, mdevctl_dir: Path | None = None,
+        **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` of ``command`` inside the namespace; raises NamespaceError."""
+    reason = unsupported()
+    if reason:
+        raise NamespaceError(reason)
+    return subprocess.run(command_line(root, command, mdevctl_dir), **kwargs)
+
+
+def run_topology(config: str | None, command: Sequence[str], mdevctl_dir: Path | None = None,
+                 state: str | None = None) -> int:
+    """``mdevfs run``: mount ``config`` (restoring and recording ``state``), run
+    ``command`` inside, unmount; its exit status."""
+    from .testing import mounted  # testing imports cli, which imports this module
+
+    reason = unsupported()
+    if reason:
+        raise NamespaceError(reason)
+    # As on a real host, a command that drops privileges (qemu under libvirt) may still
+    # read /sys; the sysfs modes keep it from writing. The mount itself lies in a
+    # directory only root may enter.
+    args = ("--allow-other",) if os.geteuid() == 0 else ()
+    try:
+        with mounted(config, args=args, state=state) as mount:
+            proc = subprocess.Popen(command_line(mount.root, command, mdevctl_dir))
+            return _wait(proc)
+    except RuntimeError as exc:  # the mount did not come up
+        raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for COMMAND, passing on SIGTERM and SIGHUP so that teardown still runs.
+
+    SIGINT from the terminal reaches COMMAND directly (same process group); here it
+    only must not end the wait early.
+    """
+    def forward(signum: int, _frame: Any) -> None:
+        proc.send_signal(signum)
+
+    handlers = {signal.SIGTERM: forward, signal.SIGHUP: forward,
+                signal.SIGINT: lambda *_: None}
+    saved = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
+    try:
+        status = proc.wait()
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+    return 128 - status if status < 0 else status  # killed by signal N: 128 + N, as shells say
+
+
+# --- inside: graft the mount onto /sys ---------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+
+
+def _mount(source: str | Path, target: Path, fstype: str | None = None, flags: int = 0,
+           data: str | None = None) -> None:
+    def enc(s: str | Path | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
+    if _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
+        err = ctypes.get_errno()
+        what = f"tmpfs on {target}" if fstype == "tmpfs" else f"bind {source} on {target}"
+        raise OSError(err, f"cannot mount {what}: {os.strerror(err)}")
+
+
+def _link_target(root: Path, rel: str) -> str:
+    """Where the symlink ``rel`` of the tree points, as a path from the root."""
+    return posixpath.normpath(posixpath.join(posixpath.dirname(rel), os.readlink(root / rel)))
+
+
+def grafted_paths(root: Path) -> list[str]:
+    """What the tree adds to /sys: the mdev roots, each parent and its class or bus link."""
+    paths = ["class/mdev_bus", "bus/mdev", "kernel/iommu_groups"]
+    for name in sorted(os.listdir(root / "class/mdev_bus")):
+        parent = _link_target(root, f"class/mdev_bus/{name}")
+        subsystem = _link_target(root, f"{parent}/subsystem")  # "class/mtty" or "bus/pci"
+        kind = "" if subsystem.startswith("class/") else "/devices"
+        paths += [parent, f"{subsystem}{kind}/{name}"]
+    return paths
+
+
+class Grafter:
+    """Changes the view of /sys (and /etc) by mounts only: run it in a private namespace."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        #: directories on a tmpfs of ours, where creating entries touches nothing real
+        self.ours: set[Path] = set()
+
+    def make_writable(self, directory: Path) -> None:
+        """A tmpfs over ``directory`` holding every original entry again."""
+        if directory in self.ours:
+            return
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            names = os.listdir(fd)
+            _mount("tmpfs", directory, "tmpfs", 0, "mode=0755")
+            for name in names:
+                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                entry = directory / name
+                if stat.S_ISLNK(mode):
+                    entry.symlink_to(os.readlink(name, dir_fd=fd))
+                    continue
+                if stat.S_ISDIR(mode):
+                    entry.mkdir()
+                else:
+                    entry.touch()
+                # The covered original stays reachable through the descriptor.
+                _mount(f"/proc/self/fd/{fd}/{name}", entry, flags=_MS_BIND | _MS_REC)
+        finally:
+            os.close(fd)
+        self.ours.add(directory)
+
+    def graft(self, rel: str) -> None:
+        """Make ``/sys/<rel>`` the tree's ``<rel>``; the rest of /sys stays the host's."""
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if not os.path.lexists(SYS / sub):
+                self._place(self.root / sub, SYS / sub)  # the whole subtree from here
+                return
+        src, dest = self.root / rel, SYS / rel
+        if src.is_symlink():
+            if dest.is_symlink() and os.readlink(dest) == os.readlink(src):
+                return
+            if not dest.is_symlink():
+                raise OSError(f"cannot place the link {rel} over the host's {dest}")
+            self.make_writable(dest.parent)
+            dest.unlink()
+            dest.symlink_to(os.readlink(src))
+        else:
+            _mount(src, dest, flags=_MS_BIND)
+
+    def _place(self, src: Path, dest: Path) -> None:
+        self.make_writable(dest.parent)
+        if src.is_symlink():
+            dest.symlink_to(os.readlink(src))
+        else:
+            dest.mkdir()
+            _mount(src, dest, flags=_MS_BIND)
+
+    def mdevctl_dir(self, keep: Path | None) -> None:
+        """A private /etc/mdevctl.d (a tmpfs), or ``keep`` bound there; either gets the
+        scripts.d/{callouts,notifiers} directories mdevctl checks for at start-up
+        (real-clients.md §1.1) if they are missing."""
+        if not MDEVCTL_DIR.is_dir():
+            self.make_writable(MDEVCTL_DIR.parent)
+            MDEVCTL_DIR.mkdir()
+        if keep is None:
+            _mount("tmpfs", MDEVCTL_DIR, "tmpfs", 0, "mode=0755")
+        else:
+            _mount(keep, MDEVCTL_DIR, flags=_MS_BIND)
+        for sub in ("callouts", "notifiers"):
+            (MDEVCTL_DIR / "scripts.d" / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _fresh_namespace() -> bool:
+    """Whether unshare(1) gave this process a mount namespace of its own."""
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink(f"/proc/{os.getppid()}/ns/mnt")
+    except PermissionError:
+        # The parent is in another user namespace; a mount namespace we may mount in
+        # can then only be one made with ours.
+        return True
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"mdevfs run: {message}", file=sys.stderr)
+    sys.exit(SETUP_FAILED)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    parser = argparse.ArgumentParser(prog="python -S mdevfs/namespace.py",
+                                     description="Inside a fresh mount namespace only: graft "
+                                     "the mdevfs mount at ROOT onto /sys and exec COMMAND.")
+    parser.add_argument("root", metavar="ROOT")
+    parser.add_argument("--mdevctl-dir", metavar="DIR", type=Path)
+    parser.add_argument("command", nargs="+", metavar="COMMAND")
+    args = parser.parse_args(argv)
+    if not _fresh_namespace():  # never graft onto the caller's own /sys
+        _fail("the namespace helper works only in a new mount namespace; use mdevfs run")
+    try:
+        grafter = Grafter(Path(args.root))
+        for rel in grafted_paths(grafter.root):
+            grafter.graft(rel)
+        grafter.mdevctl_dir(args.mdevctl_dir)
+    except OSError as exc:
+        _fail(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
+    env = dict(os.environ, SYSTEMD_DEVICE_VERIFY_SYSFS="0", MDEVFS_ROOT=args.root)
+    try:
+        os.execvpe(args.command[0], args.command, env)
+    except OSError as exc:
+        print(f"mdevfs run: {args.command[0]}: {exc.strerror}", file=sys.stderr)
+        sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)  # as shells say
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""pytest fixtures for testing management software against mdevfs.
+
+Registered through the ``pytest11`` entry point, so installing mdevfs is enough::
+
+    def test_allocate(mdevfs):
+        uuid = mdevfs.create("mtty-1")
+        assert (mdevfs.root / "bus/mdev/devices" / uuid).is_symlink()
+        listed = mdevfs.run(["mdevctl", "list"])      # the tree at the real /sys paths
+        assert listed.stdout.startswith(uuid)
+
+* ``mdevfs``: one mount per session of the topology named by the ini option
+  ``mdevfs_config`` (default: the embedded one), reset to its initial state before
+  each test by removing every device through sysfs, so that a suite of hundreds
+  of tests pays for one mount. Definitions that ``run()`` lets mdevctl write go
+  to a per-test ``/etc/mdevctl.d``.
+* ``mdevfs_factory(config)``: a fresh mount of another topology file, unmounted
+  when the test ends.
+* ``mdevfs_session``: the shared mount itself, without the reset.
+
+Each yields a :class:`mdevfs.testing.Mount`: ``root``, ``read``, ``write``,
+``create``, ``remove``, ``devices``, ``reset`` and ``run``. A test skips, with
+the reason, where FUSE cannot be mounted; ``run()`` skips where no private mount
+namespace can be made. Every mount is unmounted in teardown, also after a failure.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import namespace, testing
+
+
+class MdevfsMount(testing.Mount):
+    """A :class:`~mdevfs.testing.Mount` whose ``run`` skips the test where it cannot work."""
+
+    def run(self, command: Sequence[str], **kwargs: Any) -> Any:
+        reason = namespace.unsupported()
+        if reason:
+            pytest.skip(reason)
+        return super().run(command, **kwargs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("mdevfs_config", "topology file of the mdevfs fixture, relative to the "
+                  "rootdir (default: mdevfs's embedded topology)", default="")
+
+
+@contextlib.contextmanager
+def _mounted(config: str | os.PathLike[str] | None) -> Iterator[MdevfsMount]:
+    reason = testing.unavailable()
+    if reason:
+        pytest.skip(f"mdevfs: {reason}")
+    with contextlib.ExitStack() as stack:
+        try:
+            mount = stack.enter_context(testing.mounted(config, handle=MdevfsMount))
+        except RuntimeError as exc:
+            if "not permitted" in str(exc):  # e.g. a container without CAP_SYS_ADMIN
+                pytest.skip(f"mdevfs: mounting FUSE is not permitted here: {exc}")
+            raise
+        yield mount  # type: ignore[misc]
+
+
+@pytest.fixture(scope="session")
+def mdevfs_session(pytestconfig: pytest.Config) -> Iterator[MdevfsMount]:
+    """The session's mount of the ``mdevfs_config`` topology, shared and never reset."""
+    name = pytestconfig.getini("mdevfs_config")
+    with _mounted(pytestconfig.rootpath / name if name else None) as mount:
+        yield mount
+
+
+@pytest.fixture
+def mdevfs(mdevfs_session: MdevfsMount, tmp_path: Path) -> Iterator[MdevfsMount]:
+    """The session's mount in its initial state: no devices, an empty /etc/mdevctl.d."""
+    mdevfs_session.reset()
+    mdevfs_session.mdevctl_dir = tmp_path / "mdevctl.d"
+    mdevfs_session.mdevctl_dir.mkdir()
+    yield mdevfs_session
+    mdevfs_session.mdevctl_dir = None
+
+
+@pytest.fixture
+def mdevfs_factory() -> Iterator[Callable[..., MdevfsMount]]:
+    """``mdevfs_factory(config)`` mounts the topology file ``config`` for this test."""
+    with contextlib.ExitStack() as stack:
+        def factory(config: str | os.PathLike[str] | None = None) -> MdevfsMount:
+            return stack.enter_context(_mounted(config))
+
+        yield factory

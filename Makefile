@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc mdevctl util-linux
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc mdevctl util-linux libvirt-daemon libvirt-clients
 
 .PHONY: install system venv demo test bench lint clean
 

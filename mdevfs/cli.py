@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import re
@@ -15,8 +16,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from . import control, migration
 from .config import Topology, TopologyError
+from .control import default_socket
+from .daemon import Daemon
+from .state import StateError
 
 log = logging.getLogger("mdevfs")
 
@@ -85,17 +91,20 @@ def wait_ready(directory: Path, proc: subprocess.Popen[bytes] | None,
 def cmd_mount(args: argparse.Namespace) -> int:
     directory = Path(args.dir).absolute()
     topology = _topology(args.config)
-    host = topology.build()  # refuse a bad topology before anything is mounted
+    # refuse a bad topology or state file before anything is mounted
+    daemon = Daemon.prepare(topology, args.state)
     check_mountpoint(directory)
+    control_path = Path(args.control).absolute() if args.control else default_socket(directory)
     if args.foreground:
-        import trio
-
-        from .fuse import serve
-        from .sysfs import Tree
-
-        tree = Tree(host)
-        log.info("mounting %s (%s) at %s", topology.source, len(host.parents), directory)
-        trio.run(serve, tree, str(directory), args.allow_other)
+        try:
+            sock = control.bind(control_path)
+        except OSError as exc:
+            raise UsageError(f"control socket {control_path}: {exc.strerror}; "
+                             f"give another with --control PATH") from None
+        log.info("mounting %s (%s parents, %d devices restored) at %s; control socket %s",
+                 topology.source, len(daemon.host.parents), len(daemon.host.devices),
+                 directory, control_path)
+        daemon.serve(directory, args.allow_other, sock)
         return 0
     log_file = Path(args.log_file or Path(tempfile.gettempdir()) / f"mdevfs-{os.getpid()}.log")
     cmd = [sys.executable, "-m", "mdevfs", "mount", "--foreground", str(directory)]
@@ -103,6 +112,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cmd[4:4] = ["--config", str(Path(args.config).absolute())]
     if args.allow_other:
         cmd.insert(4, "--allow-other")
+    if args.state:
+        cmd[4:4] = ["--state", str(Path(args.state).absolute())]
+    cmd[4:4] = ["--control", str(control_path)]
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
@@ -113,13 +125,113 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if proc.poll() is None:
             proc.kill()
         raise UsageError(f"{exc}; its log {log_file}:\n{tail}") from None
-    print(f"mdevfs: {directory} mounted (pid {proc.pid}, log {log_file})")
+    print(f"mdevfs: {directory} mounted (pid {proc.pid}, log {log_file}, "
+          f"control {control_path})")
     return 0
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
     unmount(Path(args.dir).absolute(), lazy=args.lazy)
     return 0
+
+
+_CTL_FIELDS = ("parent", "path", "op", "error", "once", "seconds", "uuid", "on", "key", "value")
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """One control request; exit 0 done, 1 refused by the daemon, 2 no daemon answers."""
+    directory = Path(args.dir).absolute()
+    client = control.Client(args.control or default_socket(directory))
+    fields = {k: getattr(args, k) for k in _CTL_FIELDS if getattr(args, k, None) is not None}
+    if "path" in fields and os.path.isabs(fields["path"]):
+        fields["path"] = os.path.relpath(fields["path"], directory)  # a path into the mount
+    if "value" in fields:
+        try:
+            fields["value"] = json.loads(fields["value"])  # 42, true, "text": a JSON scalar
+        except json.JSONDecodeError:
+            pass  # anything else is a plain string
+    try:
+        result = client.request(args.ctl_command, **fields)
+    except control.ControlError as exc:
+        print(f"mdevfs: {args.ctl_command}: {exc.strerror} "
+              f"({errno.errorcode.get(exc.errno, exc.errno)})", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        raise UsageError(f"no mdevfs control socket answers at {client.path} ({exc.strerror});"
+                         f" is {directory} mounted by mdevfs?") from None
+    if result is not None:
+        print(result if isinstance(result, str) else json.dumps(result, indent=2))
+    return 0
+
+
+def _ctl_parser(sub: Any) -> None:
+    p = sub.add_parser("ctl", help="unplug parents and inject faults in a running mount",
+                       description="Send one command to the control socket of the mdevfs "
+                       "mount on DIR (owned by the mounting user, mode 0600). PATH is an "
+                       "attribute file, relative to DIR or absolute inside it. Exit 0: done, "
+                       "1: refused, 2: no daemon answers.")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--control", metavar="PATH", help="the socket, if mounted with --control")
+    p.set_defaults(func=cmd_ctl)
+    cmds = p.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
+    cmds.add_parser("status", help="parents, devices and the faults in force")
+    for name, text in (("unplug", "hot-unplug PARENT: its devices vanish"),
+                       ("plug", "plug an unplugged PARENT back: its types return")):
+        cmds.add_parser(name, help=text).add_argument("parent", metavar="PARENT")
+    c = cmds.add_parser("fail", help="make reads or writes of PATH fail with ERRNO")
+    c.add_argument("path", metavar="PATH")
+    c.add_argument("op", choices=("read", "write"))
+    c.add_argument("error", metavar="ERRNO", help="a name (EIO) or a number")
+    c.add_argument("--once", action="store_true", help="only the next one (default: until "
+                   "cleared)")
+    c = cmds.add_parser("latency", help="sleep SECONDS before each read or write of PATH")
+    c.add_argument("path", metavar="PATH")
+    c.add_argument("seconds", metavar="SECONDS", type=float, help="0 clears")
+    c = cmds.add_parser("busy", help="make remove of device UUID fail with EBUSY")
+    c.add_argument("uuid", metavar="UUID")
+    c.add_argument("--off", dest="on", action="store_false", help="let it be removed again")
+    c = cmds.add_parser("clear", help="clear the faults on PATH, or every fault")
+    c.add_argument("path", metavar="PATH", nargs="?")
+    c = cmds.add_parser("set-option", help="set a driver option of PARENT at run time")
+    for name in ("parent", "key", "value"):
+        c.add_argument(name, metavar=name.upper())
+    cmds.add_parser("reset", help="back to the topology's initial state")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        verdict = migration.check(args.source, args.target)
+    except migration.NotAnMdevNode as exc:
+        raise UsageError(str(exc)) from None
+    if verdict.note:
+        print(verdict.note)
+    print(verdict.message)
+    return 0 if verdict.compatible else 1
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    try:
+        matrix = migration.survey(args.topologies)
+    except RuntimeError as exc:
+        raise UsageError(f"a host did not mount: {exc}") from None
+    print(migration.render_text(matrix, why=args.why), end="")
+    if args.svg:
+        Path(args.svg).write_text(migration.render_svg(matrix))
+        print(f"wrote {args.svg}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .namespace import SETUP_FAILED, NamespaceError, run_topology
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise UsageError("run: name a COMMAND, e.g. mdevfs run -- mdevctl types")
+    try:
+        return run_topology(args.config, command, args.mdevctl_dir, args.state)
+    except NamespaceError as exc:
+        print(f"mdevfs run: {exc}", file=sys.stderr)
+        return SETUP_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,12 +249,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other", action="store_true",
                    help="let other users in (sysfs modes are enforced)")
     p.add_argument("--log-file", metavar="FILE", help="where the detached daemon logs")
+    p.add_argument("--state", metavar="FILE",
+                   help="record every device in FILE and restore them from it at start")
+    p.add_argument("--control", metavar="PATH",
+                   help="the control socket (default: .DIRNAME.mdevfs-ctl beside DIR)")
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount DIR", description="Unmount an mdevfs mount.")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--lazy", "-z", action="store_true", help="detach even if busy")
     p.set_defaults(func=cmd_umount)
+    _ctl_parser(sub)
+
+    p = sub.add_parser("check", help="may an mdev migrate from SOURCE to TARGET?",
+                       description="Apply the migration_version conditions of the seed in "
+                       "order to two mdev type or device directories of any sysfs root: both "
+                       "have the attribute, type nodes are of the same type, the source's "
+                       "string reads, the target accepts it. A device paired with a type is "
+                       "checked through its mdev_type. Exit 0: compatible, 1: not, 2: usage.")
+    p.add_argument("source", metavar="SOURCE", help="an mdev type or device directory")
+    p.add_argument("target", metavar="TARGET", help="an mdev type or device directory")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("matrix", help="which type of which host may migrate to which",
+                       description="Mount each host's topology in a temporary directory, check "
+                       "every ordered pair of their types as `check` does, print the N×N "
+                       "table, unmount. Types are labelled host:parent:type-id, the host "
+                       "being the file's stem.")
+    p.add_argument("topologies", metavar="TOPOLOGY", nargs="+", help="a host's topology file")
+    p.add_argument("--svg", metavar="FILE", help="also draw the table as SVG in FILE")
+    p.add_argument("--why", action="store_true", help="list the reason for every ✗")
+    p.set_defaults(func=cmd_matrix)
+
+    p = sub.add_parser("run", help="run COMMAND with the emulated tree at the real /sys paths",
+                       description="Mount a topology, run COMMAND in a private mount namespace "
+                       "in which /sys/class/mdev_bus, /sys/bus/mdev, the parents' devices and "
+                       "/sys/kernel/iommu_groups are the emulated ones and /etc/mdevctl.d is "
+                       "private, then unmount. The host's /sys and /etc never change. Exit "
+                       "status: COMMAND's (128+N if signal N killed it); 125 if the namespace "
+                       "could not be set up.")
+    p.add_argument("--config", metavar="FILE", help="topology file (default: the embedded one)")
+    p.add_argument("--mdevctl-dir", metavar="DIR",
+                   help="bind DIR at /etc/mdevctl.d to keep mdevctl's definitions "
+                   "(default: an empty private one)")
+    p.add_argument("--state", metavar="FILE",
+                   help="as for mount: restore the devices from FILE and record them there")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p.set_defaults(func=cmd_run)
     return parser
 
 
@@ -152,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         return args.func(args)
-    except (UsageError, TopologyError) as exc:
+    except (UsageError, TopologyError, StateError) as exc:
         print(f"mdevfs: {exc}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,7 @@ or ``read(2)`` unchanged, as the kernel passes a driver's return through.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.metadata
 import importlib.util
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from attrs import frozen
+
+from .errors import fail
 
 if TYPE_CHECKING:
     from .model import MdevDevice, MdevType
@@ -107,6 +110,12 @@ class VendorDriver(Protocol):
     def migration(self, target: MdevType | MdevDevice) -> Migration | None:
         """The migration_version of a type or device; None means no attribute."""
 
+    def set_option(self, key: str, value: Any) -> None:
+        """Change a driver option at run time (``mdevfs ctl DIR set-option``), e.g. a
+        software version that migration_version reports. ``value`` is a JSON scalar.
+        Refuse with OSError(errno) or ValueError (answered as EINVAL with its text).
+        The types a parent offers must not change: they are read at registration."""
+
 
 class BaseDriver:
     """Defaults for every optional part of :class:`VendorDriver`; subclass it."""
@@ -146,6 +155,9 @@ class BaseDriver:
 
     def migration(self, target: MdevType | MdevDevice) -> Migration | None:
         return None
+
+    def set_option(self, key: str, value: Any) -> None:
+        fail(errno.EINVAL, f"driver {self.name} has no run-time option {key!r}")
 
 
 class DriverLoadError(Exception):

@@ -17,8 +17,8 @@ import os
 import stat
 import time
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 
@@ -60,6 +60,16 @@ def handler(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class Hooks(Protocol):
+    """Called around every attribute show and store (fault injection, the state file)."""
+
+    async def before(self, node: File, buf: bytes | None) -> None:
+        """Before show (``buf`` None) or store; may sleep first, or raise OSError instead."""
+
+    def after_store(self, node: File) -> None:
+        """After a store succeeded."""
+
+
 class _Handle:
     __slots__ = ("node", "data")
 
@@ -73,9 +83,10 @@ class SysfsOperations(pyfuse3.Operations):
 
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree) -> None:
+    def __init__(self, tree: Tree, hooks: Hooks | None = None) -> None:
         super().__init__()
         self.tree = tree
+        self.hooks = hooks
         self._handles: dict[int, Any] = {}
         self._next_fh = 1
         self._time_ns = time.time_ns()
@@ -175,13 +186,23 @@ class SysfsOperations(pyfuse3.Operations):
         handle: _Handle = self._handles[fh]
         if off == 0 or handle.data is None:
             # seq_file: a read from the start calls show() again (poll-and-reread works)
+            if self.hooks is not None:
+                await self.hooks.before(handle.node, None)
+            if handle.node.parent is None:
+                raise pyfuse3.FUSEError(errno.ENODEV)  # kernfs_seq_start: node removed
             handle.data = handle.node.read()
         return handle.data[off:off + size]
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle: _Handle = self._handles[fh]
-        return handle.node.write(bytes(buf))
+        data = bytes(buf)
+        if self.hooks is not None:
+            await self.hooks.before(handle.node, data)
+        count = handle.node.write(data)
+        if self.hooks is not None:
+            self.hooks.after_store(handle.node)
+        return count
 
     @handler
     async def release(self, fh: int) -> None:
@@ -234,13 +255,15 @@ def mount_options(allow_other: bool = False) -> set[str]:
 
 
 async def serve(tree: Tree, mountpoint: str, allow_other: bool = False,
-                ready: Callable[[], None] | None = None) -> None:
-    """Mount ``tree`` at ``mountpoint`` and serve until unmounted or terminated."""
+                ready: Callable[[], None] | None = None, *, hooks: Hooks | None = None,
+                tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+    """Mount ``tree`` at ``mountpoint`` and serve until unmounted or terminated;
+    ``tasks`` (e.g. the control socket) run alongside and are cancelled at the end."""
     import signal
 
     import trio
 
-    ops = SysfsOperations(tree)
+    ops = SysfsOperations(tree, hooks)
     pyfuse3.init(ops, mountpoint, mount_options(allow_other))
     try:
         async with trio.open_nursery() as nursery:
@@ -252,6 +275,8 @@ async def serve(tree: Tree, mountpoint: str, allow_other: bool = False,
                         return
 
             nursery.start_soon(on_signals)
+            for task in tasks:
+                nursery.start_soon(task)
             if ready is not None:
                 ready()
             await pyfuse3.main()

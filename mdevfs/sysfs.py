@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import posixpath
+import struct
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -144,11 +145,43 @@ def _props(props: dict[str, str]) -> bytes:
     return "".join(f"{k}={v}\n" for k, v in props.items()).encode()
 
 
-DEVICE_UEVENT = Op(show=lambda d: _props({"DRIVER": d.parent.driver.mdev_driver}),
-                   store=_uevent_store)
-PARENT_UEVENT = Op(show=lambda p: _props(dict(p.driver.parent_uevent())), store=_uevent_store)
+def device_uevent(mdev: MdevDevice) -> dict[str, str]:
+    """A device's ``uevent`` file, and the properties its events carry (mdevfs.uevent)."""
+    return {"DRIVER": mdev.parent.driver.mdev_driver}
+
+
+def parent_uevent(parent: Parent) -> dict[str, str]:
+    return dict(parent.driver.parent_uevent())
+
+
+DEVICE_UEVENT = Op(show=lambda d: _props(device_uevent(d)), store=_uevent_store)
+PARENT_UEVENT = Op(show=lambda p: _props(parent_uevent(p)), store=_uevent_store)
 PARENT_DEV = Op(show=lambda p: _text("{MAJOR}:{MINOR}".format_map(p.driver.parent_uevent())))
 BUS_UEVENT = Op(store=_uevent_store)
+
+
+def _pci_ids(parent: Parent) -> tuple[int, int, int]:
+    """Vendor, device and class of a PCI parent, from its PCI_ID and PCI_CLASS."""
+    props = parent.driver.parent_uevent()
+    vendor, device = (int(x, 16) for x in props["PCI_ID"].split(":"))
+    return vendor, device, int(props.get("PCI_CLASS", "0"), 16)
+
+
+def _pci_config(parent: Parent) -> bytes:
+    """A type-0 configuration header (256 bytes): ids and class, no capabilities."""
+    vendor, device, klass = _pci_ids(parent)
+    head = struct.pack("<HHHHI", vendor, device, 0, 0, klass << 8)  # revision 0
+    return head.ljust(256, b"\0")
+
+
+#: what pci-sysfs.c shows for every PCI device and libvirt's udevProcessPCI reads;
+#: made for a parent on bus "pci" whose uevent has PCI_ID (Tree.parent_added)
+PCI_FILES = {
+    "vendor": Op(show=lambda p: f"0x{_pci_ids(p)[0]:04x}\n".encode()),
+    "device": Op(show=lambda p: f"0x{_pci_ids(p)[1]:04x}\n".encode()),
+    "class": Op(show=lambda p: f"0x{_pci_ids(p)[2]:06x}\n".encode()),
+    "config": Op(show=_pci_config),
+}
 
 
 def _set_autoprobe(state: list[int], buf: bytes) -> int:
@@ -209,7 +242,7 @@ def migration_op(migration: Migration, owner: str) -> Op:
     def show(obj: Any) -> bytes:
         version = migration.version()
         if not isinstance(version, str) or not version.isascii() or len(version) > PATH_MAX:
-            problem = (f"a {type(version).__name__}, not a str" if not isinstance(version, str)
+            problem = (f"of type {type(version).__name__}, not str" if not isinstance(version, str)
                        else "not ASCII" if not version.isascii() else f"{len(version)} bytes")
             log.error("driver %s: migration_version of %s is %s; answering EIO",
                       owner, _describe(obj), problem)
@@ -337,6 +370,9 @@ class Tree(HostObserver):
         else:
             self.link(f"{kind}/{subsys}/devices/{parent.name}", parent.path)
         self._file(pdir, "uevent", PARENT_UEVENT, parent)
+        if driver.subsystem == ("bus", "pci") and "PCI_ID" in props:
+            for name, op in PCI_FILES.items():
+                self._file(pdir, name, op, parent)
         self._power(pdir)
         types = self._dir(pdir, "mdev_supported_types")
         for mtype in parent.types.values():
@@ -448,4 +484,5 @@ class Tree(HostObserver):
         fail(errno.EBUSY)
 
 
-__all__ = ["Tree", "Node", "Dir", "File", "Link", "Op", "migration_op", "PAGE_SIZE", "PATH_MAX"]
+__all__ = ["Tree", "Node", "Dir", "File", "Link", "Op", "migration_op", "device_uevent",
+           "parent_uevent", "PAGE_SIZE", "PATH_MAX"]

@@ -17,10 +17,15 @@ import subprocess
 import sys
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .cli import UsageError, wait_ready
+from .control import Client
+
+#: the device a FUSE mount needs (a module constant so that a test can pretend it is missing)
+FUSE_DEVICE = "/dev/fuse"
 
 
 class Mount:
@@ -30,6 +35,10 @@ class Mount:
         self.root = root
         self.proc = proc
         self.log_file = log_file
+        #: the daemon's control socket (set by :func:`mounted`): ``m.control.unplug("mtty")``
+        self.control: Client | None = None
+        #: bound at /etc/mdevctl.d by :meth:`run`; None gives each run an empty one
+        self.mdevctl_dir: Path | None = None
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -65,6 +74,38 @@ class Mount:
     def remove(self, uuid: str) -> None:
         self.write(f"bus/mdev/devices/{uuid}/remove", "1")
 
+    def devices(self) -> list[str]:
+        """The UUIDs in ``bus/mdev/devices``."""
+        return sorted(os.listdir(self.root / "bus/mdev/devices"))
+
+    def reset(self) -> None:
+        """Back to the topology's initial state: every device removed through sysfs.
+
+        Raises OSError when a driver refuses a remove, RuntimeError when the daemon died.
+        """
+        if not self.alive():
+            raise RuntimeError(f"the mdevfs daemon has exited; its log:\n{self.log()}")
+        for uuid in self.devices():
+            try:
+                self.remove(uuid)
+            except FileNotFoundError:
+                pass  # removed meanwhile
+
+    def run(self, command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """``command`` in an ``mdevfs run`` namespace showing this mount as /sys.
+
+        Output is captured as text unless ``stdout``/``stderr`` say otherwise;
+        ``mdevctl_dir`` defaults to :attr:`mdevctl_dir`. Raises
+        :class:`mdevfs.namespace.NamespaceError` where no namespace can be made.
+        """
+        from . import namespace
+
+        if "stdout" not in kwargs and "stderr" not in kwargs:
+            kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("mdevctl_dir", self.mdevctl_dir)
+        return namespace.run(self.root, command, **kwargs)
+
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
 
@@ -74,15 +115,25 @@ class Mount:
 
 @contextlib.contextmanager
 def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ...] = (),
-            timeout: float = 10.0) -> Iterator[Mount]:
-    """Mount ``config`` (default: the embedded topology) in a fresh temporary directory."""
+            timeout: float = 10.0, handle: type[Mount] = Mount,
+            state: str | os.PathLike[str] | None = None) -> Iterator[Mount]:
+    """Mount ``config`` (default: the embedded topology) in a fresh temporary directory.
+    With ``state``, devices are recorded in (and restored from) that file (``--state``).
+
+    Yields a ``handle`` (a :class:`Mount` or subclass); raises RuntimeError, with the
+    daemon's log, when the mount does not come up.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="mdevfs-"))
     root = workdir / "sys"
     root.mkdir()
     log_file = workdir / "mdevfs.log"
-    cmd = [sys.executable, "-m", "mdevfs", "mount", "--foreground", *args]
+    control = workdir / "control.sock"
+    cmd = [sys.executable, "-m", "mdevfs", "mount", "--foreground", "--control", str(control),
+           *args]
     if config is not None:
         cmd += ["--config", str(config)]
+    if state is not None:
+        cmd += ["--state", str(Path(state).absolute())]
     cmd.append(str(root))
     with open(log_file, "wb") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
@@ -91,10 +142,28 @@ def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ..
             wait_ready(root, proc, timeout)
         except UsageError as exc:
             raise RuntimeError(f"{exc}\n{log_file.read_text(errors='replace')}") from None
-        yield Mount(root, proc, log_file)
+        mount = handle(root, proc, log_file)
+        mount.control = Client(control)
+        yield mount
     finally:
         _teardown(root, proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def unavailable() -> str | None:
+    """Why this process cannot mount FUSE here, or None when nothing visible stops it."""
+    if not os.path.exists(FUSE_DEVICE):
+        return (f"{FUSE_DEVICE} is missing: load the fuse module (modprobe fuse) or give "
+                f"the container --device /dev/fuse")
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        return f"{FUSE_DEVICE} is not readable and writable by uid {os.geteuid()}"
+    if os.geteuid() != 0:
+        helper = shutil.which("fusermount3")
+        if helper is None:
+            return "a non-root user mounts through fusermount3, which is missing (Debian: fuse3)"
+        if not os.stat(helper).st_mode & 0o4000:
+            return f"a non-root user mounts through {helper}, which is not setuid root"
+    return None
 
 
 def _teardown(root: Path, proc: subprocess.Popen[bytes]) -> None:

@@ -40,3 +40,55 @@ def mtty(mtty_mount):
     for uuid in os.listdir(mtty_mount.root / "bus/mdev/devices"):
         mtty_mount.remove(uuid)
     assert mtty_mount.alive(), mtty_mount.log()
+
+
+# --- running file operations as an unprivileged user (issue 6 items 3 and 6) ---------------
+
+NOBODY = 65534
+#: a Python that uid 65534 may run (the venv's may live under a 0700 home)
+SYSTEM_PYTHON = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
+                      if os.path.exists(p)), None)
+needs_nobody = pytest.mark.skipif(SYSTEM_PYTHON is None or os.geteuid() != 0,
+                                  reason="needs root and a system python3 to run as nobody")
+
+_PROBE = r'''
+import errno, json, os, socket, sys
+out = []
+for op, path, *data in json.loads(sys.argv[1]):
+    try:
+        if op == "read":
+            with open(path, "rb") as f:
+                out.append(f.read().decode("latin-1"))
+        elif op == "write":
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                out.append(os.write(fd, data[0].encode()))
+            finally:
+                os.close(fd)
+        elif op == "listdir":
+            out.append(sorted(os.listdir(path)))
+        elif op == "request":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+                try:
+                    s.sendall(data[0].encode() + b"\n")
+                except BrokenPipeError:
+                    pass  # refused before it read: the refusal waits to be read
+                out.append(json.loads(s.makefile().readline()))
+    except OSError as exc:
+        out.append(errno.errorcode[exc.errno])
+print(json.dumps(out))
+'''
+
+
+def as_nobody(*ops: tuple) -> list:
+    """Run ``(op, path, *data)`` file operations as uid/gid 65534 without groups; each
+    gives its result (read text, bytes written, names, a control reply) or an errno name."""
+    import json
+    import subprocess
+    out = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                          SYSTEM_PYTHON, "-I", "-S", "-c", _PROBE,
+                          json.dumps([[op, str(path), *data] for op, path, *data in ops])],
+                         capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

@@ -1,0 +1,95 @@
+"""``python -m mdevfs.bench``: build the instruments, run every phase, write the report."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from . import report, suite
+from .tools import REPO_ROOT, BenchError, build, floor_mounted, shared_dir
+
+PHASES = ("ops", "listing", "requests", "mount", "reset", "mdevctl")
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds every `with`, so every mount is unmounted
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mdevfs.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="every row on a tiny budget, no 100,000-device step (a smoke test)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results",
+                        help="where the report goes (default: bench-results/ in the repository)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"a comma-separated subset of {','.join(PHASES)}")
+    args = parser.parse_args(argv)
+    chosen = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if set(chosen) - set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(set(chosen) - set(PHASES)))}")
+    signal.signal(signal.SIGTERM, _terminate)
+    plan = suite.QUICK if args.quick else suite.FULL
+    res = suite.Results(plan)
+    started = time.monotonic()
+    failed = 0
+    try:
+        shared = shared_dir()
+    except BenchError as exc:
+        print(f"mdevfs.bench: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="mdevfs-bench-") as scratch, \
+            contextlib.ExitStack() as stack:
+        suite.log(f"building {shared}/bench/driver.c and floor_ll.c")
+        tools = build(shared, Path(scratch))
+        config = Path(scratch) / "bench.toml"
+        config.write_text(suite.BENCH_TOPOLOGY)
+        floors = {name: stack.enter_context(floor_mounted(tools, suite.floor_knobs(plus)))
+                  for name, plus in (("C+plus", True), ("C", False))}
+        phases: dict[str, Callable[[], None]] = {
+            "ops": lambda: suite.phase_ops(res, tools, config, floors["C+plus"]),
+            "listing": lambda: suite.phase_listing(res, tools, config, floors),
+            "requests": lambda: suite.phase_requests(res, config, floors["C+plus"]),
+            "mount": lambda: suite.phase_mount(res, tools),
+            "reset": lambda: suite.phase_reset(res, config),
+            "mdevctl": lambda: suite.phase_mdevctl(res, config),
+        }
+        for name in PHASES:
+            if name not in chosen:
+                res.skipped[name] = "not chosen (--phases)"
+                continue
+            suite.log(f"phase {name} ({time.monotonic() - started:.0f} s so far)")
+            try:
+                phases[name]()
+            except (BenchError, OSError, RuntimeError, ValueError) as exc:
+                failed += 1
+                res.skipped[name] = f"failed: {exc}"
+                suite.log(f"phase {name} failed: {exc}")
+    if 100_000 not in plan.scale:
+        res.skipped.setdefault("scale", "--quick: the 100,000-device step takes about a minute; "
+                                        "run the full benchmark")
+    res.notes.append(f"the whole run took {time.monotonic() - started:.0f} s")
+    write(res, args.out)
+    return 1 if failed else 0
+
+
+def write(res: suite.Results, out: Path) -> None:
+    info = report.machine()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    svg_name = f"listing-{stamp}.svg"
+    text = report.render(res, report.rows(res), info, svg_name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / svg_name).write_text(report.svg(res))
+    (out / f"bench-{stamp}.md").write_text(text)
+    (out / "latest.md").write_text(text)
+    (out / f"bench-{stamp}.json").write_text(json.dumps(
+        {"machine": info, "results": attrs.asdict(res)}, indent=1, default=str))
+    print(text)
+    print(f"\nwritten: {out / f'bench-{stamp}.md'} (also latest.md), {out / svg_name}")

@@ -1,0 +1,393 @@
+"""From samples to the report: medians, ratios, each target of issue 7 and whether it
+is met; a Markdown document and an SVG plot of listing latency against device count."""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from attrs import frozen
+
+from .suite import LIST_SIZES, OPS, Results
+
+#: every row the report always has, in order (the smoke test checks each one)
+ROW_KEYS = (*OPS, *(f"list-{n}" for n in LIST_SIZES), "list-100000", "mount", "reset",
+            "rss-10000", "rss-100000", "mdevctl-list", "mdevctl-types")
+
+WHAT = {
+    "read": "attribute read: open + read + close of `available_instances`",
+    "write": "accepted write: open + write + close (`power/control` ← on; floor: "
+             "migration_version)",
+    "writebad": "rejected write (EINVAL): the same with `bogus`",
+    "stat": "stat of an attribute",
+    "statmiss": "stat of a missing name (ENOENT)",
+    "create": "create: write a UUID to `create` (the device appears)",
+    "remove": "remove: write `1` to `<uuid>/remove` (Python loop on both; the floor "
+              "cannot remove, so its figure is the same syscalls on a file that accepts them)",
+    "read-deep": "attribute read by the full path `class/mdev_bus/mtty/…/available_instances` "
+                 "(floor: its flat read; no target)",
+    "list-100000": "100,000 devices mounted and listed (`bus/mdev/devices`, mdevfs alone)",
+    "mount": "spawn to a mount that answers (`mdevfs.testing.mounted()`, default topology)",
+    "mdevctl-list": "`mdevctl list` (floor: the same tree as plain files on tmpfs)",
+    "mdevctl-types": "`mdevctl types` (floor: the same tree on tmpfs; no target)",
+}
+#: ratio targets: key → the most mdevfs / floor may be
+RATIO_TARGETS = {"read": 2.0, "stat": 1.5, "statmiss": 1.5, "create": 3.0, "remove": 3.0,
+                 "list-10000": 2.0, "mdevctl-list": 2.0}
+TARGET_TEXT = {"statmiss": "≤ 1.5× (stat)", "list-10000": "≤ 2× C+plus",
+               "mdevctl-list": "≤ 2× tmpfs", "mount": "≤ 250 ms median", "reset": "≤ 10 ms",
+               "rss-10000": "≤ 300 B/node", "rss-100000": "≤ 300 B/node",
+               "list-100000": "mounted and listed"}
+
+
+@frozen
+class Row:
+    key: str
+    what: str
+    mdevfs: str
+    floor: str
+    ratio: str
+    target: str
+    met: str
+
+
+def median(values: Sequence[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def us(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 10_000:
+        return f"{value / 1000:,.1f} ms"
+    return f"{value:,.1f} µs" if value < 1000 else f"{value:,.0f} µs"
+
+
+def ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f} ms"
+
+
+def verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**NO**")
+
+
+def ratio_row(key: str, what: str, m: list[float] | None, f: list[float] | None,
+              fmt: Any = us) -> Row:
+    """Medians of both sides, the ratio of the medians, and the spread of the paired
+    per-repetition ratios."""
+    mm, fm = median(m), median(f)
+    limit = RATIO_TARGETS.get(key)
+    if mm is None or fm is None:
+        return Row(key, what, fmt(mm), fmt(fm), "—", TARGET_TEXT.get(key, "—"), "—")
+    r = mm / fm
+    text = f"{r:.2f}×"
+    if m and f and len(m) == len(f) and len(m) > 1:
+        paired = [a / b for a, b in zip(m, f)]
+        text += f" ({min(paired):.2f}–{max(paired):.2f})"
+    target = TARGET_TEXT.get(key, f"≤ {limit:g}×" if limit else "—")
+    return Row(key, what, fmt(mm), fmt(fm), text, target,
+               verdict(None if limit is None else r <= limit))
+
+
+def rows(res: Results) -> list[Row]:
+    out: list[Row] = []
+    skip = res.skipped
+
+    def missing(key: str, phase: str) -> Row:
+        reason = skip.get(phase, "not measured")
+        return Row(key, WHAT.get(key, key), f"skipped: {reason}", "—", "—",
+                   TARGET_TEXT.get(key, "—"), "—")
+
+    for op in OPS:
+        if op not in res.ops:
+            out.append(missing(op, "ops"))
+            continue
+        floor = res.ops.get("read" if op == "read-deep" else op, {}).get("C+plus")
+        mine = res.ops[op].get("mdevfs")
+        if op == "read-deep":  # not paired: the floor has no deep path
+            row = ratio_row(op, WHAT[op], mine, None)
+            mm, fm = median(mine), median(floor)
+            ratio = f"{mm / fm:.2f}×" if mm and fm else "—"
+            out.append(Row(op, WHAT[op], row.mdevfs, us(fm), ratio, "—", "—"))
+        else:
+            out.append(ratio_row(op, WHAT[op], mine, floor))
+    for n in LIST_SIZES:
+        key = f"list-{n}"
+        sides = res.listing.get(n)
+        if not sides:
+            out.append(missing(key, "listing"))
+            continue
+        plain = median(sides.get("C"))
+        what = (f"list `bus/mdev/devices` with {n:,} devices (floor: d{n} with readdirplus; "
+                f"C without it: {us(plain)})")
+        out.append(ratio_row(key, what, sides.get("mdevfs"), sides.get("C+plus")))
+    big = res.listing.get(100_000, {}).get("mdevfs")
+    if big:
+        out.append(Row("list-100000", WHAT["list-100000"], us(median(big)), "—", "—",
+                       TARGET_TEXT["list-100000"], "yes"))
+    else:
+        out.append(missing("list-100000", "listing" if "listing" in skip else "scale"))
+    if res.mount:
+        row = ratio_row("mount", WHAT["mount"], res.mount.get("mdevfs"),
+                        res.mount.get("C+plus"), ms)
+        mm = median(res.mount.get("mdevfs"))
+        out.append(Row("mount", row.what, row.mdevfs, row.floor, row.ratio,
+                       TARGET_TEXT["mount"], verdict(mm is not None and mm <= 250)))
+    else:
+        out.append(missing("mount", "mount"))
+    out.extend(reset_rows(res))
+    out.extend(memory_rows(res))
+    for cmd, key in (("mdevctl list", "mdevctl-list"), ("mdevctl types", "mdevctl-types")):
+        sides = res.mdevctl.get(cmd)
+        if not sides:
+            out.append(missing(key, "mdevctl"))
+            continue
+        n = res.mdevctl_info.get("devices", "?")
+        what = WHAT[key] + f", {n:,} devices" if isinstance(n, int) else WHAT[key]
+        out.append(ratio_row(key, what, [v * 1e3 for v in sides["mdevfs"]],
+                             [v * 1e3 for v in sides["tmpfs"]], ms))
+    return out
+
+
+def reset_rows(res: Results) -> list[Row]:
+    """``reset``: the fixture's reset (Mount.reset() where it exists); the other ways
+    measured in the same run follow as ``reset-control`` and ``reset-sysfs``."""
+    if not res.reset:
+        why = res.skipped.get("reset", "not measured")
+        return [Row("reset", "the fixture's reset between tests", f"skipped: {why}", "—", "—",
+                    "≤ 10 ms", "—")]
+    ways = list(res.reset)
+    main = next((w for w in ways if w.startswith("Mount.reset")), ways[0])
+    out = []
+    for way in [main] + [w for w in ways if w != main]:
+        value = median(res.reset[way])
+        key = ("reset" if way == main else "reset-control" if "control" in way
+               else "reset-sysfs")
+        out.append(Row(key, f"per-test reset with 5 devices: {way}", ms(value), "—", "—",
+                       "≤ 10 ms" if key == "reset" else "—",
+                       verdict(value <= 10) if key == "reset" and value is not None else "—"))
+    return out
+
+
+def memory_rows(res: Results) -> list[Row]:
+    out = []
+    base = next((m for m in res.memory if m[0] == 0), None)
+    for n in (10_000, 100_000):
+        key = f"rss-{n}"
+        point = next((m for m in res.memory if m[0] == n), None)
+        if base is None or point is None:
+            reason = res.skipped.get("listing") or res.skipped.get("scale", "not measured")
+            out.append(Row(key, f"resident memory at {n:,} devices", f"skipped: {reason}",
+                           "—", "—", TARGET_TEXT[key], "—"))
+            continue
+        per_node = (point[1] - base[1]) / max(point[2] - base[2], 1)
+        what = (f"resident memory at {n:,} devices: {point[1] / 2**20:,.1f} MiB "
+                f"(at 0: {base[1] / 2**20:,.1f} MiB), {point[2]:,} nodes "
+                f"({res.nodes_per_device} per device)")
+        out.append(Row(key, what, f"{per_node:,.0f} B/node", "—", "—", TARGET_TEXT[key],
+                       verdict(per_node <= 300)))
+    return out
+
+
+# --- the machine -------------------------------------------------------------------------
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    libfuse = subprocess.run(["pkg-config", "fuse3", "--modversion"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "?"
+
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "nproc": str(len(os.sched_getaffinity(0))), "cpu": model,
+            "kernel": platform.release(), "python": platform.python_version(),
+            "libfuse": libfuse or "?", "pyfuse3": version("pyfuse3"), "trio": version("trio")}
+
+
+# --- Markdown ---------------------------------------------------------------------------
+
+def table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def requests_table(res: Results) -> str:
+    body = []
+    for key, sides in res.requests.items():
+        m, f = sides.get("mdevfs"), sides.get("C+plus")
+        if m is None:
+            continue
+        lat_m, lat_f = latency(res, key, "mdevfs"), latency(res, key, "C+plus")
+        n_m = sum(v for k, v in m["per_op"].items() if k != "forget")
+        n_f = sum(v for k, v in f["per_op"].items() if k != "forget") if f else None
+        handler = m["handler_ns"] / m["calls"] / 1000 if m["calls"] else None
+        per_m = lat_m / n_m if lat_m and n_m else None
+        per_f = lat_f / n_f if lat_f and n_f else None
+        body.append([key, breakdown(m["per_op"]), breakdown(f["per_op"]) if f else "—",
+                     us(per_m), us(per_f), us(handler),
+                     us(per_m - handler) if per_m and handler else "—"])
+    return table(["op", "mdevfs requests per op", "floor requests per op",
+                  "mdevfs µs/request", "floor µs/request", "in mdevfs handlers",
+                  "mdevfs outside handlers"], body)
+
+
+def latency(res: Results, key: str, side: str) -> float | None:
+    if key.startswith("list-"):
+        return median(res.listing.get(int(key[5:]), {}).get(side))
+    return median(res.ops.get("read" if key == "read-deep" and side != "mdevfs" else key,
+                              {}).get(side))
+
+
+def breakdown(per_op: dict[str, float]) -> str:
+    parts = [f"{k.upper()} {v:.3g}" for k, v in per_op.items() if k != "forget" and v >= 0.005]
+    total = sum(v for k, v in per_op.items() if k != "forget")
+    forget = per_op.get("forget")
+    text = f"**{total:.3g}**: " + ", ".join(parts)
+    return text + (f" (+FORGET {forget:.2g})" if forget else "")
+
+
+def listing_table(res: Results) -> str:
+    body = []
+    for n in sorted(res.listing):
+        s = res.listing[n]
+        m, p, c = median(s.get("mdevfs")), median(s.get("C+plus")), median(s.get("C"))
+        body.append([f"{n:,}", us(m), us(p), us(c), f"{m / p:.2f}×" if m and p else "—",
+                     f"{m / c:.2f}×" if m and c else "—",
+                     f"{m * 1000 / n:,.0f} ns" if m else "—"])
+    return table(["devices", "mdevfs", "C+plus", "C", "mdevfs / C+plus", "mdevfs / C",
+                  "mdevfs per entry"], body)
+
+
+def render(res: Results, report_rows: list[Row], info: dict[str, str], svg_name: str) -> str:
+    plan = res.plan
+    from .. import fuse
+
+    out = [
+        "# mdevfs benchmark",
+        "",
+        (f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · kernel {info['kernel']} · "
+        f"Python {info['python']}, pyfuse3 {info['pyfuse3']}, trio {info['trio']}, "
+        f"libfuse {info['libfuse']}"),
+        "",
+        (f"Method: mdevfs and the C floor (`shared/bench/floor_ll.c`) mounted side by side in "
+        f"the same caching mode (direct_io, entry_timeout {fuse.ENTRY_TIMEOUT:g} s, "
+        f"attr_timeout {fuse.ATTR_TIMEOUT:g} s, READDIRPLUS forced on the floor as pyfuse3 "
+        f"forces it: `C+plus`), each op run by `shared/bench/driver.c` on both in turns, "
+        f"{plan.reps} repetition(s) × {plan.budget_ms:g} ms; each cell is the median of the "
+        f"per-repetition p50 latencies, the ratio is mdevfs / floor (in brackets: the spread "
+        f"of the paired per-repetition ratios). Attribute ops run from the directory that "
+        f"holds the file, so both sides see the same requests per op."),
+        "",
+        table(["", "what", "mdevfs", "floor", "ratio", "target", "met"],
+              [[f"`{r.key}`", r.what, r.mdevfs, r.floor, r.ratio, r.target, r.met]
+               for r in report_rows]),
+        "",
+    ]
+    if res.requests:
+        out += ["## Where the time goes: FUSE requests per operation", "",
+                ("Counted on a separate mount whose handlers are wrapped with counters "
+                "(`mdevfs.bench.counting`) and on floor_ll's own counters; µs per request is "
+                "the timed p50 divided by the requests; *in mdevfs handlers* is the time "
+                "spent inside `SysfsOperations` methods."), "", requests_table(res), ""]
+    if res.listing:
+        out += ["## Listing against device count", "", listing_table(res), "",
+                f"![listing latency against device count]({svg_name})", ""]
+    if res.memory:
+        base = res.memory[0]
+        out += ["## Resident memory of the daemon", "",
+                table(["devices", "nodes", "VmRSS", "bytes per node since 0 devices"],
+                      [[f"{d:,}", f"{nodes:,}", f"{rss / 2**20:,.1f} MiB",
+                        f"{(rss - base[1]) / (nodes - base[2]):,.0f}" if d else "—"]
+                       for d, rss, nodes in res.memory]), ""]
+    if res.mount_parts:
+        out += ["## What a mount costs", "",
+                table(["step", "median"],
+                      [[k, ms(median(v))] for k, v in res.mount_parts.items()]
+                      + [["mdevfs spawn to ready (above)", ms(median(res.mount.get("mdevfs")))]]),
+                ""]
+    if res.mdevctl_info:
+        i = res.mdevctl_info
+        out += [(f"mdevctl workload ({i.get('how')}): {i.get('devices')} devices; the tmpfs "
+                f"copy holds "
+                f"{i.get('copied_nodes'):,} nodes and took {i.get('copy_s', 0):.1f} s to make; "
+                f"each command run {plan.mdevctl_runs} time(s) per tree after one warm-up."), ""]
+    notes = res.notes + [f"{phase}: {why}" for phase, why in res.skipped.items()]
+    if notes:
+        out += ["## Notes", ""] + [f"* {n}" for n in notes] + [""]
+    return "\n".join(out)
+
+
+# --- the plot --------------------------------------------------------------------------
+
+def svg(res: Results) -> str:
+    """p50 of listing against device count, log–log, one line per filesystem."""
+    import math
+
+    series = {side: sorted((n, median(v)) for n, sides in res.listing.items()
+                           for s, v in sides.items() if s == side and v)
+              for side in ("mdevfs", "C+plus", "C")}
+    series = {k: v for k, v in series.items() if v}
+    width, height, left, right, top, bottom = 640, 400, 70, 150, 40, 50
+    points = [p for s in series.values() for p in s]
+    if not points:
+        return ('<svg xmlns="http://www.w3.org/2000/svg" width="320" height="40">'
+                '<text x="10" y="25">no listing measured</text></svg>')
+    x_lo, x_hi = 1, math.ceil(math.log10(max(n for n, _ in points)))
+    y_lo = math.floor(math.log10(min(v for _, v in points)))
+    y_hi = math.ceil(math.log10(max(v for _, v in points)))
+    y_hi += y_hi == y_lo
+
+    def x(n: float) -> float:
+        return left + (math.log10(n) - x_lo) / max(x_hi - x_lo, 1) * (width - left - right)
+
+    def y(v: float) -> float:
+        return top + (y_hi - math.log10(v)) / (y_hi - y_lo) * (height - top - bottom)
+
+    colors = {"mdevfs": "#c0392b", "C+plus": "#2471a3", "C": "#7f8c8d"}
+    labels = {"mdevfs": "mdevfs", "C+plus": "C floor, readdirplus", "C": "C floor, readdir"}
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="12">'),
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             (f'<text x="{left}" y="22" font-size="14">Listing bus/mdev/devices: p50 latency '
+             f'against device count</text>')]
+    for e in range(x_lo, x_hi + 1):
+        parts.append(f'<line x1="{x(10**e):.1f}" y1="{top}" x2="{x(10**e):.1f}" '
+                     f'y2="{height - bottom}" stroke="#ddd"/>')
+        parts.append(f'<text x="{x(10**e):.1f}" y="{height - bottom + 16}" '
+                     f'text-anchor="middle">{10**e:,}</text>')
+    for e in range(y_lo, y_hi + 1):
+        label = f"{10**e:g} µs" if e < 3 else f"{10**(e - 3):g} ms"
+        parts.append(f'<line x1="{left}" y1="{y(10**e):.1f}" x2="{width - right}" '
+                     f'y2="{y(10**e):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(10**e) + 4:.1f}" '
+                     f'text-anchor="end">{label}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" '
+                 f'text-anchor="middle">devices (entries listed)</text>')
+    for i, (side, pts) in enumerate(series.items()):
+        c = colors[side]
+        path = " ".join(f"{x(n):.1f},{y(v):.1f}" for n, v in pts)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{c}" stroke-width="2"/>')
+        parts += [f'<circle cx="{x(n):.1f}" cy="{y(v):.1f}" r="3.5" fill="{c}"/>'
+                  for n, v in pts]
+        ly = top + 20 + 20 * i
+        parts.append(f'<line x1="{width - right + 12}" y1="{ly}" x2="{width - right + 32}" '
+                     f'y2="{ly}" stroke="{c}" stroke-width="2"/>')
+        parts.append(f'<text x="{width - right + 38}" y="{ly + 4}">{labels[side]}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

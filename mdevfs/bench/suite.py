@@ -1,0 +1,525 @@
+"""The measurements of issue 7, each against its reference in the same run.
+
+Every phase fills :class:`Results` with raw samples (one per repetition); the
+report takes medians. The floor runs in mdevfs's caching mode, read from
+:mod:`mdevfs.fuse` at run time (direct_io, the same entry and attribute
+timeouts) with READDIRPLUS forced as pyfuse3 forces it (``C+plus``); the plain
+readdir floor (``C``) is measured beside it for the listing only.
+
+Attribute operations run with the driver's working directory in the directory
+that holds the file and a one-component path, on both filesystems, so each
+sees the same FUSE requests per operation; ``read-deep`` shows what the full
+path through ``class/mdev_bus`` adds on mdevfs.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from attrs import Factory, define, frozen
+
+from ..testing import Mount, mounted
+from .tools import BenchError, Floor, Sample, Tools, daemon, drive, floor_mounted, rss_bytes
+
+BENCH_TOPOLOGY = """\
+# The benchmark's host: the mtty sample with a pool so big that creates never run out.
+[[parent]]
+driver = "mtty"
+[parent.options]
+ports = 1000000
+"""
+PARENT_LINK = "class/mdev_bus/mtty"
+TYPE = "mtty-1"
+LIST_SIZES = (10, 1000, 10000)
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: the floor's migration_version, which it accepts back (floor_ll.c)
+FLOOR_VERSION = "10de:1eb8-v1.0-0001"
+OPS = ("read", "write", "writebad", "stat", "statmiss", "create", "remove", "read-deep")
+DEEP_PATH = f"{PARENT_LINK}/mdev_supported_types/{TYPE}/available_instances"
+
+
+@frozen
+class Plan:
+    reps: int
+    budget_ms: float
+    spawns: int
+    #: device counts at which the daemon's RSS is taken (and listed)
+    scale: tuple[int, ...]
+    mdevctl_devices: int
+    mdevctl_runs: int
+    resets: int
+    #: operations per request-count probe
+    probe_ops: int
+
+
+FULL = Plan(reps=5, budget_ms=300, spawns=10, scale=(10_000, 100_000), mdevctl_devices=1000,
+            mdevctl_runs=5, resets=20, probe_ops=200)
+QUICK = Plan(reps=1, budget_ms=20, spawns=2, scale=(10_000,), mdevctl_devices=50,
+             mdevctl_runs=1, resets=3, probe_ops=20)
+
+
+@define
+class Results:
+    plan: Plan
+    #: op → side → p50 µs per repetition
+    ops: dict[str, dict[str, list[float]]] = Factory(dict)
+    #: entries → side → p50 µs per repetition
+    listing: dict[int, dict[str, list[float]]] = Factory(dict)
+    #: side → ms per spawn
+    mount: dict[str, list[float]] = Factory(dict)
+    #: what a mount costs, piece by piece: label → ms per run
+    mount_parts: dict[str, list[float]] = Factory(dict)
+    #: (devices, RSS bytes, nodes in the tree)
+    memory: list[tuple[int, int, int]] = Factory(list)
+    nodes_per_device: int = 0
+    #: how the reset was done → ms per reset
+    reset: dict[str, list[float]] = Factory(dict)
+    #: command → side → s per run
+    mdevctl: dict[str, dict[str, list[float]]] = Factory(dict)
+    mdevctl_info: dict[str, Any] = Factory(dict)
+    #: op → side → {"per_op": {request: count}, "handler_ns": ..., "calls": ...}
+    requests: dict[str, dict[str, dict[str, Any]]] = Factory(dict)
+    #: phase → why it did not run (or failed)
+    skipped: dict[str, str] = Factory(dict)
+    notes: list[str] = Factory(list)
+
+    def add(self, table: dict[Any, dict[str, list[float]]], key: Any, side: str,
+            value: float) -> None:
+        table.setdefault(key, {}).setdefault(side, []).append(value)
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def floor_knobs(plus: bool) -> dict[str, str]:
+    """floor_ll's environment for mdevfs's caching mode (read from mdevfs.fuse)."""
+    from .. import fuse
+
+    return {"DIO": "1", "ET": f"{fuse.ENTRY_TIMEOUT:g}", "AT": f"{fuse.ATTR_TIMEOUT:g}",
+            "KEEP": "0", "PLUS": "1" if plus else "0"}
+
+
+# --- the two sides of an attribute operation ----------------------------------------------
+
+@frozen
+class Side:
+    """Where each operation happens on one filesystem."""
+
+    name: str
+    root: Path
+    attr_dir: Path         # holds the read/stat file and `create`
+    read_name: str
+    write_dir: Path
+    write_name: str
+    write_ok: str
+    devices_dir: Path      # holds <uuid>/remove
+    list_dir: Callable[[int], tuple[Path, str]]  # entries → (cwd, name) of that listing
+
+
+def mdevfs_side(root: Path, name: str = "mdevfs") -> Side:
+    parent = Path(os.path.realpath(root / PARENT_LINK))
+    return Side(name=name, root=root, attr_dir=parent / "mdev_supported_types" / TYPE,
+                read_name="available_instances", write_dir=parent / "power",
+                write_name="control", write_ok="on", devices_dir=parent,
+                list_dir=lambda n: (root / "bus/mdev", "devices"))
+
+
+def floor_side(floor: Floor, name: str) -> Side:
+    root = floor.root
+    return Side(name=name, root=root, attr_dir=root, read_name="available_instances",
+                write_dir=root, write_name="migration_version", write_ok=FLOOR_VERSION,
+                devices_dir=root / "devices", list_dir=lambda n: (root, f"d{n}"))
+
+
+def uuids_in(directory: Path) -> list[str]:
+    return [n for n in os.listdir(directory) if UUID_RE.match(n)]
+
+
+def create_devices(create_dir: Path, count: int) -> None:
+    """``count`` creates through the ``create`` file, untimed (a fresh UUID each)."""
+    dfd = os.open(create_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(count):
+            fd = os.open("create", os.O_WRONLY, dir_fd=dfd)
+            try:
+                os.write(fd, str(uuidlib.uuid4()).encode())
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dfd)
+
+
+def write_at(dfd: int, rel: str, data: bytes) -> None:
+    fd = os.open(rel, os.O_WRONLY, dir_fd=dfd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def time_removes(side: Side, budget_ms: float, want: int) -> float:
+    """p50 µs of open(<uuid>/remove) + write("1") + close, in a Python loop for ``budget_ms``.
+
+    The driver has no remove op, so both sides run the same Python loop. floor_ll's
+    ``remove`` accepts the write and keeps the device (it cannot remove), so its
+    figure is the floor for the same syscalls and requests.
+    """
+    uuids = uuids_in(side.devices_dir)
+    if len(uuids) < want:
+        create_devices(side.attr_dir, want - len(uuids))
+        uuids = uuids_in(side.devices_dir)
+    dfd = os.open(side.devices_dir, os.O_RDONLY | os.O_DIRECTORY)
+    lat: list[float] = []
+    try:
+        deadline = time.perf_counter() + budget_ms / 1000
+        for i, u in enumerate(uuids):
+            start = time.perf_counter_ns()
+            write_at(dfd, f"{u}/remove", b"1")
+            if i >= 3:  # the first few warm up
+                lat.append((time.perf_counter_ns() - start) / 1000)
+            if time.perf_counter() > deadline and len(lat) >= 5:
+                break
+    finally:
+        os.close(dfd)
+    return statistics.median(lat)
+
+
+def run_op(tools: Tools, op: str, side: Side, budget_ms: float) -> Sample | float:
+    if op == "read":
+        return drive(tools, "read", budget_ms, side.read_name, cwd=side.attr_dir)
+    if op == "read-deep":
+        return drive(tools, "read", budget_ms, DEEP_PATH, cwd=side.root)
+    if op == "write":
+        return drive(tools, "write", budget_ms, side.write_name, side.write_ok, cwd=side.write_dir)
+    if op == "writebad":
+        return drive(tools, "writebad", budget_ms, side.write_name, "bogus", cwd=side.write_dir)
+    if op == "stat":
+        return drive(tools, "stat", budget_ms, side.read_name, cwd=side.attr_dir)
+    if op == "statmiss":
+        return drive(tools, "statmiss", budget_ms, "no_such_attribute", cwd=side.attr_dir)
+    if op == "create":
+        return drive(tools, "create", budget_ms, "create", secrets.token_hex(4), cwd=side.attr_dir)
+    if op == "remove":
+        return time_removes(side, budget_ms, want=max(50, int(budget_ms * 15)))
+    raise ValueError(op)
+
+
+def p50(value: Sample | float) -> float:
+    return value.p50 if isinstance(value, Sample) else value
+
+
+# --- phases ---------------------------------------------------------------------------------
+
+def phase_ops(res: Results, tools: Tools, config: Path, floor: Floor) -> None:
+    """Attribute read, accepted and rejected write, stat, stat of a missing name, create,
+    remove; mdevfs and the floor in turns."""
+    plan = res.plan
+    with mounted(config) as m:
+        sides = [mdevfs_side(m.root), floor_side(floor, "C+plus")]
+        for rep in range(plan.reps):
+            for i, op in enumerate(OPS):
+                order = sides if (rep + i) % 2 == 0 else sides[::-1]
+                for side in order:
+                    if op == "read-deep" and side.name != "mdevfs":
+                        continue
+                    res.add(res.ops, op, side.name, p50(run_op(tools, op, side, plan.budget_ms)))
+            log(f"ops: repetition {rep + 1}/{plan.reps} done")
+        if not m.alive():
+            raise BenchError(f"mdevfs died during the ops phase:\n{m.log()[-2000:]}")
+
+
+def phase_listing(res: Results, tools: Tools, config: Path, floors: dict[str, Floor]) -> None:
+    """Listing bus/mdev/devices at 10, 1,000 and 10,000 devices against the floor's d10,
+    d1000 and d10000 (with and without readdirplus); the daemon's RSS at 0 devices and at
+    each count of the plan; the largest count mounted and listed."""
+    plan = res.plan
+    with mounted(config) as m:
+        side = mdevfs_side(m.root)
+        sides = [side] + [floor_side(f, name) for name, f in floors.items()]
+        time.sleep(0.2)
+        res.memory.append((0, rss_bytes(m.proc.pid), 0))
+        have = 0
+        for n in sorted(set(LIST_SIZES) | set(plan.scale)):
+            log(f"listing: growing to {n:,} devices")
+            create_devices(side.attr_dir, n - have)
+            have = n
+            if n in plan.scale:
+                time.sleep(0.2)
+                res.memory.append((n, rss_bytes(m.proc.pid), 0))
+            if n in LIST_SIZES:
+                for rep in range(plan.reps):
+                    k = rep % len(sides)
+                    order = sides[k:] + sides[:k]
+                    for s in (order[::-1] if rep % 2 else order):
+                        cwd, name = s.list_dir(n)
+                        sample = drive(tools, "readdir", plan.budget_ms, name, cwd=cwd)
+                        if sample.extra != n:
+                            raise BenchError(f"{s.name}: listing gave {sample.extra} entries, "
+                                             f"not {n}")
+                        res.add(res.listing, n, s.name, sample.p50)
+            else:  # beyond the floor's largest directory: mdevfs alone
+                for _ in range(min(plan.reps, 3)):
+                    cwd, name = side.list_dir(n)
+                    sample = drive(tools, "readdir", 1, name, cwd=cwd)
+                    if sample.extra != n:
+                        raise BenchError(f"listing gave {sample.extra} entries, not {n}")
+                    res.add(res.listing, n, "mdevfs", sample.p50)
+        if not m.alive():
+            raise BenchError(f"mdevfs died during the listing phase:\n{m.log()[-2000:]}")
+    res.nodes_per_device, base = count_nodes()
+    res.memory = [(d, rss, base + d * res.nodes_per_device) for d, rss, _ in res.memory]
+
+
+def count_nodes() -> tuple[int, int]:
+    """(nodes per device, nodes with no device) of the bench topology's tree, counted in
+    this process with the same Tree the daemon serves."""
+    from ..config import Topology
+    from ..sysfs import Tree
+
+    host = Topology.from_text(BENCH_TOPOLOGY, "<bench topology>").build()
+    tree = Tree(host)
+    base = len(tree.nodes)
+    mtype = next(iter(host.parents.values())).types[TYPE]
+    for _ in range(10):
+        host.create(mtype, str(uuidlib.uuid4()).encode())
+    return (len(tree.nodes) - base) // 10, base
+
+
+# --- requests per operation ------------------------------------------------------------
+
+class CountingMount:
+    """mdevfs under :mod:`mdevfs.bench.counting`: handler calls and time, on SIGUSR1."""
+
+    def __init__(self, root: Path, proc: subprocess.Popen[bytes], stats: Path) -> None:
+        self.root, self.proc, self.stats = root, proc, stats
+
+    def counts(self) -> dict[str, list[int]]:
+        with contextlib.suppress(FileNotFoundError):
+            self.stats.unlink()
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if self.stats.exists():
+                return json.loads(self.stats.read_text())
+            time.sleep(0.002)
+        raise BenchError("the counting daemon wrote no counters")
+
+
+def probe(op: str, side: Side, k: int, entries: int,
+          counts: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``k`` operations with the syscalls of the driver's op, from the same directory (exactly
+    k, no warm-up), so that the request counters divide evenly; the counters before and
+    after."""
+    list_cwd, list_name = side.list_dir(entries)
+    where = {"write": side.write_dir, "writebad": side.write_dir, "read-deep": side.root,
+             "list": list_cwd, "remove": side.devices_dir}
+    uuids = uuids_in(side.devices_dir)[:k] if op == "remove" else []
+    if len(uuids) < k and op == "remove":
+        raise BenchError(f"{side.name}: {len(uuids)} devices to remove, {k} wanted")
+    dfd = os.open(where.get(op, side.attr_dir), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        before = counts()
+        for _ in range(k):
+            if op in ("read", "read-deep"):
+                fd = os.open(side.read_name if op == "read" else DEEP_PATH, os.O_RDONLY,
+                             dir_fd=dfd)
+                os.read(fd, 4096)
+                os.close(fd)
+            elif op in ("write", "writebad"):
+                try:
+                    write_at(dfd, side.write_name,
+                             (side.write_ok if op == "write" else "bogus").encode())
+                except OSError as exc:
+                    if op == "write" or exc.errno != errno.EINVAL:
+                        raise
+            elif op in ("stat", "statmiss"):
+                try:
+                    os.stat(side.read_name if op == "stat" else "no_such_attribute", dir_fd=dfd)
+                except FileNotFoundError:
+                    if op == "stat":
+                        raise
+            elif op == "create":
+                write_at(dfd, "create", str(uuidlib.uuid4()).encode())
+            elif op == "list":
+                fd = os.open(list_name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
+                os.listdir(fd)
+                os.close(fd)
+            elif op == "remove":
+                write_at(dfd, f"{uuids.pop()}/remove", b"1")
+            else:
+                raise ValueError(op)
+        time.sleep(0.01)  # let the last asynchronous RELEASE arrive
+        return before, counts()
+    finally:
+        os.close(dfd)
+
+
+def phase_requests(res: Results, config: Path, floor: Floor) -> None:
+    """FUSE requests per operation on both sides, and mdevfs's time inside its handlers."""
+    plan = res.plan
+    k = plan.probe_ops
+    with tempfile.TemporaryDirectory(prefix="mdevfs-bench-count-") as scratch:
+        stats = Path(scratch) / "counts.json"
+        cmd = [sys.executable, "-m", "mdevfs.bench.counting", str(stats), "--config", str(config)]
+        with daemon(cmd, PARENT_LINK) as (root, proc, _log):
+            counting = CountingMount(root, proc, stats)
+            sides = {"mdevfs": mdevfs_side(root), "C+plus": floor_side(floor, "C+plus")}
+            readers: dict[str, Callable[[], dict[str, Any]]] = {
+                "mdevfs": counting.counts,
+                "C+plus": lambda: {name: [n, 0] for name, n in floor.counts().items()}}
+            keys: list[tuple[str, int]] = [(op, 0) for op in OPS] + \
+                [(f"list-{n}", n) for n in LIST_SIZES]
+            for key, n in keys:
+                for name, side in sides.items():
+                    if key == "read-deep" and name != "mdevfs":
+                        continue
+                    if name == "mdevfs" and n:
+                        set_devices(side, n)
+                    ops = k if n == 0 else max(3, k // 20)
+                    if key == "remove" and name == "mdevfs":
+                        create_devices(side.attr_dir, k)
+                    before, after = probe("list" if n else key, side, ops, n, readers[name])
+                    res.requests.setdefault(key, {})[name] = summarize(before, after, ops)
+            if proc.poll() is not None:
+                raise BenchError("the counting daemon died")
+
+
+def set_devices(side: Side, n: int) -> None:
+    """Create or remove devices (untimed) until ``n`` exist."""
+    have = uuids_in(side.devices_dir)
+    if len(have) < n:
+        create_devices(side.attr_dir, n - len(have))
+    elif len(have) > n:
+        probe_removes(side, len(have) - n)
+
+
+def probe_removes(side: Side, k: int) -> None:
+    uuids = uuids_in(side.devices_dir)[:k]
+    if len(uuids) < k:
+        raise BenchError(f"{side.name}: {len(uuids)} devices to remove, {k} wanted")
+    dfd = os.open(side.devices_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for u in uuids:
+            write_at(dfd, f"{u}/remove", b"1")
+    finally:
+        os.close(dfd)
+
+
+def summarize(before: dict[str, list[int]] | dict[str, Any], after: dict[str, Any],
+              ops: int) -> dict[str, Any]:
+    def n(d: dict[str, Any], key: str) -> int:
+        v = d.get(key, [0, 0])
+        return v[0] if isinstance(v, list) else int(v)
+
+    def ns(d: dict[str, Any], key: str) -> int:
+        v = d.get(key, [0, 0])
+        return v[1] if isinstance(v, list) else 0
+
+    per_op = {key: (n(after, key) - n(before, key)) / ops for key in after
+              if n(after, key) - n(before, key)}
+    handler_ns = sum(ns(after, key) - ns(before, key) for key in after if key != "forget")
+    calls = sum(n(after, key) - n(before, key) for key in after if key != "forget")
+    return {"per_op": per_op, "handler_ns": handler_ns, "calls": calls, "ops": ops}
+
+
+# --- mount, reset --------------------------------------------------------------------------
+
+def phase_mount(res: Results, tools: Tools) -> None:
+    """Spawn to a mount that answers, for the embedded default topology (what a test's
+    fixture mounts), against the C floor; and what the Python part of it costs."""
+    knobs = floor_knobs(plus=True)
+    for i in range(res.plan.spawns):
+        for side in (("mdevfs", "C+plus") if i % 2 == 0 else ("C+plus", "mdevfs")):
+            start = time.perf_counter()
+            with mounted() if side == "mdevfs" else floor_mounted(tools, knobs):
+                ms = (time.perf_counter() - start) * 1000
+            res.mount.setdefault(side, []).append(ms)
+    parts = {"python -c pass": "pass", "python -c 'import trio'": "import trio",
+             "python -c 'import pyfuse3'": "import pyfuse3",
+             "python -c 'import mdevfs.fuse, mdevfs.cli'": "import mdevfs.fuse, mdevfs.cli"}
+    for _ in range(max(3, res.plan.spawns // 2)):
+        for label, code in parts.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            res.mount_parts.setdefault(label, []).append((time.perf_counter() - start) * 1000)
+
+
+def phase_reset(res: Results, config: Path) -> None:
+    """The per-test reset with a handful of devices, every way that exists at run time:
+    the testing handle's ``Mount.reset()`` (what the pytest fixture calls), the control
+    socket's ``reset``, and, as the baseline, removing each device through sysfs."""
+    with mounted(config) as m:
+        ways: dict[str, Callable[[], None]] = {}
+        if callable(getattr(m, "reset", None)):
+            ways["Mount.reset() (the pytest fixture's)"] = m.reset  # type: ignore[attr-defined]
+        control = getattr(m, "control", None)
+        if control is not None and callable(getattr(control, "reset", None)):
+            ways["control socket reset"] = control.reset
+        ways["remove each device through sysfs"] = lambda: sysfs_reset(m)
+        if len(ways) == 1:
+            res.notes.append("reset: neither Mount.reset() nor a control socket exists yet; "
+                             "measured the sysfs way")
+        side = mdevfs_side(m.root)
+        for _ in range(res.plan.resets):
+            for label, way in ways.items():
+                create_devices(side.attr_dir, 5)
+                start = time.perf_counter()
+                way()
+                res.reset.setdefault(label, []).append((time.perf_counter() - start) * 1000)
+                left = os.listdir(m.root / "bus/mdev/devices")
+                if left:
+                    raise BenchError(f"{label} left {len(left)} devices")
+
+
+def sysfs_reset(m: Mount) -> None:
+    for u in os.listdir(m.root / "bus/mdev/devices"):
+        m.remove(u)
+
+
+# --- the mdevctl workload --------------------------------------------------------------
+
+def phase_mdevctl(res: Results, config: Path) -> None:
+    """``mdevctl list`` and ``mdevctl types`` with N devices, on mdevfs and on a plain-file
+    copy of the same tree on tmpfs, in turns: inside ``mdevfs run`` (``Mount.run``) where
+    it exists, else in a private namespace of our own with the tree bound at /sys."""
+    plan = res.plan
+    if shutil.which("mdevctl") is None:
+        res.skipped["mdevctl"] = "mdevctl is not installed (make install installs it)"
+        return
+    with mounted(config) as m, tempfile.TemporaryDirectory(prefix="mdevfs-bench-ns-") as tmp:
+        create_devices(mdevfs_side(m.root).attr_dir, plan.mdevctl_devices)
+        out = Path(tmp) / "workload.json"
+        args = [sys.executable, "-m", "mdevfs.bench.workload", "--sys", str(m.root),
+                "--host-ns", os.readlink("/proc/self/ns/mnt"), "--devices",
+                str(plan.mdevctl_devices), "--runs", str(plan.mdevctl_runs), "--out", str(out)]
+        if callable(getattr(m, "run", None)):
+            done = m.run([*args, "--graft"], timeout=600)
+        elif os.geteuid() == 0 and shutil.which("unshare"):
+            done = subprocess.run(["unshare", "--mount", "--propagation", "private", *args],
+                                  capture_output=True, text=True, timeout=600,
+                                  check=False)
+        else:
+            res.skipped["mdevctl"] = "no mdevfs run here, and no root for unshare(1)"
+            return
+        if done.returncode != 0:
+            raise BenchError(f"the mdevctl workload failed ({done.returncode}):\n"
+                             f"{(done.stderr or '')[-3000:]}")
+        data = json.loads(out.read_text())
+    res.mdevctl = data["runs"]
+    res.mdevctl_info = data["info"]

@@ -1,0 +1,58 @@
+"""``make bench`` (issue 7): the benchmark's machinery on a tiny budget.
+
+No timing is asserted: figures on a shared 2-core machine say little on their
+own. The smoke run checks that every phase runs, every row of the report is
+printed with its target, the report and the plot are written, and nothing is
+left mounted.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import needs_fuse
+from mdevfs.bench import report, tools
+
+pytestmark = needs_fuse
+
+
+def mounts() -> set[str]:
+    with open("/proc/self/mounts") as f:
+        return {line.split()[1] for line in f if "mdevfs" in line or "floor_ll" in line}
+
+
+def test_shared_dir_honours_the_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("MDEVFS_SHARED", str(tmp_path))
+    with pytest.raises(tools.BenchError, match="MDEVFS_SHARED"):
+        tools.shared_dir()
+
+
+def test_quick_run_prints_every_row(tmp_path):
+    try:
+        tools.shared_dir()
+    except tools.BenchError as exc:
+        pytest.skip(str(exc))
+    before = mounts()
+    done = subprocess.run([sys.executable, "-m", "mdevfs.bench", "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| `")]
+    keys = {line.split("`")[1] for line in table}
+    assert set(report.ROW_KEYS) <= keys, set(report.ROW_KEYS) - keys
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 7, line  # key, what, mdevfs, floor, ratio, target, met
+        assert "failed" not in cells[2], line
+    for key in ("read", "stat", "create", "remove", "list-10000", "mount", "reset",
+                "rss-10000", "mdevctl-list"):
+        row = next(line for line in table if line.startswith(f"| `{key}`"))
+        assert "≤" in row, row  # the issue's target is printed beside the figure
+    assert "## Where the time goes" in done.stdout
+    written = {p.name for p in tmp_path.iterdir()}
+    assert "latest.md" in written
+    assert any(name.endswith(".svg") for name in written)
+    svg = next(p for p in tmp_path.iterdir() if p.suffix == ".svg").read_text()
+    assert svg.startswith("<svg") and "polyline" in svg
+    assert mounts() <= before  # every mount of the run is gone

@@ -1,0 +1,252 @@
+"""State that survives, signals and leftovers (issue 6 items 1 and 5), through real mounts.
+
+Devices are recorded in the ``--state`` file before ``create`` or ``remove``
+returns; a restart (clean, by signal or after ``kill -9``) restores exactly
+those devices with their IOMMU groups and vendor state; a file that is corrupt
+or does not fit the topology is refused with a message naming what is wrong,
+and nothing is mounted.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_fuse, write_topology
+from mdevfs.testing import mounted
+
+pytestmark = needs_fuse
+MDEVFS = [sys.executable, "-m", "mdevfs"]
+U1 = "11111111-2222-3333-4444-555555555555"
+U2 = "22222222-3333-4444-5555-666666666666"
+U3 = "33333333-4444-5555-6666-777777777777"
+UA = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+
+# A driver whose device attribute keeps its value in mdev.vendor, as the state file needs.
+KEEPER = '''
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
+
+class Driver(BaseDriver):
+    name = "keeper"
+    def types(self):
+        return (MdevTypeSpec("t"),)
+    def max_instances(self):
+        return 2
+    def probe(self, mdev):
+        mdev.vendor.setdefault("label", "none")
+    def device_attributes(self, mdev):
+        def store(buf):
+            mdev.vendor["label"] = buf.decode().strip()
+        return (Attribute("label", show=lambda: mdev.vendor["label"], store=store),)
+'''
+TOPOLOGY = ('[[parent]]\ndriver = "mtty"\n'
+            '[[parent]]\ndriver = "keeper.py"\nname = "k0"\npath = "devices/virtual/keeper/k0"\n')
+MTTY_TYPES = "class/mdev_bus/mtty/mdev_supported_types"
+
+
+@pytest.fixture
+def topology(tmp_path):
+    (tmp_path / "keeper.py").write_text(KEEPER)
+    return write_topology(tmp_path, TOPOLOGY)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(MDEVFS + list(args), capture_output=True, text=True, timeout=30)
+
+
+def groups(root: Path) -> dict[str, str]:
+    """Each device's IOMMU group, read from its iommu_group link."""
+    devices = root / "bus/mdev/devices"
+    return {u: os.path.basename(os.readlink(devices / u / "iommu_group"))
+            for u in sorted(os.listdir(devices))}
+
+
+def recorded(state: Path) -> list[tuple[str, str, str, int, dict]]:
+    doc = json.loads(state.read_text())
+    return [(d["uuid"], d["parent"], d["type"], d["iommu_group"], d["vendor"])
+            for d in doc["devices"]]
+
+
+def wait_mounted(root: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 10
+    while not (root / "class/mdev_bus").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, "the daemon did not mount"
+        time.sleep(0.01)
+
+
+def cleanup(root: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True)
+
+
+# --- item 1: recorded before the write returns; restored exactly ---------------------------
+
+def test_every_create_and_remove_is_on_disk_before_the_write_returns(topology, tmp_path):
+    """Issue 6 item 1: the state file holds each change as soon as write(2) returns."""
+    state = tmp_path / "state.json"
+    with mounted(topology, state=state) as m:
+        assert recorded(state) == []  # created at start, so a restart finds it
+        m.create("mtty-2", U1)
+        assert recorded(state) == [(U1, "mtty", "mtty-2", 0, {})]
+        m.create("keeper-t", U2)
+        assert recorded(state) == [(U1, "mtty", "mtty-2", 0, {}),
+                                   (U2, "k0", "keeper-t", 1, {"label": "none"})]
+        m.write(f"bus/mdev/devices/{U2}/label", "blue\n")
+        assert recorded(state)[1][4] == {"label": "blue"}  # a vendor attribute store
+        m.remove(U1)
+        assert recorded(state) == [(U2, "k0", "keeper-t", 1, {"label": "blue"})]
+        assert not list(tmp_path.glob(".state.json.*"))  # no temporary file left behind
+
+
+def test_a_restart_restores_exactly_the_devices_with_their_groups(topology, tmp_path):
+    """Issue 6 item 1: same UUIDs, parents, types, IOMMU groups (holes kept) and vendor
+    values; the pools count them; the next new device takes the lowest free group."""
+    state = tmp_path / "state.json"
+    with mounted(topology, state=state) as m:
+        for u, t in ((U1, "mtty-1"), (U2, "mtty-2"), (U3, "keeper-t")):
+            m.create(t, u)
+        m.write(f"bus/mdev/devices/{U3}/label", "green")
+        m.remove(U1)  # group 0 becomes a hole
+        before = groups(m.root)
+    assert before == {U2: "1", U3: "2"}
+    with mounted(topology, state=state) as m:
+        assert groups(m.root) == before
+        assert os.readlink(m.root / "bus/mdev/devices" / U2 / "mdev_type") == \
+            "../mdev_supported_types/mtty-2"
+        assert m.read(f"bus/mdev/devices/{U3}/label") == "green\n"
+        assert m.read(f"{MTTY_TYPES}/mtty-1/available_instances") == "22\n"
+        assert m.read("class/mdev_bus/k0/mdev_supported_types/keeper-t/available_instances") \
+            == "1\n"
+        new = m.create("mtty-1")
+        assert groups(m.root)[new] == "0"
+        assert [r[0] for r in recorded(state)] == [U2, U3, new]
+
+
+def record(uuid: str, parent: str = "mtty", type_id: str = "mtty-1", group: int = 0) -> dict:
+    return {"uuid": uuid, "parent": parent, "type": type_id, "iommu_group": group, "vendor": {}}
+
+
+def doc(*devices: dict) -> str:
+    return json.dumps({"format": "mdevfs-state", "version": 1, "devices": list(devices)})
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("{not json", "corrupt (not JSON: "),
+    ('{"devices": []}', 'corrupt (not an mdevfs state file: no "format": "mdevfs-state")'),
+    (doc(record(U1), record(U2, parent="0000:00:02.0")),
+     f"device #2 ({U2}): parent '0000:00:02.0' is not in the topology (parents: mtty, k0)"),
+    (doc(record(U1, type_id="mtty-3")),
+     f"device #1 ({U1}): parent 'mtty' offers no type 'mtty-3' (types: mtty-1, mtty-2)"),
+    (doc(record(U1), record(U1, group=1)), f"device #2 ({U1}): duplicate UUID"),
+    (doc(record(U1, group=4), record(U2, group=4)),
+     f"device #2 ({U2}): IOMMU group 4 is also recorded for device {U1}"),
+    (doc(record(UA.upper())), f"device #1: '{UA.upper()}' is not a lower-case UUID"),
+    (doc({**record(U1), "extra": 1}), f"device #1 ({U1}): corrupt (unknown extra)"),
+    (doc(*[record(f"{i:08x}-2222-3333-4444-555555555555", "k0", "keeper-t", i)
+           for i in range(3)]),
+     "device #3 (00000002-2222-3333-4444-555555555555): parent 'k0' has no room for it"),
+    (doc(*[record(f"{i:08x}-2222-3333-4444-555555555555", type_id="mtty-2", group=i)
+           for i in range(13)]),
+     ("device #13 (0000000c-2222-3333-4444-555555555555): driver 'mtty' refused it: "
+      "No space left on device")),
+])
+def test_a_state_file_that_does_not_fit_is_refused_and_nothing_mounts(topology, tmp_path,
+                                                                     text, problem):
+    """Issue 6 item 1: corrupt, unknown parent or type, duplicate UUID, group clash, more
+    devices than the pool holds: a clear error, exit 2, no mount, the file untouched."""
+    state = tmp_path / "state.json"
+    state.write_text(text)
+    root = tmp_path / "sys"
+    root.mkdir()
+    try:
+        for foreground in ([], ["--foreground"]):
+            out = run("mount", *foreground, "--config", str(topology), "--state", str(state),
+                      str(root))
+            assert out.returncode == 2
+            assert out.stderr.startswith(f"mdevfs: state file {state}: {problem}"), out.stderr
+            assert not os.path.ismount(root)
+        assert state.read_text() == text
+    finally:
+        run("umount", str(root))
+
+
+# --- item 5: signals and leftovers ---------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_unmounts_cleanly_with_the_state_saved(topology, tmp_path, signum):
+    """Issue 6 item 5: SIGTERM and SIGINT unmount, exit 0, remove the control socket;
+    the next mount with the same state file has the devices back."""
+    root, state = tmp_path / "sys", tmp_path / "state.json"
+    root.mkdir()
+    control = tmp_path / ".sys.mdevfs-ctl"
+    proc = subprocess.Popen(MDEVFS + ["mount", "-f", "--config", str(topology), "--state",
+                                      str(state), str(root)], stderr=subprocess.PIPE)
+    try:
+        wait_mounted(root, proc)
+        assert control.is_socket()
+        (root / MTTY_TYPES / "mtty-1/create").write_text(U1)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+        assert not os.path.ismount(root) and not control.exists()
+        assert [r[0] for r in recorded(state)] == [U1]
+        out = run("mount", "--config", str(topology), "--state", str(state), str(root))
+        assert out.returncode == 0, out.stderr
+        assert groups(root) == {U1: "0"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        run("umount", str(root))
+        cleanup(root)
+
+
+def test_after_kill_9_the_next_mount_recovers_the_mountpoint_and_the_devices(topology,
+                                                                              tmp_path):
+    """Issue 6 items 1 and 5: kill -9 leaves a dead mount (ENOTCONN) and a stale control
+    socket; `mdevfs mount` on the same directory recovers both and restores the devices."""
+    root, state = tmp_path / "sys", tmp_path / "state.json"
+    root.mkdir()
+    proc = subprocess.Popen(MDEVFS + ["mount", "-f", "--config", str(topology), "--state",
+                                      str(state), str(root)], stderr=subprocess.DEVNULL)
+    try:
+        wait_mounted(root, proc)
+        (root / MTTY_TYPES / "mtty-2/create").write_text(U1)
+        (root / MTTY_TYPES / "mtty-1/create").write_text(U2)
+        (root / f"bus/mdev/devices/{U1}/remove").write_text("1")
+        (root / MTTY_TYPES / "mtty-1/create").write_text(U3)
+        before = groups(root)
+        proc.kill()
+        proc.wait()
+        with pytest.raises(OSError) as info:
+            os.listdir(root)
+        assert info.value.errno == errno.ENOTCONN
+        out = run("mount", "--config", str(topology), "--state", str(state), str(root))
+        assert out.returncode == 0, out.stderr
+        assert groups(root) == before == {U2: "1", U3: "0"}
+        assert run("ctl", str(root), "status").returncode == 0  # the new socket answers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        run("umount", str(root))
+        cleanup(root)
+    assert not os.path.ismount(root)
+
+
+def test_without_dev_fuse_the_mount_fails_with_a_clear_message(tmp_path):
+    """Issue 6 item 5: in a private mount namespace whose /dev lacks fuse, mount refuses."""
+    root = tmp_path / "sys"
+    root.mkdir()
+    script = f"mount -t tmpfs none /dev || exit 99; exec {' '.join(MDEVFS)} mount {root}"
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode == 99 or out.stderr.startswith("unshare:"):
+        pytest.skip(f"no private mount namespace with its own /dev here: {out.stderr.strip()}")
+    assert out.returncode == 2
+    assert out.stderr == ("mdevfs: /dev/fuse is missing: load the fuse module or give the "
+                          "container --device /dev/fuse\n")
+    assert not os.path.ismount(root)

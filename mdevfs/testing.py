@@ -39,6 +39,8 @@ class Mount:
         self.control: Client | None = None
         #: bound at /etc/mdevctl.d by :meth:`run`; None gives each run an empty one
         self.mdevctl_dir: Path | None = None
+        #: the daemon's uevent hand-over socket (``--uevents``), passed on by :meth:`run`
+        self.uevents: Path | None = None
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -79,23 +81,20 @@ class Mount:
         return sorted(os.listdir(self.root / "bus/mdev/devices"))
 
     def reset(self) -> None:
-        """Back to the topology's initial state: every device removed through sysfs.
-
-        Raises OSError when a driver refuses a remove, RuntimeError when the daemon died.
-        """
+        """Back to the topology's initial state in one control request: no devices, no
+        faults, every parent plugged, fresh drivers. Raises RuntimeError when the daemon
+        died."""
         if not self.alive():
             raise RuntimeError(f"the mdevfs daemon has exited; its log:\n{self.log()}")
-        for uuid in self.devices():
-            try:
-                self.remove(uuid)
-            except FileNotFoundError:
-                pass  # removed meanwhile
+        assert self.control is not None, "mounted() gives every mount a control socket"
+        self.control.reset()
 
     def run(self, command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """``command`` in an ``mdevfs run`` namespace showing this mount as /sys.
 
         Output is captured as text unless ``stdout``/``stderr`` say otherwise;
-        ``mdevctl_dir`` defaults to :attr:`mdevctl_dir`. Raises
+        ``mdevctl_dir`` and ``uevents`` default to :attr:`mdevctl_dir` and :attr:`uevents`
+        (the daemon's events then reach the namespace's libudev listeners). Raises
         :class:`mdevfs.namespace.NamespaceError` where no namespace can be made.
         """
         from . import namespace
@@ -104,6 +103,7 @@ class Mount:
             kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         kwargs.setdefault("mdevctl_dir", self.mdevctl_dir)
+        kwargs.setdefault("uevents", self.uevents)
         return namespace.run(self.root, command, **kwargs)
 
     def log(self) -> str:
@@ -128,8 +128,9 @@ def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ..
     root.mkdir()
     log_file = workdir / "mdevfs.log"
     control = workdir / "control.sock"
+    uevents = workdir / "uevents.sock"
     cmd = [sys.executable, "-m", "mdevfs", "mount", "--foreground", "--control", str(control),
-           *args]
+           "--uevents", str(uevents), *args]
     if config is not None:
         cmd += ["--config", str(config)]
     if state is not None:
@@ -144,6 +145,7 @@ def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ..
             raise RuntimeError(f"{exc}\n{log_file.read_text(errors='replace')}") from None
         mount = handle(root, proc, log_file)
         mount.control = Client(control)
+        mount.uevents = uevents
         yield mount
     finally:
         _teardown(root, proc)

@@ -20,26 +20,41 @@ def write_topology(directory: Path, text: str, name: str = "topology.toml") -> P
     return path
 
 
-@pytest.fixture(scope="module")
-def mtty_mount(tmp_path_factory):
-    """One mount of a host with only the mtty sample, shared by a module's tests.
-
-    Tests that create devices remove them again, so each starts from 24 free ports.
-    """
-    config = write_topology(tmp_path_factory.mktemp("topo"), MTTY_ONLY)
-    with mounted(config) as m:
-        yield m
-        assert m.alive(), m.log()
+def errno_of(fn, *args) -> int:
+    """The errno with which ``fn(*args)`` fails (the test fails if it does not)."""
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    return info.value.errno
 
 
-@pytest.fixture
-def mtty(mtty_mount):
-    """The shared mtty mount, checked clean before and after each test."""
-    assert os.listdir(mtty_mount.root / "bus/mdev/devices") == []
-    yield mtty_mount
-    for uuid in os.listdir(mtty_mount.root / "bus/mdev/devices"):
-        mtty_mount.remove(uuid)
-    assert mtty_mount.alive(), mtty_mount.log()
+def shared_mount(topology: str, name: str = "topology", mount_name: str = "mount"):
+    """Fixtures for a module: ``mount_name``, one mount of ``topology`` (TOML text) for
+    all its tests, and a per-test view of it that starts with no devices and removes
+    the ones the test made. Use: ``mount, m = shared_mount(TEXT)``."""
+
+    @pytest.fixture(scope="module", name=mount_name)
+    def mount(tmp_path_factory):
+        if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
+            pytest.skip("needs /dev/fuse and root")
+        config = write_topology(tmp_path_factory.mktemp(name), topology, f"{name}.toml")
+        with mounted(config) as m:
+            yield m
+            assert m.alive(), m.log()
+
+    @pytest.fixture
+    def view(request):
+        mount = request.getfixturevalue(mount_name)
+        assert os.listdir(mount.root / "bus/mdev/devices") == []
+        yield mount
+        for uuid in os.listdir(mount.root / "bus/mdev/devices"):
+            mount.remove(uuid)
+        assert mount.alive(), mount.log()
+
+    return mount, view
+
+
+#: a host with only the mtty sample; each test starts from 24 free ports
+mtty_mount, mtty = shared_mount(MTTY_ONLY, "mtty", "mtty_mount")
 
 
 # --- running file operations as an unprivileged user (issue 6 items 3 and 6) ---------------

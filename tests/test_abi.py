@@ -9,8 +9,7 @@ import os
 import stat
 
 import pytest
-
-from conftest import needs_fuse
+from conftest import errno_of, needs_fuse
 
 pytestmark = needs_fuse
 
@@ -19,10 +18,6 @@ MTTY = "devices/virtual/mtty/mtty"
 TYPES = f"{MTTY}/mdev_supported_types"
 
 
-def oserror(fn, *args):
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
 
 
 def write(path, data: bytes, flags: int = os.O_WRONLY) -> int:
@@ -140,10 +135,10 @@ def test_every_attribute_stats_with_size_4096_and_its_mode(mtty):
 def test_wrong_direction_open_is_eacces_even_for_root(mtty):
     """§2.1: O_RDONLY on a 0200 file, O_WRONLY or O_RDWR on a 0444 file → EACCES for root."""
     t = mtty.root / TYPES / "mtty-1"
-    assert oserror(os.open, t / "create", os.O_RDONLY) == errno.EACCES
-    assert oserror(os.open, t / "create", os.O_RDWR) == errno.EACCES
-    assert oserror(os.open, t / "name", os.O_WRONLY) == errno.EACCES
-    assert oserror(os.open, t / "available_instances", os.O_RDWR) == errno.EACCES
+    assert errno_of(os.open, t / "create", os.O_RDONLY) == errno.EACCES
+    assert errno_of(os.open, t / "create", os.O_RDWR) == errno.EACCES
+    assert errno_of(os.open, t / "name", os.O_WRONLY) == errno.EACCES
+    assert errno_of(os.open, t / "available_instances", os.O_RDWR) == errno.EACCES
 
 
 def test_open_with_o_trunc_and_o_creat_is_accepted(mtty):
@@ -167,19 +162,19 @@ def test_write_is_cut_at_4096_bytes(mtty):
     assert write(control, b"on\n" + b"\0" * 5000) == 4096
     assert read(control) == b"on\n"
     assert write(control, b"auto") == 4
-    assert oserror(write, control, b"sometimes") == errno.EINVAL
+    assert errno_of(write, control, b"sometimes") == errno.EINVAL
 
 
 def test_autosuspend_delay_without_autosuspend_is_eio(mtty):
     """drivers/base/power/sysfs.c: autosuspend_delay_ms show → EIO when not in use."""
-    assert oserror(read, mtty.root / MTTY / "power/autosuspend_delay_ms") == errno.EIO
+    assert errno_of(read, mtty.root / MTTY / "power/autosuspend_delay_ms") == errno.EIO
     assert read(mtty.root / MTTY / "power/runtime_status") == b"unsupported\n"
 
 
 def test_missing_names_are_enoent(mtty):
     """§2.1: path gone → ENOENT."""
-    assert oserror(os.stat, mtty.root / TYPES / "mtty-3") == errno.ENOENT
-    assert oserror(os.stat, mtty.root / "bus/mdev/devices" / U) == errno.ENOENT
+    assert errno_of(os.stat, mtty.root / TYPES / "mtty-3") == errno.ENOENT
+    assert errno_of(os.stat, mtty.root / "bus/mdev/devices" / U) == errno.ENOENT
 
 
 # --- §2.2 create --------------------------------------------------------------------------
@@ -195,7 +190,7 @@ def test_create_accepts_36_or_37_bytes(mtty, data):
                                   U + "\0\0", "1"])
 def test_create_rejects_bad_uuids_with_einval(mtty, data):
     """§2.2 rows 1, 3: length outside 36..37, misplaced hyphen, non-hex → EINVAL."""
-    assert oserror(write, mtty.root / TYPES / "mtty-1/create", data.encode()) == errno.EINVAL
+    assert errno_of(write, mtty.root / TYPES / "mtty-1/create", data.encode()) == errno.EINVAL
     assert os.listdir(mtty.root / "bus/mdev/devices") == []
 
 
@@ -205,7 +200,7 @@ def test_create_names_the_device_in_lower_case_and_duplicates_are_eexist(mtty):
     assert write(mtty.root / TYPES / "mtty-2/create", upper.encode()) == 36
     assert os.listdir(mtty.root / "bus/mdev/devices") == [upper.lower()]
     for type_id, value in (("mtty-1", upper), ("mtty-2", upper.lower())):
-        assert oserror(write, mtty.root / TYPES / type_id / "create", value.encode()) == \
+        assert errno_of(write, mtty.root / TYPES / type_id / "create", value.encode()) == \
             errno.EEXIST
 
 
@@ -234,16 +229,17 @@ def test_exhaustion_is_the_drivers_enospc(tmp_path):
     """§2.2 row 7 / §3: mtty refuses a create that does not fit with ENOSPC; a value that
     grows from "1\\n" to "10\\n" is read whole (no cached i_size)."""
     from conftest import write_topology
+
     from mdevfs.testing import mounted
     config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\nports = 10\n')
     with mounted(config) as m:
         avail = m.root / TYPES / "mtty-1/available_instances"
         uuids = [m.create("mtty-1") for _ in range(9)]
         assert read(avail) == b"1\n"
-        assert oserror(m.create, "mtty-2") == errno.ENOSPC
+        assert errno_of(m.create, "mtty-2") == errno.ENOSPC
         m.create("mtty-1")
         assert read(avail) == b"0\n"
-        assert oserror(m.create, "mtty-1") == errno.ENOSPC
+        assert errno_of(m.create, "mtty-1") == errno.ENOSPC
         for u in os.listdir(m.root / "bus/mdev/devices"):
             m.remove(u)
         assert read(avail) == b"10\n"
@@ -277,7 +273,7 @@ def test_remove_zero_is_a_successful_noop(mtty):
 def test_remove_rejects_what_kstrtoul_rejects(mtty, data, err):
     """§2.3: non-numeric or negative → EINVAL; overflow → ERANGE (lib/kstrtox.c)."""
     mtty.create("mtty-1", U)
-    assert oserror(write, mtty.root / "bus/mdev/devices" / U / "remove", data) == err
+    assert errno_of(write, mtty.root / "bus/mdev/devices" / U / "remove", data) == err
     assert os.listdir(mtty.root / "bus/mdev/devices") == [U]
 
 
@@ -288,7 +284,7 @@ def test_remove_through_a_handle_that_outlived_the_device_is_enodev(mtty):
     first, second = os.open(path, os.O_WRONLY), os.open(path, os.O_WRONLY)
     try:
         assert os.write(first, b"1") == 1
-        assert oserror(os.write, second, b"1") == errno.ENODEV
+        assert errno_of(os.write, second, b"1") == errno.ENODEV
     finally:
         os.close(first)
         os.close(second)

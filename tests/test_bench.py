@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import needs_fuse
+
 from mdevfs.bench import report, tools
 
 pytestmark = needs_fuse

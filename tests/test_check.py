@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_fuse
+
 from mdevfs.cli import main
 from mdevfs.migration import check
 from mdevfs.testing import mounted

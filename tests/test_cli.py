@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
 from conftest import needs_fuse, write_topology
+
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+from conftest import errno_of
 
 from mdevfs.config import Topology, TopologyError
 from mdevfs.driver import BaseDriver, MdevTypeSpec
@@ -13,10 +14,6 @@ from mdevfs.sysfs import File, Op, Tree
 U = "11111111-2222-3333-4444-555555555555"
 
 
-def errno_of(fn, *args):
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
 
 
 def mtty_host(**options) -> Host:

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_fuse
+
 from mdevfs.config import Topology
 from mdevfs.testing import mounted
 

@@ -16,8 +16,8 @@ import threading
 import time
 
 import pytest
+from conftest import as_nobody, errno_of, needs_fuse, needs_nobody, write_topology
 
-from conftest import as_nobody, needs_fuse, needs_nobody, write_topology
 from mdevfs.control import ControlError
 from mdevfs.testing import mounted
 
@@ -77,10 +77,6 @@ def host(tmp_path):
         assert m.alive(), m.log()
 
 
-def oserror(fn, *args) -> int:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
 
 
 def listing(m, rel: str) -> list[str]:
@@ -139,9 +135,9 @@ def test_writes_in_flight_during_an_unplug_get_enodev(host):
     avail = os.open(host.root / T1 / "available_instances", os.O_RDONLY)
     try:
         host.control.unplug("mtty")
-        assert oserror(os.write, create, U2.encode()) == errno.ENODEV
-        assert oserror(os.write, remove, b"1") == errno.ENODEV
-        assert oserror(os.read, avail, 100) == errno.ENODEV
+        assert errno_of(os.write, create, U2.encode()) == errno.ENODEV
+        assert errno_of(os.write, remove, b"1") == errno.ENODEV
+        assert errno_of(os.read, avail, 100) == errno.ENODEV
     finally:
         for fd in (create, remove, avail):
             os.close(fd)
@@ -172,7 +168,7 @@ def test_a_read_fault_once_fails_one_read(host):
     """Issue 6 item 3: `fail PATH read EIO --once` fails the next show only."""
     assert host.control.fail(f"{T1}/name", "read", "EIO", once=True) == \
         f"{MTTY}/mdev_supported_types/mtty-1/name"
-    assert oserror(host.read, f"{T1}/name") == errno.EIO
+    assert errno_of(host.read, f"{T1}/name") == errno.EIO
     assert host.read(f"{T1}/name") == "Single port serial\n"
 
 
@@ -183,7 +179,7 @@ def test_a_write_fault_lasts_until_cleared_on_every_path_to_the_file(host):
     host.control.fail(f"bus/mdev/devices/{U1}/remove", "write", errno.EPERM)
     for path in (f"bus/mdev/devices/{U1}/remove", f"{MTTY}/{U1}/remove",
                  f"{T1}/devices/{U1}/remove"):
-        assert oserror(host.write, path, "1") == errno.EPERM
+        assert errno_of(host.write, path, "1") == errno.EPERM
     assert listing(host, "bus/mdev/devices") == [U1]
     assert host.control.status()["errors"] == [
         {"path": f"{MTTY}/{U1}/remove", "op": "write", "errno": "EPERM", "once": False}]
@@ -195,7 +191,7 @@ def test_a_write_fault_lasts_until_cleared_on_every_path_to_the_file(host):
 def test_an_injected_create_failure_creates_nothing(host):
     """Issue 6 item 3: e.g. ENOSPC from a full GPU, on demand; clear() ends every fault."""
     host.control.fail(f"{T1}/create", "write", "ENOSPC")
-    assert oserror(host.create, "mtty-1", U1) == errno.ENOSPC
+    assert errno_of(host.create, "mtty-1", U1) == errno.ENOSPC
     assert listing(host, "bus/mdev/devices") == [] and recorded(host) == []
     host.control.clear()
     host.create("mtty-1", U1)
@@ -249,7 +245,7 @@ def test_set_option_changes_migration_compatibility(host):
     assert host.read(mig) == "ver-1\n"
     host.control.set_option("v0", "version", 2)
     assert host.read(mig) == "ver-2\n"
-    assert oserror(host.write, mig, "ver-1\n") == errno.EINVAL
+    assert errno_of(host.write, mig, "ver-1\n") == errno.EINVAL
     assert host.write(mig, "ver-2\n") == 6
     for parent, key, value, text in (
             ("v0", "version", "3", "version must be a whole number, not '3'"),
@@ -268,8 +264,8 @@ def test_a_busy_device_refuses_remove_with_ebusy_until_cleared(host):
     host.create("mtty-1", U1)
     host.control.busy(U1)
     remove = f"bus/mdev/devices/{U1}/remove"
-    assert oserror(host.write, remove, "1") == errno.EBUSY
-    assert oserror(host.write, remove, "x") == errno.EINVAL
+    assert errno_of(host.write, remove, "1") == errno.EBUSY
+    assert errno_of(host.write, remove, "x") == errno.EINVAL
     assert host.write(remove, "0") == 1
     assert listing(host, "bus/mdev/devices") == [U1] and recorded(host) == [U1]
     host.control.busy(U1, on=False)
@@ -324,7 +320,7 @@ def test_mdevfs_ctl_finds_the_socket_beside_the_mountpoint(tmp_path):
         assert not (root / "class/mdev_bus/mdpy").exists()
         path = root / "class/mdev_bus/mtty/mdev_supported_types/mtty-1/name"
         assert ctl(str(root), "fail", str(path), "read", "EIO").returncode == 0
-        assert oserror(path.read_text) == errno.EIO
+        assert errno_of(path.read_text) == errno.EIO
         status = json.loads(ctl(str(root), "status").stdout)
         assert status["unplugged"] == ["mdpy"] and len(status["errors"]) == 1
         out = ctl(str(root), "plug", "nope")

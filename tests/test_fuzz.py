@@ -19,10 +19,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import needs_fuse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import needs_fuse
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse

@@ -9,7 +9,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_fuse, write_topology
 
 pytestmark = needs_fuse

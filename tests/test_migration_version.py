@@ -15,6 +15,7 @@ import os
 import stat
 
 import pytest
+from conftest import errno_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,11 +79,6 @@ class Driver(BaseDriver):
 TYPE = "class/mdev_bus/probe/mdev_supported_types/probe-a"
 MV = f"{TYPE}/migration_version"
 
-
-def errno_of(fn, *args) -> int:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
 
 
 @pytest.fixture(scope="module")

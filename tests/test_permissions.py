@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import as_nobody, needs_fuse, needs_nobody, write_topology
+
 from mdevfs.testing import mounted
 
 pytestmark = [needs_fuse, needs_nobody]

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_fuse, write_topology
+
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse

@@ -19,8 +19,8 @@ import uuid as uuidlib
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_fuse, write_topology
+
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse

@@ -6,13 +6,13 @@ import os
 import stat
 
 import pytest
+from conftest import errno_of, shared_mount
 from hypothesis import given
 from hypothesis import strategies as st
+from mdevfs_vendors.gvt import Gvt, mismatch_reason, scan
 
 from mdevfs.config import Topology, TopologyError
 from mdevfs.sysfs import Tree
-from mdevfs.testing import mounted
-from mdevfs_vendors.gvt import Gvt, mismatch_reason, scan
 
 # A: a Skylake host as in the default topology; B: a Broadwell with a 256 MB aperture;
 # C: a platform GVT cannot migrate (gen 11); D: the software version of v5 as posted
@@ -51,29 +51,8 @@ A = "class/mdev_bus/0000:00:02.0/mdev_supported_types"
 V54 = "8086-1912-GVTg_V5_4-00000001"
 
 
-def errno_of(fn, *args) -> int:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
 
-
-@pytest.fixture(scope="module")
-def mount(tmp_path_factory):
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("needs /dev/fuse")
-    config = tmp_path_factory.mktemp("gvt") / "gvt.toml"
-    config.write_text(HOSTS)
-    with mounted(config) as m:
-        yield m
-        assert m.alive(), m.log()
-
-
-@pytest.fixture
-def m(mount):
-    assert os.listdir(mount.root / "bus/mdev/devices") == []
-    yield mount
-    for uuid in os.listdir(mount.root / "bus/mdev/devices"):
-        mount.remove(uuid)
+mount, m = shared_mount(HOSTS, "gvt")
 
 
 def types_of(parent: str) -> str:

@@ -6,12 +6,12 @@ import os
 import stat
 
 import pytest
+from conftest import errno_of, shared_mount
 from hypothesis import given
 from hypothesis import strategies as st
+from mdevfs_vendors.nvidia import TESLA_P4, NvidiaMigration, NvidiaVgpu
 
 from mdevfs.config import Topology, TopologyError
-from mdevfs.testing import mounted
-from mdevfs_vendors.nvidia import TESLA_P4, NvidiaMigration, NvidiaVgpu
 
 HOSTS = """
 [[parent]]
@@ -30,29 +30,8 @@ TYPES = f"class/mdev_bus/{GPU}/mdev_supported_types"
 IDS = [f"nvidia-{n}" for n in range(63, 72)]
 
 
-def errno_of(fn, *args) -> int:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
 
-
-@pytest.fixture(scope="module")
-def mount(tmp_path_factory):
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("needs /dev/fuse")
-    config = tmp_path_factory.mktemp("nvidia") / "nvidia.toml"
-    config.write_text(HOSTS)
-    with mounted(config) as m:
-        yield m
-        assert m.alive(), m.log()
-
-
-@pytest.fixture
-def m(mount):
-    assert os.listdir(mount.root / "bus/mdev/devices") == []
-    yield mount
-    for uuid in os.listdir(mount.root / "bus/mdev/devices"):
-        mount.remove(uuid)
+mount, m = shared_mount(HOSTS, "nvidia")
 
 
 def avail(m, gpu: str = GPU) -> dict[str, int]:

@@ -5,9 +5,9 @@ import errno
 import os
 
 import pytest
+from conftest import errno_of, shared_mount
 
 from mdevfs.config import Topology, TopologyError
-from mdevfs.testing import mounted
 
 SAMPLES = """
 [[parent]]
@@ -28,30 +28,8 @@ options = { mem = 20 }
 TYPES = "devices/virtual/{0}/{0}/mdev_supported_types"
 
 
-def errno_of(fn, *args) -> int:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
 
-
-@pytest.fixture(scope="module")
-def mount(tmp_path_factory):
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("needs /dev/fuse")
-    config = tmp_path_factory.mktemp("samples") / "samples.toml"
-    config.write_text(SAMPLES)
-    with mounted(config) as m:
-        yield m
-        assert m.alive(), m.log()
-
-
-@pytest.fixture
-def m(mount):
-    """The shared mount, with every device created by a test removed after it."""
-    assert os.listdir(mount.root / "bus/mdev/devices") == []
-    yield mount
-    for uuid in os.listdir(mount.root / "bus/mdev/devices"):
-        mount.remove(uuid)
+mount, m = shared_mount(SAMPLES, "samples")
 
 
 def available(m, parent: str, type_id: str) -> int:

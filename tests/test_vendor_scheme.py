@@ -6,12 +6,12 @@ import os
 import stat
 
 import pytest
+from conftest import errno_of, shared_mount
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mdevfs_vendors.scheme import Scheme, SchemeDriver
 
 from mdevfs.config import Topology, TopologyError
-from mdevfs.testing import mounted
-from mdevfs_vendors.scheme import Scheme, SchemeDriver
 
 HOSTS = """
 [[parent]]
@@ -52,29 +52,8 @@ ACME = "class/mdev_bus/acme/mdev_supported_types"
 SW = "class/mdev_bus/sw0/mdev_supported_types/sw-one/migration_version"
 
 
-def errno_of(fn, *args) -> int:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
 
-
-@pytest.fixture(scope="module")
-def mount(tmp_path_factory):
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("needs /dev/fuse")
-    config = tmp_path_factory.mktemp("scheme") / "scheme.toml"
-    config.write_text(HOSTS)
-    with mounted(config) as m:
-        yield m
-        assert m.alive(), m.log()
-
-
-@pytest.fixture
-def m(mount):
-    assert os.listdir(mount.root / "bus/mdev/devices") == []
-    yield mount
-    for uuid in os.listdir(mount.root / "bus/mdev/devices"):
-        mount.remove(uuid)
+mount, m = shared_mount(HOSTS, "scheme")
 
 
 # --- types --------------------------------------------------------------------------------

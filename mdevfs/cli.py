@@ -6,7 +6,9 @@ model from a topology and hand it to the FUSE adapter or a library function.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -23,6 +25,7 @@ from .config import Topology, TopologyError
 from .control import default_socket
 from .daemon import Daemon
 from .state import StateError
+from .uevent import Uevents
 
 log = logging.getLogger("mdevfs")
 
@@ -104,7 +107,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
         log.info("mounting %s (%s parents, %d devices restored) at %s; control socket %s",
                  topology.source, len(daemon.host.parents), len(daemon.host.devices),
                  directory, control_path)
-        daemon.serve(directory, args.allow_other, sock)
+        tasks = []
+        if args.uevents:
+            try:
+                listener = control.bind(args.uevents)
+            except OSError as exc:
+                sock.close()
+                raise UsageError(f"uevent socket {args.uevents}: {exc.strerror}") from None
+            tasks.append(functools.partial(Uevents(daemon.host).serve, listener))
+        try:
+            daemon.serve(directory, args.allow_other, sock, tasks)
+        finally:
+            if args.uevents:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(args.uevents)
         return 0
     log_file = Path(args.log_file or Path(tempfile.gettempdir()) / f"mdevfs-{os.getpid()}.log")
     cmd = [sys.executable, "-m", "mdevfs", "mount", "--foreground", str(directory)]
@@ -114,6 +130,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cmd.insert(4, "--allow-other")
     if args.state:
         cmd[4:4] = ["--state", str(Path(args.state).absolute())]
+    if args.uevents:
+        cmd[4:4] = ["--uevents", str(Path(args.uevents).absolute())]
     cmd[4:4] = ["--control", str(control_path)]
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -253,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record every device in FILE and restore them from it at start")
     p.add_argument("--control", metavar="PATH",
                    help="the control socket (default: .DIRNAME.mdevfs-ctl beside DIR)")
+    p.add_argument("--uevents", metavar="SOCKET",
+                   help="send uevents (kernel and udev format) into the network namespace "
+                   "of whoever hands a netlink socket over on SOCKET (python -m mdevfs.uevent "
+                   "SOCKET; mdevfs run does it); never into the daemon's own (default: none)")
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount DIR", description="Unmount an mdevfs mount.")
@@ -282,10 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("run", help="run COMMAND with the emulated tree at the real /sys paths",
-                       description="Mount a topology, run COMMAND in a private mount namespace "
-                       "in which /sys/class/mdev_bus, /sys/bus/mdev, the parents' devices and "
-                       "/sys/kernel/iommu_groups are the emulated ones and /etc/mdevctl.d is "
-                       "private, then unmount. The host's /sys and /etc never change. Exit "
+                       description="Mount a topology, run COMMAND in private mount and network "
+                       "namespaces in which /sys/class/mdev_bus, /sys/bus/mdev, the parents' "
+                       "devices and /sys/kernel/iommu_groups are the emulated ones, "
+                       "/etc/mdevctl.d and /dev/vfio (if the host has one) are private and "
+                       "every change is announced by uevents that libudev clients (libvirt) "
+                       "receive, then unmount. The host's /sys and /etc never change and its "
+                       "listeners see no event. Exit "
                        "status: COMMAND's (128+N if signal N killed it); 125 if the namespace "
                        "could not be set up.")
     p.add_argument("--config", metavar="FILE", help="topology file (default: the embedded one)")

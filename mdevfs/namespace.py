@@ -7,9 +7,9 @@ mount of :func:`mdevfs.testing.mounted` does; only bind mounts and tmpfs are
 made inside. The kernel discards them with the namespace's last process, so
 nothing there needs undoing and the host's mount table never sees them.
 
-Inside, ``python -S namespace.py ROOT [--mdevctl-dir DIR] -- COMMAND...``,
-started by ``unshare --mount --propagation private`` (plus ``--user
---map-root-user`` for a non-root user), grafts the mount at ROOT onto /sys:
+Inside, ``python -S namespace.py ROOT [--mdevctl-dir DIR] [--uevents SOCKET] --
+COMMAND...``, started by ``unshare --mount --net --propagation private`` (plus
+``--user --map-root-user`` for a non-root user), grafts the mount at ROOT onto /sys:
 
 * a path the host lacks (``/sys/class/mdev_bus``) is added to its parent
   directory, which first becomes writable: a tmpfs over it with every original
@@ -19,7 +19,11 @@ started by ``unshare --mount --propagation private`` (plus ``--user
   covered by a bind of the emulated one.
 
 The relative symlinks of the tree then resolve through the real paths. It then
-puts a private ``/etc/mdevctl.d`` in place, sets ``SYSTEMD_DEVICE_VERIFY_SYSFS=0``
+puts a private ``/etc/mdevctl.d`` and, where the host has one, an empty ``/dev/vfio``
+in place (libvirt opens ``/dev/vfio/<group>`` before it destroys an mdev), brings
+up ``lo`` in the private network namespace and hands a NETLINK_KOBJECT_UEVENT
+socket of it to the daemon at SOCKET (:mod:`mdevfs.uevent`: udev events reach the
+command and never the host), sets ``SYSTEMD_DEVICE_VERIFY_SYSFS=0``
 (real-clients.md §0.4) and ``MDEVFS_ROOT`` (the mount itself), and execs COMMAND,
 whose exit status is the run's.
 """
@@ -27,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import functools
 import os
 import posixpath
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -41,6 +48,7 @@ from typing import Any, NoReturn
 
 SYS = Path("/sys")
 MDEVCTL_DIR = Path("/etc/mdevctl.d")
+VFIO_DIR = Path("/dev/vfio")
 #: like env(1) and chroot(1): the namespace could not be set up, COMMAND did not run
 SETUP_FAILED = 125
 
@@ -56,12 +64,16 @@ class NamespaceError(Exception):
 
 def _unshare() -> list[str]:
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    return ["unshare", *user, "--mount", "--propagation", "private"]
+    return ["unshare", *user, "--mount", "--net", "--propagation", "private"]
 
 
-def command_line(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None) -> list[str]:
-    """The argv that runs ``command`` in a namespace showing the mount at ``root`` as /sys."""
+def command_line(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None,
+                 uevents: Path | None = None) -> list[str]:
+    """The argv that runs ``command`` in a namespace showing the mount at ``root`` as /sys;
+    ``uevents`` is the daemon's hand-over socket (``mdevfs mount --uevents``)."""
     keep = ["--mdevctl-dir", str(Path(mdevctl_dir).absolute())] if mdevctl_dir else []
+    if uevents is not None:
+        keep += ["--uevents", str(Path(uevents).absolute())]
     # This file by path, without site: the inside needs only the standard library, and
     # skipping the package's imports halves the start-up (66 -> 31 ms).
     return [*_unshare(), sys.executable, "-S", __file__, str(root), *keep, "--", *command]
@@ -83,12 +95,12 @@ def unsupported() -> str | None:
 
 
 def run(root: Path, command: Sequence[str], *, mdevctl_dir: Path | None = None,
-        **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        uevents: Path | None = None, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
     """``subprocess.run`` of ``command`` inside the namespace; raises NamespaceError."""
     reason = unsupported()
     if reason:
         raise NamespaceError(reason)
-    return subprocess.run(command_line(root, command, mdevctl_dir), **kwargs)
+    return subprocess.run(command_line(root, command, mdevctl_dir, uevents), **kwargs)
 
 
 def run_topology(config: str | None, command: Sequence[str], mdevctl_dir: Path | None = None,
@@ -106,7 +118,8 @@ def run_topology(config: str | None, command: Sequence[str], mdevctl_dir: Path |
     args = ("--allow-other",) if os.geteuid() == 0 else ()
     try:
         with mounted(config, args=args, state=state) as mount:
-            proc = subprocess.Popen(command_line(mount.root, command, mdevctl_dir))
+            proc = subprocess.Popen(command_line(mount.root, command, mdevctl_dir,
+                                                 mount.uevents))
             return _wait(proc)
     except RuntimeError as exc:  # the mount did not come up
         raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
@@ -240,6 +253,42 @@ class Grafter:
         for sub in ("callouts", "notifiers"):
             (MDEVCTL_DIR / "scripts.d" / sub).mkdir(parents=True, exist_ok=True)
 
+    def private_vfio(self) -> None:
+        """An empty tmpfs over the host's /dev/vfio, if it has one. /dev itself stays the
+        host's devtmpfs: libudev (systemd >= 248) disables its udev monitors unless /dev
+        is a devtmpfs or /run/udev/control exists."""
+        if VFIO_DIR.is_dir():
+            _mount("tmpfs", VFIO_DIR, "tmpfs", 0, "mode=0755")
+
+
+def _loopback_up() -> None:
+    """``ip link set lo up`` in the new network namespace (SIOCGIFFLAGS, SIOCSIFFLAGS)."""
+    ifreq = struct.Struct("16sH22x")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = ifreq.unpack(fcntl.ioctl(s, 0x8913, ifreq.pack(b"lo", 0)))[1]
+        fcntl.ioctl(s, 0x8914, ifreq.pack(b"lo", flags | 1))  # IFF_UP
+
+
+def hand_over(path: str | Path, timeout: float = 5.0) -> int:
+    """Give the mdevfs daemon listening at ``path`` a NETLINK_KOBJECT_UEVENT socket of this
+    process's network namespace, into which it then sends its events; 0 when it took it.
+    The daemon refuses its own network namespace and PID 1's."""
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 15)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(os.fspath(path))
+            socket.send_fds(conn, [b"netlink"], [nl.fileno()])
+            reply = conn.recv(256).decode(errors="replace").strip()
+    except OSError as exc:
+        reply = f"no answer from {path}: {exc.strerror or exc}"
+    finally:
+        nl.close()
+    if reply != "ok":
+        print(f"mdevfs: no uevents: {reply}", file=sys.stderr)
+        return 1
+    return 0
+
 
 def _fresh_namespace() -> bool:
     """Whether unshare(1) gave this process a mount namespace of its own."""
@@ -262,6 +311,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
                                      "the mdevfs mount at ROOT onto /sys and exec COMMAND.")
     parser.add_argument("root", metavar="ROOT")
     parser.add_argument("--mdevctl-dir", metavar="DIR", type=Path)
+    parser.add_argument("--uevents", metavar="SOCKET")
     parser.add_argument("command", nargs="+", metavar="COMMAND")
     args = parser.parse_args(argv)
     if not _fresh_namespace():  # never graft onto the caller's own /sys
@@ -271,8 +321,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         for rel in grafted_paths(grafter.root):
             grafter.graft(rel)
         grafter.mdevctl_dir(args.mdevctl_dir)
+        grafter.private_vfio()
+        _loopback_up()
     except OSError as exc:
         _fail(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
+    if args.uevents:
+        hand_over(args.uevents)  # without it the command still runs, without events
     env = dict(os.environ, SYSTEMD_DEVICE_VERIFY_SYSFS="0", MDEVFS_ROOT=args.root)
     try:
         os.execvpe(args.command[0], args.command, env)

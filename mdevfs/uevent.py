@@ -100,14 +100,14 @@ def check_private(nl: socket.socket) -> None:
     """Raise PermissionError unless ``nl`` lives in a network namespace other than
     this process's and PID 1's (where the host's listeners are)."""
     theirs = _netns(nl.fileno())
-    for path in ("/proc/self/ns/net", "/proc/1/ns/net"):
+    for path, whose in (("/proc/self/ns/net", "the daemon's own"), ("/proc/1/ns/net", "PID 1's")):
         try:
             st = os.stat(path)
         except OSError:
             continue  # PID 1 of another user: its namespace is not ours to compare
         if theirs == (st.st_dev, st.st_ino):
-            raise PermissionError(errno.EPERM, f"the socket is in the network namespace of "
-                                  f"{path.split('/')[2]}; only a private one is served")
+            raise PermissionError(errno.EPERM, f"the socket is in {whose} network namespace; "
+                                  f"only a private one is served")
 
 
 class Uevents(HostObserver):
@@ -180,7 +180,7 @@ class Uevents(HostObserver):
         with sock:
             while True:
                 conn, _ = await sock.accept()
-                with conn:
+                with conn, trio.move_on_after(5):  # a silent peer holds up no one else
                     try:
                         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
                         msg = await conn.recvmsg(16, socket.CMSG_SPACE(16))

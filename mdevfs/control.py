@@ -215,7 +215,9 @@ class Control:
                 buf += data
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
-                    await stream.send_all(self._answer(line))
+                    answer = self._answer(line)
+                    await self.tree.settle()  # removed names are gone from the kernel's cache
+                    await stream.send_all(answer)
                 if len(buf) > MAX_LINE:
                     await stream.send_all(_reply(OSError(errno.E2BIG, "request too long")))
                     return

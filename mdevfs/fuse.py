@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import pyfuse3
+import trio
 
 from .sysfs import PAGE_SIZE, ROOT_INODE, Dir, File, Link, Node, Tree
 
@@ -31,12 +32,18 @@ log = logging.getLogger(__name__)
 # keep_cache, 300 s timeouts) would serve stale values forever (fuse-performance.md).
 # * Attribute files are opened with direct_io: every read reaches show(), and a value
 #   that grows from "1\n" to "10\n" is never cut to a cached i_size.
-# * ENTRY_TIMEOUT is 0: a name that vanishes (a removed device) or comes back under a
-#   new inode is looked up afresh on every path walk; a missing name is answered with
+# * Names that come and go on their own (a device, the links to it, its IOMMU group:
+#   Node.volatile) are never cached (entry timeout 0), so a removed device is gone,
+#   and a re-created one found afresh, on the very next path walk, and no reader ever
+#   sees one link of a device without the others. A missing name is answered with
 #   ENOENT, which the kernel never caches.
+# * Every other name is cached (ENTRY_TIMEOUT), so a path walk costs no LOOKUP per
+#   static component. Those names go only when a parent is unplugged or the host is
+#   reset; the kernel is told to forget them (invalidate_entry) before that request
+#   is answered.
 # * ATTR_TIMEOUT is long: a node's attributes (mode, size 4096, times) never change
 #   for the life of its inode, and inodes are never reused.
-ENTRY_TIMEOUT = 0.0
+ENTRY_TIMEOUT = 3600.0
 ATTR_TIMEOUT = 3600.0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -87,6 +94,8 @@ class SysfsOperations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.hooks = hooks
+        tree.dropped = []
+        tree.settle = self.invalidate_dropped
         self._handles: dict[int, Any] = {}
         self._next_fh = 1
         self._time_ns = time.time_ns()
@@ -111,7 +120,7 @@ class SysfsOperations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
         attr.generation = 0
-        attr.entry_timeout = ENTRY_TIMEOUT
+        attr.entry_timeout = 0 if node.volatile else ENTRY_TIMEOUT
         attr.attr_timeout = ATTR_TIMEOUT
         if isinstance(node, File):
             attr.st_mode = stat.S_IFREG | node.op.mode
@@ -131,6 +140,17 @@ class SysfsOperations(pyfuse3.Operations):
         attr.st_blocks = 0
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._time_ns
         return attr
+
+    async def invalidate_dropped(self) -> None:
+        """Tell the kernel to forget every name the tree dropped, and wait until it has.
+
+        invalidate_entry must not run inside a handler (the kernel may hold a directory
+        lock that a queued request needs), so a worker thread calls it while this
+        request waits and trio serves the others.
+        """
+        if self.tree.dropped:
+            batch, self.tree.dropped = self.tree.dropped, []
+            await trio.to_thread.run_sync(_invalidate_entries, batch)
 
     # --- handlers -----------------------------------------------------------------------
 
@@ -202,6 +222,7 @@ class SysfsOperations(pyfuse3.Operations):
         count = handle.node.write(data)
         if self.hooks is not None:
             self.hooks.after_store(handle.node)
+        await self.invalidate_dropped()
         return count
 
     @handler
@@ -247,6 +268,14 @@ class SysfsOperations(pyfuse3.Operations):
         return None
 
 
+def _invalidate_entries(entries: list[tuple[int, str]]) -> None:
+    for parent_inode, name in entries:
+        try:
+            pyfuse3.invalidate_entry(parent_inode, os.fsencode(name))
+        except OSError:
+            pass  # ENOENT: the kernel had not cached that name
+
+
 def mount_options(allow_other: bool = False) -> set[str]:
     options = {"fsname=mdevfs", "subtype=mdevfs", "default_permissions"}
     if allow_other:
@@ -260,8 +289,6 @@ async def serve(tree: Tree, mountpoint: str, allow_other: bool = False,
     """Mount ``tree`` at ``mountpoint`` and serve until unmounted or terminated;
     ``tasks`` (e.g. the control socket) run alongside and are cancelled at the end."""
     import signal
-
-    import trio
 
     ops = SysfsOperations(tree, hooks)
     pyfuse3.init(ops, mountpoint, mount_options(allow_other))

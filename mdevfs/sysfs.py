@@ -16,7 +16,7 @@ import logging
 import posixpath
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from attrs import frozen
@@ -51,6 +51,9 @@ class Op:
 
 class Node:
     __slots__ = ("inode", "name", "parent")
+    #: a name that comes and goes on its own (a device, a link to it, its IOMMU group):
+    #: the FUSE adapter never lets the kernel cache it, so no reader sees it stale
+    volatile = False
 
     def __init__(self, name: str) -> None:
         self.inode = 0
@@ -73,6 +76,11 @@ class Dir(Node):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.children: dict[str, Node] = {}
+
+
+class VolatileDir(Dir):
+    __slots__ = ()
+    volatile = True
 
 
 class File(Node):
@@ -117,6 +125,11 @@ class Link(Node):
     def target(self) -> str:
         where = self.parent.path if self.parent is not None else ""
         return posixpath.relpath(self.to.path or ".", where or ".")
+
+
+class VolatileLink(Link):
+    __slots__ = ()
+    volatile = True
 
 
 def _text(value: object) -> bytes:
@@ -267,12 +280,22 @@ def _describe(obj: Any) -> str:
     return repr(obj)
 
 
+async def _nothing_to_settle() -> None:
+    return None
+
+
 class Tree(HostObserver):
     """The whole sysfs root, kept in step with a :class:`Host`."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
         self.nodes: dict[int, Node] = {}
+        #: (directory inode, name) of every entry removed since the FUSE adapter last
+        #: told the kernel; None while nobody listens (no mount)
+        self.dropped: list[tuple[int, str]] | None = None
+        #: awaited after a change made outside a FUSE request (the control socket): the
+        #: FUSE adapter sets it to drop the kernel's cached entries for removed names
+        self.settle: Callable[[], Awaitable[None]] = _nothing_to_settle
         self._next_inode = ROOT_INODE
         self.root = self._register(Dir(""))
         for path in ("class/mdev_bus", "bus/mdev/devices", "bus/mdev/drivers",
@@ -314,6 +337,8 @@ class Tree(HostObserver):
         """Detach ``node`` and forget its whole subtree; its inodes are never reused."""
         if node.parent is not None:
             node.parent.children.pop(node.name, None)
+            if self.dropped is not None and not node.volatile:
+                self.dropped.append((node.parent.inode, node.name))
         stack = [node]
         while stack:
             cur = stack.pop()
@@ -336,11 +361,11 @@ class Tree(HostObserver):
             node = self._dir(node, part)
         return node
 
-    def link(self, at: str, to: str) -> Link:
+    def link(self, at: str, to: str, kind: type[Link] = Link) -> Link:
         """A symlink at ``at`` to ``to`` (both from the root), relative as sysfs writes it."""
         where, name = posixpath.split(at)
         # A UUID names five entries per device: intern it so that they share one string.
-        return self._attach(self.mkdirs(where), Link(sys.intern(name), self.mkdirs(to)))
+        return self._attach(self.mkdirs(where), kind(sys.intern(name), self.mkdirs(to)))
 
     def unlink(self, path: str) -> None:
         node = self.resolve(path)
@@ -437,8 +462,11 @@ class Tree(HostObserver):
         tdir = f"{parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}"
         drv = parent.driver.mdev_driver
         group = f"kernel/iommu_groups/{mdev.iommu_group}"
+        groups = self.resolve("kernel/iommu_groups")
+        assert isinstance(groups, Dir)
+        self._dir(self._attach(groups, VolatileDir(str(mdev.iommu_group))), "devices")
         # Build the device directory whole before any link to it appears.
-        ddir = Dir(sys.intern(mdev.uuid))
+        ddir = VolatileDir(sys.intern(mdev.uuid))
         pdir = self.resolve(parent.path)
         assert isinstance(pdir, Dir)
         self._attach(pdir, ddir)
@@ -451,10 +479,9 @@ class Tree(HostObserver):
         self._power(ddir)
         self._vendor_files(ddir, parent.driver.device_attributes(mdev), mdev)
         self._migration(ddir, mdev)
-        self.link(f"{group}/devices/{mdev.uuid}", ddir_path)
-        self.link(f"{tdir}/devices/{mdev.uuid}", ddir_path)
-        self.link(f"bus/mdev/drivers/{drv}/{mdev.uuid}", ddir_path)
-        self.link(f"bus/mdev/devices/{mdev.uuid}", ddir_path)
+        for where in (f"{group}/devices", f"{tdir}/devices", f"bus/mdev/drivers/{drv}",
+                      "bus/mdev/devices"):
+            self.link(f"{where}/{mdev.uuid}", ddir_path, VolatileLink)
 
     def device_removed(self, mdev: MdevDevice) -> None:
         parent = mdev.parent

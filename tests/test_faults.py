@@ -96,8 +96,10 @@ def test_unplug_takes_the_parent_and_its_devices_and_plug_brings_back_only_the_t
     host.create("mtty-1", U1)
     host.create("mtty-2", U2)
     host.create("ver-t", U3)
+    inode = os.stat(host.root / T1 / "create").st_ino  # a path the kernel now caches
     host.control.unplug("mtty")
     assert listing(host, "class/mdev_bus") == ["v0"]
+    assert errno_of(os.stat, host.root / T1 / "create") == errno.ENOENT  # not served stale
     assert not os.path.lexists(host.root / MTTY)
     assert not os.path.lexists(host.root / "class/mtty/mtty")
     assert listing(host, "bus/mdev/devices") == [U3]
@@ -106,6 +108,7 @@ def test_unplug_takes_the_parent_and_its_devices_and_plug_brings_back_only_the_t
     assert host.control.status()["unplugged"] == ["mtty"]
     host.control.plug("mtty")
     assert listing(host, "class/mdev_bus") == ["mtty", "v0"]
+    assert os.stat(host.root / T1 / "create").st_ino != inode  # a new node, looked up anew
     assert host.read(f"{T1}/available_instances") == "24\n"
     assert listing(host, f"{T1}/devices") == []
     assert listing(host, "bus/mdev/devices") == [U3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import attrs
 
-from . import report, suite
+from . import report, requests, suite
 from .tools import REPO_ROOT, BenchError, build, floor_mounted, shared_dir
 
 PHASES = ("ops", "listing", "requests", "mount", "reset", "mdevctl")
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the report goes (default: bench-results/ in the repository)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"a comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
+                        help="the CPU that every process of the run is pinned to "
+                             "(default: the highest one this process may use)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the scheduler place the daemons and the driver")
     args = parser.parse_args(argv)
     chosen = [p.strip() for p in args.phases.split(",") if p.strip()]
     if set(chosen) - set(PHASES):
@@ -38,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     plan = suite.QUICK if args.quick else suite.FULL
     res = suite.Results(plan)
+    if not args.no_pin:
+        # Children inherit the affinity: the daemons, the floors, the driver and mdevctl
+        # all share one CPU, so no FUSE round trip pays a cross-CPU wake-up (on an idle
+        # VM that costs ~35 µs per hop and swamps the figures; fuse-performance.md).
+        os.sched_setaffinity(0, {args.cpu})
+        res.pinned = args.cpu
     started = time.monotonic()
     failed = 0
     try:
@@ -51,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         tools = build(shared, Path(scratch))
         config = Path(scratch) / "bench.toml"
         config.write_text(suite.BENCH_TOPOLOGY)
-        floors = {name: stack.enter_context(floor_mounted(tools, suite.floor_knobs(plus)))
-                  for name, plus in (("C+plus", True), ("C", False))}
+        floors = {name: stack.enter_context(floor_mounted(tools, suite.floor_knobs(*mode)))
+                  for name, mode in suite.FLOORS.items()}
         phases: dict[str, Callable[[], None]] = {
-            "ops": lambda: suite.phase_ops(res, tools, config, floors["C+plus"]),
-            "listing": lambda: suite.phase_listing(res, tools, config, floors),
-            "requests": lambda: suite.phase_requests(res, config, floors["C+plus"]),
+            "ops": lambda: suite.phase_ops(res, tools, config, floors),
+            "listing": lambda: suite.phase_listing(
+                res, tools, config, {k: floors[k] for k in ("C+plus", "C")}),
+            "requests": lambda: requests.phase_requests(res, config, floors),
             "mount": lambda: suite.phase_mount(res, tools),
             "reset": lambda: suite.phase_reset(res, config),
             "mdevctl": lambda: suite.phase_mdevctl(res, config),

@@ -28,7 +28,8 @@ WHAT = {
     "statmiss": "stat of a missing name (ENOENT)",
     "create": "create: write a UUID to `create` (the device appears)",
     "remove": "remove: write `1` to `<uuid>/remove` (Python loop on both; the floor "
-              "cannot remove, so its figure is the same syscalls on a file that accepts them)",
+              "cannot remove, so its figure is the same syscalls on a file that accepts them, "
+              "with its names uncached as a device's names are on mdevfs)",
     "read-deep": "attribute read by the full path `class/mdev_bus/mtty/…/available_instances` "
                  "(floor: its flat read; no target)",
     "list-100000": "100,000 devices mounted and listed (`bus/mdev/devices`, mdevfs alone)",
@@ -76,6 +77,11 @@ def verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("yes" if ok else "**NO**")
 
 
+def target_text(key: str) -> str:
+    limit = RATIO_TARGETS.get(key)
+    return TARGET_TEXT.get(key, f"≤ {limit:g}×" if limit else "—")
+
+
 def ratio_row(key: str, what: str, m: list[float] | None, f: list[float] | None,
               fmt: Any = us) -> Row:
     """Medians of both sides, the ratio of the medians, and the spread of the paired
@@ -83,14 +89,13 @@ def ratio_row(key: str, what: str, m: list[float] | None, f: list[float] | None,
     mm, fm = median(m), median(f)
     limit = RATIO_TARGETS.get(key)
     if mm is None or fm is None:
-        return Row(key, what, fmt(mm), fmt(fm), "—", TARGET_TEXT.get(key, "—"), "—")
+        return Row(key, what, fmt(mm), fmt(fm), "—", target_text(key), "—")
     r = mm / fm
     text = f"{r:.2f}×"
     if m and f and len(m) == len(f) and len(m) > 1:
         paired = [a / b for a, b in zip(m, f)]
         text += f" ({min(paired):.2f}–{max(paired):.2f})"
-    target = TARGET_TEXT.get(key, f"≤ {limit:g}×" if limit else "—")
-    return Row(key, what, fmt(mm), fmt(fm), text, target,
+    return Row(key, what, fmt(mm), fmt(fm), text, target_text(key),
                verdict(None if limit is None else r <= limit))
 
 
@@ -100,8 +105,8 @@ def rows(res: Results) -> list[Row]:
 
     def missing(key: str, phase: str) -> Row:
         reason = skip.get(phase, "not measured")
-        return Row(key, WHAT.get(key, key), f"skipped: {reason}", "—", "—",
-                   TARGET_TEXT.get(key, "—"), "—")
+        what = WHAT.get(key) or f"list `bus/mdev/devices` with {int(key[5:]):,} devices"
+        return Row(key, what, f"skipped: {reason}", "—", "—", target_text(key), "—")
 
     for op in OPS:
         if op not in res.ops:
@@ -214,7 +219,7 @@ def machine() -> dict[str, str]:
             return "?"
 
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "nproc": str(len(os.sched_getaffinity(0))), "cpu": model,
+            "nproc": str(os.cpu_count()), "cpu": model,
             "kernel": platform.release(), "python": platform.python_version(),
             "libfuse": libfuse or "?", "pyfuse3": version("pyfuse3"), "trio": version("trio")}
 
@@ -228,6 +233,8 @@ def table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 
 def requests_table(res: Results) -> str:
+    """Requests per op on both sides; mdevfs's p50 split into the time inside its handlers
+    (from the counting mount) and the rest (pyfuse3, trio, the kernel), per request."""
     body = []
     for key, sides in res.requests.items():
         m, f = sides.get("mdevfs"), sides.get("C+plus")
@@ -235,30 +242,39 @@ def requests_table(res: Results) -> str:
             continue
         lat_m, lat_f = latency(res, key, "mdevfs"), latency(res, key, "C+plus")
         n_m = sum(v for k, v in m["per_op"].items() if k != "forget")
-        n_f = sum(v for k, v in f["per_op"].items() if k != "forget") if f else None
-        handler = m["handler_ns"] / m["calls"] / 1000 if m["calls"] else None
-        per_m = lat_m / n_m if lat_m and n_m else None
-        per_f = lat_f / n_f if lat_f and n_f else None
-        body.append([key, breakdown(m["per_op"]), breakdown(f["per_op"]) if f else "—",
-                     us(per_m), us(per_f), us(handler),
-                     us(per_m - handler) if per_m and handler else "—"])
-    return table(["op", "mdevfs requests per op", "floor requests per op",
-                  "mdevfs µs/request", "floor µs/request", "in mdevfs handlers",
-                  "mdevfs outside handlers"], body)
+        n_f = sum(v for k, v in f["per_op"].items() if k != "forget") if f else 0
+        inside = m["handler_ns"] / m["ops"] / 1000
+        # an op served from the kernel's caches (under one request per op) has no per-request
+        # cost worth dividing out
+        rest = us(max(lat_m - inside, 0.0) / n_m) if lat_m and n_m >= 0.5 else "—"
+        per_f = us(lat_f / n_f) if lat_f and n_f >= 0.5 else "—"
+        body.append([f"`{key}`", breakdown(m["per_op"]), breakdown(f["per_op"]) if f else "—",
+                     us(lat_m), us(inside), rest, per_f])
+    return table(["op", "mdevfs requests per op", "floor requests per op", "mdevfs p50",
+                  "of which in mdevfs handlers", "mdevfs rest per request",
+                  "floor per request"], body)
 
 
 def latency(res: Results, key: str, side: str) -> float | None:
+    if key.startswith("mdevctl-"):
+        runs = res.mdevctl.get(key.replace("-", " "), {}).get(side)
+        return median([v * 1e6 for v in runs]) if runs else None
     if key.startswith("list-"):
         return median(res.listing.get(int(key[5:]), {}).get(side))
     return median(res.ops.get("read" if key == "read-deep" and side != "mdevfs" else key,
                               {}).get(side))
 
 
+def count(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
+
+
 def breakdown(per_op: dict[str, float]) -> str:
-    parts = [f"{k.upper()} {v:.3g}" for k, v in per_op.items() if k != "forget" and v >= 0.005]
+    parts = [f"{k.upper()} {count(v)}" for k, v in per_op.items()
+             if k != "forget" and v >= 0.005]
     total = sum(v for k, v in per_op.items() if k != "forget")
     forget = per_op.get("forget")
-    text = f"**{total:.3g}**: " + ", ".join(parts)
+    text = f"**{count(total)}**: " + ", ".join(parts)
     return text + (f" (+FORGET {forget:.2g})" if forget else "")
 
 
@@ -278,21 +294,28 @@ def render(res: Results, report_rows: list[Row], info: dict[str, str], svg_name:
     plan = res.plan
     from .. import fuse
 
+    machine_line = (f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · kernel "
+                    f"{info['kernel']} · Python {info['python']}, pyfuse3 {info['pyfuse3']}, "
+                    f"trio {info['trio']}, libfuse {info['libfuse']}")
+    pinning = (f"Every process of the run (daemons, floors, driver, mdevctl) is pinned to CPU "
+               f"{res.pinned}, so no round trip pays a cross-CPU wake-up."
+               if res.pinned is not None else "Processes were not pinned (--no-pin).")
+    method = (f"Method: mdevfs and the C floor (`shared/bench/floor_ll.c`) mounted side by "
+              f"side in the same caching mode (direct_io, entry_timeout "
+              f"{fuse.ENTRY_TIMEOUT:g} s for the names that stay and 0 for a device's own "
+              f"names, attr_timeout {fuse.ATTR_TIMEOUT:g} s, READDIRPLUS "
+              f"forced on the floor as pyfuse3 forces it: `C+plus`), each op run by "
+              f"`shared/bench/driver.c` on both in turns, {plan.reps} repetition(s) × "
+              f"{plan.budget_ms:g} ms; each cell is the median of the per-repetition p50 "
+              f"latencies, the ratio is mdevfs / floor (in brackets: the spread of the paired "
+              f"per-repetition ratios). Attribute ops run from the directory that holds the "
+              f"file, so both sides see the same requests per op. {pinning}")
     out = [
         "# mdevfs benchmark",
         "",
-        (f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · kernel {info['kernel']} · "
-        f"Python {info['python']}, pyfuse3 {info['pyfuse3']}, trio {info['trio']}, "
-        f"libfuse {info['libfuse']}"),
+        machine_line,
         "",
-        (f"Method: mdevfs and the C floor (`shared/bench/floor_ll.c`) mounted side by side in "
-        f"the same caching mode (direct_io, entry_timeout {fuse.ENTRY_TIMEOUT:g} s, "
-        f"attr_timeout {fuse.ATTR_TIMEOUT:g} s, READDIRPLUS forced on the floor as pyfuse3 "
-        f"forces it: `C+plus`), each op run by `shared/bench/driver.c` on both in turns, "
-        f"{plan.reps} repetition(s) × {plan.budget_ms:g} ms; each cell is the median of the "
-        f"per-repetition p50 latencies, the ratio is mdevfs / floor (in brackets: the spread "
-        f"of the paired per-repetition ratios). Attribute ops run from the directory that "
-        f"holds the file, so both sides see the same requests per op."),
+        method,
         "",
         table(["", "what", "mdevfs", "floor", "ratio", "target", "met"],
               [[f"`{r.key}`", r.what, r.mdevfs, r.floor, r.ratio, r.target, r.met]
@@ -301,10 +324,12 @@ def render(res: Results, report_rows: list[Row], info: dict[str, str], svg_name:
     ]
     if res.requests:
         out += ["## Where the time goes: FUSE requests per operation", "",
-                ("Counted on a separate mount whose handlers are wrapped with counters "
-                "(`mdevfs.bench.counting`) and on floor_ll's own counters; µs per request is "
-                "the timed p50 divided by the requests; *in mdevfs handlers* is the time "
-                "spent inside `SysfsOperations` methods."), "", requests_table(res), ""]
+                ("Requests counted on a separate mount whose handlers are wrapped with "
+                 "counters (`mdevfs.bench.counting`) and by floor_ll's own counters; "
+                 "*in mdevfs handlers* is the time inside `SysfsOperations` methods per op "
+                 "on that mount; the rest of the timed p50 (pyfuse3, trio, the kernel and "
+                 "the client) is divided by mdevfs's requests, the floor's p50 by the "
+                 "floor's."), "", requests_table(res), ""]
     if res.listing:
         out += ["## Listing against device count", "", listing_table(res), "",
                 f"![listing latency against device count]({svg_name})", ""]
@@ -343,7 +368,7 @@ def svg(res: Results) -> str:
                            for s, v in sides.items() if s == side and v)
               for side in ("mdevfs", "C+plus", "C")}
     series = {k: v for k, v in series.items() if v}
-    width, height, left, right, top, bottom = 640, 400, 70, 150, 40, 50
+    width, height, left, right, top, bottom = 700, 400, 70, 190, 40, 50
     points = [p for s in series.values() for p in s]
     if not points:
         return ('<svg xmlns="http://www.w3.org/2000/svg" width="320" height="40">'
@@ -372,7 +397,8 @@ def svg(res: Results) -> str:
         parts.append(f'<text x="{x(10**e):.1f}" y="{height - bottom + 16}" '
                      f'text-anchor="middle">{10**e:,}</text>')
     for e in range(y_lo, y_hi + 1):
-        label = f"{10**e:g} µs" if e < 3 else f"{10**(e - 3):g} ms"
+        label = (f"{10**e:g} µs" if e < 3 else f"{10**(e - 3):g} ms" if e < 6
+                 else f"{10**(e - 6):g} s")
         parts.append(f'<line x1="{left}" y1="{y(10**e):.1f}" x2="{width - right}" '
                      f'y2="{y(10**e):.1f}" stroke="#ddd"/>')
         parts.append(f'<text x="{left - 6}" y="{y(10**e) + 4:.1f}" '

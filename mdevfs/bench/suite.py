@@ -13,14 +13,11 @@ path through ``class/mdev_bus`` adds on mdevfs.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +31,7 @@ from typing import Any
 from attrs import Factory, define, frozen
 
 from ..testing import Mount, mounted
-from .tools import BenchError, Floor, Sample, Tools, daemon, drive, floor_mounted, rss_bytes
+from .tools import BenchError, Floor, Sample, Tools, drive, floor_mounted, rss_bytes
 
 BENCH_TOPOLOGY = """\
 # The benchmark's host: the mtty sample with a pool so big that creates never run out.
@@ -97,6 +94,8 @@ class Results:
     #: phase → why it did not run (or failed)
     skipped: dict[str, str] = Factory(dict)
     notes: list[str] = Factory(list)
+    #: the CPU every process ran on, or None when not pinned
+    pinned: int | None = None
 
     def add(self, table: dict[Any, dict[str, list[float]]], key: Any, side: str,
             value: float) -> None:
@@ -107,11 +106,19 @@ def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def floor_knobs(plus: bool) -> dict[str, str]:
+#: the floors: name → (READDIRPLUS forced, names uncached). ``C+plus`` is mdevfs's mode
+#: for the names that stay (entry_timeout ENTRY_TIMEOUT); ``C+plus/uncached`` is its mode
+#: for a device's own names (entry_timeout 0, Node.volatile), which floor_ll can set only
+#: for the whole mount: the floor of ``remove``, whose path crosses a device's name.
+FLOORS = {"C+plus": (True, False), "C": (False, False), "C+plus/uncached": (True, True)}
+
+
+def floor_knobs(plus: bool, uncached: bool = False) -> dict[str, str]:
     """floor_ll's environment for mdevfs's caching mode (read from mdevfs.fuse)."""
     from .. import fuse
 
-    return {"DIO": "1", "ET": f"{fuse.ENTRY_TIMEOUT:g}", "AT": f"{fuse.ATTR_TIMEOUT:g}",
+    entry = 0.0 if uncached else fuse.ENTRY_TIMEOUT
+    return {"DIO": "1", "ET": f"{entry:g}", "AT": f"{fuse.ATTR_TIMEOUT:g}",
             "KEEP": "0", "PLUS": "1" if plus else "0"}
 
 
@@ -226,14 +233,17 @@ def p50(value: Sample | float) -> float:
 
 # --- phases ---------------------------------------------------------------------------------
 
-def phase_ops(res: Results, tools: Tools, config: Path, floor: Floor) -> None:
+def phase_ops(res: Results, tools: Tools, config: Path, floors: dict[str, Floor]) -> None:
     """Attribute read, accepted and rejected write, stat, stat of a missing name, create,
-    remove; mdevfs and the floor in turns."""
+    remove; mdevfs and the floor in turns (for remove, the floor with names uncached)."""
     plan = res.plan
     with mounted(config) as m:
-        sides = [mdevfs_side(m.root), floor_side(floor, "C+plus")]
+        mine = mdevfs_side(m.root)
+        floor = floor_side(floors["C+plus"], "C+plus")
+        uncached = floor_side(floors["C+plus/uncached"], "C+plus")
         for rep in range(plan.reps):
             for i, op in enumerate(OPS):
+                sides = [mine, uncached if op == "remove" else floor]
                 order = sides if (rep + i) % 2 == 0 else sides[::-1]
                 for side in order:
                     if op == "read-deep" and side.name != "mdevfs":
@@ -299,143 +309,6 @@ def count_nodes() -> tuple[int, int]:
     for _ in range(10):
         host.create(mtype, str(uuidlib.uuid4()).encode())
     return (len(tree.nodes) - base) // 10, base
-
-
-# --- requests per operation ------------------------------------------------------------
-
-class CountingMount:
-    """mdevfs under :mod:`mdevfs.bench.counting`: handler calls and time, on SIGUSR1."""
-
-    def __init__(self, root: Path, proc: subprocess.Popen[bytes], stats: Path) -> None:
-        self.root, self.proc, self.stats = root, proc, stats
-
-    def counts(self) -> dict[str, list[int]]:
-        with contextlib.suppress(FileNotFoundError):
-            self.stats.unlink()
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.stats.exists():
-                return json.loads(self.stats.read_text())
-            time.sleep(0.002)
-        raise BenchError("the counting daemon wrote no counters")
-
-
-def probe(op: str, side: Side, k: int, entries: int,
-          counts: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``k`` operations with the syscalls of the driver's op, from the same directory (exactly
-    k, no warm-up), so that the request counters divide evenly; the counters before and
-    after."""
-    list_cwd, list_name = side.list_dir(entries)
-    where = {"write": side.write_dir, "writebad": side.write_dir, "read-deep": side.root,
-             "list": list_cwd, "remove": side.devices_dir}
-    uuids = uuids_in(side.devices_dir)[:k] if op == "remove" else []
-    if len(uuids) < k and op == "remove":
-        raise BenchError(f"{side.name}: {len(uuids)} devices to remove, {k} wanted")
-    dfd = os.open(where.get(op, side.attr_dir), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        before = counts()
-        for _ in range(k):
-            if op in ("read", "read-deep"):
-                fd = os.open(side.read_name if op == "read" else DEEP_PATH, os.O_RDONLY,
-                             dir_fd=dfd)
-                os.read(fd, 4096)
-                os.close(fd)
-            elif op in ("write", "writebad"):
-                try:
-                    write_at(dfd, side.write_name,
-                             (side.write_ok if op == "write" else "bogus").encode())
-                except OSError as exc:
-                    if op == "write" or exc.errno != errno.EINVAL:
-                        raise
-            elif op in ("stat", "statmiss"):
-                try:
-                    os.stat(side.read_name if op == "stat" else "no_such_attribute", dir_fd=dfd)
-                except FileNotFoundError:
-                    if op == "stat":
-                        raise
-            elif op == "create":
-                write_at(dfd, "create", str(uuidlib.uuid4()).encode())
-            elif op == "list":
-                fd = os.open(list_name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
-                os.listdir(fd)
-                os.close(fd)
-            elif op == "remove":
-                write_at(dfd, f"{uuids.pop()}/remove", b"1")
-            else:
-                raise ValueError(op)
-        time.sleep(0.01)  # let the last asynchronous RELEASE arrive
-        return before, counts()
-    finally:
-        os.close(dfd)
-
-
-def phase_requests(res: Results, config: Path, floor: Floor) -> None:
-    """FUSE requests per operation on both sides, and mdevfs's time inside its handlers."""
-    plan = res.plan
-    k = plan.probe_ops
-    with tempfile.TemporaryDirectory(prefix="mdevfs-bench-count-") as scratch:
-        stats = Path(scratch) / "counts.json"
-        cmd = [sys.executable, "-m", "mdevfs.bench.counting", str(stats), "--config", str(config)]
-        with daemon(cmd, PARENT_LINK) as (root, proc, _log):
-            counting = CountingMount(root, proc, stats)
-            sides = {"mdevfs": mdevfs_side(root), "C+plus": floor_side(floor, "C+plus")}
-            readers: dict[str, Callable[[], dict[str, Any]]] = {
-                "mdevfs": counting.counts,
-                "C+plus": lambda: {name: [n, 0] for name, n in floor.counts().items()}}
-            keys: list[tuple[str, int]] = [(op, 0) for op in OPS] + \
-                [(f"list-{n}", n) for n in LIST_SIZES]
-            for key, n in keys:
-                for name, side in sides.items():
-                    if key == "read-deep" and name != "mdevfs":
-                        continue
-                    if name == "mdevfs" and n:
-                        set_devices(side, n)
-                    ops = k if n == 0 else max(3, k // 20)
-                    if key == "remove" and name == "mdevfs":
-                        create_devices(side.attr_dir, k)
-                    before, after = probe("list" if n else key, side, ops, n, readers[name])
-                    res.requests.setdefault(key, {})[name] = summarize(before, after, ops)
-            if proc.poll() is not None:
-                raise BenchError("the counting daemon died")
-
-
-def set_devices(side: Side, n: int) -> None:
-    """Create or remove devices (untimed) until ``n`` exist."""
-    have = uuids_in(side.devices_dir)
-    if len(have) < n:
-        create_devices(side.attr_dir, n - len(have))
-    elif len(have) > n:
-        probe_removes(side, len(have) - n)
-
-
-def probe_removes(side: Side, k: int) -> None:
-    uuids = uuids_in(side.devices_dir)[:k]
-    if len(uuids) < k:
-        raise BenchError(f"{side.name}: {len(uuids)} devices to remove, {k} wanted")
-    dfd = os.open(side.devices_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for u in uuids:
-            write_at(dfd, f"{u}/remove", b"1")
-    finally:
-        os.close(dfd)
-
-
-def summarize(before: dict[str, list[int]] | dict[str, Any], after: dict[str, Any],
-              ops: int) -> dict[str, Any]:
-    def n(d: dict[str, Any], key: str) -> int:
-        v = d.get(key, [0, 0])
-        return v[0] if isinstance(v, list) else int(v)
-
-    def ns(d: dict[str, Any], key: str) -> int:
-        v = d.get(key, [0, 0])
-        return v[1] if isinstance(v, list) else 0
-
-    per_op = {key: (n(after, key) - n(before, key)) / ops for key in after
-              if n(after, key) - n(before, key)}
-    handler_ns = sum(ns(after, key) - ns(before, key) for key in after if key != "forget")
-    calls = sum(n(after, key) - n(before, key) for key in after if key != "forget")
-    return {"per_op": per_op, "handler_ns": handler_ns, "calls": calls, "ops": ops}
 
 
 # --- mount, reset --------------------------------------------------------------------------

@@ -64,15 +64,30 @@ def copy_tree(src: Path, dst: Path) -> int:
     return nodes
 
 
+def fuse_mountpoints_under_sys() -> list[str]:
+    """Where this namespace shows the FUSE mount under /sys (``mdevfs run``'s grafts), as
+    paths relative to /sys, from /proc/self/mountinfo."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split()[4].encode().decode("unicode_escape")
+            if right.split()[0].startswith("fuse") and point.startswith("/sys/"):
+                found.append(point[len("/sys/"):])
+    return found
+
+
 def binds(root: Path, copy: Path, graft: bool) -> dict[str, list[tuple[Path, Path]]]:
-    """Which binds show each tree at /sys: with ``--graft`` mdevfs is already in place and
-    the copy covers the same directories; else each tree covers the whole of /sys."""
+    """Which binds show each tree at /sys. With ``--graft`` mdevfs is already in place and
+    the copy covers exactly the mount points of the grafts, so that no path walk on the
+    copy crosses a FUSE dentry (whose revalidation would reach mdevfs); else each tree
+    covers the whole of /sys."""
     if not graft:
         return {"mdevfs": [(root, SYS)], "tmpfs": [(copy, SYS)]}
-    from ..namespace import grafted_paths
-
-    dirs = [rel for rel in grafted_paths(root) if not (copy / rel).is_symlink()]
-    return {"mdevfs": [], "tmpfs": [(copy / rel, SYS / rel) for rel in dirs]}
+    points = fuse_mountpoints_under_sys()
+    if not points:
+        raise RuntimeError("no FUSE mount under /sys: not inside mdevfs run?")
+    return {"mdevfs": [], "tmpfs": [(copy / rel, SYS / rel) for rel in points]}
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:

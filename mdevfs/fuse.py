@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import logging
 import os
 import stat
@@ -116,29 +117,31 @@ class SysfsOperations(pyfuse3.Operations):
         self._handles[fh] = value
         return fh
 
-    def entry_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
+    def entry_attributes(self, node: Node,
+                         attr: pyfuse3.EntryAttributes | None = None) -> pyfuse3.EntryAttributes:
+        """The attributes of ``node``; ``attr``, when given, is filled in and reused
+        (readdir does so: pyfuse3 copies it into the reply at once)."""
+        if attr is None:
+            attr = pyfuse3.EntryAttributes()
+            attr.attr_timeout = ATTR_TIMEOUT
+            attr.st_uid = self._uid
+            attr.st_gid = self._gid
+            attr.st_blksize = PAGE_SIZE
+            attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._time_ns
         attr.st_ino = node.inode
-        attr.generation = 0
         attr.entry_timeout = 0 if node.volatile else ENTRY_TIMEOUT
-        attr.attr_timeout = ATTR_TIMEOUT
         if isinstance(node, File):
             attr.st_mode = stat.S_IFREG | node.op.mode
             attr.st_size = PAGE_SIZE  # as sysfs: every attribute stats with size 4096
             attr.st_nlink = 1
         elif isinstance(node, Dir):
             attr.st_mode = stat.S_IFDIR | 0o755
-            attr.st_nlink = 2
             attr.st_size = 0
+            attr.st_nlink = 2
         else:
             attr.st_mode = stat.S_IFLNK | 0o777
+            attr.st_size = 0  # as kernfs: a symlink stats with size 0
             attr.st_nlink = 1
-            attr.st_size = len(node.target)  # type: ignore[attr-defined]
-        attr.st_uid = self._uid
-        attr.st_gid = self._gid
-        attr.st_blksize = PAGE_SIZE
-        attr.st_blocks = 0
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._time_ns
         return attr
 
     async def invalidate_dropped(self) -> None:
@@ -220,6 +223,10 @@ class SysfsOperations(pyfuse3.Operations):
         if self.hooks is not None:
             await self.hooks.before(handle.node, data)
         count = handle.node.write(data)
+        # What a store builds lives until a remove takes it apart, which leaves no
+        # cycles: keep the collector from rescanning it (at 100k devices a full
+        # collection took 0.55 s).
+        gc.freeze()
         if self.hooks is not None:
             self.hooks.after_store(handle.node)
         await self.invalidate_dropped()
@@ -228,10 +235,6 @@ class SysfsOperations(pyfuse3.Operations):
     @handler
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
-
-    @handler
-    async def flush(self, fh: int) -> None:
-        return None
 
     @handler
     async def opendir(self, inode: int, ctx: Any) -> int:
@@ -246,10 +249,11 @@ class SysfsOperations(pyfuse3.Operations):
     @handler
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         inodes, entries = self._handles[fh]
+        attr = None
         for i in range(bisect_right(inodes, start_id), len(entries)):
             node = entries[i]
-            if not pyfuse3.readdir_reply(token, os.fsencode(node.name),
-                                         self.entry_attributes(node), node.inode):
+            attr = self.entry_attributes(node, attr)
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), attr, node.inode):
                 break
 
     @handler

@@ -343,8 +343,10 @@ class Tree(HostObserver):
         while stack:
             cur = stack.pop()
             self.nodes.pop(cur.inode, None)
-            cur.parent = None
-            if isinstance(cur, Dir):
+            cur.parent = None  # no cycle is left behind: reference counting frees it all
+            if isinstance(cur, Link):
+                cur.to = None  # type: ignore[assignment]
+            elif isinstance(cur, Dir):
                 stack.extend(cur.children.values())
 
     def resolve(self, path: str) -> Node | None:
@@ -457,40 +459,42 @@ class Tree(HostObserver):
         self.unlink(parent.path)
 
     def device_added(self, mdev: MdevDevice) -> None:
-        parent = mdev.parent
-        ddir_path = f"{parent.path}/{mdev.uuid}"
-        tdir = f"{parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}"
-        drv = parent.driver.mdev_driver
-        group = f"kernel/iommu_groups/{mdev.iommu_group}"
-        groups = self.resolve("kernel/iommu_groups")
-        assert isinstance(groups, Dir)
-        self._dir(self._attach(groups, VolatileDir(str(mdev.iommu_group))), "devices")
+        uuid = sys.intern(mdev.uuid)  # names five entries: one string for all
+        pdir = self._dir_at(mdev.parent.path)
+        tdir = self._dir_at(f"{mdev.parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}")
+        drvdir = self._dir_at(f"bus/mdev/drivers/{mdev.parent.driver.mdev_driver}")
+        group = self._attach(self._dir_at("kernel/iommu_groups"),
+                             VolatileDir(str(mdev.iommu_group)))
         # Build the device directory whole before any link to it appears.
-        ddir = VolatileDir(sys.intern(mdev.uuid))
-        pdir = self.resolve(parent.path)
-        assert isinstance(pdir, Dir)
-        self._attach(pdir, ddir)
+        ddir = self._attach(pdir, VolatileDir(uuid))
         self._file(ddir, "remove", DEVICE_REMOVE, mdev)
-        self.link(f"{ddir_path}/mdev_type", tdir)
-        self.link(f"{ddir_path}/driver", f"bus/mdev/drivers/{drv}")
-        self.link(f"{ddir_path}/iommu_group", group)
-        self.link(f"{ddir_path}/subsystem", "bus/mdev")
+        for name, to in (("mdev_type", tdir), ("driver", drvdir), ("iommu_group", group),
+                         ("subsystem", self._dir_at("bus/mdev"))):
+            self._attach(ddir, Link(name, to))
         self._file(ddir, "uevent", DEVICE_UEVENT, mdev)
         self._power(ddir)
-        self._vendor_files(ddir, parent.driver.device_attributes(mdev), mdev)
+        self._vendor_files(ddir, mdev.parent.driver.device_attributes(mdev), mdev)
         self._migration(ddir, mdev)
-        for where in (f"{group}/devices", f"{tdir}/devices", f"bus/mdev/drivers/{drv}",
-                      "bus/mdev/devices"):
-            self.link(f"{where}/{mdev.uuid}", ddir_path, VolatileLink)
+        for where in (self._dir(group, "devices"), tdir.children["devices"], drvdir,
+                      self._dir_at("bus/mdev/devices")):
+            self._attach(where, VolatileLink(uuid, ddir))
 
     def device_removed(self, mdev: MdevDevice) -> None:
-        parent = mdev.parent
-        self.unlink(f"bus/mdev/devices/{mdev.uuid}")
-        self.unlink(f"bus/mdev/drivers/{parent.driver.mdev_driver}/{mdev.uuid}")
-        self.unlink(f"{parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}"
-                    f"/devices/{mdev.uuid}")
-        self.unlink(f"kernel/iommu_groups/{mdev.iommu_group}")  # one group per mdev
-        self.unlink(f"{parent.path}/{mdev.uuid}")
+        parent, uuid = mdev.parent, mdev.uuid
+        tdir = self._dir_at(f"{parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}")
+        for where, name in ((self._dir_at("bus/mdev/devices"), uuid),
+                            (self._dir_at(f"bus/mdev/drivers/{parent.driver.mdev_driver}"), uuid),
+                            (tdir.children["devices"], uuid),
+                            (self._dir_at("kernel/iommu_groups"), str(mdev.iommu_group)),
+                            (self._dir_at(parent.path), uuid)):
+            node = where.children.get(name)  # type: ignore[union-attr]
+            if node is not None:
+                self._drop(node)
+
+    def _dir_at(self, path: str) -> Dir:
+        node = self.resolve(path)
+        assert isinstance(node, Dir), path
+        return node
 
     # --- bus files ------------------------------------------------------------------------
 

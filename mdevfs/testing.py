@@ -148,7 +148,7 @@ def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ..
         mount.uevents = uevents
         yield mount
     finally:
-        _teardown(root, proc)
+        stop_daemon(root, proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -168,7 +168,8 @@ def unavailable() -> str | None:
     return None
 
 
-def _teardown(root: Path, proc: subprocess.Popen[bytes]) -> None:
+def stop_daemon(root: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Unmount, then wait; terminate and kill only if the daemon lingers; lazy-unmount last."""
     if os.path.ismount(root) or proc.poll() is None:
         subprocess.run(["fusermount3", "-u", str(root)], capture_output=True)
     try:

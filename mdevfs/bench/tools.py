@@ -19,6 +19,8 @@ from pathlib import Path
 
 from attrs import frozen
 
+from ..testing import stop_daemon
+
 #: the repository root (mdevfs/bench/tools.py → ../..); shared/ sits beside it
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,25 +115,6 @@ def wait_mounted(root: Path, proc: subprocess.Popen[bytes], probe: str,
     raise BenchError(f"{root} did not answer within {timeout:.0f} s")
 
 
-def stop(root: Path, proc: subprocess.Popen[bytes]) -> None:
-    """Unmount, then wait; terminate and kill only if the daemon lingers; lazy-unmount last."""
-    if os.path.ismount(root) or proc.poll() is None:
-        subprocess.run(["fusermount3", "-u", str(root)], capture_output=True,
-                       check=False)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if os.path.ismount(root):
-        subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True,
-                       check=False)
-
-
 @contextlib.contextmanager
 def daemon(cmd: Sequence[str], probe: str, env: Mapping[str, str] | None = None,
            prefix: str = "mdevfs-bench-") -> Iterator[tuple[Path, subprocess.Popen[bytes], Path]]:
@@ -152,7 +135,7 @@ def daemon(cmd: Sequence[str], probe: str, env: Mapping[str, str] | None = None,
             raise BenchError(f"{exc}\n{log_file.read_text(errors='replace')[-2000:]}") from None
         yield root, proc, log_file
     finally:
-        stop(root, proc)
+        stop_daemon(root, proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -37,7 +37,8 @@ bench: install
 	$(BIN)/python -m mdevfs.bench
 
 lint: install
-	$(BIN)/python -m ruff check mdevfs vendors tests examples || true
+	$(BIN)/pip install -q ruff
+	$(BIN)/python -m ruff check mdevfs vendors tests examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,6 +1,6 @@
 """mdevfs: a kernel-faithful emulator of the Linux mediated-device (mdev) sysfs interface."""
 from .config import Topology, TopologyError
-from .driver import Attribute, BaseDriver, Migration, MdevTypeSpec, VendorDriver
+from .driver import Attribute, BaseDriver, MdevTypeSpec, Migration, VendorDriver
 from .model import Host, MdevDevice, MdevType, Parent
 
 __all__ = ["Attribute", "BaseDriver", "Host", "MdevDevice", "MdevType", "MdevTypeSpec",

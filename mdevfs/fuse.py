@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 import pyfuse3
 import trio
 
-from .sysfs import PAGE_SIZE, ROOT_INODE, Dir, File, Link, Node, Tree
+from .sysfs import PAGE_SIZE, Dir, File, Link, Node, Tree
 
 log = logging.getLogger(__name__)
 

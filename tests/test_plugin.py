@@ -34,7 +34,8 @@ def test_the_fixture_shares_one_mount_and_resets_it_between_tests(pytester):
 
         def test_b(mdevfs):
             assert mdevfs.devices() == []
-            assert mdevfs.read("class/mdev_bus/mtty/mdev_supported_types/mtty-1/available_instances") == "24\\n"
+            avail = "class/mdev_bus/mtty/mdev_supported_types/mtty-1/available_instances"
+            assert mdevfs.read(avail) == "24\\n"
     ''')
     pytester.runpytest_subprocess().assert_outcomes(passed=2)
 

@@ -7,11 +7,11 @@ than this run's (which is found through $MDEVFS_ROOT).
 from __future__ import annotations
 
 import os
-import tempfile
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 

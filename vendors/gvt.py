@@ -39,7 +39,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 
-from mdevfs.driver import Attribute, BaseDriver, Migration, MdevTypeSpec
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Migration
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
 

@@ -47,7 +47,7 @@ from typing import NoReturn
 
 from attrs import frozen
 
-from mdevfs.driver import Attribute, BaseDriver, Migration, MdevTypeSpec
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Migration
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
 

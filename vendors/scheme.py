@@ -40,7 +40,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from mdevfs.driver import BaseDriver, Migration, MdevTypeSpec
+from mdevfs.driver import BaseDriver, MdevTypeSpec, Migration
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
 

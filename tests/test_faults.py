@@ -311,7 +311,8 @@ def test_mdevfs_ctl_finds_the_socket_beside_the_mountpoint(tmp_path):
     root.mkdir()
     sock = tmp_path / ".sys.mdevfs-ctl"
     config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[[parent]]\ndriver = "mdpy"\n')
-    out = subprocess.run(MDEVFS + ["mount", "--config", str(config), str(root)],
+    out = subprocess.run(MDEVFS + ["mount", "--log-file", str(tmp_path / "daemon.log"), "--config",
+                                   str(config), str(root)],
                          capture_output=True, text=True)
     try:
         assert out.returncode == 0, out.stderr

@@ -195,7 +195,8 @@ def test_a_signal_unmounts_cleanly_with_the_state_saved(topology, tmp_path, sign
         assert proc.wait(timeout=10) == 0, proc.stderr.read()
         assert not os.path.ismount(root) and not control.exists()
         assert [r[0] for r in recorded(state)] == [U1]
-        out = run("mount", "--config", str(topology), "--state", str(state), str(root))
+        out = run("mount", "--log-file", str(tmp_path / "daemon.log"), "--config", str(topology),
+                  "--state", str(state), str(root))
         assert out.returncode == 0, out.stderr
         assert groups(root) == {U1: "0"}
     finally:
@@ -225,7 +226,8 @@ def test_after_kill_9_the_next_mount_recovers_the_mountpoint_and_the_devices(top
         with pytest.raises(OSError) as info:
             os.listdir(root)
         assert info.value.errno == errno.ENOTCONN
-        out = run("mount", "--config", str(topology), "--state", str(state), str(root))
+        out = run("mount", "--log-file", str(tmp_path / "daemon.log"), "--config", str(topology),
+                  "--state", str(state), str(root))
         assert out.returncode == 0, out.stderr
         assert groups(root) == before == {U2: "1", U3: "0"}
         assert run("ctl", str(root), "status").returncode == 0  # the new socket answers

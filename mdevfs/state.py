@@ -39,6 +39,7 @@ class StateFile(HostObserver):
         self.path = path
         self.host = host
         self._saved: str | None = None
+        self._groups: dict[int, str] = {}  # while restoring: IOMMU group -> its device
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], host: Host) -> StateFile:
@@ -104,13 +105,13 @@ class StateFile(HostObserver):
                             f"(types: {', '.join(parent.types)})", i, uuid)
         if uuid in self.host.devices:
             raise self._bad("duplicate UUID (recorded twice)", i, uuid)
-        clash = next((d for d in self.host.devices.values() if d.iommu_group == group), None)
-        if clash is not None:
-            raise self._bad(f"IOMMU group {group} is also recorded for device {clash.uuid}",
-                            i, uuid)
+        if group in self._groups:
+            raise self._bad(f"IOMMU group {group} is also recorded for device "
+                            f"{self._groups[group]}", i, uuid)
         if parent.driver.available_instances(mtype) is None and parent.available(mtype) <= 0:
             raise self._bad(f"parent {parent.name!r} has no room for it (the core counter "
                             f"allows {parent.driver.max_instances()})", i, uuid)
+        self._groups[group] = uuid
         try:
             self.host.restore(mtype, uuid, group, vendor)
         except OSError as exc:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc mdevctl util-linux libvirt-daemon libvirt-clients
 
-.PHONY: install system venv demo test bench lint clean
+.PHONY: install system venv demo test bench conformance lint clean
 
 install: system venv
 
@@ -32,6 +32,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Real kernels (Debian 12's 6.1 and 6.12 in QEMU, with the kernel's mdev samples) against mdevfs;
+# tests/conformance/record --golden re-records the dumps that make test compares with.
+conformance: install
+	tests/conformance/check
 
 bench: install
 	$(BIN)/python -m mdevfs.bench

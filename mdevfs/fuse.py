@@ -10,6 +10,7 @@ other exception would end ``pyfuse3.main()`` and with it the mount.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import gc
@@ -24,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import pyfuse3
 import trio
 
-from .sysfs import PAGE_SIZE, Dir, File, Link, Node, Tree
+from .sysfs import PAGE_SIZE, Dir, File, IAttr, Link, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,26 @@ class _Handle:
         self.data: bytes | None = None
 
 
+class _Listing:
+    """An open directory: the entries as of the tree's ``generation`` last looked at."""
+
+    __slots__ = ("node", "generation", "entries", "inodes")
+
+    def __init__(self, node: Dir) -> None:
+        self.node = node
+        self.generation = -1
+        self.entries: list[Node] = []
+        self.inodes: list[int] = []
+
+
+def _copy_attributes(attr: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+    copy = pyfuse3.EntryAttributes()
+    for name in ("attr_timeout", "entry_timeout", "st_ino", "st_mode", "st_nlink", "st_uid",
+                 "st_gid", "st_size", "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
+        setattr(copy, name, getattr(attr, name))
+    return copy
+
+
 class SysfsOperations(pyfuse3.Operations):
     """Serves a :class:`~mdevfs.sysfs.Tree` as a sysfs root."""
 
@@ -96,6 +117,7 @@ class SysfsOperations(pyfuse3.Operations):
         self.tree = tree
         self.hooks = hooks
         tree.dropped = []
+        tree.recounted = set()
         tree.settle = self.invalidate_dropped
         self._handles: dict[int, Any] = {}
         self._next_fh = 1
@@ -119,15 +141,11 @@ class SysfsOperations(pyfuse3.Operations):
 
     def entry_attributes(self, node: Node,
                          attr: pyfuse3.EntryAttributes | None = None) -> pyfuse3.EntryAttributes:
-        """The attributes of ``node``; ``attr``, when given, is filled in and reused
-        (readdir does so: pyfuse3 copies it into the reply at once)."""
+        """The attributes of ``node``; ``attr``, when given, is one from
+        :meth:`_fresh_attributes` to fill in and reuse (readdir does so: pyfuse3 copies
+        it into the reply at once). A node root changed is answered on a copy."""
         if attr is None:
-            attr = pyfuse3.EntryAttributes()
-            attr.attr_timeout = ATTR_TIMEOUT
-            attr.st_uid = self._uid
-            attr.st_gid = self._gid
-            attr.st_blksize = PAGE_SIZE
-            attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._time_ns
+            attr = self._fresh_attributes()
         attr.st_ino = node.inode
         attr.entry_timeout = 0 if node.volatile else ENTRY_TIMEOUT
         if isinstance(node, File):
@@ -137,11 +155,27 @@ class SysfsOperations(pyfuse3.Operations):
         elif isinstance(node, Dir):
             attr.st_mode = stat.S_IFDIR | 0o755
             attr.st_size = 0
-            attr.st_nlink = 2
+            attr.st_nlink = 2 + node.subdirs  # kernfs: 2 + its subdirectories
         else:
             attr.st_mode = stat.S_IFLNK | 0o777
             attr.st_size = 0  # as kernfs: a symlink stats with size 0
             attr.st_nlink = 1
+        iattr = node.iattr
+        if iattr is not None:  # what root set (kernfs_setattr), on a fresh copy
+            attr = _copy_attributes(attr)
+            attr.st_mode = stat.S_IFMT(attr.st_mode) | iattr.mode
+            attr.st_uid, attr.st_gid = iattr.uid, iattr.gid
+            attr.st_atime_ns, attr.st_mtime_ns = iattr.atime_ns, iattr.mtime_ns
+            attr.st_ctime_ns = iattr.ctime_ns
+        return attr
+
+    def _fresh_attributes(self) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.attr_timeout = ATTR_TIMEOUT
+        attr.st_uid = self._uid
+        attr.st_gid = self._gid
+        attr.st_blksize = PAGE_SIZE
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._time_ns
         return attr
 
     async def invalidate_dropped(self) -> None:
@@ -151,6 +185,14 @@ class SysfsOperations(pyfuse3.Operations):
         lock that a queued request needs), so a worker thread calls it while this
         request waits and trio serves the others.
         """
+        recounted = self.tree.recounted
+        if recounted:
+            # a directory's link count changed: only its cached attributes go, which
+            # takes no lock in the kernel, so it is safe inside a request
+            for inode in recounted:
+                with contextlib.suppress(OSError):  # ENOENT: not in the kernel's cache
+                    pyfuse3.invalidate_inode(inode, attr_only=True)
+            recounted.clear()
         if self.tree.dropped:
             batch, self.tree.dropped = self.tree.dropped, []
             await trio.to_thread.run_sync(_invalidate_entries, batch)
@@ -178,8 +220,40 @@ class SysfsOperations(pyfuse3.Operations):
 
     @handler
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
-        # kernfs ignores size changes, so O_TRUNC and truncate(2) are harmless no-ops.
-        return self.entry_attributes(self._node(inode))
+        """``kernfs_iop_setattr``: mode, owner and times stick (the kernel has checked
+        who may change them); a size change is ignored, so O_TRUNC is harmless."""
+        node = self._node(inode)
+        if fields.update_mode or fields.update_uid or fields.update_gid or \
+                fields.update_atime or fields.update_mtime or fields.update_ctime:
+            old = self.entry_attributes(node)
+            iattr = node.iattr or IAttr(stat.S_IMODE(old.st_mode), old.st_uid, old.st_gid,
+                                        self._time_ns)
+            if fields.update_mode:
+                iattr.mode = stat.S_IMODE(attr.st_mode)
+            if fields.update_uid:
+                iattr.uid = attr.st_uid
+            if fields.update_gid:
+                iattr.gid = attr.st_gid
+            if fields.update_atime:
+                iattr.atime_ns = attr.st_atime_ns
+            if fields.update_mtime:
+                iattr.mtime_ns = attr.st_mtime_ns
+            iattr.ctime_ns = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
+            node.iattr = iattr
+        return self.entry_attributes(node)
+
+    # sysfs has no namespace operations: the VFS answers EPERM where kernfs has no method
+    # (mkdir, rmdir, unlink, rename, symlink, link, mknod) and EACCES for O_CREAT of a
+    # new name (no ->create).
+    @handler
+    async def mkdir(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    rmdir = unlink = rename = symlink = link = mknod = mkdir
+
+    @handler
+    async def create(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EACCES)
 
     @handler
     async def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -195,10 +269,12 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.EACCES)
         # kernfs_fop_open with KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK: a direction the
         # attribute has no method for is EACCES, even for root (spec §2.1).
+        # The mode counts too: after chmod 0 not even root may open it.
         mode = flags & os.O_ACCMODE
-        wants_read = mode in (os.O_RDONLY, os.O_RDWR)
-        wants_write = mode in (os.O_WRONLY, os.O_RDWR)
-        if (wants_read and node.op.show is None) or (wants_write and node.op.store is None):
+        bits = stat.S_IMODE(node.iattr.mode) if node.iattr is not None else node.op.mode
+        if mode in (os.O_RDONLY, os.O_RDWR) and (node.op.show is None or not bits & 0o444):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        if mode in (os.O_WRONLY, os.O_RDWR) and (node.op.store is None or not bits & 0o222):
             raise pyfuse3.FUSEError(errno.EACCES)
         if node.parent is None:
             raise pyfuse3.FUSEError(errno.ENODEV)
@@ -211,8 +287,10 @@ class SysfsOperations(pyfuse3.Operations):
             # seq_file: a read from the start calls show() again (poll-and-reread works)
             if self.hooks is not None:
                 await self.hooks.before(handle.node, None)
-            if handle.node.parent is None:
-                raise pyfuse3.FUSEError(errno.ENODEV)  # kernfs_seq_start: node removed
+            handle.data = None
+        if handle.node.parent is None:
+            raise pyfuse3.FUSEError(errno.ENODEV)  # kernfs_seq_start: node removed
+        if handle.data is None:
             handle.data = handle.node.read()
         return handle.data[off:off + size]
 
@@ -241,19 +319,35 @@ class SysfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        # A snapshot in inode order: offsets are inodes, so entries that come and go
-        # while a listing is under way never shift the rest.
-        entries = list(node.children.values())
-        return self._new_fh(([n.inode for n in entries], entries))
+        return self._new_fh(_Listing(node))
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        inodes, entries = self._handles[fh]
-        attr = None
-        for i in range(bisect_right(inodes, start_id), len(entries)):
+        """``.`` and ``..``, then the entries as they are now (a rewound descriptor sees
+        the changes); a directory that was removed lists nothing more (kernfs).
+        Offsets: 1 after ``.``, 2 after ``..``, inode + 2 after an entry, so entries that
+        come and go while a listing is under way never shift the rest."""
+        listing: _Listing = self._handles[fh]
+        directory = listing.node
+        if start_id < 1:
+            if not pyfuse3.readdir_reply(token, b".", self.entry_attributes(directory), 1):
+                return
+        if start_id < 2:
+            up = directory.parent or directory
+            if not pyfuse3.readdir_reply(token, b"..", self.entry_attributes(up), 2):
+                return
+        if directory.parent is None and directory is not self.tree.root:
+            return
+        if listing.generation != self.tree.generation:
+            listing.generation = self.tree.generation
+            listing.entries = list(directory.children.values())  # in inode order, as made
+            listing.inodes = [n.inode for n in listing.entries]
+        entries = listing.entries
+        reused = self._fresh_attributes()
+        for i in range(bisect_right(listing.inodes, start_id - 2), len(entries)):
             node = entries[i]
-            attr = self.entry_attributes(node, attr)
-            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), attr, node.inode):
+            attr = self.entry_attributes(node, reused)
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), attr, node.inode + 2):
                 break
 
     @handler

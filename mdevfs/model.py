@@ -12,7 +12,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from attrs import Factory, define, field
+from attrs import Factory, define, field, frozen
 
 from .driver import MdevTypeSpec, VendorDriver
 from .errors import fail
@@ -44,7 +44,8 @@ def kstrtoul(buf: bytes) -> int:
     sysfs NUL-terminates the buffer, so parsing stops at the first NUL. An
     optional ``+``; base 0 (``0x`` hex when a hex digit follows, leading ``0``
     octal, else decimal); one trailing newline. Anything else is EINVAL, a
-    value past ULONG_MAX is ERANGE (lib/kstrtox.c ``_kstrtoull``).
+    value past ULONG_MAX is ERANGE (lib/kstrtox.c ``_kstrtoull``); callers that, like
+    ``remove_store``, turn every failure into EINVAL catch it.
     """
     s = buf.split(b"\0", 1)[0].decode("latin-1")
     if s.startswith("+"):
@@ -83,19 +84,36 @@ class MdevType:
         return self.parent.available(self)
 
 
+@frozen
+class Binding:
+    """What binding a device to its driver made: ``vfio_register_emulated_iommu_dev()``
+    gives it a new IOMMU group (named ``vfio-noiommu``), that group's ``/dev/vfio/<minor>``
+    and the ``vfio-dev/vfio<index>`` device. Each number comes from an ida of its own."""
+
+    iommu_group: int
+    vfio_group: int
+    vfio_index: int
+
+
 @define(eq=False)
 class MdevDevice:
-    """A created mdev, named by its lower-case UUID."""
+    """A created mdev, named by its lower-case UUID; bound to its parent's driver from
+    create until an ``unbind`` (the kernel never binds it again: ``mdev_match`` is 0)."""
 
     uuid: str
     mdev_type: MdevType
-    iommu_group: int
+    #: None once unbound: no driver, no IOMMU group, no vendor attributes, no vfio-dev
+    binding: Binding | None = None
     #: the vendor driver's own per-device state (e.g. a resolution it shows)
     vendor: dict[str, Any] = Factory(dict)
 
     @property
     def parent(self) -> Parent:
         return self.mdev_type.parent
+
+    @property
+    def iommu_group(self) -> int | None:
+        return self.binding.iommu_group if self.binding is not None else None
 
 
 @define(eq=False)
@@ -127,6 +145,7 @@ class HostObserver:
     def parent_removed(self, parent: Parent) -> None: ...
     def device_added(self, mdev: MdevDevice) -> None: ...
     def device_removed(self, mdev: MdevDevice) -> None: ...
+    def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None: ...
 
 
 @define(eq=False)
@@ -134,13 +153,19 @@ class Host:
     """The machine: registered parents, every mdev on the global list, IOMMU groups."""
 
     iommu_group_base: int = 0
+    #: CONFIG_PM_ADVANCED_DEBUG, as Debian builds it: four more files in every power/
+    pm_advanced_debug: bool = True
     parents: dict[str, Parent] = Factory(dict)
     devices: dict[str, MdevDevice] = Factory(dict)
     observers: list[HostObserver] = Factory(list)
     _group_ids: Ida = field(init=False)
+    _vfio_groups: Ida = field(init=False)
+    _vfio_devices: Ida = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._group_ids = Ida(self.iommu_group_base)
+        self._vfio_groups = Ida()
+        self._vfio_devices = Ida()
 
     def add_parent(self, name: str, path: str, driver: VendorDriver) -> Parent:
         """``mdev_register_parent()``: the parent and its types appear."""
@@ -179,16 +204,14 @@ class Host:
         return len(buf)
 
     def restore(self, mtype: MdevType, uuid: str, group: int | None = None,
-                vendor: Mapping[str, Any] | None = None) -> MdevDevice:
-        """Probe and register a device whose input is already validated."""
-        mdev = MdevDevice(uuid=uuid, mdev_type=mtype, iommu_group=self._alloc_group(group),
-                          vendor=dict(vendor or {}))
+                vendor: Mapping[str, Any] | None = None, bound: bool = True) -> MdevDevice:
+        """``mdev_device_create()`` of validated input: probe the driver (binding the
+        device, in IOMMU group ``group`` when given) and register the device; an
+        unbound device (``bound=False``, from a state file) is registered unprobed."""
+        mdev = MdevDevice(uuid=uuid, mdev_type=mtype, vendor=dict(vendor or {}))
         parent = mtype.parent
-        try:
-            parent.driver.probe(mdev)
-        except BaseException:
-            self._group_ids.release(mdev.iommu_group)
-            raise
+        if bound:
+            mdev.binding = self._bind(mdev, group)
         if parent.driver.available_instances(mtype) is None:
             parent.core_used += 1
         self.devices[uuid] = mtype.devices[uuid] = mdev
@@ -196,28 +219,65 @@ class Host:
             obs.device_added(mdev)
         return mdev
 
+    def _bind(self, mdev: MdevDevice, group: int | None) -> Binding:
+        """The driver's probe, then vfio's registration; on failure nothing is taken."""
+        iommu_group = self._alloc_group(group)
+        try:
+            mdev.parent.driver.probe(mdev)
+        except BaseException:
+            self._group_ids.release(iommu_group)
+            raise
+        return Binding(iommu_group, self._vfio_groups.alloc(), self._vfio_devices.alloc())
+
+    def unbind(self, mdev: MdevDevice) -> None:
+        """``device_driver_detach()``: the driver's remove (it cannot refuse), and the
+        IOMMU group and vfio device go; the device stays, driverless, until removed."""
+        try:
+            mdev.parent.driver.remove(mdev)
+        except OSError:
+            pass  # remove() is void in the kernel: detaching always succeeds
+        self._detach(mdev)
+
+    def _detach(self, mdev: MdevDevice) -> None:
+        binding = mdev.binding
+        assert binding is not None
+        mdev.binding = None
+        self._group_ids.release(binding.iommu_group)
+        self._vfio_groups.release(binding.vfio_group)
+        self._vfio_devices.release(binding.vfio_index)
+        for obs in self.observers:
+            obs.device_unbound(mdev, binding)
+
     def remove(self, mdev: MdevDevice, buf: bytes) -> int:
-        """``remove_store()`` (spec §2.3): kstrtoul base 0; 0 is a successful no-op."""
-        if kstrtoul(buf) == 0:
+        """``remove_store()`` (spec §2.3): kstrtoul base 0, any failure EINVAL; 0 is a
+        successful no-op."""
+        try:
+            value = kstrtoul(buf)
+        except OSError:
+            fail(errno.EINVAL)
+        if value == 0:
             return len(buf)
         if self.devices.get(mdev.uuid) is not mdev:
             fail(errno.ENODEV)
-        mdev.parent.driver.remove(mdev)
+        if mdev.binding is not None:
+            mdev.parent.driver.remove(mdev)
         self._destroy(mdev, vendor_removed=True)
         return len(buf)
 
     def _destroy(self, mdev: MdevDevice, vendor_removed: bool = False) -> None:
+        """``mdev_device_remove()``: a bound device is detached from its driver first."""
         parent = mdev.parent
-        if not vendor_removed:
-            try:
-                parent.driver.remove(mdev)
-            except OSError:
-                pass  # unregistering a parent destroys its devices regardless
+        if mdev.binding is not None:
+            if not vendor_removed:
+                try:
+                    parent.driver.remove(mdev)
+                except OSError:
+                    pass  # unregistering a parent destroys its devices regardless
+            self._detach(mdev)
         del self.devices[mdev.uuid]
         del mdev.mdev_type.devices[mdev.uuid]
         if parent.driver.available_instances(mdev.mdev_type) is None:
             parent.core_used -= 1
-        self._group_ids.release(mdev.iommu_group)
         for obs in self.observers:
             obs.device_removed(mdev)
 

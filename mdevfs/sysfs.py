@@ -12,6 +12,7 @@ outlived it fails with ENODEV, as kernfs_get_active() makes it fail.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import posixpath
 import struct
@@ -23,7 +24,7 @@ from attrs import frozen
 
 from .driver import Attribute, Migration
 from .errors import fail
-from .model import Host, HostObserver, MdevDevice, MdevType, Parent
+from .model import Binding, Host, HostObserver, MdevDevice, MdevType, Parent
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Op:
 
 
 class Node:
-    __slots__ = ("inode", "name", "parent")
+    __slots__ = ("inode", "name", "parent", "iattr")
     #: a name that comes and goes on its own (a device, a link to it, its IOMMU group):
     #: the FUSE adapter never lets the kernel cache it, so no reader sees it stale
     volatile = False
@@ -59,6 +60,8 @@ class Node:
         self.inode = 0
         self.name = name
         self.parent: Dir | None = None
+        #: what root set with chmod, chown or utimes (kernfs_setattr keeps it), else None
+        self.iattr: IAttr | None = None
 
     @property
     def path(self) -> str:
@@ -70,12 +73,28 @@ class Node:
         return "/".join(reversed(parts))
 
 
+class IAttr:
+    """A node's attributes once changed by root: mode bits, owner and times (ns)."""
+
+    __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns")
+
+    def __init__(self, mode: int, uid: int, gid: int, time_ns: int) -> None:
+        self.mode, self.uid, self.gid = mode, uid, gid
+        self.atime_ns = self.mtime_ns = self.ctime_ns = time_ns
+
+
 class Dir(Node):
-    __slots__ = ("children",)
+    __slots__ = ("children", "subdirs")
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.children: dict[str, Node] = {}
+        #: kernfs counts a directory's subdirectories: its link count is 2 + subdirs
+        self.subdirs = 0
+
+    @property
+    def mode(self) -> int:
+        return 0o755
 
 
 class VolatileDir(Dir):
@@ -90,6 +109,10 @@ class File(Node):
         super().__init__(name)
         self.op = op
         self.obj = obj
+
+    @property
+    def mode(self) -> int:
+        return self.op.mode
 
     def read(self) -> bytes:
         """``show()`` as sysfs_kf_seq_show gives it: at most PAGE_SIZE - 1 bytes."""
@@ -122,9 +145,18 @@ class Link(Node):
         self.to = to
 
     @property
+    def mode(self) -> int:
+        return 0o777
+
+    @property
     def target(self) -> str:
+        """As kernfs_get_target_path() writes it: up to the nearest *strict* ancestor of
+        the target, then down, so a link to an ancestor reads ``../../../<name>``."""
         where = self.parent.path if self.parent is not None else ""
-        return posixpath.relpath(self.to.path or ".", where or ".")
+        rel = posixpath.relpath(self.to.path or ".", where or ".")
+        if self.to.parent is not None and set(rel.split("/")) <= {"..", "."}:
+            rel = posixpath.normpath(posixpath.join(rel, "..")) + "/" + self.to.name
+        return rel
 
 
 class VolatileLink(Link):
@@ -160,7 +192,7 @@ def _props(props: dict[str, str]) -> bytes:
 
 def device_uevent(mdev: MdevDevice) -> dict[str, str]:
     """A device's ``uevent`` file, and the properties its events carry (mdevfs.uevent)."""
-    return {"DRIVER": mdev.parent.driver.mdev_driver}
+    return {"DRIVER": mdev.parent.driver.mdev_driver} if mdev.binding is not None else {}
 
 
 def parent_uevent(parent: Parent) -> dict[str, str]:
@@ -208,22 +240,36 @@ def _streq(buf: bytes, word: str) -> bool:
     return text.removesuffix("\n") == word
 
 
-def _power_control(state: list[str], buf: bytes) -> int:
-    for word in ("auto", "on"):
-        if _streq(buf, word):
-            state[0] = word
-            return len(buf)
-    fail(errno.EINVAL)
+def _one_of(*words: str) -> Callable[[list[str], bytes], int]:
+    """A store that keeps one of ``words`` (compared as sysfs_streq does), else EINVAL."""
+
+    def store(state: list[str], buf: bytes) -> int:
+        for word in words:
+            if _streq(buf, word):
+                state[0] = word
+                return len(buf)
+        fail(errno.EINVAL)
+
+    return store
 
 
 def _no_autosuspend(obj: Any, buf: bytes = b"") -> Any:
     fail(errno.EIO)  # power.use_autosuspend is off: both show and store say EIO
 
 
-POWER_CONTROL = Op(show=lambda s: _text(s[0]), store=_power_control)
+POWER_CONTROL = Op(show=lambda s: _text(s[0]), store=_one_of("auto", "on"))
 POWER_STATUS = Op(show=lambda s: b"unsupported\n")
 POWER_TIME = Op(show=lambda s: b"0\n")
 POWER_AUTOSUSPEND = Op(show=_no_autosuspend, store=_no_autosuspend)
+POWER_DISABLED = Op(show=lambda s: b"disabled\n")
+POWER_ASYNC = Op(show=lambda s: _text(s[0]), store=_one_of("enabled", "disabled"))
+
+# --- an IOMMU group made by vfio_register_emulated_iommu_dev() -----------------------------
+GROUP_NAME = Op(show=lambda g: b"vfio-noiommu\n")
+GROUP_RESERVED_REGIONS = Op(show=lambda g: b"")
+#: iommu_group_store_type: a group without a default domain is EINVAL
+GROUP_TYPE = Op(show=lambda g: b"unknown\n", store=lambda g, buf: fail(errno.EINVAL))
+EMPTY_UEVENT = Op(show=lambda o: b"", store=_uevent_store)
 
 
 def _vendor_op(attr: Attribute) -> Op:
@@ -293,19 +339,29 @@ class Tree(HostObserver):
         #: (directory inode, name) of every entry removed since the FUSE adapter last
         #: told the kernel; None while nobody listens (no mount)
         self.dropped: list[tuple[int, str]] | None = None
+        #: directories whose link count (2 + subdirectories) changed since the FUSE adapter
+        #: last told the kernel; None while nobody listens
+        self.recounted: set[int] | None = None
+        #: counts every change of any directory's entries (a listing is rebuilt when it moved)
+        self.generation = 0
         #: awaited after a change made outside a FUSE request (the control socket): the
         #: FUSE adapter sets it to drop the kernel's cached entries for removed names
         self.settle: Callable[[], Awaitable[None]] = _nothing_to_settle
+        #: what each device added: all of it, and the part that goes when it is unbound
+        self._device_nodes: dict[MdevDevice, list[Node]] = {}
+        self._bound_nodes: dict[MdevDevice, list[Node]] = {}
         self._next_inode = ROOT_INODE
         self.root = self._register(Dir(""))
         for path in ("class/mdev_bus", "bus/mdev/devices", "bus/mdev/drivers",
-                     "kernel/iommu_groups", "devices"):
+                     "kernel/iommu_groups", "devices", "class/vfio", "class/vfio-dev"):
             self.mkdirs(path)
         bus = self.mkdirs("bus/mdev")
         self._file(bus, "drivers_autoprobe",
                    Op(show=lambda s: _text(s[0]), store=_set_autoprobe), [1])
         self._file(bus, "drivers_probe", Op(store=self._drivers_probe))
         self._file(bus, "uevent", BUS_UEVENT)
+        self.iommu_groups = self._dir_at("kernel/iommu_groups")
+        self.bus_devices = self._dir_at("bus/mdev/devices")
         host.observers.append(self)
         for parent in host.parents.values():
             self.parent_added(parent)
@@ -322,21 +378,32 @@ class Tree(HostObserver):
         self._register(node)
         node.parent = directory
         directory.children[node.name] = node
+        self.generation += 1
+        if isinstance(node, Dir):
+            self._recount(directory, 1)
         return node
+
+    def _recount(self, directory: Dir, change: int) -> None:
+        directory.subdirs += change
+        if self.recounted is not None:
+            self.recounted.add(directory.inode)
 
     def _file(self, directory: Dir, name: str, op: Op, obj: Any = None) -> File:
         return self._attach(directory, File(name, op, obj))
 
-    def _dir(self, directory: Dir, name: str) -> Dir:
+    def _dir(self, directory: Dir, name: str, kind: type[Dir] = Dir) -> Dir:
         existing = directory.children.get(name)
         if isinstance(existing, Dir):
             return existing
-        return self._attach(directory, Dir(name))
+        return self._attach(directory, kind(name))
 
     def _drop(self, node: Node) -> None:
         """Detach ``node`` and forget its whole subtree; its inodes are never reused."""
         if node.parent is not None:
             node.parent.children.pop(node.name, None)
+            self.generation += 1
+            if isinstance(node, Dir):
+                self._recount(node.parent, -1)
             if self.dropped is not None and not node.volatile:
                 self.dropped.append((node.parent.inode, node.name))
         stack = [node]
@@ -366,8 +433,7 @@ class Tree(HostObserver):
     def link(self, at: str, to: str, kind: type[Link] = Link) -> Link:
         """A symlink at ``at`` to ``to`` (both from the root), relative as sysfs writes it."""
         where, name = posixpath.split(at)
-        # A UUID names five entries per device: intern it so that they share one string.
-        return self._attach(self.mkdirs(where), kind(sys.intern(name), self.mkdirs(to)))
+        return self._attach(self.mkdirs(where), kind(name, self.mkdirs(to)))
 
     def unlink(self, path: str) -> None:
         node = self.resolve(path)
@@ -404,7 +470,7 @@ class Tree(HostObserver):
         types = self._dir(pdir, "mdev_supported_types")
         for mtype in parent.types.values():
             self._type_dir(types, mtype)
-        self._driver_dir(driver.mdev_driver)
+        self._driver_dir(driver)
         self.link(f"class/mdev_bus/{parent.name}", parent.path)
 
     def _type_dir(self, types: Dir, mtype: MdevType) -> None:
@@ -419,15 +485,19 @@ class Tree(HostObserver):
         self._migration(tdir, mtype)
         self._dir(tdir, "devices")
 
-    def _driver_dir(self, name: str) -> None:
-        drivers = self.resolve("bus/mdev/drivers")
-        assert isinstance(drivers, Dir)
+    def _driver_dir(self, driver: Any) -> None:
+        """``bus/mdev/drivers/<name>`` with its ``module`` link (``module/<module>``)."""
+        name = driver.mdev_driver
+        drivers = self._dir_at("bus/mdev/drivers")
         if name in drivers.children:
             return
         ddir = self._dir(drivers, name)
         self._file(ddir, "bind", Op(store=self._bind))
-        self._file(ddir, "unbind", Op(store=self._bind))
+        self._file(ddir, "unbind", Op(store=functools.partial(self._unbind, name)))
         self._file(ddir, "uevent", BUS_UEVENT)
+        module = getattr(driver, "module", None) or name.replace("-", "_")
+        self.link(f"module/{module}/drivers/mdev:{name}", ddir.path)
+        self.link(f"{ddir.path}/module", f"module/{module}")
 
     def _power(self, directory: Dir) -> None:
         power = self._dir(directory, "power")
@@ -436,6 +506,11 @@ class Tree(HostObserver):
         self._file(power, "runtime_active_time", POWER_TIME)
         self._file(power, "runtime_suspended_time", POWER_TIME)
         self._file(power, "autosuspend_delay_ms", POWER_AUTOSUSPEND)
+        if self.host.pm_advanced_debug:
+            self._file(power, "async", POWER_ASYNC, ["disabled"])
+            self._file(power, "runtime_active_kids", POWER_TIME)
+            self._file(power, "runtime_enabled", POWER_DISABLED)
+            self._file(power, "runtime_usage", POWER_TIME)
 
     def _vendor_files(self, directory: Dir, attrs: Any, obj: Any) -> None:
         for attr in attrs:
@@ -459,37 +534,65 @@ class Tree(HostObserver):
         self.unlink(parent.path)
 
     def device_added(self, mdev: MdevDevice) -> None:
-        uuid = sys.intern(mdev.uuid)  # names five entries: one string for all
-        pdir = self._dir_at(mdev.parent.path)
+        """``device_add()``: the device directory is built whole before any link to it
+        appears; then, if the driver bound it, what binding adds."""
+        uuid = sys.intern(mdev.uuid)  # names several entries: one string for all
         tdir = self._dir_at(f"{mdev.parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}")
-        drvdir = self._dir_at(f"bus/mdev/drivers/{mdev.parent.driver.mdev_driver}")
-        group = self._attach(self._dir_at("kernel/iommu_groups"),
-                             VolatileDir(str(mdev.iommu_group)))
-        # Build the device directory whole before any link to it appears.
-        ddir = self._attach(pdir, VolatileDir(uuid))
+        ddir = VolatileDir(uuid)
+        self._attach(self._dir_at(mdev.parent.path), ddir)
         self._file(ddir, "remove", DEVICE_REMOVE, mdev)
-        for name, to in (("mdev_type", tdir), ("driver", drvdir), ("iommu_group", group),
-                         ("subsystem", self._dir_at("bus/mdev"))):
-            self._attach(ddir, Link(name, to))
+        self._attach(ddir, Link("mdev_type", tdir))
+        self._attach(ddir, Link("subsystem", self._dir_at("bus/mdev")))
         self._file(ddir, "uevent", DEVICE_UEVENT, mdev)
         self._power(ddir)
-        self._vendor_files(ddir, mdev.parent.driver.device_attributes(mdev), mdev)
+        nodes: list[Node] = [ddir]
+        for where in (tdir.children["devices"], self.bus_devices):
+            nodes.append(self._attach(where, VolatileLink(uuid, ddir)))
+        self._device_nodes[mdev] = nodes
+        if mdev.binding is not None:
+            self._bound(mdev, ddir, mdev.binding)
+
+    def _bound(self, mdev: MdevDevice, ddir: Dir, binding: Binding) -> None:
+        """What the driver's probe and ``vfio_register_emulated_iommu_dev()`` add."""
+        driver = mdev.parent.driver
+        before = set(ddir.children)
+        drvdir = self._dir_at(f"bus/mdev/drivers/{driver.mdev_driver}")
+        group = VolatileDir(str(binding.iommu_group))
+        self._attach(self.iommu_groups, group)
+        self._file(group, "name", GROUP_NAME)
+        self._file(group, "reserved_regions", GROUP_RESERVED_REGIONS)
+        self._file(group, "type", GROUP_TYPE)
+        self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
+        self._attach(ddir, Link("driver", drvdir))
+        self._attach(ddir, Link("iommu_group", group))
+        self._vendor_files(ddir, driver.device_attributes(mdev), mdev)
         self._migration(ddir, mdev)
-        for where in (self._dir(group, "devices"), tdir.children["devices"], drvdir,
-                      self._dir_at("bus/mdev/devices")):
-            self._attach(where, VolatileLink(uuid, ddir))
+        vfio = self._dir(self._dir(ddir, "vfio-dev"), f"vfio{binding.vfio_index}")
+        self._attach(vfio, Link("device", ddir))
+        self._attach(vfio, Link("subsystem", self._dir_at("class/vfio-dev")))
+        self._file(vfio, "uevent", EMPTY_UEVENT)
+        self._power(vfio)
+        minor = str(binding.vfio_group)
+        vgroup = VolatileDir(minor)
+        self._attach(self.mkdirs("devices/virtual/vfio"), vgroup)
+        self._attach(vgroup, Link("subsystem", self._dir_at("class/vfio")))
+        self._file(vgroup, "uevent", Op(show=lambda _: f"DEVNAME=vfio/{minor}\n".encode(),
+                                        store=_uevent_store))
+        self._power(vgroup)
+        nodes = [ddir.children[name] for name in ddir.children if name not in before]
+        nodes += [group, vgroup,
+                  self._attach(self._dir_at("class/vfio-dev"), VolatileLink(vfio.name, vfio)),
+                  self._attach(self._dir_at("class/vfio"), VolatileLink(minor, vgroup)),
+                  self._attach(drvdir, VolatileLink(ddir.name, ddir))]
+        self._bound_nodes[mdev] = nodes
+
+    def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None:
+        for node in self._bound_nodes.pop(mdev, ()):
+            self._drop(node)
 
     def device_removed(self, mdev: MdevDevice) -> None:
-        parent, uuid = mdev.parent, mdev.uuid
-        tdir = self._dir_at(f"{parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}")
-        for where, name in ((self._dir_at("bus/mdev/devices"), uuid),
-                            (self._dir_at(f"bus/mdev/drivers/{parent.driver.mdev_driver}"), uuid),
-                            (tdir.children["devices"], uuid),
-                            (self._dir_at("kernel/iommu_groups"), str(mdev.iommu_group)),
-                            (self._dir_at(parent.path), uuid)):
-            node = where.children.get(name)  # type: ignore[union-attr]
-            if node is not None:
-                self._drop(node)
+        for node in self._bound_nodes.pop(mdev, []) + self._device_nodes.pop(mdev, []):
+            self._drop(node)
 
     def _dir_at(self, path: str) -> Dir:
         node = self.resolve(path)
@@ -510,9 +613,17 @@ class Tree(HostObserver):
         return len(buf)
 
     def _bind(self, _obj: Any, buf: bytes) -> int:
+        """``bind_store``: no mdev ever matches a driver (``mdev_match`` is 0): ENODEV."""
         self._device_named(buf)
-        # mdevfs keeps every device bound to its driver; rebinding is not emulated.
-        fail(errno.EBUSY)
+        fail(errno.ENODEV)
+
+    def _unbind(self, driver: str, _obj: Any, buf: bytes) -> int:
+        """``unbind_store``: a device bound to this driver is detached, else ENODEV."""
+        mdev = self._device_named(buf)
+        if mdev.binding is None or mdev.parent.driver.mdev_driver != driver:
+            fail(errno.ENODEV)
+        self.host.unbind(mdev)
+        return len(buf)
 
 
 __all__ = ["Tree", "Node", "Dir", "File", "Link", "Op", "migration_op", "device_uevent",

@@ -40,7 +40,7 @@ import struct
 import time
 from collections.abc import Mapping
 
-from .model import Host, HostObserver, MdevDevice, Parent
+from .model import Binding, Host, HostObserver, MdevDevice, Parent
 from .sysfs import device_uevent, parent_uevent
 
 log = logging.getLogger(__name__)
@@ -161,13 +161,14 @@ class Uevents(HostObserver):
         path, props = f"{mdev.parent.path}/{mdev.uuid}", device_uevent(mdev)
         unbound = {k: v for k, v in props.items() if k != "DRIVER"}
         self.emit("add", path, "mdev", unbound)
-        self.emit("bind", path, "mdev", props)
+        if mdev.binding is not None:
+            self.emit("bind", path, "mdev", props)
+
+    def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None:
+        self.emit("unbind", f"{mdev.parent.path}/{mdev.uuid}", "mdev", device_uevent(mdev))
 
     def device_removed(self, mdev: MdevDevice) -> None:
-        path, props = f"{mdev.parent.path}/{mdev.uuid}", device_uevent(mdev)
-        unbound = {k: v for k, v in props.items() if k != "DRIVER"}
-        self.emit("unbind", path, "mdev", unbound)
-        self.emit("remove", path, "mdev", unbound)
+        self.emit("remove", f"{mdev.parent.path}/{mdev.uuid}", "mdev", device_uevent(mdev))
 
     # --- the hand-over socket -----------------------------------------------------------
 

@@ -260,14 +260,16 @@ def test_ida_hands_out_the_lowest_free_id():
 
 def test_names_that_come_and_go_are_volatile_and_the_rest_are_not():
     """The FUSE adapter caches only names that never vanish on their own (fuse.py's policy):
-    a device, every link to it and its IOMMU group are volatile; each node is reachable."""
+    a device, every link to it, its IOMMU group and its vfio group are volatile (what lies
+    inside a volatile directory goes with it); each node is reachable."""
     host = mtty_host()
     tree = Tree(host)
     host.create(host.parents["mtty"].types["mtty-1"], U.encode())
     volatile = sorted(n.path for n in tree.walk() if n.volatile)
     assert volatile == sorted([
         f"bus/mdev/devices/{U}", f"bus/mdev/drivers/mtty/{U}", "kernel/iommu_groups/0",
-        f"kernel/iommu_groups/0/devices/{U}", f"devices/virtual/mtty/mtty/{U}",
+        f"devices/virtual/mtty/mtty/{U}", "class/vfio-dev/vfio0", "class/vfio/0",
+        "devices/virtual/vfio/0",
         f"devices/virtual/mtty/mtty/mdev_supported_types/mtty-1/devices/{U}"])
     assert sorted(tree.nodes) == sorted(n.inode for n in tree.walk())
     assert tree.resolve(f"devices/virtual/mtty/mtty/{U}/iommu_group").to is \

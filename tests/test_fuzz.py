@@ -33,14 +33,16 @@ ERRNOS: dict[str, set[int]] = {
     # §2.2: parse EINVAL, duplicate EEXIST, counter EUSERS; drivers (§3, §4): mtty/mbochs/
     # GVT ENOSPC, NVIDIA EBUSY (the GPU runs another type) and ENOSPC
     "create": {E.EINVAL, E.EEXIST, E.EUSERS, E.ENOSPC, E.EBUSY},
-    "remove": {E.EINVAL, E.ERANGE},                       # §2.3 kstrtoul
+    "remove": {E.EINVAL},                                 # §2.3 kstrtoul, even past ULONG_MAX
     "uevent": {E.EINVAL},                                 # kobject_synth_uevent
     "control": {E.EINVAL},                                # power/control: auto or on
     "autosuspend_delay_ms": {E.EIO},                      # runtime PM without autosuspend
     "drivers_autoprobe": set(),                           # any byte sets or clears it
     "drivers_probe": {E.ENODEV},                          # no device of that name
-    "bind": {E.ENODEV, E.EBUSY},                          # unknown device; already bound
-    "unbind": {E.ENODEV, E.EBUSY},
+    "bind": {E.ENODEV},                                   # no mdev matches a driver
+    "unbind": {E.ENODEV},                                 # not bound to this driver
+    "async": {E.EINVAL},                                  # power/async: enabled or disabled
+    "type": {E.EINVAL},                                   # iommu group without a domain
     # §5.2/§5.3: non-ASCII or mismatch EINVAL, GVT unsupported ENODEV, NVIDIA other branch
     # EPROTONOSUPPORT
     "migration_version": {E.EINVAL, E.ENODEV, E.EPROTONOSUPPORT},

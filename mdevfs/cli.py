@@ -12,144 +12,83 @@ import functools
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from . import control
-from .config import Topology, TopologyError
-from .control import default_socket
+from . import control, namespace, process
+from .config import Topology
 from .daemon import Daemon
-from .state import StateError
+from .errors import ControlRefused, MdevfsError, MountError, NamespaceError, UsageError
 from .uevent import Uevents
 
 log = logging.getLogger("mdevfs")
 
-READY_TIMEOUT = 10.0
-
-
-class UsageError(Exception):
-    """A clear, final message for the user (exit status 2)."""
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def _topology(config: str | None) -> Topology:
     return Topology.from_toml(config) if config else Topology.default()
 
 
-def mountpoints() -> set[str]:
-    """The mount points of this mount namespace (/proc/self/mounts, octal escapes undone)."""
-    with open("/proc/self/mounts") as f:
-        fields = [line.split()[1] for line in f]
-    return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in fields}
-
-
-def check_mountpoint(directory: Path) -> None:
-    """Refuse a missing or non-empty directory; recover one left by a killed daemon."""
-    if not os.path.exists("/dev/fuse"):
-        raise UsageError("/dev/fuse is missing: load the fuse module or give the container "
-                         "--device /dev/fuse")
-    if str(directory) in mountpoints():
-        try:
-            os.listdir(directory)  # a readdir always reaches the daemon; a stat may be cached
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise UsageError(f"{directory}: {exc.strerror}") from exc
-            log.warning("%s was left mounted by a dead daemon (%s); unmounting it",
-                        directory, exc.strerror)
-            unmount(directory, lazy=True)
-        else:
-            raise UsageError(f"{directory}: something is already mounted there")
-    if not directory.is_dir():
-        raise UsageError(f"{directory}: no such directory" if not directory.exists()
-                         else f"{directory}: not a directory")
-    if any(directory.iterdir()):
-        raise UsageError(f"{directory}: not empty; mdevfs mounts only on an empty directory")
-
-
-def unmount(directory: Path, lazy: bool = False) -> None:
-    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(directory)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise UsageError(f"cannot unmount {directory}: {result.stderr.strip()}")
-
-
-def wait_ready(directory: Path, proc: subprocess.Popen[bytes] | None,
-               timeout: float = READY_TIMEOUT) -> None:
-    """Return once the mount answers; raise if the daemon dies or the time runs out."""
-    deadline = time.monotonic() + timeout
-    probe = directory / "class" / "mdev_bus"
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise UsageError(f"the mdevfs daemon exited with status {proc.returncode}")
-        if os.path.ismount(directory) and probe.is_dir():
-            return
-        time.sleep(0.005)
-    raise UsageError(f"{directory} did not answer within {timeout:.0f} s")
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
-    directory = Path(args.dir).absolute()
-    topology = _topology(args.config)
-    # refuse a bad topology or state file before anything is mounted
-    daemon = Daemon.prepare(topology, args.state)
-    check_mountpoint(directory)
-    control_path = Path(args.control).absolute() if args.control else default_socket(directory)
-    if args.foreground:
-        try:
-            sock = control.bind(control_path)
-        except OSError as exc:
-            raise UsageError(f"control socket {control_path}: {exc.strerror}; "
-                             f"give another with --control PATH") from None
-        log.info("mounting %s (%s parents, %d devices restored) at %s; control socket %s",
-                 topology.source, len(daemon.host.parents), len(daemon.host.devices),
-                 directory, control_path)
-        tasks = []
-        if args.uevents:
-            try:
-                listener = control.bind(args.uevents)
-            except OSError as exc:
-                sock.close()
-                raise UsageError(f"uevent socket {args.uevents}: {exc.strerror}") from None
-            tasks.append(functools.partial(Uevents(daemon.host).serve, listener))
-        try:
-            daemon.serve(directory, args.allow_other, sock, tasks)
-        finally:
-            if args.uevents:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(args.uevents)
+    directory = Path(os.path.abspath(args.dir))
+    control_path = (Path(os.path.abspath(args.control)) if args.control
+                    else process.default_control(directory))
+    if not args.foreground:
+        log_file = (Path(os.path.abspath(args.log_file)) if args.log_file
+                    else process.default_log(directory))
+        daemon = process.start(directory, control=control_path, log_file=log_file,
+                               config=args.config, state=args.state,
+                               uevents=Path(args.uevents) if args.uevents else None,
+                               allow_other=args.allow_other)
+        print(f"mdevfs: {directory} mounted (pid {daemon.proc.pid}, log {log_file}, "
+              f"control {control_path})")
         return 0
-    log_file = Path(args.log_file or Path(tempfile.gettempdir()) / f"mdevfs-{os.getpid()}.log")
-    cmd = [sys.executable, "-m", "mdevfs", "mount", "--foreground", str(directory)]
-    if args.config:
-        cmd[4:4] = ["--config", str(Path(args.config).absolute())]
-    if args.allow_other:
-        cmd.insert(4, "--allow-other")
-    if args.state:
-        cmd[4:4] = ["--state", str(Path(args.state).absolute())]
-    if args.uevents:
-        cmd[4:4] = ["--uevents", str(Path(args.uevents).absolute())]
-    cmd[4:4] = ["--control", str(control_path)]
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)
+    reporter = process.Reporter(args.ready_fd) if args.ready_fd is not None else None
     try:
-        wait_ready(directory, proc)
-    except UsageError as exc:
-        tail = log_file.read_text(errors="replace")[-2000:]
-        if proc.poll() is None:
-            proc.kill()
-        raise UsageError(f"{exc}; its log {log_file}:\n{tail}") from None
-    print(f"mdevfs: {directory} mounted (pid {proc.pid}, log {log_file}, "
-          f"control {control_path})")
+        _serve(args, directory, control_path, reporter)
+    except MdevfsError as exc:
+        if reporter is not None:
+            reporter.failed(exc)
+        raise
     return 0
 
 
+def _serve(args: argparse.Namespace, directory: Path, control_path: Path,
+           reporter: process.Reporter | None) -> None:
+    """The daemon itself: everything that can fail on bad input fails before the mount."""
+    topology = _topology(args.config)
+    daemon = Daemon.prepare(topology, args.state)
+    process.check_mountpoint(directory)
+    try:
+        sock = control.bind(control_path)
+    except OSError as exc:
+        raise UsageError(f"control socket {control_path}: {exc.strerror}; "
+                         f"give another with --control PATH") from None
+    log.info("mounting %s (%s parents, %d devices restored) at %s; control socket %s",
+             topology.source, len(daemon.host.parents), len(daemon.host.devices),
+             directory, control_path)
+    tasks = []
+    if args.uevents:
+        try:
+            listener = control.bind(args.uevents)
+        except OSError as exc:
+            sock.close()
+            raise UsageError(f"uevent socket {args.uevents}: {exc.strerror}") from None
+        tasks.append(functools.partial(Uevents(daemon.host).serve, listener))
+    try:
+        daemon.serve(directory, args.allow_other, sock, tasks, reporter=reporter,
+                     stop_with_client=args.stop_with_client)
+    finally:
+        if args.uevents:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.uevents)
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
-    unmount(Path(args.dir).absolute(), lazy=args.lazy)
+    process.unmount(Path(os.path.abspath(args.dir)), lazy=args.lazy)
     return 0
 
 
@@ -158,8 +97,8 @@ _CTL_FIELDS = ("parent", "path", "op", "error", "once", "seconds", "uuid", "on",
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """One control request; exit 0 done, 1 refused by the daemon, 2 no daemon answers."""
-    directory = Path(args.dir).absolute()
-    client = control.Client(args.control or default_socket(directory))
+    directory = Path(os.path.abspath(args.dir))
+    client = control.Client(args.control or process.default_control(directory))
     fields = {k: getattr(args, k) for k in _CTL_FIELDS if getattr(args, k, None) is not None}
     if "path" in fields and os.path.isabs(fields["path"]):
         fields["path"] = os.path.relpath(fields["path"], directory)  # a path into the mount
@@ -171,9 +110,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     try:
         result = client.request(args.ctl_command, **fields)
     except control.ControlError as exc:
-        print(f"mdevfs: {args.ctl_command}: {exc.strerror} "
-              f"({errno.errorcode.get(exc.errno, exc.errno)})", file=sys.stderr)
-        return 1
+        raise ControlRefused(f"{args.ctl_command}: {exc.strerror} "
+                             f"({errno.errorcode.get(exc.errno, exc.errno)})") from None
     except OSError as exc:
         raise UsageError(f"no mdevfs control socket answers at {client.path} ({exc.strerror});"
                          f" is {directory} mounted by mdevfs?") from None
@@ -244,16 +182,31 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .namespace import SETUP_FAILED, NamespaceError, run_topology
-
+    """Mount the topology (restoring and recording ``--state``), run the command in the
+    namespace, unmount; the command's exit status. The daemon is tied to this process:
+    killed, even by ``kill -9``, it takes the mount and the command with it, and the
+    next run removes the temporary directory left behind."""
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise UsageError("run: name a COMMAND, e.g. mdevfs run -- mdevctl types")
+    reason = namespace.unsupported()
+    if reason:
+        raise NamespaceError(reason)
+    for line in process.clean_leftovers():
+        print(f"mdevfs run: {line}", file=sys.stderr)
+    # As on a real host, a command that drops privileges (qemu under libvirt) may still
+    # read /sys; the sysfs modes keep it from writing. The mount itself lies in a
+    # directory only root may enter.
+    extra = ("--allow-other",) if os.geteuid() == 0 else ()
     try:
-        return run_topology(args.config, command, args.mdevctl_dir, args.state)
-    except NamespaceError as exc:
-        print(f"mdevfs run: {exc}", file=sys.stderr)
-        return SETUP_FAILED
+        with process.temporary_mount(args.config, args=extra, state=args.state,
+                                     record=True) as daemon:
+            proc = subprocess.Popen(namespace.command_line(
+                daemon.root, command, args.mdevctl_dir, daemon.root.parent / "uevents.sock",
+                parent=os.getpid()))
+            return namespace.wait(proc)
+    except MountError as exc:
+        raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,11 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users in (sysfs modes are enforced)")
-    p.add_argument("--log-file", metavar="FILE", help="where the detached daemon logs")
+    p.add_argument("--log-file", metavar="FILE", help="where the detached daemon logs "
+                   "(default: in the runtime directory, beside the control socket)")
     p.add_argument("--state", metavar="FILE",
                    help="record every device in FILE and restore them from it at start")
     p.add_argument("--control", metavar="PATH",
-                   help="the control socket (default: .DIRNAME.mdevfs-ctl beside DIR)")
+                   help="the control socket (default: in the runtime directory, "
+                   "$XDG_RUNTIME_DIR/mdevfs or /run/mdevfs for root)")
+    p.add_argument("--ready-fd", metavar="FD", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--stop-with-client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--uevents", metavar="SOCKET",
                    help="send uevents (kernel and udev format) into the network namespace "
                    "of whoever hands a netlink socket over on SOCKET (python -m mdevfs.uevent "
@@ -334,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         return args.func(args)
-    except (UsageError, TopologyError, StateError) as exc:
-        print(f"mdevfs: {exc}", file=sys.stderr)
-        return 2
+    except MdevfsError as exc:  # the one place a user-facing error becomes an exit status
+        print(f"{exc.prefix}: {exc}", file=sys.stderr)
+        return exc.exit_status
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The control socket: hot-unplug, injected faults, run-time driver options, reset.
 
-A Unix stream socket of mode 0600, by default next to the mountpoint
-(``<dir>/../.<name>.mdevfs-ctl``, see :func:`default_socket`) or where
+A Unix stream socket of mode 0600, by default in the mounting user's private
+runtime directory (:func:`mdevfs.process.default_control`) or where
 ``mdevfs mount --control PATH`` puts it. Only the mounting user's uid is served
 (checked with SO_PEERCRED as well as by the mode). The protocol is one JSON
 object per line each way::
@@ -47,12 +47,6 @@ MAX_LINE = 1 << 20
 _SUN_PATH_MAX = 107
 
 
-def default_socket(mountpoint: str | os.PathLike[str]) -> Path:
-    """Where ``mdevfs mount DIR`` puts the control socket unless told: beside DIR."""
-    directory = Path(mountpoint).absolute()
-    return directory.parent / f".{directory.name}.mdevfs-ctl"
-
-
 class ControlError(OSError):
     """The daemon refused a command; ``errno`` and the message say why."""
 
@@ -67,6 +61,8 @@ class Control:
     faults: Faults
     #: unplugged parents: name → (path, driver), for ``plug``
     unplugged: dict[str, tuple[str, VendorDriver]] = Factory(dict)
+    #: called after each command (the state file records what it changed); may raise OSError
+    after: Callable[[], None] | None = None
 
     def execute(self, request: Any) -> Any:
         """Run one request; raises OSError (or ValueError for bad arguments)."""
@@ -231,7 +227,11 @@ class Control:
     def _answer(self, line: bytes) -> bytes:
         try:
             request = json.loads(line)
-            result = self.execute(request)
+            try:
+                result = self.execute(request)
+            finally:
+                if self.after is not None:
+                    self.after()
             log.info("control: %s", request)
             return (json.dumps({"ok": True, "result": result}) + "\n").encode()
         except json.JSONDecodeError as exc:
@@ -245,17 +245,30 @@ class Control:
             return _reply(OSError(errno.EIO, f"internal error: {type(exc).__name__}: {exc}"))
 
 
+#: the kernel takes a FUSE reply's error only from -1 to -511 (fs/fuse/dev.c,
+#: fuse_dev_do_write: ``if (oh.error <= -512 || oh.error > 0)`` → EINVAL, and the request
+#: is never answered); errnos from 512 up are the kernel's internal ones
+MAX_ERRNO = 511
+
+
 def _errno_number(value: int | str) -> int:
+    """An errno that a caller can receive through FUSE: a name such as "EIO", or a
+    number from 1 to 511 that has a name; anything else is refused with EINVAL."""
+    code: Any = value
     if isinstance(value, str):
-        code = getattr(errno, value.upper(), None) if value.isalpha() else None
-        if code is None and value.isdigit():
-            code = int(value)
-        if code is None:
-            fail(errno.EINVAL, f"unknown errno {value!r}")
-        return code
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 4096:
-        fail(errno.EINVAL, f"errno must be a positive number or a name, not {value!r}")
-    return value
+        text = value.strip()
+        code = int(text) if text.isdigit() else getattr(errno, text.upper(), None)
+        if code is None or not text.upper().startswith("E") and not text.isdigit():
+            fail(errno.EINVAL, f"unknown errno {value!r}: give a name such as EIO or a "
+                               f"number from 1 to {MAX_ERRNO}")
+    if not isinstance(code, int) or isinstance(code, bool):
+        fail(errno.EINVAL, f"errno must be a name or a number, not {value!r}")
+    if not 0 < code <= MAX_ERRNO:
+        fail(errno.EINVAL, f"errno {code} cannot reach a caller through FUSE: the kernel "
+                           f"accepts only 1 to {MAX_ERRNO}")
+    if code not in errno.errorcode:
+        fail(errno.EINVAL, f"errno {code} has no name on this system (errno.errorcode)")
+    return code
 
 
 def _reply(exc: OSError) -> bytes:
@@ -299,10 +312,6 @@ class Client:
     def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.timeout = timeout
-
-    @classmethod
-    def for_mount(cls, mountpoint: str | os.PathLike[str]) -> Client:
-        return cls(default_socket(mountpoint))
 
     def request(self, command: str, **fields: Any) -> Any:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

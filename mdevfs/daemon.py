@@ -1,16 +1,27 @@
 """One mdevfs daemon: a topology's host and tree, its state file, faults and control socket.
 
     daemon = Daemon.prepare(topology, state="state.json")   # refuses a bad state file
-    daemon.serve("/tmp/sys", sock=control.bind("/tmp/.sys.mdevfs-ctl"))  # until unmounted
+    daemon.serve("/tmp/sys", sock=control.bind(path))       # until unmounted
 
 :meth:`prepare` does everything that can fail on bad input before anything is
-mounted; ``mdevfs mount`` (and ``mdevfs run``) call it, then :meth:`serve`.
+mounted (and takes the state file's lock); ``mdevfs mount --foreground`` calls it,
+then :meth:`serve`. The topology is built and the state file read once, here.
+
+Every change reaches the state file before the request that made it is answered:
+after each attribute store (:meth:`after_store`) and each control command. A change
+the disk refuses is undone (a create is removed again, a remove re-created, a vendor
+value put back) and the request fails with EIO, logged with the file and the cause;
+ENOSPC would say "the pool is full", which is not what happened.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import json
+import logging
 import os
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -18,10 +29,14 @@ from attrs import define
 
 from . import control
 from .config import Topology
+from .errors import MountError, UsageError
 from .faults import Faults
 from .model import Host
-from .state import StateError, StateFile
+from .process import Reporter
+from .state import StateFile, StateSaveError
 from .sysfs import File, Tree
+
+log = logging.getLogger("mdevfs")
 
 
 @define
@@ -31,11 +46,13 @@ class Daemon:
     tree: Tree
     state: StateFile | None
     faults: Faults
+    ready: bool = False
 
     @classmethod
     def prepare(cls, topology: Topology, state: str | os.PathLike[str] | None = None) -> Daemon:
-        """Build the host and its tree and restore the state file; raises TopologyError
-        or StateError. The tree observes the host first, so restored devices appear."""
+        """Build the host and its tree and restore the state file; raises TopologyError,
+        StateError or StateInUse. The tree observes the host first, so restored devices
+        appear."""
         host = topology.build()
         tree = Tree(host)
         state_file = StateFile.open(state, host) if state is not None else None
@@ -47,18 +64,57 @@ class Daemon:
         await self.faults.before(node, buf)
 
     def after_store(self, node: File) -> None:
+        """Record what the store changed; undo it and answer EIO if the disk refuses."""
         if self.state is not None:
-            self.state.save()  # a vendor attribute may have changed mdev.vendor
+            self.save(node.obj, undo=True)
+
+    def save(self, touched: object = None, undo: bool = False) -> None:
+        assert self.state is not None
+        try:
+            self.state.flush(touched)
+        except StateSaveError as exc:
+            undone = self._undo(exc.changes) if undo else False
+            if not undone:
+                self.state.resync()
+            what = ", ".join(f"{op} {mdev.uuid}" for op, mdev, _ in exc.changes)
+            log.error("%s (%s); %s", exc.strerror, what,
+                      "undone, the write fails with EIO" if undone else
+                      "the file is rewritten whole at the next change")
+            raise OSError(errno.EIO, exc.strerror) from None
+
+    def _undo(self, changes: list) -> bool:
+        """Take back changes that were not recorded, newest first; False if one cannot be."""
+        assert self.state is not None
+        with self.state.paused():
+            for op, mdev, before in reversed(changes):
+                try:
+                    if op == "add" and self.host.devices.get(mdev.uuid) is mdev:
+                        self.host.remove(mdev, b"1")
+                    elif op == "remove" and self.host.parents.get(mdev.parent.name) is mdev.parent:
+                        self.host.restore(mdev.mdev_type, mdev.uuid, mdev.iommu_group,
+                                          json.loads(before) if before else mdev.vendor)
+                    elif op == "vendor" and before is not None:
+                        mdev.vendor.clear()
+                        mdev.vendor.update(json.loads(before))
+                    else:
+                        return False
+                except (OSError, ValueError):
+                    log.exception("cannot undo %s of %s", op, mdev.uuid)
+                    return False
+        return True
 
     # --- serving ----------------------------------------------------------------------------
 
     def serve(self, mountpoint: str | os.PathLike[str], allow_other: bool = False,
               sock: socket.socket | None = None,
-              tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
-        """Mount and serve until unmounted, SIGTERM or SIGINT; every change is in the state
-        file as soon as it is made, so there is nothing left to save at the end.
-        ``sock`` is a listening control socket from :func:`control.bind`; it is closed
-        and its file removed at the end. ``tasks`` run alongside (the uevent hand-over)."""
+              tasks: Sequence[Callable[[], Awaitable[None]]] = (), *,
+              reporter: Reporter | None = None, stop_with_client: bool = False) -> None:
+        """Mount and serve until unmounted, SIGTERM or SIGINT (or, with
+        ``stop_with_client``, until the process at the other end of ``reporter`` dies);
+        every change is in the state file as soon as it is made, so there is nothing left
+        to save at the end. ``sock`` is a listening control socket from
+        :func:`control.bind`; it is closed and its file removed at the end. ``tasks`` run
+        alongside (the uevent hand-over). Raises MountError when the mount fails."""
         import trio
 
         from .fuse import serve
@@ -66,19 +122,46 @@ class Daemon:
         tasks = list(tasks)
         if sock is not None:
             sock_path = sock.getsockname()
-            ctl = control.Control(self.host, self.tree, self.topology, self.faults)
+            ctl = control.Control(self.host, self.tree, self.topology, self.faults,
+                                  after=self.save if self.state is not None else None)
             tasks.append(functools.partial(ctl.serve, sock))
+        tasks.append(functools.partial(self._report_ready, reporter, stop_with_client,
+                                       os.fspath(mountpoint)))
         try:
             if self.state is not None:
                 try:
-                    self.state.save()  # a missing file is created now, so a restart finds it
-                except OSError as exc:
-                    raise StateError(f"state file {self.state.path}: cannot write it: "
-                                     f"{exc.strerror}") from exc
+                    self.state.flush()  # a version 1 file becomes a journal now
+                except StateSaveError as exc:
+                    raise UsageError(exc.strerror) from None
             trio.run(functools.partial(serve, self.tree, os.fspath(mountpoint), allow_other,
                                        hooks=self, tasks=tasks))
+        except RuntimeError as exc:
+            if self.ready:
+                raise
+            raise MountError(f"cannot mount {os.fspath(mountpoint)}: {exc}") from exc
         finally:
             if sock is not None:
                 sock.close()  # trio may have closed it already
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(sock_path)
+            if self.state is not None:
+                self.state.close()
+
+    async def _report_ready(self, reporter: Reporter | None, stop_with_client: bool,
+                            mountpoint: str) -> None:
+        """Runs once the kernel mount exists: tell the starter; then, if told to, wait
+        for it to die and unmount as SIGTERM does."""
+        import trio
+
+        self.ready = True
+        if reporter is None:
+            return
+        reporter.ready()
+        if not stop_with_client:
+            reporter.sock.close()
+            return
+        link = trio.socket.from_stdlib_socket(reporter.sock)
+        while await link.recv(64):
+            pass
+        log.warning("the process that started this daemon is gone; unmounting %s", mountpoint)
+        os.kill(os.getpid(), signal.SIGTERM)  # the very path of a SIGTERM: a clean unmount

@@ -2,8 +2,8 @@
 sits at the real ``/sys`` paths, for software that hard-codes them (mdevctl 1.2.0
 has no root override; real-clients.md §0.1 and §2.1).
 
-The FUSE daemon runs outside the namespace, on a temporary directory, as every
-mount of :func:`mdevfs.testing.mounted` does; only bind mounts and tmpfs are
+The FUSE daemon runs outside the namespace, on a temporary directory
+(:func:`mdevfs.process.temporary_mount`); only bind mounts and tmpfs are
 made inside. The kernel discards them with the namespace's last process, so
 nothing there needs undoing and the host's mount table never sees them.
 
@@ -46,6 +46,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+if __package__:  # imported as mdevfs.namespace; run as a script, only the stdlib is there
+    from .errors import NamespaceError
+
 SYS = Path("/sys")
 MDEVCTL_DIR = Path("/etc/mdevctl.d")
 VFIO_DIR = Path("/dev/vfio")
@@ -56,10 +59,6 @@ _MS_BIND = 0x1000
 _MS_REC = 0x4000
 
 
-class NamespaceError(Exception):
-    """``mdevfs run`` cannot work here; the message says what is needed."""
-
-
 # --- outside: start COMMAND in a namespace -----------------------------------------------
 
 def _unshare() -> list[str]:
@@ -68,15 +67,20 @@ def _unshare() -> list[str]:
 
 
 def command_line(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None,
-                 uevents: Path | None = None) -> list[str]:
+                 uevents: Path | None = None, parent: int | None = None) -> list[str]:
     """The argv that runs ``command`` in a namespace showing the mount at ``root`` as /sys;
-    ``uevents`` is the daemon's hand-over socket (``mdevfs mount --uevents``)."""
+    ``uevents`` is the daemon's hand-over socket (``mdevfs mount --uevents``). With
+    ``parent`` (the pid that starts it), the command is killed when that process dies."""
     keep = ["--mdevctl-dir", str(Path(mdevctl_dir).absolute())] if mdevctl_dir else []
     if uevents is not None:
         keep += ["--uevents", str(Path(uevents).absolute())]
-    # This file by path, without site: the inside needs only the standard library, and
-    # skipping the package's imports halves the start-up (66 -> 31 ms).
-    return [*_unshare(), sys.executable, "-S", __file__, str(root), *keep, "--", *command]
+    if parent is not None:
+        keep += ["--parent", str(parent)]
+    # This file by path, isolated (-I: neither the current directory nor PYTHON*
+    # variables reach its imports) and without site: the inside needs only the standard
+    # library, and skipping the package's imports halves the start-up (66 -> 31 ms).
+    return [*_unshare(), sys.executable, "-I", "-S", __file__, str(root), *keep, "--",
+            *command]
 
 
 @functools.cache
@@ -103,29 +107,7 @@ def run(root: Path, command: Sequence[str], *, mdevctl_dir: Path | None = None,
     return subprocess.run(command_line(root, command, mdevctl_dir, uevents), **kwargs)
 
 
-def run_topology(config: str | None, command: Sequence[str], mdevctl_dir: Path | None = None,
-                 state: str | None = None) -> int:
-    """``mdevfs run``: mount ``config`` (restoring and recording ``state``), run
-    ``command`` inside, unmount; its exit status."""
-    from .testing import mounted  # testing imports cli, which imports this module
-
-    reason = unsupported()
-    if reason:
-        raise NamespaceError(reason)
-    # As on a real host, a command that drops privileges (qemu under libvirt) may still
-    # read /sys; the sysfs modes keep it from writing. The mount itself lies in a
-    # directory only root may enter.
-    args = ("--allow-other",) if os.geteuid() == 0 else ()
-    try:
-        with mounted(config, args=args, state=state) as mount:
-            proc = subprocess.Popen(command_line(mount.root, command, mdevctl_dir,
-                                                 mount.uevents))
-            return _wait(proc)
-    except RuntimeError as exc:  # the mount did not come up
-        raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
-
-
-def _wait(proc: subprocess.Popen[bytes]) -> int:
+def wait(proc: subprocess.Popen[bytes]) -> int:
     """Wait for COMMAND, passing on SIGTERM and SIGHUP so that teardown still runs.
 
     SIGINT from the terminal reaches COMMAND directly (same process group); here it
@@ -290,6 +272,17 @@ def hand_over(path: str | Path, timeout: float = 5.0) -> int:
     return 0
 
 
+def _die_with(parent: int) -> None:
+    """SIGKILL this process (about to become COMMAND) when ``parent`` dies, so that a
+    ``kill -9`` of mdevfs run leaves no command behind (its own children are its
+    business). If the parent is already gone, exit now."""
+    PR_SET_PDEATHSIG = 1
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        _fail(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+    if os.getppid() != parent:
+        _fail(f"mdevfs run (pid {parent}) is gone")
+
+
 def _fresh_namespace() -> bool:
     """Whether unshare(1) gave this process a mount namespace of its own."""
     try:
@@ -312,6 +305,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("root", metavar="ROOT")
     parser.add_argument("--mdevctl-dir", metavar="DIR", type=Path)
     parser.add_argument("--uevents", metavar="SOCKET")
+    parser.add_argument("--parent", metavar="PID", type=int,
+                        help="kill COMMAND when the process PID (mdevfs run) dies")
     parser.add_argument("command", nargs="+", metavar="COMMAND")
     args = parser.parse_args(argv)
     if not _fresh_namespace():  # never graft onto the caller's own /sys
@@ -327,6 +322,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fail(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
     if args.uevents:
         hand_over(args.uevents)  # without it the command still runs, without events
+    if args.parent is not None:
+        _die_with(args.parent)
     env = dict(os.environ, SYSTEMD_DEVICE_VERIFY_SYSFS="0", MDEVFS_ROOT=args.root)
     try:
         os.execvpe(args.command[0], args.command, env)

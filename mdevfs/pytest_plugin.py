@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from . import namespace, testing
+from .errors import MountNotPermitted
 
 
 class MdevfsMount(testing.Mount):
@@ -58,10 +59,8 @@ def _mounted(config: str | os.PathLike[str] | None) -> Iterator[MdevfsMount]:
     with contextlib.ExitStack() as stack:
         try:
             mount = stack.enter_context(testing.mounted(config, handle=MdevfsMount))
-        except RuntimeError as exc:
-            if "not permitted" in str(exc):  # e.g. a container without CAP_SYS_ADMIN
-                pytest.skip(f"mdevfs: mounting FUSE is not permitted here: {exc}")
-            raise
+        except MountNotPermitted as exc:  # e.g. a container without CAP_SYS_ADMIN
+            pytest.skip(f"mdevfs: mounting FUSE is not permitted here: {exc}")
         yield mount  # type: ignore[misc]
 
 

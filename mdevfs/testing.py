@@ -5,8 +5,9 @@
         assert m.read(f"bus/mdev/devices/{uuid}/mdev_type/name") == "Single port serial\\n"
 
 pyfuse3 serves one mount per process, so the filesystem always runs in a
-child; the context manager waits until the mount answers (watching that the
-child has not died), and in ``finally`` unmounts, then terminates, then kills.
+child (:func:`mdevfs.process.temporary_mount`), tied to this process: the context
+manager returns once the mount exists, and in ``finally`` unmounts, then
+terminates, then kills; if this process dies first, the daemon unmounts itself.
 """
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError, wait_ready
+from . import namespace, process
 from .control import Client
 
 #: the device a FUSE mount needs (a module constant so that a test can pretend it is missing)
@@ -95,10 +94,8 @@ class Mount:
         Output is captured as text unless ``stdout``/``stderr`` say otherwise;
         ``mdevctl_dir`` and ``uevents`` default to :attr:`mdevctl_dir` and :attr:`uevents`
         (the daemon's events then reach the namespace's libudev listeners). Raises
-        :class:`mdevfs.namespace.NamespaceError` where no namespace can be made.
+        :class:`mdevfs.errors.NamespaceError` where no namespace can be made.
         """
-        from . import namespace
-
         if "stdout" not in kwargs and "stderr" not in kwargs:
             kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
@@ -120,36 +117,16 @@ def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ..
     """Mount ``config`` (default: the embedded topology) in a fresh temporary directory.
     With ``state``, devices are recorded in (and restored from) that file (``--state``).
 
-    Yields a ``handle`` (a :class:`Mount` or subclass); raises RuntimeError, with the
-    daemon's log, when the mount does not come up.
+    Yields a ``handle`` (a :class:`Mount` or subclass). When the mount does not come up,
+    raises the daemon's error (a TopologyError or StateError for a bad file), or a
+    :class:`mdevfs.errors.MountError` (a RuntimeError) with its log:
+    :class:`~mdevfs.errors.MountNotPermitted` where mounting FUSE is not permitted.
     """
-    workdir = Path(tempfile.mkdtemp(prefix="mdevfs-"))
-    root = workdir / "sys"
-    root.mkdir()
-    log_file = workdir / "mdevfs.log"
-    control = workdir / "control.sock"
-    uevents = workdir / "uevents.sock"
-    cmd = [sys.executable, "-m", "mdevfs", "mount", "--foreground", "--control", str(control),
-           "--uevents", str(uevents), *args]
-    if config is not None:
-        cmd += ["--config", str(config)]
-    if state is not None:
-        cmd += ["--state", str(Path(state).absolute())]
-    cmd.append(str(root))
-    with open(log_file, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    try:
-        try:
-            wait_ready(root, proc, timeout)
-        except UsageError as exc:
-            raise RuntimeError(f"{exc}\n{log_file.read_text(errors='replace')}") from None
-        mount = handle(root, proc, log_file)
-        mount.control = Client(control)
-        mount.uevents = uevents
+    with process.temporary_mount(config, args=args, state=state, timeout=timeout) as daemon:
+        mount = handle(daemon.root, daemon.proc, daemon.log_file)
+        mount.control = Client(daemon.control)
+        mount.uevents = daemon.root.parent / "uevents.sock"
         yield mount
-    finally:
-        stop_daemon(root, proc)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def unavailable() -> str | None:
@@ -168,18 +145,5 @@ def unavailable() -> str | None:
     return None
 
 
-def stop_daemon(root: Path, proc: subprocess.Popen[bytes]) -> None:
-    """Unmount, then wait; terminate and kill only if the daemon lingers; lazy-unmount last."""
-    if os.path.ismount(root) or proc.poll() is None:
-        subprocess.run(["fusermount3", "-u", str(root)], capture_output=True)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if os.path.ismount(root):
-        subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True)
+#: unmount and end a daemon process, whatever state it is in
+stop_daemon = process.stop

@@ -19,6 +19,8 @@ import pytest
 from conftest import as_nobody, errno_of, needs_fuse, needs_nobody, write_topology
 
 from mdevfs.control import ControlError
+from mdevfs.process import default_control, runtime_dir
+from mdevfs.state import read_devices
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse
@@ -84,7 +86,7 @@ def listing(m, rel: str) -> list[str]:
 
 
 def recorded(m) -> list[str]:
-    return [d["uuid"] for d in json.loads(m.state.read_text())["devices"]]
+    return [d["uuid"] for d in read_devices(m.state)]
 
 
 # --- hot-unplug ----------------------------------------------------------------------------
@@ -206,7 +208,15 @@ def test_an_injected_create_failure_creates_nothing(host):
     ({"command": "fail", "path": f"{T1}/create", "op": "read", "error": "EIO"},
      (errno.EINVAL, f"{MTTY}/mdev_supported_types/mtty-1/create cannot be read")),
     ({"command": "fail", "path": f"{T1}/name", "op": "read", "error": "EWHAT"},
-     (errno.EINVAL, "unknown errno 'EWHAT'")),
+     (errno.EINVAL, "unknown errno 'EWHAT': give a name such as EIO or a number from 1 to 511")),
+    # issue 12 item 9: only what the kernel takes back from FUSE (1..511, with a name)
+    *[({"command": "fail", "path": f"{T1}/name", "op": "read", "error": bad},
+       (errno.EINVAL, f"errno {int(bad)} cannot reach a caller through FUSE: the kernel "
+                      f"accepts only 1 to 511")) for bad in (0, 512, 999, 1000, 10**30, "600")],
+    ({"command": "fail", "path": f"{T1}/name", "op": "read", "error": 41},
+     (errno.EINVAL, "errno 41 has no name on this system (errno.errorcode)")),
+    ({"command": "fail", "path": f"{T1}/name", "op": "read", "error": True},
+     (errno.EINVAL, "errno must be a name or a number, not True")),
     ({"command": "latency", "path": f"{T1}/name", "seconds": -1},
      (errno.EINVAL, "seconds must be a number from 0 to 3600, not -1")),
     ({"command": "explode"}, (errno.EINVAL, "unknown command 'explode'")),
@@ -303,13 +313,15 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(MDEVFS + ["ctl", *args], capture_output=True, text=True, timeout=30)
 
 
-def test_mdevfs_ctl_finds_the_socket_beside_the_mountpoint(tmp_path):
-    """Issue 6 item 3: `mdevfs mount DIR` prints its socket, .DIR.mdevfs-ctl beside DIR,
+def test_mdevfs_ctl_finds_the_socket_in_the_runtime_directory(tmp_path):
+    """Issue 6 item 3, issue 12 item 4: `mdevfs mount DIR` prints its socket, in the
+    user's private runtime directory (not beside DIR, where anyone may squat the name),
     mode 0600 and owned by the mounting user; `mdevfs ctl DIR ...` drives it; exit 1 when
     refused, 2 when no daemon answers; umount removes the socket."""
     root = tmp_path / "sys"
     root.mkdir()
-    sock = tmp_path / ".sys.mdevfs-ctl"
+    sock = default_control(root)
+    assert sock.parent == runtime_dir() and stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
     config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[[parent]]\ndriver = "mdpy"\n')
     out = subprocess.run(MDEVFS + ["mount", "--log-file", str(tmp_path / "daemon.log"), "--config",
                                    str(config), str(root)],

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_fuse, write_topology
 
+from mdevfs.process import default_control
+from mdevfs.state import read_devices
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse
@@ -69,9 +71,8 @@ def groups(root: Path) -> dict[str, str]:
 
 
 def recorded(state: Path) -> list[tuple[str, str, str, int, dict]]:
-    doc = json.loads(state.read_text())
     return [(d["uuid"], d["parent"], d["type"], d["iommu_group"], d["vendor"])
-            for d in doc["devices"]]
+            for d in read_devices(state)]
 
 
 def wait_mounted(root: Path, proc: subprocess.Popen) -> None:
@@ -184,7 +185,7 @@ def test_a_signal_unmounts_cleanly_with_the_state_saved(topology, tmp_path, sign
     the next mount with the same state file has the devices back."""
     root, state = tmp_path / "sys", tmp_path / "state.json"
     root.mkdir()
-    control = tmp_path / ".sys.mdevfs-ctl"
+    control = default_control(root)
     proc = subprocess.Popen(MDEVFS + ["mount", "-f", "--config", str(topology), "--state",
                                       str(state), str(root)], stderr=subprocess.PIPE)
     try:

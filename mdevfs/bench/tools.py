@@ -19,7 +19,7 @@ from pathlib import Path
 
 from attrs import frozen
 
-from ..testing import stop_daemon
+from ..process import stop as stop_daemon
 
 #: the repository root (mdevfs/bench/tools.py → ../..); shared/ sits beside it
 REPO_ROOT = Path(__file__).resolve().parents[2]

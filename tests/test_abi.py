@@ -281,16 +281,136 @@ def test_remove_rejects_what_kstrtoul_rejects(mtty, data, err):
 
 
 def test_remove_through_a_handle_that_outlived_the_device_is_enodev(mtty):
-    """§2.1: a write after the node was removed → ENODEV (kernfs_get_active fails)."""
+    """§2.1: a write after the node was removed → ENODEV (kernfs_get_active fails); so is a
+    read through a held attribute, at every offset (conformance h01)."""
     mtty.create("mtty-1", U)
     path = mtty.root / "bus/mdev/devices" / U / "remove"
     first, second = os.open(path, os.O_WRONLY), os.open(path, os.O_WRONLY)
+    held = os.open(mtty.root / MTTY / U / "vendor/sample_mdev_dev", os.O_RDONLY)
     try:
+        assert os.pread(held, 4, 0) == b"This"
         assert os.write(first, b"1") == 1
         assert errno_of(os.write, second, b"1") == errno.ENODEV
+        assert errno_of(os.pread, held, 100, 0) == errno.ENODEV
+        assert errno_of(os.pread, held, 100, 4) == errno.ENODEV
     finally:
-        os.close(first)
-        os.close(second)
+        for fd in (first, second, held):
+            os.close(fd)
+
+
+def test_unbind_detaches_and_bind_is_enodev(mtty):
+    """unbind_store: the driver lets go (mtty gets its port back), the driver link, IOMMU
+    group, vendor attributes and vfio-dev go and the uevent empties; the device stays until
+    removed. Nothing binds it again (mdev_match is 0): bind is ENODEV (conformance u01–u11)."""
+    drivers = mtty.root / "bus/mdev/drivers/mtty"
+    types = mtty.root / TYPES
+    mtty.create("mtty-2", U)
+    assert read(types / "mtty-1/available_instances") == b"22\n"
+    assert errno_of(write, drivers / "bind", U.encode()) == errno.ENODEV  # already bound
+    assert write(drivers / "unbind", f"{U}\n".encode()) == 37
+    dev = mtty.root / MTTY / U
+    assert sorted(os.listdir(dev)) == ["mdev_type", "power", "remove", "subsystem", "uevent"]
+    assert read(dev / "uevent") == b""
+    assert read(types / "mtty-1/available_instances") == b"24\n"
+    assert os.listdir(mtty.root / "kernel/iommu_groups") == []
+    assert os.listdir(mtty.root / "class/vfio-dev") == [] and os.listdir(drivers / "..") == ["mtty"]
+    assert U not in os.listdir(drivers) and os.listdir(mtty.root / "bus/mdev/devices") == [U]
+    for name in ("unbind", "bind"):
+        assert errno_of(write, drivers / name, U.encode()) == errno.ENODEV
+    assert write(mtty.root / "bus/mdev/drivers_probe", U.encode()) == 36  # binds nothing
+    assert not os.path.lexists(dev / "driver")
+    assert write(dev / "remove", b"1") == 1
+    assert os.listdir(mtty.root / "bus/mdev/devices") == []
+    assert read(types / "mtty-1/available_instances") == b"24\n"
+
+
+def test_vfio_device_and_iommu_group_files(mtty):
+    """vfio_register_emulated_iommu_dev(): vfio-dev/vfio0 and a vfio-noiommu group with its
+    files, as Debian's 6.1 and 6.12 show them (conformance walk s1, p05–p07)."""
+    mtty.create("mtty-1", U)
+    dev = mtty.root / MTTY / U
+    vfio = dev / "vfio-dev/vfio0"
+    assert sorted(os.listdir(vfio)) == ["device", "power", "subsystem", "uevent"]
+    assert os.readlink(vfio / "device") == f"../../../{U}"
+    assert os.readlink(vfio / "subsystem") == "../../../../../../../class/vfio-dev"
+    assert os.readlink(mtty.root / "class/vfio-dev/vfio0") == f"../../{MTTY}/{U}/vfio-dev/vfio0"
+    assert os.readlink(mtty.root / "class/vfio/0") == "../../devices/virtual/vfio/0"
+    assert os.path.isdir(mtty.root / "class/vfio/0")
+    group = dev / "iommu_group"
+    assert (read(group / "name"), read(group / "reserved_regions"), read(group / "type")) == \
+        (b"vfio-noiommu\n", b"", b"unknown\n")
+    assert stat.S_IMODE(os.stat(group / "type").st_mode) == 0o644
+    assert errno_of(write, group / "type", b"DMA") == errno.EINVAL
+
+
+def test_directory_link_counts_follow_their_subdirectories(mtty):
+    """kernfs: a directory's st_nlink is 2 + its subdirectories, also right after a change
+    the kernel had cached (conformance walks s0, s1, s2)."""
+    parent, groups = mtty.root / MTTY, mtty.root / "kernel/iommu_groups"
+    assert (os.stat(parent).st_nlink, os.stat(groups).st_nlink) == (4, 2)
+    mtty.create("mtty-1", U)
+    assert (os.stat(parent).st_nlink, os.stat(groups).st_nlink) == (5, 3)
+    assert os.stat(parent / U).st_nlink == 5  # power, vendor, vfio-dev
+    write(mtty.root / "bus/mdev/drivers/mtty/unbind", U.encode())
+    assert (os.stat(parent / U).st_nlink, os.stat(groups).st_nlink) == (3, 2)
+    mtty.remove(U)
+    assert os.stat(parent).st_nlink == 4
+
+
+def test_namespace_operations_are_refused_as_sysfs_does(mtty):
+    """No namespace methods in sysfs: EPERM from the VFS; O_CREAT of a new name EACCES
+    (conformance n01–n08)."""
+    mtty.create("mtty-1", U)
+    t1, dev = mtty.root / TYPES / "mtty-1", mtty.root / MTTY / U
+    for fn, args in ((os.mkdir, (t1 / "new",)), (os.rmdir, (dev,)), (os.unlink, (dev / "remove",)),
+                     (os.unlink, (t1 / "devices" / U,)), (os.rename, (dev / "remove", dev / "x")),
+                     (os.symlink, ("x", t1 / "devices/new")), (os.link, (dev / "remove", dev / "y")),
+                     (os.mknod, (t1 / "node",))):
+        assert errno_of(fn, *args) == errno.EPERM, fn
+    assert errno_of(os.open, t1 / "new", os.O_WRONLY | os.O_CREAT) == errno.EACCES
+    assert sorted(os.listdir(dev))[0] == "driver"
+
+
+def test_chmod_sticks_and_counts_at_open(mtty):
+    """kernfs_setattr keeps what root sets; open checks the mode too, so a 0 mode is EACCES
+    even for root (conformance n06, n14)."""
+    create = mtty.root / TYPES / "mtty-1/create"
+    name = mtty.root / TYPES / "mtty-1/name"
+    try:
+        os.chmod(create, 0o600)
+        assert stat.S_IMODE(os.stat(create).st_mode) == 0o600
+        assert errno_of(os.open, create, os.O_RDONLY) == errno.EACCES  # still no show()
+        os.chmod(name, 0)
+        assert errno_of(os.open, name, os.O_RDONLY) == errno.EACCES
+        os.chown(name, 65534, 65534)
+        assert (os.stat(name).st_uid, os.stat(name).st_gid) == (65534, 65534)
+        os.utime(name, ns=(10**9, 2 * 10**9))
+        assert os.stat(name).st_mtime_ns == 2 * 10**9
+    finally:
+        os.chmod(create, 0o200)
+        os.chmod(name, 0o444)
+        os.chown(name, os.getuid(), os.getgid())
+    assert read(name) == b"Single port serial\n"
+    assert mtty.create("mtty-1", U) == U
+
+
+def test_held_directories_list_live(mtty):
+    """A held directory stream lists what is there now once rewound, with . and ..; a
+    removed directory lists nothing (conformance h04, p08)."""
+    devices = mtty.root / "bus/mdev/devices"
+    fd = os.open(devices, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert sorted(os.listdir(fd)) == []
+        mtty.create("mtty-1", U)
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert sorted(os.listdir(fd)) == [U]  # listdir rewinds the stream
+    finally:
+        os.close(fd)
+    with os.scandir(mtty.root / MTTY / U) as it:
+        mtty.remove(U)
+        assert [e.name for e in it] == []
+    names = os.popen(f"ls -a {mtty.root / 'bus/mdev'}").read().split()
+    assert names[:2] == [".", ".."]
 
 
 def test_iommu_group_ids_are_reused_lowest_first(mtty):

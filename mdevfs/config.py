@@ -2,6 +2,7 @@
 
     [host]
     iommu_group_base = 0            # first IOMMU group number handed to an mdev
+    pm_advanced_debug = true        # CONFIG_PM_ADVANCED_DEBUG (Debian: y): 4 more power/ files
 
     [[parent]]
     driver = "mtty"                 # entry point, "module:factory" or "file.py[:factory]"
@@ -16,6 +17,8 @@ the entry and the problem.
 from __future__ import annotations
 
 import importlib.resources
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,14 +27,38 @@ from typing import Any
 from attrs import frozen
 
 from .driver import DriverLoadError, load_factory
+from .errors import UsageError
 from .model import Host
 
-_HOST_KEYS = {"iommu_group_base"}
+_HOST_KEYS = {"iommu_group_base", "pm_advanced_debug"}
 _PARENT_KEYS = {"driver", "name", "path", "options"}
 
 
-class TopologyError(Exception):
+class TopologyError(UsageError):
     """The topology cannot be used; the message names the file, the entry and the problem."""
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a parent's name (a /sys/class/mdev_bus entry), or None."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if name in (".", "..") or "/" in name or "\0" in name:
+        return "must be a file name: not '.' or '..', without '/' or NUL"
+    return None
+
+
+def path_problem(path: object) -> str | None:
+    """Why ``path`` cannot be a parent's directory under the root, or None: it lies
+    under ``devices/``, and every part between its slashes is a plain name (no empty,
+    '.' or '..' part, no NUL), so that no link of the tree points outside the mount."""
+    if not isinstance(path, str):
+        return "must be a string"
+    parts = path.strip("/").split("/")
+    if "\0" in path or any(p in ("", ".", "..") for p in parts):
+        return "must be plain names between single slashes (no '', '.', '..' or NUL part)"
+    if parts[0] != "devices" or len(parts) < 2:
+        return "must lie under devices/"
+    return None
 
 
 @frozen
@@ -48,6 +75,7 @@ class Topology:
     base_dir: Path | None
     iommu_group_base: int
     parents: tuple[ParentEntry, ...]
+    pm_advanced_debug: bool = True
 
     @classmethod
     def default(cls) -> Topology:
@@ -57,10 +85,17 @@ class Topology:
     @classmethod
     def from_toml(cls, path: str | Path) -> Topology:
         path = Path(path)
-        try:
-            text = path.read_text()
+        try:  # non-blocking: a FIFO would hang the open until a writer came
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as exc:
             raise TopologyError(f"{path}: cannot read: {exc.strerror}") from exc
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TopologyError(f"{path}: not a regular file")
+            try:
+                text = f.read().decode()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TopologyError(f"{path}: cannot read: {exc}") from exc
         return cls.from_text(text, str(path), path.resolve().parent)
 
     @classmethod
@@ -72,21 +107,30 @@ class Topology:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise TopologyError(f"{source}: not valid TOML: {exc}") from exc
+        except RecursionError:
+            raise TopologyError(f"{source}: not usable TOML: nested too deeply") from None
         unknown = set(doc) - {"host", "parent"}
         if unknown:
             raise bad("top level", f"unknown table(s) {', '.join(sorted(unknown))}")
         host = doc.get("host", {})
+        if not isinstance(host, dict):
+            raise bad("host", "must be a table ([host])")
         if set(host) - _HOST_KEYS:
             raise bad("[host]", f"unknown key(s) {', '.join(sorted(set(host) - _HOST_KEYS))}")
         base = host.get("iommu_group_base", 0)
-        if not isinstance(base, int) or base < 0:
-            raise bad("[host] iommu_group_base", "must be a whole number ≥ 0")
+        if not isinstance(base, int) or isinstance(base, bool) or not 0 <= base < 2**31:
+            raise bad("[host] iommu_group_base", "must be a whole number from 0 to 2^31-1")
+        pm_debug = host.get("pm_advanced_debug", True)
+        if not isinstance(pm_debug, bool):
+            raise bad("[host] pm_advanced_debug", "must be true or false")
         raw = doc.get("parent", [])
         if not isinstance(raw, list) or not raw:
             raise bad("[[parent]]", "at least one parent is needed")
         parents = []
         for i, entry in enumerate(raw):
             where = f"parent #{i + 1}"
+            if not isinstance(entry, dict):
+                raise bad(where, "must be a table ([[parent]])")
             extra = set(entry) - _PARENT_KEYS
             if extra:
                 raise bad(where, f"unknown key(s) {', '.join(sorted(extra))}")
@@ -94,20 +138,23 @@ class Topology:
             if not isinstance(driver, str) or not driver:
                 raise bad(where, "'driver' is required (an entry point, module:factory or file.py)")
             name, path = entry.get("name"), entry.get("path")
-            if name is not None and (not isinstance(name, str) or not name or "/" in name):
-                raise bad(where, f"'name' {name!r} must be a non-empty string without '/'")
-            if path is not None and (not isinstance(path, str)
-                                     or not path.strip("/").startswith("devices/")):
-                raise bad(where, f"'path' {path!r} must lie under devices/")
+            if name is not None:
+                problem = name_problem(name)
+                if problem:
+                    raise bad(where, f"'name' {name!r} {problem}")
+            if path is not None:
+                problem = path_problem(path)
+                if problem:
+                    raise bad(where, f"'path' {path!r} {problem}")
             options = entry.get("options", {})
             if not isinstance(options, dict):
                 raise bad(where, "'options' must be a table")
             parents.append(ParentEntry(driver, name, path, options))
-        return cls(source, base_dir, base, tuple(parents))
+        return cls(source, base_dir, base, tuple(parents), pm_debug)
 
     def build(self) -> Host:
         """Load every driver and register every parent; raises TopologyError."""
-        host = Host(iommu_group_base=self.iommu_group_base)
+        host = Host(iommu_group_base=self.iommu_group_base, pm_advanced_debug=self.pm_advanced_debug)
         paths: set[str] = set()
         for i, entry in enumerate(self.parents):
             where = f"{self.source}: parent #{i + 1} (driver {entry.driver!r})"
@@ -119,7 +166,11 @@ class Topology:
                 raise TopologyError(f"{where}: the driver refused its options: "
                                     f"{type(exc).__name__}: {exc}") from exc
             name = entry.name or driver.default_parent
-            path = (entry.path or driver.default_path).strip("/")
+            path = entry.path or driver.default_path
+            problem = name_problem(name) or path_problem(path)
+            if problem:  # a driver's defaults obey the rules of the file
+                raise TopologyError(f"{where}: {name!r} / {path!r}: {problem}")
+            path = path.strip("/")
             if name in host.parents:
                 raise TopologyError(f"{where}: parent name {name!r} is used twice")
             if path in paths or any(p.startswith(path + "/") or path.startswith(p + "/")

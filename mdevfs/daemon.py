@@ -90,13 +90,15 @@ class Daemon:
                 try:
                     if op == "add" and self.host.devices.get(mdev.uuid) is mdev:
                         self.host.remove(mdev, b"1")
-                    elif op == "remove" and self.host.parents.get(mdev.parent.name) is mdev.parent:
-                        self.host.restore(mdev.mdev_type, mdev.uuid, mdev.iommu_group,
-                                          json.loads(before) if before else mdev.vendor)
+                    elif (op == "remove" and before is not None
+                          and self.host.parents.get(mdev.parent.name) is mdev.parent):
+                        group, vendor = before  # the device as the file still has it
+                        self.host.restore(mdev.mdev_type, mdev.uuid, group, json.loads(vendor),
+                                          bound=group is not None)
                     elif op == "vendor" and before is not None:
                         mdev.vendor.clear()
-                        mdev.vendor.update(json.loads(before))
-                    else:
+                        mdev.vendor.update(json.loads(before[1]))
+                    else:  # an unbind (the kernel never binds again), an unplugged parent
                         return False
                 except (OSError, ValueError):
                     log.exception("cannot undo %s of %s", op, mdev.uuid)

@@ -119,7 +119,11 @@ def open_log(path: Path) -> int:
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:
-        why = ("it is a symbolic link; give the file itself" if exc.errno == errno.ELOOP
+        try:  # say why in words (a sticky directory may answer EACCES for a link)
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = 0
+        why = ("it is a symbolic link; give the file itself" if stat.S_ISLNK(mode)
                else "it is a FIFO without a reader" if exc.errno == errno.ENXIO
                else exc.strerror)
         raise UsageError(f"log file {path}: {why}") from None

@@ -7,6 +7,7 @@ one change::
       {"uuid": "…", "parent": "mtty", "type": "mtty-1", "iommu_group": 0, "vendor": {}}]}
     {"op": "add", "uuid": "…", "parent": "mtty", "type": "mtty-2", "iommu_group": 1, "vendor": {}}
     {"op": "vendor", "uuid": "…", "vendor": {"label": "blue"}}
+    {"op": "unbind", "uuid": "…"}           # the device stays, driverless, without a group
     {"op": "remove", "uuid": "…"}
 
 ``vendor`` is the driver's own per-device state (:attr:`MdevDevice.vendor`, filled in
@@ -48,6 +49,7 @@ from .model import Host, HostObserver, MdevDevice, parse_uuid
 log = logging.getLogger(__name__)
 
 FORMAT = "mdevfs-state"
+_OPS = ("add", "remove", "vendor", "unbind")
 VERSION = 2
 _KEYS = {"uuid", "parent", "type", "iommu_group", "vendor"}
 _HEADER_KEYS = {"format", "version", "devices"}
@@ -63,11 +65,17 @@ class StateInUse(StateError):
     """Another mdevfs daemon holds the state file."""
 
 
-class StateSaveError(OSError):
-    """A change could not be made durable; ``changes`` are the ones not recorded
-    (``("add" | "remove" | "vendor", device, vendor-before)``), for the caller to undo."""
+#: a device as the file records it: its IOMMU group (None: unbound) and vendor JSON
+Recorded = tuple[int | None, str]
+#: ("add" | "remove" | "vendor" | "unbind", the device, its record before the change)
+Change = tuple[str, MdevDevice, Recorded | None]
 
-    def __init__(self, message: str, changes: list[tuple[str, MdevDevice, str | None]]) -> None:
+
+class StateSaveError(OSError):
+    """A change could not be made durable; ``changes`` are the ones not recorded,
+    for the caller to undo."""
+
+    def __init__(self, message: str, changes: list[Change]) -> None:
         super().__init__(errno.EIO, message)
         self.changes = changes
 
@@ -81,9 +89,9 @@ class StateFile(HostObserver):
         self.fd = -1
         self._extra: dict[str, Any] = {}     # top-level keys of others, kept on compaction
         self._groups: dict[int, str] = {}    # while restoring: IOMMU group -> its device
-        #: uuid -> its vendor state as last recorded (JSON text)
-        self._vendor: dict[str, str] = {}
-        self._pending: list[tuple[str, MdevDevice, str | None]] = []
+        #: uuid -> (IOMMU group, vendor state as JSON text) as the file has it
+        self._recorded: dict[str, Recorded] = {}
+        self._pending: list[Change] = []
         self._lines = 0                      # change lines since the snapshot
         self._size = 0                       # bytes of whole records on disk
         self._broken = False                 # a write failed: compact at the next change
@@ -155,7 +163,11 @@ class StateFile(HostObserver):
         raise self._bad("it keeps being replaced; is another program writing it?")
 
     def _open_problem(self, exc: OSError) -> str:
-        if exc.errno == errno.ELOOP:
+        try:  # a sticky directory may answer EACCES for another user's link
+            link = stat.S_ISLNK(os.lstat(self.path).st_mode)
+        except OSError:
+            link = False
+        if link:
             return ("it is a symbolic link; mdevfs neither follows nor replaces one: "
                     "give the file itself")
         return f"cannot open it: {exc.strerror}"
@@ -242,9 +254,9 @@ class StateFile(HostObserver):
 
     def _apply(self, by_uuid: dict[str, Any], change: Any, n: int) -> None:
         where = f"line {n}:"
-        if not isinstance(change, dict) or change.get("op") not in ("add", "remove", "vendor"):
-            raise self._bad(f"{where} corrupt (not a change: an object with \"op\" add, "
-                            f"remove or vendor)")
+        if not isinstance(change, dict) or change.get("op") not in _OPS:
+            raise self._bad(f"{where} corrupt (not a change: an object with \"op\" "
+                            f"{', '.join(_OPS)})")
         op, uuid = change["op"], change.get("uuid")
         if not isinstance(uuid, str):
             raise self._bad(f"{where} corrupt (\"uuid\" is not a string)")
@@ -256,6 +268,8 @@ class StateFile(HostObserver):
             raise self._bad(f"{where} {op} of {uuid}, which is not recorded")
         elif op == "remove":
             del by_uuid[uuid]
+        elif op == "unbind":
+            by_uuid[uuid] = dict(by_uuid[uuid], iommu_group=None)
         else:
             by_uuid[uuid] = dict(by_uuid[uuid], vendor=change.get("vendor"))
 
@@ -275,9 +289,11 @@ class StateFile(HostObserver):
         if not ok:
             raise self._bad(f"{uuid!r} is not a lower-case UUID", i)
         group, vendor = rec["iommu_group"], rec["vendor"]
-        if not isinstance(group, int) or isinstance(group, bool) or not 0 <= group < 2**31:
-            raise self._bad(f"iommu_group {group!r} is not a whole number from 0 to 2^31-1",
-                            i, uuid)
+        bound = group is not None  # null: unbound from its driver (no group) when saved
+        if bound and (not isinstance(group, int) or isinstance(group, bool)
+                      or not 0 <= group < 2**31):
+            raise self._bad(f"iommu_group {group!r} is not a whole number from 0 to 2^31-1 "
+                            f"(or null, unbound)", i, uuid)
         if not isinstance(vendor, dict):
             raise self._bad("vendor is not an object", i, uuid)
         for key in ("parent", "type"):
@@ -293,19 +309,20 @@ class StateFile(HostObserver):
                             f"(types: {', '.join(parent.types)})", i, uuid)
         if uuid in self.host.devices:
             raise self._bad("duplicate UUID (recorded twice)", i, uuid)
-        if group in self._groups:
+        if bound and group in self._groups:
             raise self._bad(f"IOMMU group {group} is also recorded for device "
                             f"{self._groups[group]}", i, uuid)
         if parent.driver.available_instances(mtype) is None and parent.available(mtype) <= 0:
             raise self._bad(f"parent {parent.name!r} has no room for it (the core counter "
                             f"allows {parent.driver.max_instances()})", i, uuid)
-        self._groups[group] = uuid
+        if bound:
+            self._groups[group] = uuid
         try:
-            mdev = self.host.restore(mtype, uuid, group, vendor)
+            mdev = self.host.restore(mtype, uuid, group, vendor, bound=bound)
         except OSError as exc:
             raise self._bad(f"driver {parent.driver.name!r} refused it: {exc.strerror} "
                             f"(the topology has no room for the recorded devices)", i, uuid) from exc
-        self._vendor[uuid] = _dumps(mdev.vendor)
+        self._recorded[uuid] = (mdev.iommu_group, _dumps(mdev.vendor))
 
     # --- observing ----------------------------------------------------------------------
 
@@ -315,7 +332,11 @@ class StateFile(HostObserver):
 
     def device_removed(self, mdev: MdevDevice) -> None:
         if not self._paused:
-            self._pending.append(("remove", mdev, self._vendor.get(mdev.uuid)))
+            self._pending.append(("remove", mdev, self._recorded.get(mdev.uuid)))
+
+    def device_unbound(self, mdev: MdevDevice, binding: Any) -> None:
+        if not self._paused:
+            self._pending.append(("unbind", mdev, self._recorded.get(mdev.uuid)))
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -338,8 +359,8 @@ class StateFile(HostObserver):
         attribute was just written (a device whose vendor state may have changed).
         Raises StateSaveError, with the changes not recorded, when the disk refuses."""
         if isinstance(touched, MdevDevice) and self.host.devices.get(touched.uuid) is touched:
-            before = self._vendor.get(touched.uuid)
-            if before is not None and _dumps(touched.vendor) != before:
+            before = self._recorded.get(touched.uuid)
+            if before is not None and _dumps(touched.vendor) != before[1]:
                 self._pending.append(("vendor", touched, before))
         if not self._pending and not self._broken:
             return
@@ -355,11 +376,11 @@ class StateFile(HostObserver):
                                  f"{exc.strerror or exc}", changes) from exc
         for op, mdev, _ in changes:
             if op == "remove":
-                self._vendor.pop(mdev.uuid, None)
+                self._recorded.pop(mdev.uuid, None)
             else:
-                self._vendor[mdev.uuid] = _dumps(mdev.vendor)
+                self._recorded[mdev.uuid] = (mdev.iommu_group, _dumps(mdev.vendor))
 
-    def _append(self, changes: list[tuple[str, MdevDevice, str | None]]) -> None:
+    def _append(self, changes: list[Change]) -> None:
         data = "".join(_dumps(_change(op, mdev)) + "\n" for op, mdev, _ in changes).encode()
         try:
             done = 0
@@ -449,6 +470,8 @@ def read_devices(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             by_uuid[change["uuid"]] = {k: v for k, v in change.items() if k != "op"}
         elif change["op"] == "remove":
             del by_uuid[change["uuid"]]
+        elif change["op"] == "unbind":
+            by_uuid[change["uuid"]] = dict(by_uuid[change["uuid"]], iommu_group=None)
         else:
             by_uuid[change["uuid"]] = dict(by_uuid[change["uuid"]], vendor=change["vendor"])
     return list(by_uuid.values())
@@ -464,7 +487,7 @@ def _change(op: str, mdev: MdevDevice) -> dict[str, Any]:
         return {"op": "add", **_record(mdev)}
     if op == "vendor":
         return {"op": "vendor", "uuid": mdev.uuid, "vendor": mdev.vendor}
-    return {"op": "remove", "uuid": mdev.uuid}
+    return {"op": op, "uuid": mdev.uuid}
 
 
 def _dumps(value: Any) -> str:

@@ -253,3 +253,22 @@ def test_without_dev_fuse_the_mount_fails_with_a_clear_message(tmp_path):
     assert out.stderr == ("mdevfs: /dev/fuse is missing: load the fuse module or give the "
                           "container --device /dev/fuse\n")
     assert not os.path.ismount(root)
+
+
+def test_an_unbound_device_is_restored_unbound(topology, tmp_path):
+    """Issue 11 item 4: an unbind is a journal record; the device comes back driverless,
+    without an IOMMU group, and its group number is free for the next device."""
+    state = tmp_path / "state.json"
+    with mounted(topology, state=state) as m:
+        m.create("mtty-1", U1)
+        m.create("mtty-1", U2)
+        m.write("bus/mdev/drivers/mtty/unbind", U1)
+        assert not (m.root / "bus/mdev/devices" / U1 / "iommu_group").exists()
+    assert [(r[0], r[3]) for r in recorded(state)] == [(U1, None), (U2, 1)]
+    with mounted(topology, state=state) as m:
+        assert m.devices() == [U1, U2]
+        assert not (m.root / "bus/mdev/devices" / U1 / "driver").exists()
+        devices = m.root / "bus/mdev/devices"
+        assert os.path.basename(os.readlink(devices / U2 / "iommu_group")) == "1"
+        new = m.create("mtty-1")
+        assert os.path.basename(os.readlink(devices / new / "iommu_group")) == "0"

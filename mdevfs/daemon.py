@@ -29,7 +29,7 @@ from attrs import define
 
 from . import control
 from .config import Topology
-from .errors import MountError, UsageError
+from .errors import MountError
 from .faults import Faults
 from .model import Host
 from .process import Reporter
@@ -131,10 +131,7 @@ class Daemon:
                                        os.fspath(mountpoint)))
         try:
             if self.state is not None:
-                try:
-                    self.state.flush()  # a version 1 file becomes a journal now
-                except StateSaveError as exc:
-                    raise UsageError(exc.strerror) from None
+                self.state.flush()  # a version 1 file becomes a journal now, if it can
             trio.run(functools.partial(serve, self.tree, os.fspath(mountpoint), allow_other,
                                        hooks=self, tasks=tasks))
         except RuntimeError as exc:

@@ -331,8 +331,11 @@ class StateFile(HostObserver):
             self._pending.append(("add", mdev, None))
 
     def device_removed(self, mdev: MdevDevice) -> None:
-        if not self._paused:
-            self._pending.append(("remove", mdev, self._recorded.get(mdev.uuid)))
+        if self._paused:
+            return
+        if self._pending and self._pending[-1][:2] == ("unbind", mdev):
+            self._pending.pop()  # the model detaches a bound device before removing it
+        self._pending.append(("remove", mdev, self._recorded.get(mdev.uuid)))
 
     def device_unbound(self, mdev: MdevDevice, binding: Any) -> None:
         if not self._paused:
@@ -362,7 +365,12 @@ class StateFile(HostObserver):
             before = self._recorded.get(touched.uuid)
             if before is not None and _dumps(touched.vendor) != before[1]:
                 self._pending.append(("vendor", touched, before))
-        if not self._pending and not self._broken:
+        if not self._pending:
+            if self._broken:  # catch up when there is room again; nothing new to lose
+                try:
+                    self._compact()
+                except OSError:
+                    pass
             return
         changes, self._pending = self._pending, []
         try:

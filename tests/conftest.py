@@ -1,7 +1,9 @@
 """Shared fixtures: topologies written to files, and mounts that always unmount."""
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,42 @@ MTTY_ONLY = '[[parent]]\ndriver = "mtty"\n'
 
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
                                 reason="needs /dev/fuse and root")
+
+
+# A driver whose device attribute keeps its value in mdev.vendor, as the state file needs.
+KEEPER = '''
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
+
+class Driver(BaseDriver):
+    name = "keeper"
+    def types(self):
+        return (MdevTypeSpec("t"),)
+    def max_instances(self):
+        return {max_instances}
+    def probe(self, mdev):
+        mdev.vendor.setdefault("label", "none")
+    def device_attributes(self, mdev):
+        def store(buf):
+            mdev.vendor["label"] = buf.decode().strip()
+        return (Attribute("label", show=lambda: mdev.vendor["label"], store=store),)
+'''
+
+
+def keeper(max_instances: int = 2) -> str:
+    """The keeper driver's source, its core counter allowing ``max_instances``."""
+    return KEEPER.replace("{max_instances}", str(max_instances))
+
+
+@contextlib.contextmanager
+def small_disk(directory: Path, size: str):
+    """A tmpfs of ``size`` at ``directory`` (a disk that fills up), unmounted at the end."""
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                    str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
 
 
 def write_topology(directory: Path, text: str, name: str = "topology.toml") -> Path:

@@ -25,13 +25,12 @@ import contextlib
 import errno
 import os
 import random
-import subprocess
 import time
 import uuid as uuidlib
 from pathlib import Path
 
 import pytest
-from conftest import needs_fuse, write_topology
+from conftest import keeper, needs_fuse, small_disk, write_topology
 
 from mdevfs.state import read_devices
 from mdevfs.testing import mounted
@@ -39,22 +38,6 @@ from mdevfs.testing import mounted
 pytestmark = needs_fuse
 SECONDS = float(os.environ.get("MDEVFS_FUZZ_SECONDS", "15"))
 
-KEEPER = '''
-from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
-
-class Driver(BaseDriver):
-    name = "keeper"
-    def types(self):
-        return (MdevTypeSpec("t"),)
-    def max_instances(self):
-        return 3
-    def probe(self, mdev):
-        mdev.vendor.setdefault("label", "none")
-    def device_attributes(self, mdev):
-        def store(buf):
-            mdev.vendor["label"] = buf.decode().strip()
-        return (Attribute("label", show=lambda: mdev.vendor["label"], store=store),)
-'''
 TOPOLOGY = ('[[parent]]\ndriver = "mtty"\n[parent.options]\nports = 6\n'
             '[[parent]]\ndriver = "mdpy"\n'
             '[[parent]]\ndriver = "keeper.py"\nname = "k0"\npath = "devices/virtual/keeper/k0"\n')
@@ -278,17 +261,13 @@ class Fuzz:
 
 @pytest.fixture
 def disk(tmp_path):
-    d = tmp_path / "disk"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(d)],
-                   check=True)
-    yield d
-    subprocess.run(["umount", "-l", str(d)], check=True)
+    with small_disk(tmp_path / "disk", "2m") as d:
+        yield d
 
 
 def test_random_operations_faults_and_restarts_lose_nothing(tmp_path, disk):
     seed = int(os.environ.get("MDEVFS_FUZZ_SEED", random.randrange(2**32)))
-    (tmp_path / "keeper.py").write_text(KEEPER)
+    (tmp_path / "keeper.py").write_text(keeper(3))
     config = write_topology(tmp_path, TOPOLOGY)
     fuzz = Fuzz(random.Random(seed), config, disk / "state.json", disk)
     started = time.monotonic()

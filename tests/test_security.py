@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MTTY_ONLY, NOBODY, needs_fuse, needs_nobody, write_topology
+from conftest import MTTY_ONLY, NOBODY, needs_fuse, needs_nobody, small_disk, write_topology
 
 from mdevfs import namespace
 from mdevfs.process import default_control, default_log, mountpoints, runtime_dir
@@ -210,14 +210,9 @@ def test_a_second_daemon_on_the_same_state_file_is_refused(tmp_path, root):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs (a disk that fills up), unmounted in teardown."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(disk)],
-                   check=True)
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
+def small(tmp_path):
+    with small_disk(tmp_path / "disk", "1m") as d:
+        yield d
 
 
 def fill(disk: Path) -> Path:
@@ -233,17 +228,16 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def test_a_create_whose_state_cannot_be_saved_fails_with_eio_and_creates_nothing(tmp_path,
-                                                                                 small_disk):
+def test_a_create_whose_state_cannot_be_saved_fails_with_eio_and_creates_nothing(tmp_path, small):
     """Issue 12 item 6: on a full disk a create fails with EIO (not ENOSPC, "pool full"),
     the device does not exist, the pool is unchanged, the log names the file and the
     cause; with room again creates work, and a restart restores exactly what was saved."""
     config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\n'
                                       'ports = 200\n')
-    state = small_disk / "state.json"
+    state = small / "state.json"
     with mounted(config, state=state) as m:
         m.create("mtty-1", U1)
-        filler = fill(small_disk)
+        filler = fill(small)
         created = [U1]
         for i in range(100):  # appends fill the file's last page, then the disk refuses
             uuid = f"{i:08x}-0000-4000-8000-000000000000"

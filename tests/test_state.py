@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_fuse, write_topology
+from conftest import keeper, needs_fuse, write_topology
 
 from mdevfs.process import default_control
 from mdevfs.state import read_devices
@@ -31,23 +31,6 @@ U2 = "22222222-3333-4444-5555-666666666666"
 U3 = "33333333-4444-5555-6666-777777777777"
 UA = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 
-# A driver whose device attribute keeps its value in mdev.vendor, as the state file needs.
-KEEPER = '''
-from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
-
-class Driver(BaseDriver):
-    name = "keeper"
-    def types(self):
-        return (MdevTypeSpec("t"),)
-    def max_instances(self):
-        return 2
-    def probe(self, mdev):
-        mdev.vendor.setdefault("label", "none")
-    def device_attributes(self, mdev):
-        def store(buf):
-            mdev.vendor["label"] = buf.decode().strip()
-        return (Attribute("label", show=lambda: mdev.vendor["label"], store=store),)
-'''
 TOPOLOGY = ('[[parent]]\ndriver = "mtty"\n'
             '[[parent]]\ndriver = "keeper.py"\nname = "k0"\npath = "devices/virtual/keeper/k0"\n')
 MTTY_TYPES = "class/mdev_bus/mtty/mdev_supported_types"
@@ -55,7 +38,7 @@ MTTY_TYPES = "class/mdev_bus/mtty/mdev_supported_types"
 
 @pytest.fixture
 def topology(tmp_path):
-    (tmp_path / "keeper.py").write_text(KEEPER)
+    (tmp_path / "keeper.py").write_text(keeper())
     return write_topology(tmp_path, TOPOLOGY)
 
 

@@ -30,6 +30,8 @@ from xml.sax.saxutils import escape
 from attrs import frozen
 
 from .config import Topology
+from .errors import MdevfsError, MountError
+from .testing import mounted
 
 ATTR = "migration_version"
 
@@ -175,17 +177,19 @@ def survey(topologies: Sequence[str | os.PathLike[str]]) -> Matrix:
     check every ordered pair of their types at the type nodes.
 
     Raises TopologyError for a bad file (before anything is mounted) and
-    RuntimeError when a mount does not come up.
+    MountError (a RuntimeError) when a mount does not come up, with the daemon's reason.
     """
-    from .testing import mounted  # testing imports the CLI, which imports this module
-
     paths = [Path(t) for t in topologies]
     for path in paths:
         Topology.from_toml(path).build()  # refuse a bad file before mounting any
     nodes: list[tuple[str, Path]] = []
     with contextlib.ExitStack() as stack:
         for name, path in zip(host_names(paths), paths):
-            nodes += type_dirs(stack.enter_context(mounted(path)).root, name)
+            try:
+                mount = stack.enter_context(mounted(path))
+            except MdevfsError as exc:  # the daemon's own error, e.g. a driver that refuses
+                raise MountError(str(exc)) from None
+            nodes += type_dirs(mount.root, name)
         verdicts = tuple(tuple(check(s, t, sl, tl) for tl, t in nodes) for sl, s in nodes)
     return Matrix(tuple(label for label, _ in nodes), verdicts)
 

@@ -78,7 +78,10 @@ class Fuzz:
     # --- operations -----------------------------------------------------------------------
 
     def op_create(self) -> None:
-        parent, type_id = self.rng.choice(self.types())
+        types = self.types()
+        if not types:  # every parent unplugged
+            return
+        parent, type_id = self.rng.choice(types)
         uuid = (self.rng.choice(list(self.shadow)) if self.shadow and self.rng.random() < 0.1
                 else str(uuidlib.UUID(int=self.rng.getrandbits(128))))
         tdir = f"class/mdev_bus/{parent}/mdev_supported_types/{type_id}"

@@ -18,6 +18,9 @@ system:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@# libvirt-daemon without its recommends makes none of its state directories, over which
+	@# the libvirt tests and README's recipe mount a tmpfs inside their namespace
+	@mkdir -p /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
 
 venv: $(VENV)/.installed
 

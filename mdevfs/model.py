@@ -12,10 +12,11 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from attrs import Factory, define, field, frozen
+from attrs import Factory, define, evolve, field, frozen
 
 from .driver import MdevTypeSpec, VendorDriver
 from .errors import fail
+from .pci import NamedDriver, PciFunction, PciIds
 
 UUID_STRING_LEN = 36
 _HEX = frozenset(string.hexdigits)
@@ -84,6 +85,25 @@ class MdevType:
         return self.parent.available(self)
 
 
+def parse_numvfs(buf: bytes) -> int:
+    """``sriov_numvfs_store``'s ``kstrtou16(buf, 0)``: any failure, a value past 65535
+    too, is EINVAL (the store turns every parse error into EINVAL, as remove does)."""
+    try:
+        value = kstrtoul(buf)
+    except OSError:
+        fail(errno.EINVAL)
+    if value > 0xFFFF:
+        fail(errno.EINVAL)
+    return value
+
+
+def pci_ids(props: Mapping[str, str]) -> PciIds:
+    """A PCI function's ids from its uevent properties (PCI_ID, PCI_SUBSYS_ID, PCI_CLASS)."""
+    vendor, device = (int(x, 16) for x in props["PCI_ID"].split(":"))
+    sub_vendor, sub_device = (int(x, 16) for x in props.get("PCI_SUBSYS_ID", "0:0").split(":"))
+    return PciIds(vendor, device, sub_vendor, sub_device, int(props.get("PCI_CLASS", "0"), 16))
+
+
 @frozen
 class Binding:
     """What binding a device to its driver made: ``vfio_register_emulated_iommu_dev()``
@@ -127,6 +147,9 @@ class Parent:
     types: dict[str, MdevType] = Factory(dict)
     #: devices counted against the core's per-parent counter (6.1+ rule)
     core_used: int = 0
+    #: the PCI function registering the parent made (a GPU given only as an mdev parent);
+    #: it goes with the parent. A VF that becomes a parent was there before and stays.
+    own_pci: PciFunction | None = None
 
     def available(self, mtype: MdevType) -> int:
         count = self.driver.available_instances(mtype)
@@ -146,6 +169,8 @@ class HostObserver:
     def device_added(self, mdev: MdevDevice) -> None: ...
     def device_removed(self, mdev: MdevDevice) -> None: ...
     def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None: ...
+    def pci_added(self, fn: PciFunction) -> None: ...
+    def pci_removed(self, fn: PciFunction) -> None: ...
 
 
 @define(eq=False)
@@ -157,6 +182,8 @@ class Host:
     pm_advanced_debug: bool = True
     parents: dict[str, Parent] = Factory(dict)
     devices: dict[str, MdevDevice] = Factory(dict)
+    #: every PCI function, by its address
+    pci: dict[str, PciFunction] = Factory(dict)
     observers: list[HostObserver] = Factory(list)
     _group_ids: Ida = field(init=False)
     _vfio_groups: Ida = field(init=False)
@@ -167,11 +194,76 @@ class Host:
         self._vfio_groups = Ida()
         self._vfio_devices = Ida()
 
+    # --- PCI functions and SR-IOV ----------------------------------------------------------
+
+    def add_pci(self, fn: PciFunction) -> PciFunction:
+        """``pci_device_add()`` and the driver's probe: the function with its IOMMU group,
+        registered with VFIO when it is a VF of a driver that does so."""
+        if fn.bdf in self.pci:
+            raise ValueError(f"PCI function {fn.bdf} is added twice")
+        fn.iommu_group = self._group_ids.alloc()
+        if fn.is_vf and fn.driver is not None and fn.driver.vfio_vfs:
+            fn.vfio = Binding(fn.iommu_group, self._vfio_groups.alloc(), self._vfio_devices.alloc())
+        self.pci[fn.bdf] = fn
+        for obs in self.observers:
+            obs.pci_added(fn)
+        return fn
+
+    def remove_pci(self, fn: PciFunction) -> None:
+        del self.pci[fn.bdf]
+        if fn.vfio is not None:
+            self._vfio_groups.release(fn.vfio.vfio_group)
+            self._vfio_devices.release(fn.vfio.vfio_index)
+            fn.vfio = None
+        if fn.iommu_group is not None:
+            self._group_ids.release(fn.iommu_group)
+        for obs in self.observers:
+            obs.pci_removed(fn)
+
+    def set_numvfs(self, pf: PciFunction, buf: bytes) -> int:
+        """``sriov_numvfs_store`` (drivers/pci/iov.c): parse, bound by sriov_totalvfs
+        (ERANGE), nothing to do for the current count, ENOENT without a driver that can
+        configure SR-IOV, 0 disables every VF, a new count needs 0 first (EBUSY). The
+        VFs exist before the write returns."""
+        sriov = pf.sriov
+        assert sriov is not None
+        count = parse_numvfs(buf)
+        if count > sriov.total_vfs:
+            fail(errno.ERANGE)
+        if count == sriov.num_vfs:
+            return len(buf)
+        if pf.driver is None or not pf.driver.configures_sriov:
+            fail(errno.ENOENT)
+        if count and sriov.num_vfs:
+            fail(errno.EBUSY)
+        pf.driver.sriov_configure(pf, count)
+        if count == 0:
+            for vf in reversed(sriov.vfs):
+                self.remove_pci(vf)
+            sriov.vfs.clear()
+            return len(buf)
+        for i in range(count):
+            vf = PciFunction(bdf=pf.vf_bdf(i), path=pf.vf_path(i), physfn=pf,
+                             ids=evolve(pf.ids, device=sriov.vf_device),
+                             driver=pf.driver if sriov.drivers_autoprobe else None,
+                             numa_node=pf.numa_node, bars=pf.bars[:1])
+            sriov.vfs.append(self.add_pci(vf))
+        pf.driver.vfs_added(pf)
+        return len(buf)
+
+    # --- mdev parents -----------------------------------------------------------------------
+
     def add_parent(self, name: str, path: str, driver: VendorDriver) -> Parent:
         """``mdev_register_parent()``: the parent and its types appear."""
         if name in self.parents:
             raise ValueError(f"parent {name!r} is registered twice")
         parent = Parent(host=self, name=name, path=path.strip("/"), driver=driver)
+        if driver.subsystem == ("bus", "pci") and name not in self.pci:
+            props = driver.parent_uevent()
+            if "PCI_ID" in props:  # the GPU the parent is: a PCI function of its own
+                parent.own_pci = self.add_pci(PciFunction(
+                    bdf=name, path=parent.path, ids=pci_ids(props),
+                    driver=NamedDriver(props.get("DRIVER", driver.name))))
         for spec in driver.types():
             type_id = f"{driver.name}-{spec.sysfs_name}"
             parent.types[type_id] = MdevType(parent=parent, spec=spec, type_id=type_id)
@@ -188,6 +280,8 @@ class Host:
         del self.parents[name]
         for obs in self.observers:
             obs.parent_removed(parent)
+        if parent.own_pci is not None:
+            self.remove_pci(parent.own_pci)
 
     def create(self, mtype: MdevType, buf: bytes) -> int:
         """``create_store()``: checks in the kernel's order (spec §2.2); returns len(buf)."""

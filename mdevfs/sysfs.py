@@ -25,6 +25,7 @@ from attrs import frozen
 from .driver import Attribute, Migration
 from .errors import fail
 from .model import Binding, Host, HostObserver, MdevDevice, MdevType, Parent
+from .pci import PciFunction
 
 log = logging.getLogger(__name__)
 
@@ -205,28 +206,80 @@ PARENT_DEV = Op(show=lambda p: _text("{MAJOR}:{MINOR}".format_map(p.driver.paren
 BUS_UEVENT = Op(store=_uevent_store)
 
 
-def _pci_ids(parent: Parent) -> tuple[int, int, int]:
-    """Vendor, device and class of a PCI parent, from its PCI_ID and PCI_CLASS."""
-    props = parent.driver.parent_uevent()
-    vendor, device = (int(x, 16) for x in props["PCI_ID"].split(":"))
-    return vendor, device, int(props.get("PCI_CLASS", "0"), 16)
+def pci_uevent(fn: PciFunction) -> dict[str, str]:
+    """pci_uevent(): what a PCI function's ``uevent`` holds, and its events carry."""
+    ids = fn.ids
+    props = {"DRIVER": fn.driver.name} if fn.driver is not None else {}
+    props.update({
+        "PCI_CLASS": f"{ids.klass:X}",
+        "PCI_ID": f"{ids.vendor:04X}:{ids.device:04X}",
+        "PCI_SUBSYS_ID": f"{ids.subsystem_vendor:04X}:{ids.subsystem_device:04X}",
+        "PCI_SLOT_NAME": fn.bdf,
+        "MODALIAS": (f"pci:v{ids.vendor:08X}d{ids.device:08X}sv{ids.subsystem_vendor:08X}"
+                     f"sd{ids.subsystem_device:08X}bc{ids.klass >> 16:02X}"
+                     f"sc{ids.klass >> 8 & 0xFF:02X}i{ids.klass & 0xFF:02X}")})
+    return props
 
 
-def _pci_config(parent: Parent) -> bytes:
-    """A type-0 configuration header (256 bytes): ids and class, no capabilities."""
-    vendor, device, klass = _pci_ids(parent)
-    head = struct.pack("<HHHHI", vendor, device, 0, 0, klass << 8)  # revision 0
+def _pci_config(fn: PciFunction) -> bytes:
+    """A type-0 configuration header (256 bytes): ids, revision, class and subsystem ids;
+    no capabilities."""
+    ids = fn.ids
+    head = struct.pack("<HHHHI", ids.vendor, ids.device, 0, 0, ids.klass << 8 | ids.revision)
+    head = head.ljust(0x2C, b"\0") + struct.pack("<HH", ids.subsystem_vendor, ids.subsystem_device)
     return head.ljust(256, b"\0")
 
 
-#: what pci-sysfs.c shows for every PCI device and libvirt's udevProcessPCI reads;
-#: made for a parent on bus "pci" whose uevent has PCI_ID (Tree.parent_added)
+#: resource_show prints PCI_BRIDGE_RESOURCES lines for a device that is not a bridge:
+#: six BARs, the ROM and six SR-IOV BARs
+_RESOURCE_LINES = 13
+
+
+def _resource(fn: PciFunction) -> bytes:
+    bars = list(fn.bars) + [None] * (_RESOURCE_LINES - len(fn.bars))
+    return "".join(f"0x{b.start if b else 0:016x} 0x{b.end if b else 0:016x} "
+                   f"0x{b.flags if b else 0:016x}\n" for b in bars).encode()
+
+
+def _hex(width: int, get: Callable[[Any], int]) -> Op:
+    return Op(show=lambda fn: f"0x{get(fn):0{width}x}\n".encode())
+
+
+#: what pci-sysfs.c shows for every PCI function and clients read (libvirt's udevProcessPCI,
+#: NVIDIA's go-nvlib: numa_node and resource)
 PCI_FILES = {
-    "vendor": Op(show=lambda p: f"0x{_pci_ids(p)[0]:04x}\n".encode()),
-    "device": Op(show=lambda p: f"0x{_pci_ids(p)[1]:04x}\n".encode()),
-    "class": Op(show=lambda p: f"0x{_pci_ids(p)[2]:06x}\n".encode()),
+    "vendor": _hex(4, lambda fn: fn.ids.vendor),
+    "device": _hex(4, lambda fn: fn.ids.device),
+    "subsystem_vendor": _hex(4, lambda fn: fn.ids.subsystem_vendor),
+    "subsystem_device": _hex(4, lambda fn: fn.ids.subsystem_device),
+    "class": _hex(6, lambda fn: fn.ids.klass),
+    "revision": _hex(2, lambda fn: fn.ids.revision),
+    "numa_node": Op(show=lambda fn: _text(fn.numa_node)),
+    "resource": Op(show=_resource),
     "config": Op(show=_pci_config),
+    "uevent": Op(show=lambda fn: _props(pci_uevent(fn)), store=_uevent_store),
 }
+#: a PF's SR-IOV files (pci-sysfs.c and iov.c); the tree adds sriov_numvfs, which the host stores
+SRIOV_FILES = {
+    "sriov_totalvfs": Op(show=lambda fn: _text(fn.sriov.total_vfs)),
+    "sriov_offset": Op(show=lambda fn: _text(fn.sriov.offset)),
+    "sriov_stride": Op(show=lambda fn: _text(fn.sriov.stride)),
+    "sriov_vf_device": Op(show=lambda fn: f"{fn.sriov.vf_device:x}\n".encode()),
+    "sriov_drivers_autoprobe": Op(show=lambda fn: _text(int(fn.sriov.drivers_autoprobe)),
+                                  store=lambda fn, buf: _set_vf_autoprobe(fn, buf)),
+}
+
+
+def _set_vf_autoprobe(fn: PciFunction, buf: bytes) -> int:
+    """sriov_drivers_autoprobe_store: kstrtobool, else EINVAL."""
+    word = buf.split(b"\0", 1)[0].decode("latin-1").strip().lower()
+    if word[:1] in ("1", "y", "t") or word in ("on",):
+        fn.sriov.drivers_autoprobe = True
+    elif word[:1] in ("0", "n", "f") or word in ("off",):
+        fn.sriov.drivers_autoprobe = False
+    else:
+        fail(errno.EINVAL)
+    return len(buf)
 
 
 def _set_autoprobe(state: list[int], buf: bytes) -> int:
@@ -264,11 +317,21 @@ POWER_AUTOSUSPEND = Op(show=_no_autosuspend, store=_no_autosuspend)
 POWER_DISABLED = Op(show=lambda s: b"disabled\n")
 POWER_ASYNC = Op(show=lambda s: _text(s[0]), store=_one_of("enabled", "disabled"))
 
-# --- an IOMMU group made by vfio_register_emulated_iommu_dev() -----------------------------
-GROUP_NAME = Op(show=lambda g: b"vfio-noiommu\n")
-GROUP_RESERVED_REGIONS = Op(show=lambda g: b"")
-#: iommu_group_store_type: a group without a default domain is EINVAL
-GROUP_TYPE = Op(show=lambda g: b"unknown\n", store=lambda g, buf: fail(errno.EINVAL))
+# --- IOMMU groups ---------------------------------------------------------------------------
+#: iommu_group_store_type: a group without a default domain is EINVAL, and so is, in mdevfs,
+#: any change of a hardware group's domain (not emulated)
+_GROUP_TYPE_STORE = lambda g, buf: fail(errno.EINVAL)  # noqa: E731
+#: one made by vfio_register_emulated_iommu_dev() (an mdev): named, no domain
+NOIOMMU_GROUP_FILES = {
+    "name": Op(show=lambda g: b"vfio-noiommu\n"),
+    "reserved_regions": Op(show=lambda g: b""),
+    "type": Op(show=lambda g: b"unknown\n", store=_GROUP_TYPE_STORE),
+}
+#: a PCI function's, behind an x86 IOMMU in its default lazy DMA domain [rec]
+PCI_GROUP_FILES = {
+    "reserved_regions": Op(show=lambda g: b"0x00000000fee00000 0x00000000feefffff msi\n"),
+    "type": Op(show=lambda g: b"DMA-FQ\n", store=_GROUP_TYPE_STORE),
+}
 EMPTY_UEVENT = Op(show=lambda o: b"", store=_uevent_store)
 
 
@@ -350,6 +413,8 @@ class Tree(HostObserver):
         #: what each device added: all of it, and the part that goes when it is unbound
         self._device_nodes: dict[MdevDevice, list[Node]] = {}
         self._bound_nodes: dict[MdevDevice, list[Node]] = {}
+        self._pci_nodes: dict[PciFunction, list[Node]] = {}
+        self._numvfs = Op(show=lambda fn: _text(fn.sriov.num_vfs), store=host.set_numvfs)
         self._next_inode = ROOT_INODE
         self.root = self._register(Dir(""))
         for path in ("class/mdev_bus", "bus/mdev/devices", "bus/mdev/drivers",
@@ -363,6 +428,8 @@ class Tree(HostObserver):
         self.iommu_groups = self._dir_at("kernel/iommu_groups")
         self.bus_devices = self._dir_at("bus/mdev/devices")
         host.observers.append(self)
+        for fn in host.pci.values():
+            self.pci_added(fn)
         for parent in host.parents.values():
             self.parent_added(parent)
 
@@ -453,25 +520,73 @@ class Tree(HostObserver):
     def parent_added(self, parent: Parent) -> None:
         driver = parent.driver
         pdir = self.mkdirs(parent.path)
-        props = driver.parent_uevent()
-        if "MAJOR" in props and "MINOR" in props:
-            self._file(pdir, "dev", PARENT_DEV, parent)
-        kind, subsys = driver.subsystem
-        self.link(f"{parent.path}/subsystem", f"{kind}/{subsys}")
-        if kind == "class":
-            self.link(f"class/{subsys}/{parent.name}", parent.path)
-        else:
-            self.link(f"{kind}/{subsys}/devices/{parent.name}", parent.path)
-        self._file(pdir, "uevent", PARENT_UEVENT, parent)
-        if driver.subsystem == ("bus", "pci") and "PCI_ID" in props:
-            for name, op in PCI_FILES.items():
-                self._file(pdir, name, op, parent)
-        self._power(pdir)
+        if parent.name not in self.host.pci:  # a class device: its own files are the parent's
+            props = driver.parent_uevent()
+            if "MAJOR" in props and "MINOR" in props:
+                self._file(pdir, "dev", PARENT_DEV, parent)
+            kind, subsys = driver.subsystem
+            self.link(f"{parent.path}/subsystem", f"{kind}/{subsys}")
+            self.link(f"class/{subsys}/{parent.name}" if kind == "class"
+                      else f"{kind}/{subsys}/devices/{parent.name}", parent.path)
+            self._file(pdir, "uevent", PARENT_UEVENT, parent)
+            self._power(pdir)
         types = self._dir(pdir, "mdev_supported_types")
         for mtype in parent.types.values():
             self._type_dir(types, mtype)
         self._driver_dir(driver)
         self.link(f"class/mdev_bus/{parent.name}", parent.path)
+
+    def pci_added(self, fn: PciFunction) -> None:
+        """A PCI function: pci-sysfs.c's files, its links, its IOMMU group and, when its
+        driver registered it with VFIO, vfio-dev; a PF's SR-IOV files, a VF's physfn."""
+        where, name = posixpath.split(fn.path)
+        fdir = self._attach(self.mkdirs(where), (VolatileDir if fn.is_vf else Dir)(name))
+        for file, op in PCI_FILES.items():
+            self._file(fdir, file, op, fn)
+        self._power(fdir)
+        self._attach(fdir, Link("subsystem", self.mkdirs("bus/pci")))
+        nodes: list[Node] = [fdir, self._attach(self.mkdirs("bus/pci/devices"),
+                                                VolatileLink(fn.bdf, fdir))]
+        group = self._iommu_group(fdir, fn.iommu_group, PCI_GROUP_FILES)
+        nodes.append(group)
+        if fn.driver is not None:
+            drvdir = self._pci_driver_dir(fn.driver.name)
+            self._attach(fdir, Link("driver", drvdir))
+            nodes.append(self._attach(drvdir, VolatileLink(fn.bdf, fdir)))
+            self._vendor_files(fdir, fn.driver.function_attributes(fn), fn)
+        if fn.vfio is not None:
+            nodes += self._vfio(fdir, fn.vfio)
+        if fn.sriov is not None:
+            for file, op in SRIOV_FILES.items():
+                self._file(fdir, file, op, fn)
+            self._file(fdir, "sriov_numvfs", self._numvfs, fn)
+        if fn.physfn is not None:
+            pf = self._dir_at(fn.physfn.path)
+            self._attach(fdir, Link("physfn", pf))
+            index = fn.physfn.sriov.vfs.index(fn) if fn in fn.physfn.sriov.vfs else \
+                len(fn.physfn.sriov.vfs)
+            nodes.append(self._attach(pf, VolatileLink(f"virtfn{index}", fdir)))
+        self._pci_nodes[fn] = nodes
+
+    def pci_removed(self, fn: PciFunction) -> None:
+        for node in self._pci_nodes.pop(fn, []):
+            self._drop(node)
+
+    def _pci_driver_dir(self, name: str) -> Dir:
+        drivers = self.mkdirs("bus/pci/drivers")
+        if name not in drivers.children:
+            ddir = self._dir(drivers, name)
+            self._file(ddir, "bind", Op(store=self._pci_bind))
+            self._file(ddir, "unbind", Op(store=self._pci_bind))
+            self._file(ddir, "new_id", Op(store=self._pci_bind))
+            self._file(ddir, "remove_id", Op(store=self._pci_bind))
+            self._file(ddir, "uevent", BUS_UEVENT)
+        return self._dir_at(f"bus/pci/drivers/{name}")
+
+    def _pci_bind(self, _obj: Any, buf: bytes) -> int:
+        """Binding PCI drivers by hand is not emulated: a VF stays with its PF's driver
+        (binding vfio-pci to an NVIDIA VF fails with EINVAL on real hosts too)."""
+        fail(errno.EINVAL)
 
     def _type_dir(self, types: Dir, mtype: MdevType) -> None:
         tdir = self._dir(types, mtype.type_id)
@@ -528,6 +643,9 @@ class Tree(HostObserver):
 
     def parent_removed(self, parent: Parent) -> None:
         self.unlink(f"class/mdev_bus/{parent.name}")
+        if parent.name in self.host.pci:  # the PCI function stays (or goes by itself)
+            self.unlink(f"{parent.path}/mdev_supported_types")
+            return
         kind, subsys = parent.driver.subsystem
         self.unlink(f"class/{subsys}/{parent.name}" if kind == "class"
                     else f"{kind}/{subsys}/devices/{parent.name}")
@@ -557,16 +675,27 @@ class Tree(HostObserver):
         driver = mdev.parent.driver
         before = set(ddir.children)
         drvdir = self._dir_at(f"bus/mdev/drivers/{driver.mdev_driver}")
-        group = VolatileDir(str(binding.iommu_group))
-        self._attach(self.iommu_groups, group)
-        self._file(group, "name", GROUP_NAME)
-        self._file(group, "reserved_regions", GROUP_RESERVED_REGIONS)
-        self._file(group, "type", GROUP_TYPE)
-        self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
+        group = self._iommu_group(ddir, binding.iommu_group, NOIOMMU_GROUP_FILES)
         self._attach(ddir, Link("driver", drvdir))
-        self._attach(ddir, Link("iommu_group", group))
         self._vendor_files(ddir, driver.device_attributes(mdev), mdev)
         self._migration(ddir, mdev)
+        vfio = self._vfio(ddir, binding)
+        nodes = [ddir.children[name] for name in ddir.children if name not in before]
+        nodes += [group, *vfio, self._attach(drvdir, VolatileLink(ddir.name, ddir))]
+        self._bound_nodes[mdev] = nodes
+
+    def _iommu_group(self, ddir: Dir, number: int, files: dict[str, Op]) -> Dir:
+        """``kernel/iommu_groups/<number>`` holding ``ddir``, and ddir's iommu_group link."""
+        group = self._attach(self.iommu_groups, VolatileDir(str(number)))
+        for name, op in files.items():
+            self._file(group, name, op)
+        self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
+        self._attach(ddir, Link("iommu_group", group))
+        return group
+
+    def _vfio(self, ddir: Dir, binding: Binding) -> list[Node]:
+        """``vfio-dev/vfio<index>`` in ``ddir`` and the vfio group's ``class/vfio/<minor>``;
+        returns what lies outside ddir."""
         vfio = self._dir(self._dir(ddir, "vfio-dev"), f"vfio{binding.vfio_index}")
         self._attach(vfio, Link("device", ddir))
         self._attach(vfio, Link("subsystem", self._dir_at("class/vfio-dev")))
@@ -579,12 +708,9 @@ class Tree(HostObserver):
         self._file(vgroup, "uevent", Op(show=lambda _: f"DEVNAME=vfio/{minor}\n".encode(),
                                         store=_uevent_store))
         self._power(vgroup)
-        nodes = [ddir.children[name] for name in ddir.children if name not in before]
-        nodes += [group, vgroup,
-                  self._attach(self._dir_at("class/vfio-dev"), VolatileLink(vfio.name, vfio)),
-                  self._attach(self._dir_at("class/vfio"), VolatileLink(minor, vgroup)),
-                  self._attach(drvdir, VolatileLink(ddir.name, ddir))]
-        self._bound_nodes[mdev] = nodes
+        return [vgroup,
+                self._attach(self._dir_at("class/vfio-dev"), VolatileLink(vfio.name, vfio)),
+                self._attach(self._dir_at("class/vfio"), VolatileLink(minor, vgroup))]
 
     def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None:
         for node in self._bound_nodes.pop(mdev, ()):

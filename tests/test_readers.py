@@ -28,7 +28,8 @@ READERS = Path(__file__).with_name("mdev_readers.py")
 
 
 def plan() -> tuple[list[dict[str, str]], dict[str, list[str]], int]:
-    """One device per parent (its first type with room), every parent's types, the group base."""
+    """One device per parent (its first type with room), every parent's types, and the first
+    IOMMU group an mdev gets: the GPUs' own groups come first, as at boot."""
     host = Topology.default().build()
     devices, types = [], {}
     for name, parent in sorted(host.parents.items()):
@@ -38,7 +39,7 @@ def plan() -> tuple[list[dict[str, str]], dict[str, list[str]], int]:
             devices.append({"uuid": str(uuidlib.uuid4()), "parent": name, "path": parent.path,
                             "type_id": room[0].type_id,
                             "name": room[0].spec.pretty_name or room[0].spec.sysfs_name})
-    return devices, types, host.iommu_group_base
+    return devices, types, host.iommu_group_base + len(host.pci)
 
 
 def test_kubevirt_and_nvidia_readers_see_every_vendor():

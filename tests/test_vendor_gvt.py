@@ -78,8 +78,12 @@ def test_parent_is_the_pci_gpu(m):
     assert os.readlink(m.path("devices/pci0000:00/0000:00:02.0/subsystem")) == "../../../bus/pci"
     assert os.readlink(m.path("bus/pci/devices/0000:00:02.0")) == \
         "../../../devices/pci0000:00/0000:00:02.0"
-    assert m.read("devices/pci0000:00/0000:00:02.0/uevent") == \
-        "DRIVER=i915\nPCI_CLASS=30000\nPCI_ID=8086:1912\n"
+    assert m.read("devices/pci0000:00/0000:00:02.0/uevent") == (
+        "DRIVER=i915\nPCI_CLASS=30000\nPCI_ID=8086:1912\nPCI_SUBSYS_ID=0000:0000\n"
+        "PCI_SLOT_NAME=0000:00:02.0\n"
+        "MODALIAS=pci:v00008086d00001912sv00000000sd00000000bc03sc00i00\n")
+    assert os.readlink(m.path("devices/pci0000:00/0000:00:02.0/driver")) == \
+        "../../../bus/pci/drivers/i915"
 
 
 def test_gen9_types_descriptions_and_names(m):

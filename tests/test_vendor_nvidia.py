@@ -45,8 +45,22 @@ def test_parent_is_the_physical_gpu(m):
         f"../../devices/pci0000:40/0000:40:01.1/{GPU}"
     assert os.readlink(m.path(f"devices/pci0000:40/0000:40:01.1/{GPU}/subsystem")) == \
         "../../../../bus/pci"
-    assert m.read(f"devices/pci0000:40/0000:40:01.1/{GPU}/uevent") == \
-        "DRIVER=nvidia\nPCI_CLASS=30200\nPCI_ID=10DE:1BB3\n"
+    gpu = f"devices/pci0000:40/0000:40:01.1/{GPU}"
+    assert m.read(f"{gpu}/uevent") == (
+        "DRIVER=nvidia\nPCI_CLASS=30200\nPCI_ID=10DE:1BB3\nPCI_SUBSYS_ID=10DE:11D8\n"
+        f"PCI_SLOT_NAME={GPU}\nMODALIAS=pci:v000010DEd00001BB3sv000010DEsd000011D8bc03sc02i00\n")
+    # what NVIDIA's go-nvlib and device plugin read besides
+    assert (m.read(f"{gpu}/vendor"), m.read(f"{gpu}/device"), m.read(f"{gpu}/class")) == \
+        ("0x10de\n", "0x1bb3\n", "0x030200\n")
+    assert (m.read(f"{gpu}/subsystem_vendor"), m.read(f"{gpu}/subsystem_device")) == \
+        ("0x10de\n", "0x11d8\n")
+    assert m.read(f"{gpu}/numa_node") == "-1\n"
+    assert len(m.read(f"{gpu}/resource").splitlines()) == 13
+    assert os.readlink(m.path(f"{gpu}/driver")) == "../../../../bus/pci/drivers/nvidia"
+    assert os.readlink(m.path(f"bus/pci/drivers/nvidia/{GPU}")) == f"../../../../{gpu}"
+    group = os.readlink(m.path(f"{gpu}/iommu_group"))
+    assert os.listdir(m.path(f"{gpu}/iommu_group/devices")) == [GPU]
+    assert group.startswith("../../../../kernel/iommu_groups/")
 
 
 def test_type_ids_names_and_descriptions(m):

@@ -149,7 +149,9 @@ class NvidiaVgpu(BaseDriver):
                           store=store),)
 
     def parent_uevent(self) -> Mapping[str, str]:
-        return {"DRIVER": "nvidia", "PCI_CLASS": "30200", "PCI_ID": "10DE:1BB3"}
+        # the Tesla P4's subsystem id is [rec]
+        return {"DRIVER": "nvidia", "PCI_CLASS": "30200", "PCI_ID": "10DE:1BB3",
+                "PCI_SUBSYS_ID": "10DE:11D8"}
 
     def migration(self, target: MdevType | MdevDevice) -> Migration | None:
         if not self.migratable:

@@ -255,9 +255,8 @@ def stop(root: Path, proc: subprocess.Popen[bytes]) -> None:
         subprocess.run(["fusermount3", "-u", str(root)], capture_output=True, timeout=30)
     for end in (None, proc.terminate, proc.kill):
         if end is not None:
-            if end is proc.kill:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGCONT)  # a stopped daemon dies only running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # a stopped daemon ends only running
             end()
         try:
             proc.wait(timeout=5)

@@ -145,3 +145,25 @@ def test_a_driver_bug_is_eio_and_the_mount_stays_up(tmp_path):
         assert "RuntimeError: a driver bug" in m.log()
         m.remove(uuid)
         assert os.listdir(m.root / "bus/mdev/devices") == []
+
+
+def test_a_detached_mount_builds_the_topology_and_reads_the_state_once(tmp_path):
+    """Issue 11 item 4: only the daemon builds the topology and reads the state file; the
+    command that starts it waits for its report."""
+    builds = tmp_path / "builds"
+    (tmp_path / "counted.py").write_text(
+        "from mdevfs_vendors.samples import Mtty\n\n\n"
+        "def Driver(options):\n"
+        f"    with open({str(builds)!r}, 'a') as f:\n"
+        "        f.write('built\\n')\n"
+        "    return Mtty(options)\n")
+    config = write_topology(tmp_path, '[[parent]]\ndriver = "counted.py"\n')
+    root = tmp_path / "sys"
+    root.mkdir()
+    out = run("mount", "--config", str(config), "--state", str(tmp_path / "state.json"),
+              "--log-file", str(tmp_path / "daemon.log"), str(root))
+    try:
+        assert out.returncode == 0, out.stderr
+        assert builds.read_text() == "built\n"
+    finally:
+        run("umount", str(root))

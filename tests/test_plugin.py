@@ -108,6 +108,30 @@ def test_no_fuse_device_skips_with_the_reason(pytester):
     assert result.stdout.str().count(f": {reason}") == 2
 
 
+def test_a_mount_that_is_not_permitted_skips_by_its_type(pytester):
+    """Issue 11 item 6: the plugin skips on MountNotPermitted (which the launcher raises
+    where libfuse says the mount is not permitted), whatever the message; another
+    MountError fails the test."""
+    pytester.makeconftest(
+        'import contextlib, mdevfs.testing\n'
+        'from mdevfs.errors import MountError, MountNotPermitted\n'
+        '@contextlib.contextmanager\n'
+        'def refused(config=None, **kwargs):\n'
+        '    raise (MountNotPermitted if config is None else MountError)("mount says no")\n'
+        '    yield\n'
+        'mdevfs.testing.mounted = refused\n')
+    pytester.makepyfile('''
+        def test_session(mdevfs):
+            pass
+
+        def test_other(mdevfs_factory):
+            mdevfs_factory("x.toml")
+    ''')
+    result = pytester.runpytest_subprocess("-rs")
+    result.assert_outcomes(skipped=1, errors=0, failed=1)
+    assert "mdevfs: mounting FUSE is not permitted here: mount says no" in result.stdout.str()
+
+
 def test_run_skips_where_no_namespace_can_be_made(pytester):
     pytester.makeconftest('import mdevfs.namespace\n'
                           'mdevfs.namespace.unsupported = lambda: "no namespaces for you"\n')

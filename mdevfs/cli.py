@@ -92,7 +92,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-_CTL_FIELDS = ("parent", "path", "op", "error", "once", "seconds", "uuid", "on", "key", "value")
+_CTL_FIELDS = ("parent", "path", "op", "error", "once", "seconds", "uuid", "on", "key", "value",
+               "address")
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -146,6 +147,10 @@ def _ctl_parser(sub: Any) -> None:
     c = cmds.add_parser("busy", help="make remove of device UUID fail with EBUSY")
     c.add_argument("uuid", metavar="UUID")
     c.add_argument("--off", dest="on", action="store_false", help="let it be removed again")
+    c = cmds.add_parser("open", help="hold the VFIO device of PCI function ADDRESS open, as "
+                        "a VM does (an NVIDIA VF then refuses current_vgpu_type: EBUSY)")
+    c.add_argument("address", metavar="ADDRESS")
+    c.add_argument("--off", dest="on", action="store_false", help="close it again")
     c = cmds.add_parser("clear", help="clear the faults on PATH, or every fault")
     c.add_argument("path", metavar="PATH", nargs="?")
     c = cmds.add_parser("set-option", help="set a driver option of PARENT at run time")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,27 @@ class ParentEntry:
 
 
 @frozen
+class GpuEntry:
+    """A PCI device given whole (an SR-IOV GPU): its driver builds its functions."""
+
+    driver: str
+    address: str
+    path: str
+    options: Mapping[str, Any]
+
+
+_GPU_KEYS = {"driver", "address", "path", "options"}
+_BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
+
+
+@frozen
 class Topology:
     source: str
     base_dir: Path | None
     iommu_group_base: int
     parents: tuple[ParentEntry, ...]
     pm_advanced_debug: bool = True
+    gpus: tuple[GpuEntry, ...] = ()
 
     @classmethod
     def default(cls) -> Topology:
@@ -109,7 +125,7 @@ class Topology:
             raise TopologyError(f"{source}: not valid TOML: {exc}") from exc
         except RecursionError:
             raise TopologyError(f"{source}: not usable TOML: nested too deeply") from None
-        unknown = set(doc) - {"host", "parent"}
+        unknown = set(doc) - {"host", "parent", "gpu"}
         if unknown:
             raise bad("top level", f"unknown table(s) {', '.join(sorted(unknown))}")
         host = doc.get("host", {})
@@ -123,17 +139,9 @@ class Topology:
         pm_debug = host.get("pm_advanced_debug", True)
         if not isinstance(pm_debug, bool):
             raise bad("[host] pm_advanced_debug", "must be true or false")
-        raw = doc.get("parent", [])
-        if not isinstance(raw, list) or not raw:
-            raise bad("[[parent]]", "at least one parent is needed")
+        gpus = _gpus(doc.get("gpu", []), bad)
         parents = []
-        for i, entry in enumerate(raw):
-            where = f"parent #{i + 1}"
-            if not isinstance(entry, dict):
-                raise bad(where, "must be a table ([[parent]])")
-            extra = set(entry) - _PARENT_KEYS
-            if extra:
-                raise bad(where, f"unknown key(s) {', '.join(sorted(extra))}")
+        for where, entry in _tables(doc.get("parent", []), "parent", _PARENT_KEYS, bad):
             driver = entry.get("driver")
             if not isinstance(driver, str) or not driver:
                 raise bad(where, "'driver' is required (an entry point, module:factory or file.py)")
@@ -150,12 +158,35 @@ class Topology:
             if not isinstance(options, dict):
                 raise bad(where, "'options' must be a table")
             parents.append(ParentEntry(driver, name, path, options))
-        return cls(source, base_dir, base, tuple(parents), pm_debug)
+        if not (parents or gpus):
+            raise bad("[[parent]]", "at least one parent (or [[gpu]]) is needed")
+        return cls(source, base_dir, base, tuple(parents), pm_debug, gpus)
 
     def build(self) -> Host:
-        """Load every driver and register every parent; raises TopologyError."""
-        host = Host(iommu_group_base=self.iommu_group_base, pm_advanced_debug=self.pm_advanced_debug)
+        """Load every driver and register every GPU and parent; raises TopologyError."""
+        return self.populate(Host(iommu_group_base=self.iommu_group_base,
+                                  pm_advanced_debug=self.pm_advanced_debug))
+
+    def populate(self, host: Host) -> Host:
+        """Register the topology's GPUs and parents, with fresh drivers, in ``host`` (an
+        empty one: a new host, or one reset)."""
         paths: set[str] = set()
+        for i, gpu in enumerate(self.gpus):  # PCI devices first, as the kernel finds them at boot
+            where = f"{self.source}: gpu #{i + 1} (driver {gpu.driver!r})"
+            if gpu.address in host.pci:
+                raise TopologyError(f"{where}: address {gpu.address} is used twice")
+            try:
+                device = load_factory(gpu.driver, self.base_dir)(gpu.options, self.base_dir)
+            except DriverLoadError as exc:
+                raise TopologyError(f"{where}: {exc}") from exc
+            except Exception as exc:
+                raise TopologyError(f"{where}: the driver refused its options: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+            try:
+                device.plug(host, gpu.address, gpu.path)
+            except Exception as exc:
+                raise TopologyError(f"{where}: {type(exc).__name__}: {exc}") from exc
+            paths.add(gpu.path)
         for i, entry in enumerate(self.parents):
             where = f"{self.source}: parent #{i + 1} (driver {entry.driver!r})"
             try:
@@ -182,3 +213,39 @@ class Topology:
             except Exception as exc:
                 raise TopologyError(f"{where}: {type(exc).__name__}: {exc}") from exc
         return host
+
+
+def _gpus(raw: Any, bad: Any) -> tuple[GpuEntry, ...]:
+    """The ``[[gpu]]`` entries: a driver (default ``nvidia-sriov``), a PCI address, the
+    device's path (default ``devices/pci<domain>:00/<address>``) and its options."""
+    gpus = []
+    for where, entry in _tables(raw, "gpu", _GPU_KEYS, bad):
+        driver, address = entry.get("driver", "nvidia-sriov"), entry.get("address")
+        if not isinstance(driver, str) or not driver:
+            raise bad(where, "'driver' must be a non-empty string")
+        if not isinstance(address, str) or not _BDF.fullmatch(address):
+            raise bad(where, f"'address' {address!r} must be a PCI address like 0000:41:00.0")
+        path = entry.get("path", f"devices/pci{address[:4]}:00/{address}")
+        problem = path_problem(path)
+        if problem or (isinstance(path, str) and not path.rstrip("/").endswith("/" + address)):
+            raise bad(where, f"'path' {path!r} {problem or 'must end in the address'}")
+        options = entry.get("options", {})
+        if not isinstance(options, dict):
+            raise bad(where, "'options' must be a table")
+        gpus.append(GpuEntry(driver, address, path.strip("/"), options))
+    return tuple(gpus)
+
+
+def _tables(raw: Any, name: str, keys: set[str], bad: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each entry of the array of tables ``[[name]]`` with where it is, once it is known to
+    be a table of known keys."""
+    if not isinstance(raw, list):
+        raise bad(f"[[{name}]]", f"must be an array of tables ([[{name}]])")
+    for i, entry in enumerate(raw):
+        where = f"{name} #{i + 1}"
+        if not isinstance(entry, dict):
+            raise bad(where, f"must be a table ([[{name}]])")
+        extra = set(entry) - keys
+        if extra:
+            raise bad(where, f"unknown key(s) {', '.join(sorted(extra))}")
+        yield where, entry

@@ -12,7 +12,8 @@ object per line each way::
 
 Commands (fields): ``status``; ``unplug`` / ``plug`` (parent); ``fail`` (path,
 op "read"|"write", error: an errno number or name such as "EIO", once);
-``latency`` (path, seconds; 0 clears); ``busy`` (uuid, on); ``clear`` (path,
+``latency`` (path, seconds; 0 clears); ``busy`` (uuid, on); ``open`` (address, on: a
+PCI function's VFIO device held open, as by a VM); ``clear`` (path,
 optional: without it every fault goes); ``set-option`` (parent, key, value);
 ``reset``. Each command runs whole between two FUSE requests, as they do.
 :class:`Client` speaks it from Python; ``mdevfs ctl DIR COMMAND`` from a shell.
@@ -141,15 +142,23 @@ class Control:
             fail(errno.EINVAL, f"driver {driver.name} has no run-time options")
         setter(key, value)
 
+    def cmd_open(self, address: str, on: bool = True) -> None:
+        """Open (or close) the VFIO device of PCI function ``address``, as a VM would."""
+        fn = self.host.pci.get(str(address))
+        if fn is None or fn.vfio is None:
+            fail(errno.ENOENT, f"no VFIO device of a PCI function {address}")
+        fn.vfio_open = bool(on)
+
     def cmd_reset(self) -> None:
-        """The topology's initial state: no devices, no faults, fresh drivers, all parents."""
-        fresh = self.topology.build()
+        """The topology's initial state: no devices, no faults, fresh drivers, every GPU
+        and parent as the topology gives them."""
         for name in list(self.host.parents):
             self.host.remove_parent(name)
+        for fn in reversed(list(self.host.pci.values())):  # VFs before their PF
+            self.host.remove_pci(fn)
         self.unplugged.clear()
         self.faults.clear()
-        for parent in fresh.parents.values():
-            self.host.add_parent(parent.name, parent.path, parent.driver)
+        self.topology.populate(self.host)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -350,6 +359,10 @@ class Client:
 
     def busy(self, uuid: str, on: bool = True) -> None:
         self.request("busy", uuid=uuid, on=on)
+
+    def open(self, address: str, on: bool = True) -> None:
+        """Hold the VFIO device of PCI function ``address`` open (``on``) or close it."""
+        self.request("open", address=address, on=on)
 
     def clear(self, path: str | None = None) -> None:
         self.request("clear", **({} if path is None else {"path": path}))

@@ -46,7 +46,8 @@ class MdevTypeSpec:
 class Attribute:
     """A vendor attribute: ``name`` may hold a group, as in ``vendor/sample_mdev_dev``.
 
-    ``show`` returns the text without the final newline; ``store`` gets the
+    ``show`` returns the text without the final newline (None: the file reads empty, 0
+    bytes); ``store`` gets the
     written bytes (at most 4096, one call per write(2)) and raises OSError to fail.
     The file mode follows from which of the two exist: 0444, 0200 or 0644.
     """

@@ -39,23 +39,22 @@ def parse_uuid(buf: bytes) -> str:
     return head.lower()
 
 
-def kstrtoul(buf: bytes) -> int:
-    """The kernel's ``kstrtoul(buf, 0, &val)`` on a sysfs store buffer.
+def kstrtoul(buf: bytes, base: int = 0) -> int:
+    """The kernel's ``kstrtoul(buf, base, &val)`` on a sysfs store buffer.
 
-    sysfs NUL-terminates the buffer, so parsing stops at the first NUL. An
-    optional ``+``; base 0 (``0x`` hex when a hex digit follows, leading ``0``
-    octal, else decimal); one trailing newline. Anything else is EINVAL, a
-    value past ULONG_MAX is ERANGE (lib/kstrtox.c ``_kstrtoull``); callers that, like
-    ``remove_store``, turn every failure into EINVAL catch it.
+    sysfs NUL-terminates the buffer, so parsing stops at the first NUL. An optional
+    ``+``; base 0 means ``0x`` hex when a hex digit follows, leading ``0`` octal, else
+    decimal (base 16 also takes a ``0x`` prefix); one trailing newline. Anything else is
+    EINVAL, a value past ULONG_MAX is ERANGE (lib/kstrtox.c ``_kstrtoull``); callers that,
+    like ``remove_store``, turn every failure into EINVAL catch it.
     """
     s = buf.split(b"\0", 1)[0].decode("latin-1")
     if s.startswith("+"):
         s = s[1:]
-    base = 10
-    if s.startswith("0"):
-        base = 8
-        if s[1:2] in ("x", "X") and s[2:3] in _HEX and s[2:3]:
-            base, s = 16, s[2:]
+    if base in (0, 16) and s[:2] in ("0x", "0X") and s[2:3] and s[2:3] in _HEX:
+        base, s = 16, s[2:]
+    elif base == 0:
+        base = 8 if s.startswith("0") else 10
     if s.endswith("\n"):
         s = s[:-1]
     if not s:

@@ -151,13 +151,25 @@ def _link_target(root: Path, rel: str) -> str:
 
 
 def grafted_paths(root: Path) -> list[str]:
-    """What the tree adds to /sys: the mdev roots, each parent and its class or bus link."""
-    paths = ["class/mdev_bus", "bus/mdev", "kernel/iommu_groups"]
+    """What the tree adds to /sys: the mdev and vfio roots, the PCI bus when the tree has
+    PCI functions (the host's are hidden in the namespace), each PCI function (an SR-IOV PF
+    with the directory its VFs will appear in), each other parent and its class link."""
+    paths = ["class/mdev_bus", "bus/mdev", "kernel/iommu_groups", "class/vfio", "class/vfio-dev",
+             "devices/virtual/vfio"]
+    if (root / "bus/pci/devices").is_dir():
+        paths.append("bus/pci")
+        for bdf in sorted(os.listdir(root / "bus/pci/devices")):
+            function = _link_target(root, f"bus/pci/devices/{bdf}")
+            if (root / function / "physfn").is_symlink():
+                continue  # a VF lies beside its PF, in the directory grafted for it
+            sriov = (root / function / "sriov_totalvfs").exists()
+            paths.append(function.rpartition("/")[0] if sriov else function)
     for name in sorted(os.listdir(root / "class/mdev_bus")):
         parent = _link_target(root, f"class/mdev_bus/{name}")
         subsystem = _link_target(root, f"{parent}/subsystem")  # "class/mtty" or "bus/pci"
-        kind = "" if subsystem.startswith("class/") else "/devices"
-        paths += [parent, f"{subsystem}{kind}/{name}"]
+        if not subsystem.startswith("class/"):
+            continue  # a PCI function: grafted above
+        paths += [parent, f"{subsystem}/{name}"]
     return paths
 
 

@@ -122,6 +122,8 @@ class PciFunction:
     iommu_group: int | None = None
     #: set while the driver has it registered with VFIO
     vfio: Binding | None = None
+    #: whether its VFIO device is open (a VM uses it): ``mdevfs ctl DIR open <bdf>``
+    vfio_open: bool = False
 
     @property
     def domain_bus(self) -> tuple[int, int]:

@@ -339,7 +339,7 @@ def _vendor_op(attr: Attribute) -> Op:
     show = store = None
     if attr.show is not None:
         show_fn = attr.show
-        show = lambda _obj: _text(show_fn())  # noqa: E731
+        show = lambda _obj: b"" if (text := show_fn()) is None else _text(text)  # noqa: E731
     if attr.store is not None:
         store_fn = attr.store
 
@@ -418,7 +418,7 @@ class Tree(HostObserver):
         self._next_inode = ROOT_INODE
         self.root = self._register(Dir(""))
         for path in ("class/mdev_bus", "bus/mdev/devices", "bus/mdev/drivers",
-                     "kernel/iommu_groups", "devices", "class/vfio", "class/vfio-dev"):
+                     "kernel/iommu_groups", "devices/virtual/vfio", "class/vfio", "class/vfio-dev"):
             self.mkdirs(path)
         bus = self.mkdirs("bus/mdev")
         self._file(bus, "drivers_autoprobe",

@@ -15,6 +15,8 @@ SUBSYSTEM and SEQNUM (one counter, from 1), follow the kernel's order:
 
 * create: ``add`` (no DRIVER yet), then ``bind`` with DRIVER (mdev_device_create:
   device_add, then device_driver_attach); remove: ``unbind`` then ``remove``;
+* a PCI function (a VF that sriov_numvfs made): ``add``, then ``bind``; ``unbind`` then
+  ``remove`` when the VFs are disabled;
 * a parent: ``add``, then ``change`` with MDEV_STATE=registered
   (mdev_register_parent); on unplug ``change`` with MDEV_STATE=unregistered, then
   ``remove`` (mdevfs drops the parent's directory with it).
@@ -41,7 +43,8 @@ import time
 from collections.abc import Mapping
 
 from .model import Binding, Host, HostObserver, MdevDevice, Parent
-from .sysfs import device_uevent, parent_uevent
+from .pci import PciFunction
+from .sysfs import device_uevent, parent_uevent, pci_uevent
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,19 @@ class Uevents(HostObserver):
 
     def device_removed(self, mdev: MdevDevice) -> None:
         self.emit("remove", f"{mdev.parent.path}/{mdev.uuid}", "mdev", device_uevent(mdev))
+
+    def pci_added(self, fn: PciFunction) -> None:
+        """A VF made by sriov_numvfs: ``add``, then ``bind`` once its driver probed it."""
+        props = pci_uevent(fn)
+        self.emit("add", fn.path, "pci", {k: v for k, v in props.items() if k != "DRIVER"})
+        if fn.driver is not None:
+            self.emit("bind", fn.path, "pci", props)
+
+    def pci_removed(self, fn: PciFunction) -> None:
+        props = {k: v for k, v in pci_uevent(fn).items() if k != "DRIVER"}
+        if fn.driver is not None:
+            self.emit("unbind", fn.path, "pci", props)
+        self.emit("remove", fn.path, "pci", props)
 
     # --- the hand-over socket -----------------------------------------------------------
 

@@ -1,0 +1,320 @@
+"""NVIDIA vGPU on SR-IOV virtual functions (``nvidia-vgpu-sriov.md``): one GPU, PF and VFs.
+
+The GPU is a PCI physical function bound to ``nvidia`` with the SR-IOV capability of its
+card model; writing N to its ``sriov_numvfs`` (what ``sriov-manage -e`` does) makes N VFs,
+each bound to ``nvidia`` with an IOMMU group of its own. Then, by architecture:
+
+* **Ada, Hopper, Blackwell** (L4, L40S, H100, H200; vGPU 17+ on kernels from 6.8): the
+  "vendor-specific VFIO framework". No mdev at all: each VF is a VFIO device
+  (``vfio-dev/vfio<N>``) with an ``nvidia/`` group, and becomes a vGPU when a type id is
+  written to its ``nvidia/current_vgpu_type`` (spec §3):
+
+  - read: the id and a newline, ``0`` when the VF holds no vGPU;
+  - write, checked in this order: ``kstrtoul(buf, 10)`` (EINVAL, ERANGE); the VF's VFIO
+    device is open → EBUSY; ``0`` destroys the VF's vGPU; an id not in the card's catalog →
+    ENODEV; a VF that already holds a vGPU → EBUSY (mdevfs's choice: the RFC leaves it
+    open; destroy first); in homogeneous mode another type than the card runs → EINVAL;
+    the card holds ``max_instance`` of the type → ENOSPC; in heterogeneous mode also
+    ENOSPC when the type's frame buffer no longer fits beside the others' (the card's
+    capacity is the most any type takes: framebuffer × max_instance);
+  - ``creatable_vgpu_types``: empty on a VF that holds a vGPU; else the header
+    ``ID    : vGPU Name`` and a ``%-5d : %s`` line per type that can still be made here:
+    every type while the card is empty, then (homogeneous) only the running type while
+    instances remain, and nothing but the header once the card is full;
+  - ``gpu_instance_id``, ``placement_id`` and ``vgpu_params`` read ENODEV until a type is
+    set (the spec says they are readable only then; the errno is mdevfs's choice); then
+    ``-1`` (no MIG instance: time-sliced types), the VF's slot on the card, and the
+    parameters as written (empty at first).
+
+* **Ampere** (A100, A10, A16): each VF becomes an mdev parent (``class/mdev_bus/<VF>``) with
+  the card's types as ``nvidia-<id>``: one vGPU per VF, and the card's capacity per type
+  shared across its VFs; a type that cannot be made on the card (another type runs, in
+  homogeneous mode) shows available_instances 0, and a create of it fails with EBUSY, one
+  past the capacity or on a VF that holds a vGPU with ENOSPC (the errnos of the ``nvidia``
+  driver on older GPUs).
+
+Disabling the VFs (``sriov_numvfs`` 0) destroys their vGPUs first, unless a VF's VFIO
+device is open (EBUSY: a VM uses it). Whether a VF's VFIO device is open is a state a test
+sets with ``mdevfs ctl DIR open <VF>`` (as a VM would).
+
+Catalogs: ``nvidia_catalogs.toml`` beside this file, card by card, with each value's source;
+the L40S and Ampere type ids are documented, those of L4, H100 and H200 are placeholders
+(see that file). Options: ``model`` (a catalog key, default ``L40S``), ``vfs`` (enabled at
+start, default 0), ``mode`` (``homogeneous`` or ``heterogeneous``), ``catalog`` (a TOML
+file of the same format, relative to the topology, whose cards replace or add to the
+shipped ones), ``numa_node`` (default -1).
+"""
+from __future__ import annotations
+
+import errno
+import importlib.resources
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from attrs import define, frozen
+
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
+from mdevfs.errors import fail
+from mdevfs.model import Host, MdevDevice, MdevType, kstrtoul
+from mdevfs.pci import Bar, PciFunction, PciIds, Sriov
+
+from ._options import known, text, whole
+
+NVIDIA = 0x10DE
+HEADER = "ID    : vGPU Name"
+#: BAR0 (16 MiB registers), BAR1 (the frame buffer aperture), BAR3 (32 MiB), as lspci shows
+#: a data-centre GPU; flags are IORESOURCE_MEM (| 64-bit | prefetch). The addresses are
+#: illustrations.
+_BARS = (Bar(0xF2000000, 16 << 20, 0x40200), Bar(0x38000000000, 64 << 30, 0x14220C),
+         Bar(0, 0, 0), Bar(0x38800000000, 32 << 20, 0x14220C))
+
+
+@frozen
+class VgpuType:
+    id: int
+    name: str
+    max_instance: int
+    framebuffer_mib: int = 0
+
+
+@frozen
+class CardModel:
+    key: str
+    architecture: str
+    name: str
+    pci_device: int
+    subsystem_device: int
+    klass: int
+    vf_device: int
+    sriov_totalvfs: int
+    sriov_offset: int
+    sriov_stride: int
+    framebuffer_mib: int
+    types: tuple[VgpuType, ...]
+
+    @property
+    def vendor_vfio(self) -> bool:
+        """Ada and later: VFs are VFIO devices of their own; Ampere: VFs are mdev parents."""
+        return self.architecture != "ampere"
+
+
+def load_catalog(path: Path | None = None) -> dict[str, CardModel]:
+    """The shipped catalogs, or those of ``path``; raises ValueError naming a bad entry."""
+    if path is None:
+        text_ = importlib.resources.files(__package__).joinpath("nvidia_catalogs.toml").read_text()
+        where = "nvidia_catalogs.toml"
+    else:
+        text_, where = path.read_text(), str(path)
+    try:
+        cards = tomllib.loads(text_)["cards"]
+        return {key: _card(key, card) for key, card in cards.items()}
+    except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"catalog {where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _card(key: str, c: Mapping[str, Any]) -> CardModel:
+    types = tuple(VgpuType(t["id"], t["name"], t["max_instance"], t.get("framebuffer_mib", 0))
+                  for t in c["types"])
+    if len({t.id for t in types}) != len(types):
+        raise ValueError(f"card {key}: a type id is listed twice")
+    return CardModel(key, c["architecture"], c["name"], c["pci_device"],
+                     c.get("subsystem_device", 0), c.get("class", 0x030200),
+                     c.get("vf_device", c["pci_device"]), c["sriov_totalvfs"],
+                     c.get("sriov_offset", 4), c.get("sriov_stride", 1),
+                     c.get("framebuffer_mib", 0), types)
+
+
+@define(eq=False)
+class Vgpu:
+    """The vGPU a VF holds."""
+
+    type: VgpuType
+    params: str = ""
+
+
+class NvidiaSriovGpu:
+    """The ``nvidia`` PCI driver of one SR-IOV GPU (its PF and its VFs)."""
+
+    name = "nvidia"
+    configures_sriov = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None,
+                 base_dir: Path | None = None) -> None:
+        options = dict(options or {})
+        known(options, ["model", "vfs", "mode", "catalog", "numa_node"])
+        catalog = load_catalog()
+        if "catalog" in options:
+            own = Path(text(options, "catalog", ""))
+            catalog.update(load_catalog(own if own.is_absolute() or base_dir is None
+                                        else base_dir / own))
+        model = text(options, "model", "L40S", allowed=sorted(catalog))
+        self.card = catalog[model]
+        self.types = {t.id: t for t in self.card.types}
+        self.start_vfs = whole(options, "vfs", 0, maximum=self.card.sriov_totalvfs)
+        self.homogeneous = text(options, "mode", "homogeneous",
+                                allowed=("homogeneous", "heterogeneous")) == "homogeneous"
+        self.numa_node = whole(options, "numa_node", -1, minimum=-1)
+        self.vfio_vfs = self.card.vendor_vfio
+        #: the frame buffer heterogeneous mode shares out: the most the types can take
+        #: (nominal sizes: an L40S-48Q is the whole card)
+        self.capacity_mib = max((t.framebuffer_mib * t.max_instance for t in self.card.types),
+                                default=0)
+        self.host: Host | None = None
+        #: the vGPU on each VF that holds one (Ada and later)
+        self.vgpus: dict[PciFunction, Vgpu] = {}
+
+    # --- plugging the GPU into a host -----------------------------------------------------
+
+    def plug(self, host: Host, address: str, path: str) -> PciFunction:
+        """Register the PF (and enable the VFs the options ask for)."""
+        card = self.card
+        self.host = host
+        pf = host.add_pci(PciFunction(
+            bdf=address, path=path, driver=self, numa_node=self.numa_node, bars=_BARS,
+            ids=PciIds(NVIDIA, card.pci_device, NVIDIA, card.subsystem_device, card.klass),
+            sriov=Sriov(card.sriov_totalvfs, card.sriov_offset, card.sriov_stride,
+                        card.vf_device)))
+        if self.start_vfs:
+            host.set_numvfs(pf, str(self.start_vfs).encode())
+        return pf
+
+    # --- the PCI driver (mdevfs.pci.PciDriver) ------------------------------------------
+
+    def sriov_configure(self, pf: PciFunction, num_vfs: int) -> None:
+        assert pf.sriov is not None and self.host is not None
+        if num_vfs:
+            return
+        vfs = pf.sriov.vfs
+        if any(vf.vfio_open for vf in vfs):
+            fail(errno.EBUSY)
+        for vf in vfs:
+            self.vgpus.pop(vf, None)
+            if vf.bdf in self.host.parents:
+                self.host.remove_parent(vf.bdf)
+
+    def vfs_added(self, pf: PciFunction) -> None:
+        assert pf.sriov is not None and self.host is not None
+        if not self.card.vendor_vfio:
+            for vf in pf.sriov.vfs:
+                self.host.add_parent(vf.bdf, vf.path, AmpereVf(self, vf))
+
+    def function_attributes(self, fn: PciFunction) -> Sequence[Attribute]:
+        if fn.physfn is None or not self.card.vendor_vfio:
+            return ()
+        return (
+            Attribute("nvidia/creatable_vgpu_types", show=lambda: self._creatable(fn)),
+            Attribute("nvidia/current_vgpu_type", show=lambda: str(self._current(fn)),
+                      store=lambda buf: self._set_type(fn, buf)),
+            Attribute("nvidia/gpu_instance_id", show=lambda: self._vgpu(fn) and "-1"),
+            Attribute("nvidia/placement_id", show=lambda: self._vgpu(fn) and str(self._slot(fn))),
+            Attribute("nvidia/vgpu_params", show=lambda: self._vgpu(fn).params,
+                      store=lambda buf: self._set_params(fn, buf)),
+        )
+
+    # --- the card's capacity, shared by its VFs ---------------------------------------------
+
+    def running(self) -> list[VgpuType]:
+        """The type of every vGPU on the card (Ada VFs or Ampere mdevs)."""
+        held = [v.type for v in self.vgpus.values()]
+        if self.host is not None and not self.card.vendor_vfio:
+            held += [self.types[int(m.mdev_type.spec.sysfs_name)] for m in self.host.devices.values()
+                     if isinstance(m.parent.driver, AmpereVf) and m.parent.driver.gpu is self]
+        return held
+
+    def refusal(self, vtype: VgpuType) -> int | None:
+        """Why one more vGPU of ``vtype`` cannot be made on the card: EINVAL (homogeneous
+        mode, another type runs), ENOSPC (no room), or None."""
+        held = self.running()
+        if self.homogeneous and any(t.id != vtype.id for t in held):
+            return errno.EINVAL
+        if sum(t.id == vtype.id for t in held) >= vtype.max_instance:
+            return errno.ENOSPC
+        if not self.homogeneous and \
+                sum(t.framebuffer_mib for t in held) + vtype.framebuffer_mib > self.capacity_mib:
+            return errno.ENOSPC
+        return None
+
+    # --- the nvidia/ group of an Ada-or-later VF ------------------------------------------
+
+    def _current(self, vf: PciFunction) -> int:
+        vgpu = self.vgpus.get(vf)
+        return vgpu.type.id if vgpu is not None else 0
+
+    def _vgpu(self, vf: PciFunction) -> Vgpu:
+        vgpu = self.vgpus.get(vf)
+        if vgpu is None:
+            fail(errno.ENODEV)
+        return vgpu
+
+    def _slot(self, vf: PciFunction) -> int:
+        assert vf.physfn is not None and vf.physfn.sriov is not None
+        return vf.physfn.sriov.vfs.index(vf)
+
+    def _creatable(self, vf: PciFunction) -> str | None:
+        if vf in self.vgpus:
+            return None  # no lines at all: the file reads empty
+        lines = [f"{t.id:<5d} : {t.name}" for t in self.card.types if self.refusal(t) is None]
+        return "\n".join([HEADER, *lines])
+
+    def _set_type(self, vf: PciFunction, buf: bytes) -> None:
+        type_id = kstrtoul(buf, base=10)
+        if vf.vfio_open:
+            fail(errno.EBUSY)
+        if type_id == 0:
+            self.vgpus.pop(vf, None)
+            return
+        vtype = self.types.get(type_id)
+        if vtype is None:
+            fail(errno.ENODEV)
+        if vf in self.vgpus:
+            fail(errno.EBUSY)
+        refused = self.refusal(vtype)
+        if refused is not None:
+            fail(refused)
+        self.vgpus[vf] = Vgpu(vtype)
+
+    def _set_params(self, vf: PciFunction, buf: bytes) -> None:
+        self._vgpu(vf).params = buf.split(b"\0", 1)[0].decode("latin-1").rstrip("\n")
+
+
+class AmpereVf(BaseDriver):
+    """The mdev side of one Ampere VF: the card's types, one vGPU on this VF."""
+
+    name = "nvidia"
+    mdev_driver = "nvidia-vgpu-vfio"
+    module = "nvidia_vgpu_vfio"
+    subsystem = ("bus", "pci")
+
+    def __init__(self, gpu: NvidiaSriovGpu, vf: PciFunction) -> None:
+        super().__init__()
+        self.gpu, self.vf = gpu, vf
+        self.default_parent, self.default_path = vf.bdf, vf.path
+
+    def types(self) -> Sequence[MdevTypeSpec]:
+        return tuple(MdevTypeSpec(str(t.id), pretty_name=t.name,
+                                  description=f"framebuffer={t.framebuffer_mib}M, "
+                                              f"max_instance={t.max_instance}")
+                     for t in self.gpu.card.types)
+
+    def _type(self, mtype: MdevType) -> VgpuType:
+        return self.gpu.types[int(mtype.spec.sysfs_name)]
+
+    def _holds(self) -> bool:
+        return any(t.devices for t in self._parent_types())
+
+    def _parent_types(self) -> list[MdevType]:
+        host = self.gpu.host
+        assert host is not None
+        return list(host.parents[self.vf.bdf].types.values())
+
+    def available_instances(self, mtype: MdevType) -> int:
+        return int(not self._holds() and self.gpu.refusal(self._type(mtype)) is None)
+
+    def probe(self, mdev: MdevDevice) -> None:
+        if self._holds():
+            fail(errno.ENOSPC)
+        refused = self.gpu.refusal(self._type(mdev.mdev_type))
+        if refused is not None:
+            fail(errno.EBUSY if refused == errno.EINVAL else refused)

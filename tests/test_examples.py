@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,19 @@ def test_every_example_is_documented():
     for path in EXAMPLES.rglob("*"):
         if path.is_file() and path.name != "README.md" and "__pycache__" not in path.parts:
             assert f"`{path.relative_to(EXAMPLES)}`" in readme or f"`{path.parent.name}/`" in readme
+
+
+def test_sriov_vgpu_lifecycle_script():
+    """examples/sriov: the script runs unchanged in mdevfs run, as on a real L40S host."""
+    examples = EXAMPLES / "sriov"
+    done = subprocess.run([sys.executable, "-m", "mdevfs", "run", "--config",
+                           str(examples / "l40s.toml"), "--", "sh",
+                           str(examples / "vgpu-lifecycle.sh")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "enabled 32 of 32 VFs on 0000:41:00.0\n"
+        "0000:41:00.4 is a NVIDIA L40S-8Q (type 1152), IOMMU group 1\n"
+        "0000:41:00.5 offers: 1152  : NVIDIA L40S-8Q;\n"
+        "0000:41:00.4 is free again: 23 types offered\n"
+        "VFs disabled: 0 left\n")

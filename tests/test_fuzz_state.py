@@ -189,7 +189,7 @@ class Fuzz:
         devices = self.m.root / "bus/mdev/devices"
         assert self.m.devices() == sorted(self.shadow)
         groups = []
-        for uuid, (parent, type_id, bound, label) in self.shadow.items():
+        for uuid, (_parent, type_id, bound, label) in self.shadow.items():
             d = devices / uuid
             assert os.path.basename(os.readlink(d / "mdev_type")) == type_id
             assert (d / "driver").exists() == bound, uuid

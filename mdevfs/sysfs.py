@@ -98,6 +98,31 @@ class Dir(Node):
         return 0o755
 
 
+class LazyDir(Dir):
+    """A directory whose entries are made when first looked at (a ``power/``: three per
+    device, nine files each, that clients rarely read); until then it costs one node."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, name: str, build: Callable[[Dir], None]) -> None:
+        super().__init__(name)
+        self.build: Callable[[Dir], None] | None = build
+
+    @property  # type: ignore[override]
+    def children(self) -> dict[str, Node]:
+        if self.build is not None:
+            build, self.build = self.build, None
+            build(self)
+        return _DIR_CHILDREN.__get__(self)
+
+    @children.setter
+    def children(self, value: dict[str, Node]) -> None:
+        _DIR_CHILDREN.__set__(self, value)
+
+
+_DIR_CHILDREN = Dir.__dict__["children"]  # the slot LazyDir's property stands in front of
+
+
 class VolatileDir(Dir):
     __slots__ = ()
     volatile = True
@@ -425,8 +450,15 @@ class Tree(HostObserver):
                    Op(show=lambda s: _text(s[0]), store=_set_autoprobe), [1])
         self._file(bus, "drivers_probe", Op(store=self._drivers_probe))
         self._file(bus, "uevent", BUS_UEVENT)
+        # the directories every device links into, found once
         self.iommu_groups = self._dir_at("kernel/iommu_groups")
+        self.bus_mdev = self._dir_at("bus/mdev")
         self.bus_devices = self._dir_at("bus/mdev/devices")
+        self.class_vfio = self._dir_at("class/vfio")
+        self.class_vfio_dev = self._dir_at("class/vfio-dev")
+        self.virtual_vfio = self._dir_at("devices/virtual/vfio")
+        #: each type's directory, for the devices made of it
+        self._type_dirs: dict[MdevType, Dir] = {}
         host.observers.append(self)
         for fn in host.pci.values():
             self.pci_added(fn)
@@ -480,7 +512,7 @@ class Tree(HostObserver):
             cur.parent = None  # no cycle is left behind: reference counting frees it all
             if isinstance(cur, Link):
                 cur.to = None  # type: ignore[assignment]
-            elif isinstance(cur, Dir):
+            elif isinstance(cur, Dir) and not (isinstance(cur, LazyDir) and cur.build):
                 stack.extend(cur.children.values())
 
     def resolve(self, path: str) -> Node | None:
@@ -589,7 +621,7 @@ class Tree(HostObserver):
         fail(errno.EINVAL)
 
     def _type_dir(self, types: Dir, mtype: MdevType) -> None:
-        tdir = self._dir(types, mtype.type_id)
+        tdir = self._type_dirs[mtype] = self._dir(types, mtype.type_id)
         self._file(tdir, "create", TYPE_CREATE, mtype)
         self._file(tdir, "name", TYPE_NAME, mtype)
         self._file(tdir, "device_api", TYPE_DEVICE_API, mtype)
@@ -615,7 +647,9 @@ class Tree(HostObserver):
         self.link(f"{ddir.path}/module", f"module/{module}")
 
     def _power(self, directory: Dir) -> None:
-        power = self._dir(directory, "power")
+        self._attach(directory, LazyDir("power", self._power_files))
+
+    def _power_files(self, power: Dir) -> None:
         self._file(power, "control", POWER_CONTROL, ["auto"])
         self._file(power, "runtime_status", POWER_STATUS)
         self._file(power, "runtime_active_time", POWER_TIME)
@@ -642,6 +676,8 @@ class Tree(HostObserver):
                        migration_op(migration, target.parent.driver.name), target)
 
     def parent_removed(self, parent: Parent) -> None:
+        for mtype in parent.types.values():
+            self._type_dirs.pop(mtype, None)
         self.unlink(f"class/mdev_bus/{parent.name}")
         if parent.name in self.host.pci:  # the PCI function stays (or goes by itself)
             self.unlink(f"{parent.path}/mdev_supported_types")
@@ -655,12 +691,12 @@ class Tree(HostObserver):
         """``device_add()``: the device directory is built whole before any link to it
         appears; then, if the driver bound it, what binding adds."""
         uuid = sys.intern(mdev.uuid)  # names several entries: one string for all
-        tdir = self._dir_at(f"{mdev.parent.path}/mdev_supported_types/{mdev.mdev_type.type_id}")
+        tdir = self._type_dirs[mdev.mdev_type]
         ddir = VolatileDir(uuid)
-        self._attach(self._dir_at(mdev.parent.path), ddir)
+        self._attach(tdir.parent.parent, ddir)  # <parent>/mdev_supported_types/<type>
         self._file(ddir, "remove", DEVICE_REMOVE, mdev)
         self._attach(ddir, Link("mdev_type", tdir))
-        self._attach(ddir, Link("subsystem", self._dir_at("bus/mdev")))
+        self._attach(ddir, Link("subsystem", self.bus_mdev))
         self._file(ddir, "uevent", DEVICE_UEVENT, mdev)
         self._power(ddir)
         nodes: list[Node] = [ddir]
@@ -674,7 +710,7 @@ class Tree(HostObserver):
         """What the driver's probe and ``vfio_register_emulated_iommu_dev()`` add."""
         driver = mdev.parent.driver
         before = set(ddir.children)
-        drvdir = self._dir_at(f"bus/mdev/drivers/{driver.mdev_driver}")
+        drvdir = self.bus_mdev.children["drivers"].children[driver.mdev_driver]
         group = self._iommu_group(ddir, binding.iommu_group, NOIOMMU_GROUP_FILES)
         self._attach(ddir, Link("driver", drvdir))
         self._vendor_files(ddir, driver.device_attributes(mdev), mdev)
@@ -698,19 +734,19 @@ class Tree(HostObserver):
         returns what lies outside ddir."""
         vfio = self._dir(self._dir(ddir, "vfio-dev"), f"vfio{binding.vfio_index}")
         self._attach(vfio, Link("device", ddir))
-        self._attach(vfio, Link("subsystem", self._dir_at("class/vfio-dev")))
+        self._attach(vfio, Link("subsystem", self.class_vfio_dev))
         self._file(vfio, "uevent", EMPTY_UEVENT)
         self._power(vfio)
         minor = str(binding.vfio_group)
         vgroup = VolatileDir(minor)
-        self._attach(self.mkdirs("devices/virtual/vfio"), vgroup)
-        self._attach(vgroup, Link("subsystem", self._dir_at("class/vfio")))
+        self._attach(self.virtual_vfio, vgroup)
+        self._attach(vgroup, Link("subsystem", self.class_vfio))
         self._file(vgroup, "uevent", Op(show=lambda _: f"DEVNAME=vfio/{minor}\n".encode(),
                                         store=_uevent_store))
         self._power(vgroup)
         return [vgroup,
-                self._attach(self._dir_at("class/vfio-dev"), VolatileLink(vfio.name, vfio)),
-                self._attach(self._dir_at("class/vfio"), VolatileLink(minor, vgroup))]
+                self._attach(self.class_vfio_dev, VolatileLink(vfio.name, vfio)),
+                self._attach(self.class_vfio, VolatileLink(minor, vgroup))]
 
     def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None:
         for node in self._bound_nodes.pop(mdev, ()):

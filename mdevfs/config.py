@@ -11,6 +11,13 @@
     [parent.options]                # handed to the driver factory as they are
     ports = 24
 
+    [[device]]                      # a device that exists at start (mdevfs record writes them)
+    uuid = "…"                      # lower case
+    parent = "mtty"                 # a parent's name
+    type = "mtty-1"                 # one of its type ids
+    iommu_group = 0                 # its group (default: the lowest free); bound = false: unbound
+    vendor = { … }                  # the driver's per-device state (as in a state file)
+
 A bad file is refused whole with a :class:`TopologyError` naming the file,
 the entry and the problem.
 """
@@ -33,6 +40,8 @@ from .model import Host
 
 _HOST_KEYS = {"iommu_group_base", "pm_advanced_debug"}
 _PARENT_KEYS = {"driver", "name", "path", "options"}
+_DEVICE_KEYS = {"uuid", "parent", "type", "iommu_group", "bound", "vendor"}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class TopologyError(UsageError):
@@ -80,6 +89,18 @@ class GpuEntry:
     options: Mapping[str, Any]
 
 
+@frozen
+class DeviceEntry:
+    """A device that exists when the topology is mounted (and after a reset)."""
+
+    uuid: str
+    parent: str
+    type: str
+    iommu_group: int | None
+    bound: bool
+    vendor: Mapping[str, Any]
+
+
 _GPU_KEYS = {"driver", "address", "path", "options"}
 _BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
 
@@ -92,6 +113,7 @@ class Topology:
     parents: tuple[ParentEntry, ...]
     pm_advanced_debug: bool = True
     gpus: tuple[GpuEntry, ...] = ()
+    devices: tuple[DeviceEntry, ...] = ()
 
     @classmethod
     def default(cls) -> Topology:
@@ -125,7 +147,7 @@ class Topology:
             raise TopologyError(f"{source}: not valid TOML: {exc}") from exc
         except RecursionError:
             raise TopologyError(f"{source}: not usable TOML: nested too deeply") from None
-        unknown = set(doc) - {"host", "parent", "gpu"}
+        unknown = set(doc) - {"host", "parent", "gpu", "device"}
         if unknown:
             raise bad("top level", f"unknown table(s) {', '.join(sorted(unknown))}")
         host = doc.get("host", {})
@@ -160,16 +182,22 @@ class Topology:
             parents.append(ParentEntry(driver, name, path, options))
         if not (parents or gpus):
             raise bad("[[parent]]", "at least one parent (or [[gpu]]) is needed")
-        return cls(source, base_dir, base, tuple(parents), pm_debug, gpus)
+        return cls(source, base_dir, base, tuple(parents), pm_debug, gpus,
+                   _devices(doc.get("device", []), bad))
 
     def build(self) -> Host:
-        """Load every driver and register every GPU and parent; raises TopologyError."""
-        return self.populate(Host(iommu_group_base=self.iommu_group_base,
-                                  pm_advanced_debug=self.pm_advanced_debug))
+        """Load every driver and register every GPU, parent and device; raises TopologyError."""
+        return self.populate(self.empty_host())
+
+    def empty_host(self) -> Host:
+        """The host of this topology before anything registers: a view (the sysfs tree) that
+        must see every device observes it first, then :meth:`populate` fills it."""
+        return Host(iommu_group_base=self.iommu_group_base,
+                    pm_advanced_debug=self.pm_advanced_debug)
 
     def populate(self, host: Host) -> Host:
-        """Register the topology's GPUs and parents, with fresh drivers, in ``host`` (an
-        empty one: a new host, or one reset)."""
+        """Register the topology's GPUs, parents and devices, with fresh drivers, in ``host``
+        (an empty one: a new host, or one reset)."""
         paths: set[str] = set()
         for i, gpu in enumerate(self.gpus):  # PCI devices first, as the kernel finds them at boot
             where = f"{self.source}: gpu #{i + 1} (driver {gpu.driver!r})"
@@ -212,6 +240,18 @@ class Topology:
                 host.add_parent(name, path, driver)
             except Exception as exc:
                 raise TopologyError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        for i, dev in enumerate(self.devices):  # in file order: vfio numbers follow it
+            where = f"{self.source}: device #{i + 1} ({dev.uuid})"
+            parent = host.parents.get(dev.parent)
+            mtype = parent.types.get(dev.type) if parent is not None else None
+            if mtype is None:
+                raise TopologyError(f"{where}: no parent {dev.parent!r} with type {dev.type!r}")
+            if dev.uuid in host.devices:
+                raise TopologyError(f"{where}: the UUID is used twice")
+            try:
+                host.restore(mtype, dev.uuid, dev.iommu_group, dev.vendor, dev.bound)
+            except (OSError, ValueError) as exc:
+                raise TopologyError(f"{where}: cannot be created: {exc}") from exc
         return host
 
 
@@ -234,6 +274,28 @@ def _gpus(raw: Any, bad: Any) -> tuple[GpuEntry, ...]:
             raise bad(where, "'options' must be a table")
         gpus.append(GpuEntry(driver, address, path.strip("/"), options))
     return tuple(gpus)
+
+
+def _devices(raw: Any, bad: Any) -> tuple[DeviceEntry, ...]:
+    """The ``[[device]]`` entries, checked for form (their parents and types when built)."""
+    devices = []
+    for where, entry in _tables(raw, "device", _DEVICE_KEYS, bad):
+        uuid, parent, mtype = entry.get("uuid"), entry.get("parent"), entry.get("type")
+        if not isinstance(uuid, str) or not _UUID.fullmatch(uuid):
+            raise bad(where, f"'uuid' {uuid!r} must be a lower-case UUID")
+        if not isinstance(parent, str) or not isinstance(mtype, str):
+            raise bad(where, "'parent' and 'type' must be strings")
+        group, bound = entry.get("iommu_group"), entry.get("bound", True)
+        if group is not None and (not isinstance(group, int) or isinstance(group, bool)
+                                  or not 0 <= group < 2**31):
+            raise bad(where, "'iommu_group' must be a whole number from 0 to 2^31-1")
+        if not isinstance(bound, bool) or (group is not None and not bound):
+            raise bad(where, "'bound' must be true or false (an unbound device has no group)")
+        vendor = entry.get("vendor", {})
+        if not isinstance(vendor, dict):
+            raise bad(where, "'vendor' must be a table")
+        devices.append(DeviceEntry(uuid, parent, mtype, group, bound, vendor))
+    return tuple(devices)
 
 
 def _tables(raw: Any, name: str, keys: set[str], bad: Any) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -53,8 +53,9 @@ class Daemon:
         """Build the host and its tree and restore the state file; raises TopologyError,
         StateError or StateInUse. The tree observes the host first, so restored devices
         appear."""
-        host = topology.build()
-        tree = Tree(host)
+        host = topology.empty_host()
+        tree = Tree(host)  # observes first, so that the topology's own devices appear
+        topology.populate(host)
         state_file = StateFile.open(state, host) if state is not None else None
         return cls(topology, host, tree, state_file, Faults())
 

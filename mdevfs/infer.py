@@ -1,0 +1,400 @@
+"""From a :class:`~mdevfs.record.Recording` to a topology file that mounts as that host.
+
+Each parent goes to a known driver when, with options inferred from the recording, it shows
+what was recorded (checked on a scratch host, :func:`mismatch`); else to the ``recorded``
+driver with inferred pool arithmetic (:func:`pool`). The file is built in-process before it
+is returned; what it does not reproduce (vfio numbers, IOMMU groups) is said in its header.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .config import Topology, TopologyError
+from .driver import load_factory
+from .model import Host
+from .record import RecDevice, RecGpu, RecParent, Recording, comment, device_order, toml_value
+
+Candidate = tuple[str, dict[str, Any]]
+
+
+def topology_text(rec: Recording, source: str = "") -> str:
+    """The topology of ``rec``, with comments; always one that builds (devices that do not fit
+    are left out, and said so)."""
+    notes: list[str] = []
+    blocks = [_gpu_block(rec, gpu, notes) for gpu in rec.gpus]
+    parents = sorted(rec.parents, key=lambda p: (p.iommu_group is not None,
+                                                  p.iommu_group or 0, p.name))
+    vendors: dict[str, dict[str, Any]] = {}  # each device's [[device]] vendor table
+    blocks += [_parent_block(p, vendors) for p in parents]
+    devices = sorted(((p, d) for p in parents for d in p.devices if d.type_id != "?"),
+                     key=lambda pd: device_order(pd[1]))
+    groups = [g for g in [x.iommu_group for x in [*rec.gpus, *parents]]
+              + [d.iommu_group for _, d in devices] if g is not None]
+    base = min(groups, default=0)
+    pm_debug = any((rec.root / p.path / "power/async").exists() for p in parents) or not parents
+    head = f"[host]\niommu_group_base = {base}\npm_advanced_debug = {toml_value(pm_debug)}\n"
+    body = "\n".join(blocks)
+    dev_blocks = [_device_block(p, d, vendors.get(d.uuid)) for p, d in devices]
+    text, host = _buildable(head, body, dev_blocks, notes)
+    if host is not None:
+        notes += _differences(host, parents)
+    header = [f"mdevfs record of {source or rec.root}, "
+              f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+              "Mount it: mdevfs mount --config THIS_FILE DIR (the devices below exist at start,",
+              "and again after a reset). Each parent's comment says how it is replayed."]
+    if rec.problems:
+        header += ["", "Read problems (these parts are missing from the replay):"]
+        header += [f"  {p}" for p in rec.problems]
+    if notes:
+        header += ["", "Not reproduced:"] + [f"  {n}" for n in notes]
+    return comment(header) + "\n" + text
+
+
+def _buildable(head: str, body: str, devices: list[str],
+               notes: list[str]) -> tuple[str, Host | None]:
+    """The file, with the devices that build; a device that does not is left out, noted."""
+    kept: list[str] = []
+    for block in devices:
+        try:
+            Topology.from_text("\n".join([head, body, *kept, block]), "<recording>").build()
+        except TopologyError as exc:
+            notes.append(f"device left out: {str(exc).removeprefix('<recording>: ')}")
+            continue
+        kept.append(block)
+    text = "\n".join([head, body, *kept])
+    try:
+        return text, Topology.from_text(text, "<recording>").build()
+    except TopologyError as exc:
+        notes.append(f"the file does not build: {exc}")
+        return text, None
+
+
+def _differences(host: Host, parents: list[RecParent]) -> list[str]:
+    """IOMMU groups and vfio numbers the replay gives otherwise than the recording."""
+    notes = []
+    for parent in parents:
+        for dev in parent.devices:
+            mdev = host.devices.get(dev.uuid)
+            if mdev is None or mdev.binding is None:
+                continue
+            if dev.vfio_index is not None and mdev.binding.vfio_index != dev.vfio_index:
+                notes.append(f"device {dev.uuid}: vfio-dev/vfio{mdev.binding.vfio_index}, "
+                             f"recorded vfio{dev.vfio_index} (numbered in creation order)")
+        fn = host.pci.get(parent.name)
+        if fn is not None and parent.iommu_group is not None and fn.iommu_group != parent.iommu_group:
+            notes.append(f"parent {parent.name}: IOMMU group {fn.iommu_group}, recorded "
+                         f"{parent.iommu_group} (PCI functions are numbered from the base)")
+    return notes
+
+
+# --- parents -----------------------------------------------------------------------------
+
+def _parent_block(parent: RecParent, vendors: dict[str, dict[str, Any]]) -> str:
+    """The parent's entry; fills ``vendors`` with its devices' per-device driver state."""
+    tried = []
+    for driver, options in candidates(parent):
+        problem = mismatch(driver, options, parent, vendors)
+        if problem is None:
+            lines = [f"{parent.name}: the {driver} driver, with options inferred from the "
+                     f"recording, shows what was recorded (types, names, counts, attributes)."]
+            return comment(lines) + _table("parent", driver, parent, options)
+        tried.append(f"the {driver} driver does not reproduce it: {problem}")
+    options, why = recorded_options(parent)
+    vendors.update({d.uuid: _own_values(parent, d) for d in parent.devices})
+    return comment([f"{parent.name}: replayed by the recorded driver.", *tried, *why]) + \
+        _table("parent", "recorded", parent, options)
+
+
+def _table(kind: str, driver: str, parent: RecParent, options: dict[str, Any]) -> str:
+    out = f"[[{kind}]]\ndriver = {toml_value(driver)}\nname = {toml_value(parent.name)}\n" \
+          f"path = {toml_value(parent.path)}\n"
+    plain = {k: v for k, v in options.items() if not isinstance(v, list)}
+    if plain:
+        out += f"[{kind}.options]\n" + "".join(f"{toml_value(k)} = {toml_value(v)}\n"
+                                               for k, v in plain.items())
+    for key, items in options.items():
+        if isinstance(items, list):
+            for item in items:
+                out += f"[[{kind}.options.{key}]]\n" + "".join(
+                    f"{toml_value(k)} = {toml_value(v)}\n" for k, v in item.items())
+    return out
+
+
+def _device_block(parent: RecParent, dev: RecDevice, vendor: dict[str, Any] | None) -> str:
+    out = (f"[[device]]\nuuid = {toml_value(dev.uuid)}\nparent = {toml_value(parent.name)}\n"
+           f"type = {toml_value(dev.type_id)}\n")
+    if dev.mdev_driver is None:
+        return out + "bound = false\n"
+    if dev.iommu_group is not None:
+        out += f"iommu_group = {dev.iommu_group}\n"
+    return out + (f"vendor = {toml_value(vendor)}\n" if vendor else "")
+
+
+def _own_values(parent: RecParent, dev: RecDevice) -> dict[str, str]:
+    """A device's attribute values that its type's template (the first device's) does not
+    give; only the recorded driver reads them."""
+    template = _device_templates(parent).get(dev.type_id, {})
+    return {k: v for k, (v, _) in dev.attrs.items()
+            if template.get(k, "").replace("{uuid}", dev.uuid) != v}
+
+
+def _device_templates(parent: RecParent) -> dict[str, dict[str, str]]:
+    templates: dict[str, dict[str, str]] = {}
+    for dev in sorted(parent.devices, key=device_order):
+        if dev.mdev_driver is not None and dev.type_id not in templates:
+            templates[dev.type_id] = {k: v.replace(dev.uuid, "{uuid}")
+                                      for k, (v, _) in dev.attrs.items()}
+    return templates
+
+
+# --- known drivers -----------------------------------------------------------------------
+
+def candidates(parent: RecParent) -> list[Candidate]:
+    """The known drivers that may have made ``parent``, with options from the recording."""
+    avail = {t.type_id: t.available for t in parent.types}
+    bound = _bound_counts(parent)
+    ids = set(avail)
+    if None in avail.values():
+        return []
+    found: list[Candidate] = []
+    if ids == {"mtty-1", "mtty-2"}:
+        found.append(("mtty", {"ports": avail["mtty-1"] + bound["mtty-1"] + 2 * bound["mtty-2"]}))
+    if ids == {"mdpy-vga", "mdpy-xga", "mdpy-hd"}:
+        found.append(("mdpy", {"count": avail["mdpy-vga"] + len(parent.devices)}))
+    if ids == {"mbochs-small", "mbochs-medium", "mbochs-large"}:
+        used = 4 * bound["mbochs-small"] + 16 * bound["mbochs-medium"] + 64 * bound["mbochs-large"]
+        found.append(("mbochs", {"count": 4 * avail["mbochs-small"] + used}))
+    if ids and all(i.startswith("i915-GVTg_V") for i in ids):
+        found.append(("gvt", _gvt_options(parent)))
+    if ids and all(i.startswith("nvidia-") for i in ids) and parent.subsystem == ("bus", "pci"):
+        found.append(("nvidia", _nvidia_options(parent)))
+    return found
+
+
+def _bound_counts(parent: RecParent) -> dict[str, int]:
+    counts = {t.type_id: 0 for t in parent.types}
+    for dev in parent.devices:
+        if dev.mdev_driver is not None and dev.type_id in counts:
+            counts[dev.type_id] += 1
+    return counts
+
+
+def _gvt_options(parent: RecParent) -> dict[str, Any]:
+    options: dict[str, Any] = {"gen": 8 if any("_V4_" in t.type_id for t in parent.types) else 9}
+    if "device" in parent.pci:
+        options["device_id"] = int(parent.pci["device"], 16)
+    versions = [t.migration for t in parent.types if t.migration]
+    if versions and re.fullmatch(r".*-[0-9a-f]{8}", versions[0]):
+        options["software_version"] = int(versions[0].rsplit("-", 1)[1], 16)
+    return options
+
+
+def _nvidia_options(parent: RecParent) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    names = [t.name or "" for t in parent.types]
+    if names and all(n.startswith("NVIDIA ") for n in names):
+        options["prefix"] = "NVIDIA"
+    versions = [t.migration for t in parent.types if t.migration]
+    match = re.fullmatch(r"NVIDIA-vGPU:(\d+\.\d+):.*", versions[0]) if versions else None
+    if match:
+        options["manager"] = match[1]
+    elif not versions:
+        options["migration"] = False
+    return options
+
+
+def mismatch(driver: str, options: dict[str, Any], parent: RecParent,
+             vendors: dict[str, dict[str, Any]]) -> str | None:
+    """Why ``driver`` with ``options`` does not show what ``parent`` recorded, or None; then
+    ``vendors`` gets each device's driver state, once the recorded values of its writable
+    attributes (e.g. NVIDIA's vgpu_params) are written back."""
+    try:
+        drv = load_factory(driver)(options)
+        host = Host()
+        made = host.add_parent(parent.name, parent.path, drv)
+        for dev in sorted(parent.devices, key=device_order):
+            mdev = host.restore(made.types[dev.type_id], dev.uuid, dev.iommu_group,
+                                bound=dev.mdev_driver is not None)
+            if mdev.binding is not None:
+                _write_back(drv, mdev, dev)
+    except Exception as exc:  # a driver refusing the options or a device: not this driver
+        return f"{type(exc).__name__}: {exc}"
+    problem = _compare_types(made, parent) or _compare_devices(host, parent)
+    if problem is None:
+        vendors.update({uuid: dict(mdev.vendor) for uuid, mdev in host.devices.items()})
+    return problem
+
+
+def _write_back(drv: Any, mdev: Any, dev: RecDevice) -> None:
+    for attr in drv.device_attributes(mdev):
+        recorded = dev.attrs.get(attr.name)
+        if attr.store is not None and recorded is not None and _safe(attr.show) != recorded[0]:
+            try:
+                attr.store(recorded[0].encode())
+            except OSError:
+                pass  # the comparison says what differs
+
+
+def _compare_types(made: Any, parent: RecParent) -> str | None:
+    if set(made.types) != {t.type_id for t in parent.types}:
+        return f"types {sorted(made.types)}"
+    for rec in parent.types:
+        mtype = made.types[rec.type_id]
+        drv = made.driver
+        migration = drv.migration(mtype)
+        shown = {"name": mtype.spec.pretty_name or mtype.spec.sysfs_name,
+                 "description": mtype.spec.description, "device_api": mtype.spec.device_api,
+                 "available_instances": mtype.available_instances,
+                 "migration_version": _safe(migration.version) if migration else None,
+                 **{a.name: _safe(a.show) for a in drv.type_attributes(mtype)}}
+        wanted = {"name": rec.name, "description": rec.description, "device_api": rec.device_api,
+                  "available_instances": rec.available, "migration_version": rec.migration,
+                  **rec.extra}
+        for key, value in wanted.items():
+            if shown.get(key) != value:
+                return f"{rec.type_id}/{key} would be {shown.get(key)!r}, recorded {value!r}"
+    return None
+
+
+def _compare_devices(host: Host, parent: RecParent) -> str | None:
+    for dev in parent.devices:
+        mdev = host.devices[dev.uuid]
+        drv = mdev.parent.driver
+        if dev.mdev_driver is None:
+            continue
+        if dev.mdev_driver != drv.mdev_driver:
+            return f"devices bind to {drv.mdev_driver}, recorded {dev.mdev_driver}"
+        shown = {a.name: _safe(a.show) or "" for a in drv.device_attributes(mdev)}
+        if shown != {k: v for k, (v, _) in dev.attrs.items()}:
+            return f"device {dev.uuid} would have {shown}"
+    if "uevent" in parent.pci or "PCI_ID" in parent.uevent:
+        shown_id = host.parents[parent.name].driver.parent_uevent().get("PCI_ID")
+        if shown_id != parent.uevent.get("PCI_ID"):
+            return f"PCI_ID would be {shown_id}, recorded {parent.uevent.get('PCI_ID')}"
+    return None
+
+
+def _safe(show: Callable[[], Any] | None) -> Any:
+    if show is None:
+        return None
+    try:
+        return show()
+    except OSError as exc:
+        return f"!{exc.errno}"
+
+
+# --- the recorded driver's options ---------------------------------------------------------
+
+def recorded_options(parent: RecParent) -> tuple[dict[str, Any], list[str]]:
+    """The ``recorded`` driver's options for ``parent``, and what was inferred, as comments."""
+    prefix = _prefix(parent)
+    options: dict[str, Any] = {"prefix": prefix}
+    drivers = {d.mdev_driver for d in parent.devices if d.mdev_driver}
+    options["mdev_driver"] = drivers.pop() if len(drivers) == 1 else "vfio_mdev"
+    if parent.subsystem is not None:
+        options["subsystem"] = "/".join(parent.subsystem)
+    if parent.uevent:
+        options["uevent"] = parent.uevent
+    pool_size, per_type, why = pool(parent)
+    if pool_size is not None:
+        options["pool"] = pool_size
+    templates = _device_templates(parent)
+    writable = {k for d in parent.devices for k, (_, w) in d.attrs.items() if w}
+    types = []
+    for rec in parent.types:
+        entry: dict[str, Any] = {"id": rec.type_id}
+        if rec.name is not None and rec.name != rec.type_id.removeprefix(prefix + "-"):
+            entry["name"] = rec.name
+        if rec.description is not None:
+            entry["description"] = rec.description
+        entry["device_api"] = rec.device_api or "vfio-pci"
+        entry["cost" if pool_size is not None else "capacity"] = per_type[rec.type_id]
+        if rec.migration is not None:
+            entry["migration_version"] = rec.migration
+        if rec.extra:
+            entry["attributes"] = rec.extra
+        template = templates.get(rec.type_id)
+        if template:
+            entry["device_attributes"] = template
+            if writable & set(template):
+                entry["writable"] = sorted(writable & set(template))
+        types.append(entry)
+    options["type"] = types
+    why += ["Errnos are not in a recording: a create that does not fit answers ENOSPC.",
+            "migration_version (where recorded) accepts only the recorded string (EINVAL",
+            "otherwise): the vendor's compatibility rules are not in a recording."]
+    if not drivers and not parent.devices:
+        why.append("No device was recorded: devices bind to 'vfio_mdev' and have no vendor files.")
+    return options, why
+
+
+def _prefix(parent: RecParent) -> str:
+    """dev_driver_string(parent): the part of every type id before '-<sysfs name>'."""
+    ids = [t.type_id for t in parent.types]
+    guesses = [parent.uevent.get("DRIVER"), parent.subsystem[1] if parent.subsystem else None]
+    if len(ids) > 1:
+        common = ids[0]
+        for i in ids[1:]:
+            while not i.startswith(common):
+                common = common[:-1]
+        guesses.insert(0, common.rpartition("-")[0])
+    for guess in guesses:
+        if guess and all(i.startswith(guess + "-") for i in ids):
+            return guess
+    return ids[0].partition("-")[0] if ids else parent.name
+
+
+def pool(parent: RecParent) -> tuple[int | None, dict[str, int], list[str]]:
+    """One pool all types draw on, when the counts fit one (a free amount F, each type a
+    cost c with F // c = its available_instances); else a count per type. Returns the pool
+    (None: per type), each type's cost or capacity, and the reasoning as comment lines."""
+    avail = {t.type_id: t.available or 0 for t in parent.types}
+    bound = _bound_counts(parent)
+    free = max(avail.values(), default=0)
+    costs = {}
+    for type_id, count in avail.items():
+        cost = free // (count + 1) + 1 if count else free + 1
+        if free // cost != count:
+            break
+        costs[type_id] = cost
+    else:
+        if free and len(avail) > 1:
+            size = free + sum(costs[t] * n for t, n in bound.items())
+            why = [f"Pool inferred: the types' available_instances fit one pool of {size} units "
+                   f"({free} free + the bound devices' costs), each type taking "
+                   + ", ".join(f"{t} {c}" for t, c in costs.items()) + "."]
+            if not parent.devices:
+                why.append("No device was recorded, so that the types share it is a guess "
+                           "(mdev types of one parent usually do).")
+            if any(avail[t] == 0 for t in avail):
+                why.append("A type showing 0 was given a cost just above the free amount; "
+                           "its true cost could not be seen.")
+            return size, costs, why
+    capacity = {t: avail[t] + bound[t] for t in avail}
+    return None, capacity, ["Counts per type inferred: capacity = available_instances + the "
+                            "type's bound devices; the types' counts do not fit one pool."]
+
+
+# --- SR-IOV GPUs ---------------------------------------------------------------------------
+
+def _gpu_block(rec: Recording, gpu: RecGpu, notes: list[str]) -> str:
+    catalog = importlib.import_module("mdevfs_vendors.nvidia_sriov").load_catalog()
+    models = [key for key, card in catalog.items() if card.pci_device == gpu.device]
+    if not models:
+        notes.append(f"GPU {gpu.address}: device 10de:{gpu.device:04x} is in no catalog; "
+                     f"left out (give it a catalog and a [[gpu]] entry by hand)")
+        return ""
+    lines = [f"GPU {gpu.address}: an NVIDIA {models[0]} (device 10de:{gpu.device:04x}) with "
+             f"{gpu.num_vfs} VFs enabled.",
+             "Not replayed: the vGPU each VF holds (current_vgpu_type), nor VFs opened by VMs."]
+    options: dict[str, Any] = {"model": models[0], "vfs": gpu.num_vfs}
+    if gpu.numa_node != -1:
+        options["numa_node"] = gpu.numa_node
+    return comment(lines) + (f"[[gpu]]\naddress = {toml_value(gpu.address)}\n"
+                             f"path = {toml_value(gpu.path)}\n[gpu.options]\n"
+                             + "".join(f"{k} = {toml_value(v)}\n" for k, v in options.items()))
+

@@ -21,6 +21,11 @@ Each yields a :class:`mdevfs.testing.Mount`: ``root``, ``read``, ``write``,
 ``create``, ``remove``, ``devices``, ``reset`` and ``run``. A test skips, with
 the reason, where FUSE cannot be mounted; ``run()`` skips where no private mount
 namespace can be made. Every mount is unmounted in teardown, also after a failure.
+
+A test marked ``@pytest.mark.mdevfs_readonly`` that asks for ``mdevfs`` does not skip
+where FUSE is unavailable: it gets a :class:`StaticTree`, the topology's initial state
+exported as plain files (``mdevfs export``), whose ``write``, ``create``, ``remove`` and
+``run`` fail the test (a static tree has no kernel behaviour).
 """
 from __future__ import annotations
 
@@ -44,6 +49,40 @@ class MdevfsMount(testing.Mount):
         if reason:
             pytest.skip(reason)
         return super().run(command, **kwargs)
+
+
+class StaticTree(testing.Mount):
+    """An exported tree standing in for a mount where FUSE is unavailable: reads only."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, None, root / "no-log")  # type: ignore[arg-type]
+
+    def _static(self, what: str) -> Any:
+        pytest.fail(f"mdevfs: {what} needs a mount; this test is marked mdevfs_readonly and "
+                    f"runs on a static tree here, because FUSE is unavailable")
+
+    def write(self, rel: str, data: str | bytes) -> int:
+        return self._static("write")
+
+    def create(self, type_id: str, uuid: str | None = None, parent: str | None = None) -> str:
+        return self._static("create")
+
+    def remove(self, uuid: str) -> None:
+        self._static("remove")
+
+    def reset(self) -> None:
+        return None  # nothing changes it
+
+    def run(self, command: Sequence[str], **kwargs: Any) -> Any:
+        return self._static("run")
+
+    def alive(self) -> bool:
+        return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "mdevfs_readonly: the test only reads the mdevfs tree; "
+                            "where FUSE is unavailable it runs on an exported static tree")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,9 +111,26 @@ def mdevfs_session(pytestconfig: pytest.Config) -> Iterator[MdevfsMount]:
         yield mount
 
 
+@pytest.fixture(scope="session")
+def mdevfs_static(pytestconfig: pytest.Config,
+                  tmp_path_factory: pytest.TempPathFactory) -> StaticTree:
+    """The ``mdevfs_config`` topology's initial state as a static tree (no FUSE needed)."""
+    from . import capture
+
+    name = pytestconfig.getini("mdevfs_config")
+    root = tmp_path_factory.mktemp("mdevfs-static") / "sys"
+    capture.export(str(pytestconfig.rootpath / name) if name else None, None, root, None)
+    return StaticTree(root)
+
+
 @pytest.fixture
-def mdevfs(mdevfs_session: MdevfsMount, tmp_path: Path) -> Iterator[MdevfsMount]:
-    """The session's mount in its initial state: no devices, an empty /etc/mdevctl.d."""
+def mdevfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MdevfsMount]:
+    """The session's mount in its initial state: no devices, an empty /etc/mdevctl.d; for a
+    test marked mdevfs_readonly where FUSE is unavailable, the static tree."""
+    if request.node.get_closest_marker("mdevfs_readonly") and testing.unavailable():
+        yield request.getfixturevalue("mdevfs_static")
+        return
+    mdevfs_session: MdevfsMount = request.getfixturevalue("mdevfs_session")
     mdevfs_session.reset()
     mdevfs_session.mdevctl_dir = tmp_path / "mdevctl.d"
     mdevfs_session.mdevctl_dir.mkdir()

@@ -19,6 +19,7 @@ from mdevfs.export import walk_mount, write_tree
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse
+pytest_plugins = ["pytester"]
 
 MDEVFS = [sys.executable, "-m", "mdevfs"]
 CONFORMANCE = Path(__file__).parent / "conformance"
@@ -276,3 +277,35 @@ def test_import_of_a_malformed_file_names_the_line(tmp_path):
     done = mdevfs("import", str(bad))
     assert done.returncode == 2
     assert done.stderr == f"mdevfs: import: {bad}: line 2: '../../../../../etc/x' leaves the sysfs root\n"
+
+
+# --- the pytest plugin on a static tree ------------------------------------------------------
+
+def test_a_readonly_test_runs_on_an_exported_tree_where_fuse_is_unavailable(pytester):
+    pytester.makeconftest('''
+        import mdevfs.testing
+        mdevfs.testing.FUSE_DEVICE = "/nonexistent/fuse"   # as in a container without it
+    ''')
+    pytester.makepyfile('''
+        import os, pytest
+
+        @pytest.mark.mdevfs_readonly
+        def test_reads(mdevfs):
+            assert mdevfs.read("class/mdev_bus/mtty/mdev_supported_types/mtty-1/name") == \\
+                "Single port serial\\n"
+            assert os.readlink(mdevfs.root / "class/mdev_bus/mtty") == \\
+                "../../devices/virtual/mtty/mtty"
+            assert mdevfs.devices() == []
+
+        @pytest.mark.mdevfs_readonly
+        def test_writes(mdevfs):
+            mdevfs.create("mtty-1")
+
+        def test_unmarked(mdevfs):
+            pass
+    ''')
+    result = pytester.runpytest_subprocess("-rs", "-p", "pytester")
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*mdevfs: create needs a mount; this test is marked "
+                                 "mdevfs_readonly and runs on a static tree here*",
+                                 "*SKIPPED*mdevfs: /nonexistent/fuse is missing*"])

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from attrs import frozen

@@ -16,7 +16,7 @@ from typing import Any
 from .config import Topology, TopologyError
 from .driver import load_factory
 from .model import Host
-from .record import RecDevice, RecGpu, RecParent, Recording, comment, device_order, toml_value
+from .record import RecDevice, RecGpu, Recording, RecParent, comment, device_order, toml_value
 
 Candidate = tuple[str, dict[str, Any]]
 

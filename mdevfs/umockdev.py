@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .export import Entry
 
+
 def write_umockdev(entries: Iterable[Entry], out: Path) -> None:
     """The entries in umockdev-record's format, for ``umockdev-run -d FILE``."""
     entries = list(entries)

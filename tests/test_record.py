@@ -106,6 +106,30 @@ def test_a_parent_no_driver_reproduces_is_replayed_by_the_recorded_driver(tmp_pa
         assert r.read(f"bus/mdev/devices/{UA}/vendor/sample_mdev_dev") == f"This is MDEV {UA}\n"
 
 
+def test_types_whose_counts_move_together_are_replayed_as_one_pool(tmp_path):
+    """An mbochs whose description no mbochs driver shows: the recorded driver, with the pool
+    inferred from one device (63/15/3 free: costs 1, 4 and 16 of 64), counts as mbochs does."""
+    tree = tmp_path / "tree"
+    with mounted() as m:
+        m.create("mbochs-small", UA)
+        write_tree(walk_mount(m.root), tree)
+    types = tree / "devices/virtual/mbochs/mbochs/mdev_supported_types"
+    (types / "mbochs-large/description").write_text("a vendor's own words\n")
+    done = mdevfs("record", "--root", str(tree), "-o", str(tmp_path / "h.toml"))
+    text = (tmp_path / "h.toml").read_text()
+    assert done.returncode == 0 and 'driver = "recorded"' in text, done.stderr
+    assert ("# Pool inferred: the types' available_instances fit one pool of 64 units (63 free "
+            "+ the bound devices' costs), each type taking mbochs-large 16, mbochs-medium 4, "
+            "mbochs-small 1.\n") in text
+    with mounted(tmp_path / "h.toml") as r:
+        r.create("mbochs-large")
+        counts = [r.read(f"class/mdev_bus/mbochs/mdev_supported_types/mbochs-{t}/available_instances")
+                  for t in ("small", "medium", "large")]
+        assert counts == ["47\n", "11\n", "2\n"]  # as mbochs: 256 - 4 - 64 MB left
+        r.remove(UA)
+        assert r.read("class/mdev_bus/mbochs/mdev_supported_types/mbochs-small/available_instances") == "48\n"
+
+
 # --- the real 6.1 kernel, from its golden dump's tree lines ---------------------------------
 
 def golden_tree(state: str, dest: Path) -> list[str]:

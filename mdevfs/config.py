@@ -195,9 +195,9 @@ class Topology:
         return Host(iommu_group_base=self.iommu_group_base,
                     pm_advanced_debug=self.pm_advanced_debug)
 
-    def populate(self, host: Host) -> Host:
-        """Register the topology's GPUs, parents and devices, with fresh drivers, in ``host``
-        (an empty one: a new host, or one reset)."""
+    def populate(self, host: Host, devices: bool = True) -> Host:
+        """Register the topology's GPUs, parents and (unless told not to) devices, with fresh
+        drivers, in ``host`` (an empty one: a new host, or one reset)."""
         paths: set[str] = set()
         for i, gpu in enumerate(self.gpus):  # PCI devices first, as the kernel finds them at boot
             where = f"{self.source}: gpu #{i + 1} (driver {gpu.driver!r})"
@@ -240,6 +240,10 @@ class Topology:
                 host.add_parent(name, path, driver)
             except Exception as exc:
                 raise TopologyError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        return self.add_devices(host) if devices else host
+
+    def add_devices(self, host: Host) -> Host:
+        """Create the topology's ``[[device]]`` entries in ``host``; raises TopologyError."""
         for i, dev in enumerate(self.devices):  # in file order: vfio numbers follow it
             where = f"{self.source}: device #{i + 1} ({dev.uuid})"
             parent = host.parents.get(dev.parent)

@@ -55,9 +55,21 @@ class Daemon:
         appear."""
         host = topology.empty_host()
         tree = Tree(host)  # observes first, so that the topology's own devices appear
-        topology.populate(host)
-        state_file = StateFile.open(state, host) if state is not None else None
-        return cls(topology, host, tree, state_file, Faults())
+        if state is None:
+            topology.populate(host)
+            return cls(topology, host, tree, None, Faults())
+        # With a state file, the topology's [[device]] entries are created once, into a new
+        # (empty) file, which records them; from then on the file says which devices exist.
+        fresh = not os.path.exists(state) or os.path.getsize(state) == 0
+        topology.populate(host, devices=False)
+        daemon = cls(topology, host, tree, StateFile.open(state, host), Faults())
+        if fresh:
+            try:
+                topology.add_devices(host)
+            except BaseException:
+                daemon.state.close()  # type: ignore[union-attr]
+                raise
+        return daemon
 
     # --- the FUSE adapter's hooks (fuse.Hooks) --------------------------------------------
 

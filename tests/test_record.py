@@ -130,6 +130,24 @@ def test_types_whose_counts_move_together_are_replayed_as_one_pool(tmp_path):
         assert r.read("class/mdev_bus/mbochs/mdev_supported_types/mbochs-small/available_instances") == "48\n"
 
 
+def test_a_state_file_records_the_topologys_devices_once(tmp_path):
+    """With --state, [[device]] entries go into a new state file; after that the file says
+    which devices exist, so that one removed stays removed across mounts."""
+    host = tmp_path / "h.toml"
+    host.write_text(f'[[parent]]\ndriver = "mtty"\n[[device]]\nuuid = "{UA}"\nparent = "mtty"\n'
+                    f'type = "mtty-2"\niommu_group = 7\n')
+    state = tmp_path / "state"
+    with mounted(host, state=state) as m:
+        assert m.devices() == [UA] and os.readlink(m.root / f"bus/mdev/devices/{UA}/iommu_group") \
+            .endswith("/7")
+        m.remove(UA)
+    with mounted(host, state=state) as m:
+        assert m.devices() == []
+        m.create("mtty-1", UB)
+    with mounted(host, state=state) as m:
+        assert m.devices() == [UB]
+
+
 # --- the real 6.1 kernel, from its golden dump's tree lines ---------------------------------
 
 def golden_tree(state: str, dest: Path) -> list[str]:

@@ -254,9 +254,10 @@ class Control:
             return _reply(OSError(errno.EIO, f"internal error: {type(exc).__name__}: {exc}"))
 
 
-#: the kernel takes a FUSE reply's error only from -1 to -511 (fs/fuse/dev.c,
-#: fuse_dev_do_write: ``if (oh.error <= -512 || oh.error > 0)`` → EINVAL, and the request
-#: is never answered); errnos from 512 up are the kernel's internal ones
+#: errnos from 512 up are the kernel's internal ones, "never seen by user programs"
+#: (include/linux/errno.h); fs/fuse/dev.c rejects a reply's error past a bound (-1000 in
+#: older kernels, tighter in newer ones) and such a request was left unanswered here: a
+#: reader in a sleep kill -9 could not end. So only 1 to 511 are injected.
 MAX_ERRNO = 511
 
 
@@ -273,8 +274,8 @@ def _errno_number(value: int | str) -> int:
     if not isinstance(code, int) or isinstance(code, bool):
         fail(errno.EINVAL, f"errno must be a name or a number, not {value!r}")
     if not 0 < code <= MAX_ERRNO:
-        fail(errno.EINVAL, f"errno {code} cannot reach a caller through FUSE: the kernel "
-                           f"accepts only 1 to {MAX_ERRNO}")
+        fail(errno.EINVAL, f"errno {code} cannot be injected: only 1 to {MAX_ERRNO} reach a "
+                           f"caller through FUSE unchanged")
     if code not in errno.errorcode:
         fail(errno.EINVAL, f"errno {code} has no name on this system (errno.errorcode)")
     return code

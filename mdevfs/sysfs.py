@@ -609,16 +609,27 @@ class Tree(HostObserver):
         if name not in drivers.children:
             ddir = self._dir(drivers, name)
             self._file(ddir, "bind", Op(store=self._pci_bind))
-            self._file(ddir, "unbind", Op(store=self._pci_bind))
-            self._file(ddir, "new_id", Op(store=self._pci_bind))
-            self._file(ddir, "remove_id", Op(store=self._pci_bind))
+            self._file(ddir, "unbind", Op(store=functools.partial(self._pci_unbind, name)))
             self._file(ddir, "uevent", BUS_UEVENT)
         return self._dir_at(f"bus/pci/drivers/{name}")
 
+    def _pci_function_named(self, buf: bytes) -> PciFunction:
+        fn = self.host.pci.get(buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n"))
+        if fn is None:
+            fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
+        return fn
+
     def _pci_bind(self, _obj: Any, buf: bytes) -> int:
-        """Binding PCI drivers by hand is not emulated: a VF stays with its PF's driver
-        (binding vfio-pci to an NVIDIA VF fails with EINVAL on real hosts too)."""
-        fail(errno.EINVAL)
+        """bind_store: every emulated function is bound (device_driver_attach: EBUSY)."""
+        fn = self._pci_function_named(buf)
+        fail(errno.EBUSY if fn.driver is not None else errno.ENODEV)
+
+    def _pci_unbind(self, driver: str, _obj: Any, buf: bytes) -> int:
+        """unbind_store: ENODEV unless bound to this driver; detaching a GPU from its driver
+        is not emulated (EBUSY), so its VFs and vGPUs stay as they are."""
+        fn = self._pci_function_named(buf)
+        fail(errno.EBUSY if fn.driver is not None and fn.driver.name == driver
+             else errno.ENODEV)
 
     def _type_dir(self, types: Dir, mtype: MdevType) -> None:
         tdir = self._type_dirs[mtype] = self._dir(types, mtype.type_id)

@@ -39,8 +39,12 @@ ERRNOS: dict[str, set[int]] = {
     "autosuspend_delay_ms": {E.EIO},                      # runtime PM without autosuspend
     "drivers_autoprobe": set(),                           # any byte sets or clears it
     "drivers_probe": {E.ENODEV},                          # no device of that name
-    "bind": {E.ENODEV},                                   # no mdev matches a driver
-    "unbind": {E.ENODEV},                                 # not bound to this driver
+    "bind": {E.ENODEV, E.EBUSY},                          # no mdev matches a driver; a PCI
+                                                          # function is bound already
+    "unbind": {E.ENODEV, E.EBUSY},                        # not bound to this driver; a GPU's
+                                                          # detaching is not emulated
+    "sriov_numvfs": {E.EINVAL, E.ERANGE, E.EBUSY},        # iov.c sriov_numvfs_store
+    "sriov_drivers_autoprobe": {E.EINVAL},                # kstrtobool
     "async": {E.EINVAL},                                  # power/async: enabled or disabled
     "type": {E.EINVAL},                                   # iommu group without a domain
     # §5.2/§5.3: non-ASCII or mismatch EINVAL, GVT unsupported ENODEV, NVIDIA other branch
@@ -48,6 +52,7 @@ ERRNOS: dict[str, set[int]] = {
     "migration_version": {E.EINVAL, E.ENODEV, E.EPROTONOSUPPORT},
     "nvidia/vgpu_params": set(),                          # any text is kept
 }
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 FIGURES = {"examples": 0, "successes": 0, "errnos": 0, "files": 0}
 MAX_EXAMPLES = 1000
 
@@ -98,6 +103,8 @@ class Host:
         for u in set(os.listdir(devices)) - set(self.base):
             self.m.remove(u)
         for u, tdir in self.base.items():
+            if (devices / u).exists() and not (devices / u / "driver").exists():
+                self.m.remove(u)  # a fuzzed unbind: nothing binds it again, as in the kernel
             if not (devices / u).exists():
                 (tdir / "create").write_text(u)
 
@@ -108,9 +115,13 @@ class Host:
             assert re.fullmatch(rb"\d+\n", (tdir / "available_instances").read_bytes())
         devices = root / "bus/mdev/devices"
         found = sorted(os.listdir(devices))
-        groups = [os.readlink(devices / u / "iommu_group") for u in found]
+        bound = [u for u in found if os.path.lexists(devices / u / "driver")]
+        groups = [os.readlink(devices / u / "iommu_group") for u in bound]
         assert all(os.path.isdir(devices / u / "mdev_type") for u in found)
-        assert len(set(groups)) == len(found) == len(os.listdir(root / "kernel/iommu_groups"))
+        groups_dir = root / "kernel/iommu_groups"
+        mdev_groups = [g for g in os.listdir(groups_dir)  # the PCI functions have theirs too
+                       if any(UUID.fullmatch(d) for d in os.listdir(groups_dir / g / "devices"))]
+        assert len(set(groups)) == len(bound) == len(mdev_groups)
         assert "unexpected error" not in self.m.log()
 
 

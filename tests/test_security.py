@@ -362,13 +362,13 @@ def test_ctl_fail_refuses_errnos_the_kernel_would_reject(root):
     assert out.returncode == 0, out.stderr
     try:
         path = f"{MTTY1}/name"
-        for bad, why in (("600", "errno 600 cannot reach a caller through FUSE: the kernel "
-                                 "accepts only 1 to 511"),
-                         ("0", "errno 0 cannot reach a caller through FUSE: the kernel "
-                               "accepts only 1 to 511"),
-                         ("99999999999999999999", "errno 99999999999999999999 cannot reach a "
-                                                  "caller through FUSE: the kernel accepts "
-                                                  "only 1 to 511")):
+        for bad, why in (("600", "errno 600 cannot be injected: only 1 to 511 reach a caller "
+                                 "through FUSE unchanged"),
+                         ("0", "errno 0 cannot be injected: only 1 to 511 reach a caller "
+                               "through FUSE unchanged"),
+                         ("99999999999999999999", "errno 99999999999999999999 cannot be "
+                                                  "injected: only 1 to 511 reach a caller "
+                                                  "through FUSE unchanged")):
             done = cli("ctl", str(root), "fail", path, "read", bad)
             assert (done.returncode, done.stderr) == (1, f"mdevfs: fail: {why} (EINVAL)\n")
         assert cli("ctl", str(root), "fail", path, "read", "511").returncode == 1  # no name

@@ -96,8 +96,11 @@ def test_vfs_exist_when_the_write_returns_each_with_its_own_group(m):
     assert len(groups) == 3
     assert sorted(os.listdir(m.path("bus/pci/drivers/nvidia"))) == [
         "0000:41:00.0", "0000:41:00.4", "0000:41:00.5", "0000:41:00.6", "0000:81:00.0", "bind",
-        "new_id", "remove_id", "uevent", "unbind"]
-    assert errno_of(write, m, "bus/pci/drivers/nvidia/unbind", "0000:41:00.4") == errno.EINVAL
+        "uevent", "unbind"]
+    drivers = "bus/pci/drivers/nvidia"
+    assert errno_of(write, m, f"{drivers}/bind", "0000:41:00.4") == errno.EBUSY  # bound already
+    assert errno_of(write, m, f"{drivers}/bind", "0000:99:00.0") == errno.ENODEV
+    assert errno_of(write, m, f"{drivers}/unbind", "0000:41:00.4\n") == errno.EBUSY  # not emulated
 
 
 def test_current_vgpu_type_and_the_catalog_shrinking_across_siblings(m):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import heapq
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attrs import Factory, define, evolve, field, frozen
@@ -195,12 +195,13 @@ class Host:
 
     # --- PCI functions and SR-IOV ----------------------------------------------------------
 
-    def add_pci(self, fn: PciFunction) -> PciFunction:
-        """``pci_device_add()`` and the driver's probe: the function with its IOMMU group,
-        registered with VFIO when it is a VF of a driver that does so."""
+    def add_pci(self, fn: PciFunction, group: int | None = None) -> PciFunction:
+        """``pci_device_add()`` and the driver's probe: the function with its IOMMU group
+        (``group`` when given: a restored VF keeps its own), registered with VFIO when it is
+        a VF of a driver that does so."""
         if fn.bdf in self.pci:
             raise ValueError(f"PCI function {fn.bdf} is added twice")
-        fn.iommu_group = self._group_ids.alloc()
+        fn.iommu_group = self._alloc_group(group)
         if fn.is_vf and fn.driver is not None and fn.driver.vfio_vfs:
             fn.vfio = Binding(fn.iommu_group, self._vfio_groups.alloc(), self._vfio_devices.alloc())
         self.pci[fn.bdf] = fn
@@ -219,11 +220,12 @@ class Host:
         for obs in self.observers:
             obs.pci_removed(fn)
 
-    def set_numvfs(self, pf: PciFunction, buf: bytes) -> int:
+    def set_numvfs(self, pf: PciFunction, buf: bytes,
+                   groups: Sequence[int | None] = ()) -> int:
         """``sriov_numvfs_store`` (drivers/pci/iov.c): parse, bound by sriov_totalvfs
         (ERANGE), nothing to do for the current count, ENOENT without a driver that can
         configure SR-IOV, 0 disables every VF, a new count needs 0 first (EBUSY). The
-        VFs exist before the write returns."""
+        VFs exist before the write returns; ``groups`` (a restore) gives their IOMMU groups."""
         sriov = pf.sriov
         assert sriov is not None
         count = parse_numvfs(buf)
@@ -246,7 +248,7 @@ class Host:
                              ids=evolve(pf.ids, device=sriov.vf_device),
                              driver=pf.driver if sriov.drivers_autoprobe else None,
                              numa_node=pf.numa_node, bars=pf.bars[:1])
-            sriov.vfs.append(self.add_pci(vf))
+            sriov.vfs.append(self.add_pci(vf, groups[i] if i < len(groups) else None))
         pf.driver.vfs_added(pf)
         return len(buf)
 

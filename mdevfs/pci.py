@@ -15,8 +15,8 @@ the sysfs view lives in :mod:`mdevfs.sysfs`, the host that owns every function i
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import Factory, define, frozen
 
@@ -71,6 +71,10 @@ class PciDriver(Protocol):
     def function_attributes(self, fn: PciFunction) -> Sequence[Attribute]:
         """Attributes the driver adds to a function it is bound to (e.g. ``nvidia/…``)."""
 
+    def restore_function(self, fn: PciFunction, vendor: Mapping[str, Any]) -> None:
+        """Take back a function's state from a state file (``fn.vendor`` is set after);
+        raise ValueError, naming the problem, if this driver cannot hold it."""
+
 
 @define
 class NamedDriver:
@@ -89,6 +93,10 @@ class NamedDriver:
 
     def function_attributes(self, fn: PciFunction) -> Sequence[Attribute]:
         return ()
+
+    def restore_function(self, fn: PciFunction, vendor: Mapping[str, Any]) -> None:
+        if vendor:
+            raise ValueError(f"driver {self.name} keeps no state of its own")
 
 
 @define(eq=False)
@@ -124,6 +132,9 @@ class PciFunction:
     vfio: Binding | None = None
     #: whether its VFIO device is open (a VM uses it): ``mdevfs ctl DIR open <bdf>``
     vfio_open: bool = False
+    #: the driver's own per-function state (JSON values: the state file keeps it), e.g.
+    #: the vGPU type an NVIDIA VF holds
+    vendor: dict[str, Any] = Factory(dict)
 
     @property
     def domain_bus(self) -> tuple[int, int]:

@@ -45,14 +45,15 @@ from typing import Any
 
 from .errors import UsageError
 from .model import Host, HostObserver, MdevDevice, parse_uuid
+from .pci import PciFunction
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mdevfs-state"
-_OPS = ("add", "remove", "vendor", "unbind")
+_OPS = ("add", "remove", "vendor", "unbind", "pci")
 VERSION = 2
 _KEYS = {"uuid", "parent", "type", "iommu_group", "vendor"}
-_HEADER_KEYS = {"format", "version", "devices"}
+_HEADER_KEYS = {"format", "version", "devices", "gpus"}
 #: compact once the journal holds more change lines than this and than devices
 COMPACT_AFTER = 1000
 
@@ -92,6 +93,11 @@ class StateFile(HostObserver):
         #: uuid -> (IOMMU group, vendor state as JSON text) as the file has it
         self._recorded: dict[str, Recorded] = {}
         self._pending: list[Change] = []
+        #: PF address -> its VFs as the file has them (JSON text), and PFs whose VFs or
+        #: their state may have changed since
+        self._pci_recorded: dict[str, str] = {}
+        self._pci_touched: dict[str, PciFunction] = {}
+        self._gpus: dict[str, Any] = {}      # while loading: PF address -> its recorded VFs
         self._lines = 0                      # change lines since the snapshot
         self._size = 0                       # bytes of whole records on disk
         self._broken = False                 # a write failed: compact at the next change
@@ -107,6 +113,7 @@ class StateFile(HostObserver):
         try:
             state._lock()
             records = state._load()
+            state._restore_gpus()  # VFs first: an mdev may live on one (Ampere)
             for i, record in enumerate(records):
                 state._restore(i, record)
             state._groups.clear()
@@ -250,6 +257,10 @@ class StateFile(HostObserver):
         if not isinstance(devices, list):
             raise self._bad("corrupt (\"devices\" is not a list)")
         self._extra = {k: v for k, v in doc.items() if k not in _HEADER_KEYS}
+        gpus = doc.get("gpus", {})
+        if not isinstance(gpus, dict):
+            raise self._bad("corrupt (\"gpus\" is not an object)")
+        self._gpus = dict(gpus)
         return devices
 
     def _apply(self, by_uuid: dict[str, Any], change: Any, n: int) -> None:
@@ -258,6 +269,11 @@ class StateFile(HostObserver):
             raise self._bad(f"{where} corrupt (not a change: an object with \"op\" "
                             f"{', '.join(_OPS)})")
         op, uuid = change["op"], change.get("uuid")
+        if op == "pci":  # a PF's VFs and their state, whole
+            if not isinstance(change.get("bdf"), str):
+                raise self._bad(f"{where} corrupt (\"bdf\" is not a string)")
+            self._gpus[change["bdf"]] = change.get("vfs")
+            return
         if not isinstance(uuid, str):
             raise self._bad(f"{where} corrupt (\"uuid\" is not a string)")
         if op == "add":
@@ -324,7 +340,44 @@ class StateFile(HostObserver):
                             f"(the topology has no room for the recorded devices)", i, uuid) from exc
         self._recorded[uuid] = (mdev.iommu_group, _dumps(mdev.vendor))
 
+    def _restore_gpus(self) -> None:
+        """Enable the recorded VFs of each PF, with their IOMMU groups and driver state."""
+        for bdf, vfs in self._gpus.items():
+            pf = self.host.pci.get(bdf)
+            where = f"PCI device {bdf}:"
+            if pf is None or pf.sriov is None:
+                raise self._bad(f"{where} not an SR-IOV device of the topology")
+            if not isinstance(vfs, list) or not all(
+                    isinstance(v, dict) and set(v) == {"bdf", "iommu_group", "vendor"}
+                    and isinstance(v["vendor"], dict) for v in vfs):
+                raise self._bad(f"{where} corrupt (\"vfs\" is not a list of "
+                                f"{{bdf, iommu_group, vendor}})")
+            try:
+                if pf.sriov.num_vfs != len(vfs):
+                    self.host.set_numvfs(pf, b"0")
+                    if vfs:
+                        self.host.set_numvfs(pf, str(len(vfs)).encode(),
+                                             [v["iommu_group"] for v in vfs])
+                for vf, rec in zip(pf.sriov.vfs, vfs):
+                    if vf.bdf != rec["bdf"]:
+                        raise ValueError(f"VF {rec['bdf']} is {vf.bdf} in this topology")
+                    vf.driver.restore_function(vf, rec["vendor"])
+                    vf.vendor = dict(rec["vendor"])
+            except (OSError, ValueError) as exc:
+                raise self._bad(f"{where} its recorded VFs do not fit: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from exc
+        self._gpus.clear()
+        for pf in self.host.pci.values():
+            if pf.sriov is not None:
+                self._pci_recorded[pf.bdf] = _dumps(_vfs(pf))
+
     # --- observing ----------------------------------------------------------------------
+
+    def pci_added(self, fn: PciFunction) -> None:
+        if fn.physfn is not None and not self._paused:
+            self._pci_touched[fn.physfn.bdf] = fn.physfn
+
+    pci_removed = pci_added
 
     def device_added(self, mdev: MdevDevice) -> None:
         if not self._paused:
@@ -365,6 +418,12 @@ class StateFile(HostObserver):
             before = self._recorded.get(touched.uuid)
             if before is not None and _dumps(touched.vendor) != before[1]:
                 self._pending.append(("vendor", touched, before))
+        if isinstance(touched, PciFunction) and touched.physfn is not None:
+            self._pci_touched[touched.physfn.bdf] = touched.physfn
+        for bdf, pf in self._pci_touched.items():
+            if _dumps(_vfs(pf)) != self._pci_recorded.get(bdf):
+                self._pending.append(("pci", pf, None))  # type: ignore[arg-type]
+        self._pci_touched.clear()
         if not self._pending:
             if self._broken:  # catch up when there is room again; nothing new to lose
                 try:
@@ -383,7 +442,9 @@ class StateFile(HostObserver):
             raise StateSaveError(f"state file {self.path}: cannot record the change: "
                                  f"{exc.strerror or exc}", changes) from exc
         for op, mdev, _ in changes:
-            if op == "remove":
+            if op == "pci":
+                self._pci_recorded[mdev.bdf] = _dumps(_vfs(mdev))  # type: ignore[attr-defined]
+            elif op == "remove":
                 self._recorded.pop(mdev.uuid, None)
             else:
                 self._recorded[mdev.uuid] = (mdev.iommu_group, _dumps(mdev.vendor))
@@ -408,7 +469,7 @@ class StateFile(HostObserver):
         """A fresh snapshot, renamed over the file; keeps its mode, owner, foreign keys."""
         old = os.fstat(self.fd)
         devices = [_record(d) for d in self.host.devices.values()]
-        fd = self._write_snapshot(devices, old)
+        fd = self._write_snapshot(devices, old, _gpus(self.host))
         try:
             os.rename(self._tmp(), self.path)
         except OSError:
@@ -422,7 +483,8 @@ class StateFile(HostObserver):
         self._lines = 0
         self._broken = False
 
-    def _write_snapshot(self, devices: list[dict[str, Any]], like: os.stat_result | None) -> int:
+    def _write_snapshot(self, devices: list[dict[str, Any]], like: os.stat_result | None,
+                        gpus: dict[str, Any] | None = None) -> int:
         tmp = self._tmp()
         _unlink(tmp)  # only the daemon holding the lock writes it; a leftover is stale
         try:
@@ -439,6 +501,8 @@ class StateFile(HostObserver):
                     os.fchown(fd, like.st_uid, like.st_gid)
                 os.fchmod(fd, stat.S_IMODE(like.st_mode))
             head = {"format": FORMAT, "version": VERSION, "devices": devices, **self._extra}
+            if gpus:
+                head["gpus"] = gpus
             data = (_dumps(head) + "\n").encode()
             done = 0
             while done < len(data):
@@ -474,6 +538,8 @@ def read_devices(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if not line:
             continue
         change = json.loads(line)
+        if change["op"] == "pci":
+            continue  # a PF's VFs: not a device
         if change["op"] == "add":
             by_uuid[change["uuid"]] = {k: v for k, v in change.items() if k != "op"}
         elif change["op"] == "remove":
@@ -490,7 +556,21 @@ def _record(mdev: MdevDevice) -> dict[str, Any]:
             "iommu_group": mdev.iommu_group, "vendor": mdev.vendor}
 
 
+def _vfs(pf: PciFunction) -> list[dict[str, Any]]:
+    """A PF's VFs as the file records them."""
+    assert pf.sriov is not None
+    return [{"bdf": vf.bdf, "iommu_group": vf.iommu_group, "vendor": vf.vendor}
+            for vf in pf.sriov.vfs]
+
+
+def _gpus(host: Host) -> dict[str, Any]:
+    """Every SR-IOV PF with VFs enabled, and its VFs."""
+    return {fn.bdf: _vfs(fn) for fn in host.pci.values() if fn.sriov is not None and fn.sriov.vfs}
+
+
 def _change(op: str, mdev: MdevDevice) -> dict[str, Any]:
+    if op == "pci":
+        return {"op": "pci", "bdf": mdev.bdf, "vfs": _vfs(mdev)}  # type: ignore[arg-type]
     if op == "add":
         return {"op": "add", **_record(mdev)}
     if op == "vendor":

@@ -255,3 +255,59 @@ def test_an_unbound_device_is_restored_unbound(topology, tmp_path):
         assert os.path.basename(os.readlink(devices / U2 / "iommu_group")) == "1"
         new = m.create("mtty-1")
         assert os.path.basename(os.readlink(devices / new / "iommu_group")) == "0"
+
+
+GPUS = """
+[[gpu]]
+address = "0000:41:00.0"
+[gpu.options]
+model = "L40S"
+
+[[gpu]]
+address = "0000:81:00.0"
+[gpu.options]
+model = "A100"
+vfs = 2
+"""
+
+
+def test_vfs_and_their_vgpus_survive_kill_9(tmp_path):
+    """Nothing lost on SR-IOV GPUs either: the VFs a write to sriov_numvfs made, with their
+    IOMMU groups, the vGPU type and parameters an L40S VF holds, the VFs an A100 had
+    disabled and enabled again, and an mdev on an A100 VF, all back after kill -9."""
+    topology = write_topology(tmp_path, GPUS)
+    root, state = tmp_path / "sys", tmp_path / "state.json"
+    root.mkdir()
+    pci = root / "bus/pci/devices"
+    proc = subprocess.Popen(MDEVFS + ["mount", "-f", "--config", str(topology), "--state",
+                                      str(state), str(root)], stderr=subprocess.DEVNULL)
+    try:
+        wait_mounted(root, proc)
+        (pci / "0000:41:00.0/sriov_numvfs").write_text("3")
+        (pci / "0000:41:00.5/nvidia/current_vgpu_type").write_text("1152")
+        (pci / "0000:41:00.5/nvidia/vgpu_params").write_text("frame_rate_limiter=0")
+        (pci / "0000:81:00.0/sriov_numvfs").write_text("0")
+        (pci / "0000:81:00.0/sriov_numvfs").write_text("3")
+        (root / "class/mdev_bus/0000:81:00.6/mdev_supported_types/nvidia-472/create").write_text(U1)
+        links = {vf: os.readlink(pci / vf / "iommu_group") for vf in os.listdir(pci)}
+        proc.kill()
+        proc.wait()
+        out = run("mount", "--log-file", str(tmp_path / "daemon.log"), "--config", str(topology),
+                  "--state", str(state), str(root))
+        assert out.returncode == 0, out.stderr
+        assert (pci / "0000:41:00.0/sriov_numvfs").read_text() == "3\n"
+        assert (pci / "0000:41:00.5/nvidia/current_vgpu_type").read_text() == "1152\n"
+        assert (pci / "0000:41:00.5/nvidia/vgpu_params").read_text() == "frame_rate_limiter=0\n"
+        assert (pci / "0000:41:00.4/nvidia/current_vgpu_type").read_text() == "0\n"
+        assert (pci / "0000:81:00.0/sriov_numvfs").read_text() == "3\n"
+        assert {vf: os.readlink(pci / vf / "iommu_group") for vf in os.listdir(pci)} == links
+        assert os.readlink(root / f"bus/mdev/devices/{U1}") == \
+            f"../../../devices/pci0000:00/0000:81:00.6/{U1}"
+        assert os.readlink(root / f"bus/mdev/devices/{U1}/mdev_type") == \
+            "../mdev_supported_types/nvidia-472"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        run("umount", str(root))
+        cleanup(root)
+    assert not os.path.ismount(root)

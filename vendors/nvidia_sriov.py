@@ -53,7 +53,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from attrs import define, frozen
+from attrs import frozen
 
 from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
 from mdevfs.errors import fail
@@ -126,14 +126,6 @@ def _card(key: str, c: Mapping[str, Any]) -> CardModel:
                      c.get("framebuffer_mib", 0), types)
 
 
-@define(eq=False)
-class Vgpu:
-    """The vGPU a VF holds."""
-
-    type: VgpuType
-    params: str = ""
-
-
 class NvidiaSriovGpu:
     """The ``nvidia`` PCI driver of one SR-IOV GPU (its PF and its VFs)."""
 
@@ -162,8 +154,9 @@ class NvidiaSriovGpu:
         self.capacity_mib = max((t.framebuffer_mib * t.max_instance for t in self.card.types),
                                 default=0)
         self.host: Host | None = None
-        #: the vGPU on each VF that holds one (Ada and later)
-        self.vgpus: dict[PciFunction, Vgpu] = {}
+        self.pf: PciFunction | None = None
+        # The vGPU a VF holds (Ada and later) lives in its ``vendor``: {"vgpu_type": id,
+        # "vgpu_params": text}, or nothing; the state file keeps it.
 
     # --- plugging the GPU into a host -----------------------------------------------------
 
@@ -171,7 +164,7 @@ class NvidiaSriovGpu:
         """Register the PF (and enable the VFs the options ask for)."""
         card = self.card
         self.host = host
-        pf = host.add_pci(PciFunction(
+        pf = self.pf = host.add_pci(PciFunction(
             bdf=address, path=path, driver=self, numa_node=self.numa_node, bars=_BARS,
             ids=PciIds(NVIDIA, card.pci_device, NVIDIA, card.subsystem_device, card.klass),
             sriov=Sriov(card.sriov_totalvfs, card.sriov_offset, card.sriov_stride,
@@ -190,7 +183,7 @@ class NvidiaSriovGpu:
         if any(vf.vfio_open for vf in vfs):
             fail(errno.EBUSY)
         for vf in vfs:
-            self.vgpus.pop(vf, None)
+            vf.vendor.clear()
             if vf.bdf in self.host.parents:
                 self.host.remove_parent(vf.bdf)
 
@@ -199,6 +192,16 @@ class NvidiaSriovGpu:
         if not self.card.vendor_vfio:
             for vf in pf.sriov.vfs:
                 self.host.add_parent(vf.bdf, vf.path, AmpereVf(self, vf))
+
+    def restore_function(self, fn: PciFunction, vendor: Mapping[str, Any]) -> None:
+        if not vendor:
+            return
+        if fn.physfn is None or not self.card.vendor_vfio or \
+                set(vendor) != {"vgpu_type", "vgpu_params"}:
+            raise ValueError(f"{fn.bdf} cannot hold {dict(vendor)!r}")
+        if vendor["vgpu_type"] not in self.types or not isinstance(vendor["vgpu_params"], str):
+            raise ValueError(f"{fn.bdf}: no type {vendor['vgpu_type']!r} in the "
+                             f"{self.card.key} catalog")
 
     def function_attributes(self, fn: PciFunction) -> Sequence[Attribute]:
         if fn.physfn is None or not self.card.vendor_vfio:
@@ -209,7 +212,7 @@ class NvidiaSriovGpu:
                       store=lambda buf: self._set_type(fn, buf)),
             Attribute("nvidia/gpu_instance_id", show=lambda: self._vgpu(fn) and "-1"),
             Attribute("nvidia/placement_id", show=lambda: self._vgpu(fn) and str(self._slot(fn))),
-            Attribute("nvidia/vgpu_params", show=lambda: self._vgpu(fn).params,
+            Attribute("nvidia/vgpu_params", show=lambda: self._vgpu(fn)["vgpu_params"],
                       store=lambda buf: self._set_params(fn, buf)),
         )
 
@@ -217,7 +220,8 @@ class NvidiaSriovGpu:
 
     def running(self) -> list[VgpuType]:
         """The type of every vGPU on the card (Ada VFs or Ampere mdevs)."""
-        held = [v.type for v in self.vgpus.values()]
+        vfs = self.pf.sriov.vfs if self.pf is not None and self.pf.sriov is not None else []
+        held = [self.types[vf.vendor["vgpu_type"]] for vf in vfs if vf.vendor]
         if self.host is not None and not self.card.vendor_vfio:
             held += [self.types[int(m.mdev_type.spec.sysfs_name)] for m in self.host.devices.values()
                      if isinstance(m.parent.driver, AmpereVf) and m.parent.driver.gpu is self]
@@ -239,21 +243,19 @@ class NvidiaSriovGpu:
     # --- the nvidia/ group of an Ada-or-later VF ------------------------------------------
 
     def _current(self, vf: PciFunction) -> int:
-        vgpu = self.vgpus.get(vf)
-        return vgpu.type.id if vgpu is not None else 0
+        return vf.vendor.get("vgpu_type", 0)
 
-    def _vgpu(self, vf: PciFunction) -> Vgpu:
-        vgpu = self.vgpus.get(vf)
-        if vgpu is None:
+    def _vgpu(self, vf: PciFunction) -> dict[str, Any]:
+        if not vf.vendor:
             fail(errno.ENODEV)
-        return vgpu
+        return vf.vendor
 
     def _slot(self, vf: PciFunction) -> int:
         assert vf.physfn is not None and vf.physfn.sriov is not None
         return vf.physfn.sriov.vfs.index(vf)
 
     def _creatable(self, vf: PciFunction) -> str | None:
-        if vf in self.vgpus:
+        if vf.vendor:
             return None  # no lines at all: the file reads empty
         lines = [f"{t.id:<5d} : {t.name}" for t in self.card.types if self.refusal(t) is None]
         return "\n".join([HEADER, *lines])
@@ -263,20 +265,20 @@ class NvidiaSriovGpu:
         if vf.vfio_open:
             fail(errno.EBUSY)
         if type_id == 0:
-            self.vgpus.pop(vf, None)
+            vf.vendor.clear()
             return
         vtype = self.types.get(type_id)
         if vtype is None:
             fail(errno.ENODEV)
-        if vf in self.vgpus:
+        if vf.vendor:
             fail(errno.EBUSY)
         refused = self.refusal(vtype)
         if refused is not None:
             fail(refused)
-        self.vgpus[vf] = Vgpu(vtype)
+        vf.vendor.update(vgpu_type=vtype.id, vgpu_params="")
 
     def _set_params(self, vf: PciFunction, buf: bytes) -> None:
-        self._vgpu(vf).params = buf.split(b"\0", 1)[0].decode("latin-1").rstrip("\n")
+        self._vgpu(vf)["vgpu_params"] = buf.split(b"\0", 1)[0].decode("latin-1").rstrip("\n")
 
 
 class AmpereVf(BaseDriver):

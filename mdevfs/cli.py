@@ -93,7 +93,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 _CTL_FIELDS = ("parent", "path", "op", "error", "once", "seconds", "uuid", "on", "key", "value",
-               "address")
+               "address", "since")
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -157,6 +157,13 @@ def _ctl_parser(sub: Any) -> None:
     for name in ("parent", "key", "value"):
         c.add_argument(name, metavar=name.upper())
     cmds.add_parser("reset", help="back to the topology's initial state")
+    c = cmds.add_parser("reasons", help="the reasons drivers logged for recent refusals",
+                        description="What the vendor drivers logged (WARNING and up) during recent "
+                        "reads and writes of attributes, with the attribute and the operation: "
+                        "the words behind an errno. Prints {next, reasons}; ask again with "
+                        "--since NEXT for newer ones.")
+    c.add_argument("path", metavar="PATH", nargs="?", help="only this attribute's")
+    c.add_argument("--since", type=int, metavar="N", help="only entries numbered N and up")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -169,6 +176,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if verdict.note:
         print(verdict.note)
     print(verdict.message)
+    if verdict.reason:
+        print(f"the driver says: {verdict.reason}")
     return 0 if verdict.compatible else 1
 
 

@@ -15,7 +15,9 @@ op "read"|"write", error: an errno number or name such as "EIO", once);
 ``latency`` (path, seconds; 0 clears); ``busy`` (uuid, on); ``open`` (address, on: a
 PCI function's VFIO device held open, as by a VM); ``clear`` (path,
 optional: without it every fault goes); ``set-option`` (parent, key, value);
-``reset``. Each command runs whole between two FUSE requests, as they do.
+``reset``; ``reasons`` (since, path: both optional): the refusal reasons the
+drivers logged during recent shows and stores (:class:`mdevfs.daemon.Refusals`).
+Each command runs whole between two FUSE requests, as they do.
 :class:`Client` speaks it from Python; ``mdevfs ctl DIR COMMAND`` from a shell.
 """
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Control:
     unplugged: dict[str, tuple[str, VendorDriver]] = Factory(dict)
     #: called after each command (the state file records what it changed); may raise OSError
     after: Callable[[], None] | None = None
+    #: the daemon's recent refusal reasons (:class:`mdevfs.daemon.Refusals`), if kept
+    refusals: Any = None
 
     def execute(self, request: Any) -> Any:
         """Run one request; raises OSError (or ValueError for bad arguments)."""
@@ -148,6 +152,15 @@ class Control:
         if fn is None or fn.vfio is None:
             fail(errno.ENOENT, f"no VFIO device of a PCI function {address}")
         fn.vfio_open = bool(on)
+
+    def cmd_reasons(self, since: int = 0, path: str | None = None) -> dict[str, Any]:
+        """The reasons drivers logged for refusals after ``since`` (``path``: one
+        attribute's only): ``{"next": N, "reasons": [{seq, time, path, op, reason}]}``."""
+        if not isinstance(since, int) or isinstance(since, bool):
+            fail(errno.EINVAL, f"since must be a whole number, not {since!r}")
+        if self.refusals is None:
+            return {"next": 1, "reasons": []}
+        return self.refusals.since(since, None if path is None else self._canonical(path))
 
     def cmd_reset(self) -> None:
         """The topology's initial state: no devices, no faults, fresh drivers, every GPU
@@ -373,3 +386,7 @@ class Client:
 
     def reset(self) -> None:
         self.request("reset")
+
+    def reasons(self, since: int = 0, path: str | None = None) -> dict[str, Any]:
+        """Recent refusal reasons: ``{"next": N, "reasons": [{seq, time, path, op, reason}]}``."""
+        return self.request("reasons", since=since, **({} if path is None else {"path": path}))

@@ -12,6 +12,13 @@ after each attribute store (:meth:`after_store`) and each control command. A cha
 the disk refuses is undone (a create is removed again, a remove re-created, a vendor
 value put back) and the request fails with EIO, logged with the file and the cause;
 ENOSPC would say "the pool is full", which is not what happened.
+
+**Refusal reasons.** A vendor driver explains a refusal in words only in its log
+(``log.error`` before it raises the errno), as the kernel's drivers do with
+``gvt_vgpu_err``. :class:`Refusals` keeps every WARNING or ERROR record logged while an
+attribute's show or store runs, with the attribute's path, for the control
+socket's ``reasons`` command: ``mdevfs check`` and ``matrix`` show them beside the
+errno, and the log keeps them as before.
 """
 from __future__ import annotations
 
@@ -23,9 +30,11 @@ import logging
 import os
 import signal
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from attrs import define
+from attrs import Factory, define
 
 from . import control
 from .config import Topology
@@ -39,6 +48,41 @@ from .sysfs import File, Tree
 log = logging.getLogger("mdevfs")
 
 
+class Refusals(logging.Handler):
+    """The last ``keep`` WARNING and ERROR records logged during an attribute's show or store.
+
+    The FUSE adapter calls :meth:`Daemon.before` right before the synchronous show or
+    store, so a record logged after it belongs to that attribute; records of the
+    control socket and uevent tasks, which run between requests, are not kept. Each
+    entry: ``seq`` (increasing), ``time``, ``path`` (canonical, from the root), ``op``
+    ("read" or "write") and ``reason`` (the log message).
+    """
+
+    IGNORED = ("mdevfs.control", "mdevfs.uevent")
+
+    def __init__(self, keep: int = 256) -> None:
+        super().__init__(logging.WARNING)
+        self.entries: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.seq = 0
+        #: (path, op) of the attribute whose show or store runs now, or last ran
+        self.current: tuple[str, str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.current is None or record.name.startswith(self.IGNORED):
+            return
+        self.seq += 1
+        path, op = self.current
+        self.entries.append({"seq": self.seq, "time": round(record.created, 3), "path": path,
+                             "op": op, "reason": record.getMessage()})
+
+    def since(self, seq: int = 0, path: str | None = None) -> dict[str, Any]:
+        """``{"next": N, "reasons": [...]}``: the entries after ``seq`` (for ``path`` only,
+        if given); ask again with ``since=N`` for the ones after these."""
+        return {"next": self.seq + 1,
+                "reasons": [e for e in self.entries if e["seq"] >= seq
+                            and (path is None or e["path"] == path)]}
+
+
 @define
 class Daemon:
     topology: Topology
@@ -47,6 +91,7 @@ class Daemon:
     state: StateFile | None
     faults: Faults
     ready: bool = False
+    refusals: Refusals = Factory(Refusals)
 
     @classmethod
     def prepare(cls, topology: Topology, state: str | os.PathLike[str] | None = None) -> Daemon:
@@ -74,7 +119,9 @@ class Daemon:
     # --- the FUSE adapter's hooks (fuse.Hooks) --------------------------------------------
 
     async def before(self, node: File, buf: bytes | None) -> None:
+        self.refusals.current = None  # an injected fault is not the driver's refusal
         await self.faults.before(node, buf)
+        self.refusals.current = (node.path, "read" if buf is None else "write")
 
     def after_store(self, node: File) -> None:
         """Record what the store changed; undo it and answer EIO if the disk refuses."""
@@ -138,10 +185,12 @@ class Daemon:
         if sock is not None:
             sock_path = sock.getsockname()
             ctl = control.Control(self.host, self.tree, self.topology, self.faults,
-                                  after=self.save if self.state is not None else None)
+                                  after=self.save if self.state is not None else None,
+                                  refusals=self.refusals)
             tasks.append(functools.partial(ctl.serve, sock))
         tasks.append(functools.partial(self._report_ready, reporter, stop_with_client,
                                        os.fspath(mountpoint)))
+        logging.getLogger().addHandler(self.refusals)
         try:
             if self.state is not None:
                 self.state.flush()  # a version 1 file becomes a journal now, if it can
@@ -152,6 +201,7 @@ class Daemon:
                 raise
             raise MountError(f"cannot mount {os.fspath(mountpoint)}: {exc}") from exc
         finally:
+            logging.getLogger().removeHandler(self.refusals)
             if sock is not None:
                 sock.close()  # trio may have closed it already
                 with contextlib.suppress(FileNotFoundError):

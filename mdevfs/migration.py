@@ -15,6 +15,11 @@ A type node paired with a device node is checked at the type level: the
 device stands for its ``mdev_type``, as the seed's example usage does with
 ``cat .../mdev_type/migration_version``.
 
+An errno is all a real kernel tells userspace; the driver's words go to its log.
+On an mdevfs mount, :func:`check` also asks the daemon's control socket for the
+reasons its driver logged during the failed read or write (:func:`driver_reasons`)
+and gives them as :attr:`Verdict.reason`.
+
 :func:`survey` mounts several hosts' topologies and checks every ordered pair
 of their types; :func:`render_text` and :func:`render_svg` show the result.
 """
@@ -23,13 +28,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 from attrs import frozen
 
+from . import process
 from .config import Topology
+from .control import Client
 from .errors import MdevfsError, MountError
 from .testing import mounted
 
@@ -61,6 +70,12 @@ class Verdict:
     condition: int
     message: str
     note: str | None = None
+    #: what the driver logged when it refused (mdevfs mounts only), "; "-joined
+    reason: str | None = None
+
+    def explained(self) -> str:
+        """The message, and the driver's reason after it when there is one."""
+        return self.message + (f" (driver: {self.reason})" if self.reason else "")
 
 
 def errno_text(exc: OSError) -> str:
@@ -107,6 +122,41 @@ def _write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def control_of(path: Path) -> tuple[Client, str] | None:
+    """The control socket of the mdevfs mount holding ``path`` and ``path`` from its
+    root, or None when no mdevfs daemon answers for it (a real /sys, another
+    filesystem). The socket is where ``mdevfs mount`` puts it by default, or
+    ``control.sock`` beside the root (temporary mounts: ``mounted()``, ``mdevfs run``)."""
+    real = os.path.realpath(path)
+    roots = [m for m in process.mountpoints() if real == m or real.startswith(m.rstrip("/") + "/")]
+    if not roots:
+        return None
+    root = max(roots, key=len)
+    for sock in (Path(root).parent / "control.sock", process.default_control(root)):
+        if sock.is_socket():
+            return Client(sock, timeout=5.0), os.path.relpath(real, root)
+    return None
+
+
+def driver_reasons(path: Path, action: Callable[[], Any]) -> Any:
+    """Run ``action`` (a read or write of the attribute ``path``); when it raises OSError,
+    re-raise it with the reasons the daemon's driver logged for ``path`` since the
+    action began as its ``reason`` attribute ("; "-joined; None where no mdevfs daemon
+    answers or nothing was logged). Nothing is asked when the action succeeds."""
+    began = round(time.time(), 3) - 0.001  # the daemon's clock is ours, kept in ms
+    try:
+        return action()
+    except OSError as exc:
+        exc.reason = None  # type: ignore[attr-defined]
+        found = control_of(path)
+        if found is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                got = found[0].reasons(path=found[1])["reasons"]
+                exc.reason = "; ".join(r["reason"] for r in got  # type: ignore[attr-defined]
+                                       if r["time"] >= began) or None
+        raise
+
+
 def check(source: str | os.PathLike[str], target: str | os.PathLike[str],
           source_name: str | None = None, target_name: str | None = None) -> Verdict:
     """Apply the seed's four conditions in order; names default to the paths as given.
@@ -122,8 +172,8 @@ def check(source: str | os.PathLike[str], target: str | os.PathLike[str],
                 f"({device.type_id}) stands for it")
         src, tgt = _as_type(src), _as_type(tgt)
 
-    def no(condition: int, why: str) -> Verdict:
-        return Verdict(False, condition, f"incompatible: {why}", note)
+    def no(condition: int, why: str, reason: str | None = None) -> Verdict:
+        return Verdict(False, condition, f"incompatible: {why}", note, reason)
 
     for node, name in ((src, sname), (tgt, tname)):
         if not (node.path / ATTR).exists():
@@ -131,13 +181,15 @@ def check(source: str | os.PathLike[str], target: str | os.PathLike[str],
     if src.kind == "type" and src.type_id != tgt.type_id:
         return no(2, f"the types differ: {src.type_id} ({sname}) and {tgt.type_id} ({tname})")
     try:
-        version = _read(src.path / ATTR)
+        version = driver_reasons(src.path / ATTR, lambda: _read(src.path / ATTR))
     except OSError as exc:
-        return no(3, f"reading the {ATTR} of {sname} failed: {errno_text(exc)}")
+        return no(3, f"reading the {ATTR} of {sname} failed: {errno_text(exc)}",
+                  getattr(exc, "reason", None))
     try:
-        _write(tgt.path / ATTR, version)
+        driver_reasons(tgt.path / ATTR, lambda: _write(tgt.path / ATTR, version))
     except OSError as exc:
-        return no(4, f"writing the source's {ATTR} to {tname} failed: {errno_text(exc)}")
+        return no(4, f"writing the source's {ATTR} to {tname} failed: {errno_text(exc)}",
+                  getattr(exc, "reason", None))
     shown = version.decode("ascii", "replace").removesuffix("\n")
     return Verdict(True, 0, f"compatible: {tname} accepted {shown!r} from {sname}", note)
 
@@ -212,7 +264,7 @@ def render_text(matrix: Matrix, why: bool = False) -> str:
     lines.append(f"legend: {YES} compatible (the target accepted the source's string), "
                  f"{NO} incompatible (as `mdevfs check` would say)")
     if why:
-        lines += [f"{i} → {j}: {v.message}" for i, row in enumerate(matrix.verdicts, 1)
+        lines += [f"{i} → {j}: {v.explained()}" for i, row in enumerate(matrix.verdicts, 1)
                   for j, v in enumerate(row, 1) if not v.compatible]
     return "\n".join(lines) + "\n"
 
@@ -247,7 +299,7 @@ def render_svg(matrix: Matrix) -> str:
             x, y = margin + j * cell, top + i * cell
             mark = YES if v.compatible else NO
             out.append(f'<g><title>{escape(matrix.labels[i])} → {escape(matrix.labels[j])}: '
-                       f'{escape(v.message)}</title>'
+                       f'{escape(v.explained())}</title>'
                        f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" '
                        f'fill="{COLOURS[v.condition]}" stroke="#9e9e9e"/>'
                        f'<text x="{x + cell / 2}" y="{y + cell * 0.72:.1f}" text-anchor="middle"'

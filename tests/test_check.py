@@ -99,7 +99,8 @@ def test_failed_read_names_the_drivers_errno(hosts, capsys):
     src, tgt = types(b, "acme-large"), types(a, "acme-large")
     assert run_check(capsys, src, tgt) == (
         1, f"incompatible: reading the migration_version of {src} failed: "
-        "No such device (ENODEV)\n", "")
+        "No such device (ENODEV)\n"
+        "the driver says: migration not supported on type large\n", "")
 
 
 def test_failed_write_incompatible_version(hosts, capsys):
@@ -109,7 +110,8 @@ def test_failed_write_incompatible_version(hosts, capsys):
     src, tgt = types(b, "acme-small"), types(a, "acme-small")
     assert run_check(capsys, src, tgt) == (
         1, f"incompatible: writing the source's migration_version to {tgt} failed: "
-        "Invalid argument (EINVAL)\n", "")
+        "Invalid argument (EINVAL)\n"
+        "the driver says: refusing 'acme-2.3-small': source minor 3 is newer than ours, 1\n", "")
 
 
 def test_failed_write_target_unsupported(hosts, capsys):
@@ -118,7 +120,8 @@ def test_failed_write_target_unsupported(hosts, capsys):
     src, tgt = types(a, "acme-large"), types(b, "acme-large")
     assert run_check(capsys, src, tgt) == (
         1, f"incompatible: writing the source's migration_version to {tgt} failed: "
-        "No such device (ENODEV)\n", "")
+        "No such device (ENODEV)\n"
+        "the driver says: migration not supported on type large\n", "")
 
 
 def test_device_nodes(hosts, devices, capsys):
@@ -129,7 +132,8 @@ def test_device_nodes(hosts, devices, capsys):
         0, f"compatible: {dev_b} accepted 'acme-2.1-small' from {dev_a}\n", "")
     assert run_check(capsys, dev_b, dev_a) == (
         1, f"incompatible: writing the source's migration_version to {dev_a} failed: "
-        "Invalid argument (EINVAL)\n", "")
+        "Invalid argument (EINVAL)\n"
+        "the driver says: refusing 'acme-2.3-small': source minor 3 is newer than ours, 1\n", "")
 
 
 def test_device_nodes_need_no_type_check(hosts, devices, capsys):
@@ -139,7 +143,9 @@ def test_device_nodes_need_no_type_check(hosts, devices, capsys):
     small, large = devices(a, "acme-small"), devices(a, "acme-large")
     assert run_check(capsys, small, large) == (
         1, f"incompatible: writing the source's migration_version to {large} failed: "
-        "Invalid argument (EINVAL)\n", "")
+        "Invalid argument (EINVAL)\n"
+        "the driver says: refusing 'acme-2.1-small': type not matched: small is not large\n",
+        "")
 
 
 def test_device_without_the_attribute(hosts, devices, capsys):
@@ -190,7 +196,8 @@ def test_as_a_program(hosts):
     usage = subprocess.run(cmd + [str(types(a, "acme-small"))], capture_output=True, text=True,
                            timeout=30)
     assert (ok.returncode, no.returncode, usage.returncode) == (0, 1, 2)
-    assert no.stdout.endswith("failed: Invalid argument (EINVAL)\n")
+    assert no.stdout.endswith("failed: Invalid argument (EINVAL)\nthe driver says: refusing "
+                              "'acme-2.3-small': source minor 3 is newer than ours, 1\n")
     assert "the following arguments are required: TARGET" in usage.stderr
 
 

@@ -79,11 +79,12 @@ def test_why_names_the_failed_condition_and_errno(run):
     b_large, b_small = LABELS[4], LABELS[5]
     for line in (
         f"6 → 2: incompatible: writing the source's migration_version to {a_small} failed: "
-        "Invalid argument (EINVAL)",
+        "Invalid argument (EINVAL) (driver: refusing 'acme-2.3-small': source minor 3 is newer "
+        "than ours, 1)",
         f"1 → 5: incompatible: writing the source's migration_version to {b_large} failed: "
-        "No such device (ENODEV)",
+        "No such device (ENODEV) (driver: migration not supported on type large)",
         f"5 → 1: incompatible: reading the migration_version of {b_large} failed: "
-        "No such device (ENODEV)",
+        "No such device (ENODEV) (driver: migration not supported on type large)",
         f"2 → 1: incompatible: the types differ: acme-small ({a_small}) and "
         f"acme-large ({a_large})",
         f"2 → 3: incompatible: {a_mtty1} has no migration_version attribute "
@@ -108,7 +109,8 @@ def test_svg_is_valid_and_names_the_types(run):
     assert len(titles) == 64
     assert titles[5 * 8 + 1] == (
         f"{LABELS[5]} → {LABELS[1]}: incompatible: writing the source's migration_version to "
-        f"{LABELS[1]} failed: Invalid argument (EINVAL)")
+        f"{LABELS[1]} failed: Invalid argument (EINVAL) (driver: refusing 'acme-2.3-small': "
+        "source minor 3 is newer than ours, 1)")
     assert titles[1 * 8 + 5].startswith(f"{LABELS[1]} → {LABELS[5]}: compatible")
 
 

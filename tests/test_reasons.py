@@ -1,0 +1,85 @@
+"""Refusal reasons, visible (issue 15): what a vendor driver logs when it refuses reaches
+`mdevfs ctl DIR reasons`, `mdevfs check` and `matrix --why`, not only the daemon log."""
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+from conftest import needs_fuse
+
+from mdevfs.cli import main
+from mdevfs.migration import check
+from mdevfs.testing import mounted
+
+pytestmark = needs_fuse
+HOSTS = Path(__file__).resolve().parent.parent / "examples" / "two_hosts"
+ATTR = "class/mdev_bus/0000:81:00.0/mdev_supported_types/acme-small/migration_version"
+#: where ATTR's links lead: the path the daemon names an attribute by
+REAL = "devices/pci0000:80/0000:80:01.0/0000:81:00.0/mdev_supported_types/acme-small/" \
+    "migration_version"
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    with mounted(HOSTS / "host_a.toml") as a, mounted(HOSTS / "host_b.toml") as b:
+        yield a, b
+
+
+def test_a_refused_write_keeps_the_drivers_words_for_that_attribute(hosts):
+    """The store fails with the driver's errno; the control socket gives its reason, the
+    attribute's canonical path and the operation; an accepted write adds nothing."""
+    a, b = hosts
+    start = a.control.reasons()["next"]
+    a.write(ATTR, a.read(ATTR))  # its own string: accepted
+    with pytest.raises(OSError) as refused:
+        a.write(ATTR, b.read(ATTR))
+    assert refused.value.errno == errno.EINVAL
+    got = a.control.reasons(since=start)
+    assert [(r["seq"], r["path"], r["op"], r["reason"]) for r in got["reasons"]] == [
+        (start, REAL, "write", "refusing 'acme-2.3-small': source minor 3 is newer than ours, 1")]
+    assert got["next"] == start + 1
+    assert a.control.reasons(since=got["next"]) == {"next": start + 1, "reasons": []}
+    assert "source minor 3 is newer than ours, 1" in a.log()  # the log keeps it too
+
+
+def test_reasons_by_path_and_through_a_link(hosts):
+    """``path`` selects one attribute; a path through symlinks names the same file."""
+    a, b = hosts
+    start = a.control.reasons()["next"]
+    with pytest.raises(OSError):
+        a.write(ATTR, "acme-9.9-small")
+    via = "class/mdev_bus/0000:81:00.0/mdev_supported_types/acme-large/migration_version"
+    assert a.control.reasons(since=start, path=via)["reasons"] == []
+    got = a.control.reasons(since=start, path=ATTR)["reasons"]
+    assert [r["reason"] for r in got] == [
+        "refusing 'acme-9.9-small': major version not matched: 9 is not 2"]
+
+
+def test_ctl_reasons_prints_them(hosts, capsys):
+    a, b = hosts
+    start = a.control.reasons()["next"]
+    with pytest.raises(OSError):
+        a.write(ATTR, b.read(ATTR))
+    assert main(["ctl", str(a.root), "--control", str(a.control.path), "reasons",
+                 "--since", str(start), ATTR]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(r["op"], r["reason"]) for r in printed["reasons"]] == [
+        ("write", "refusing 'acme-2.3-small': source minor 3 is newer than ours, 1")]
+
+
+def test_check_gives_the_reason_and_none_on_a_plain_tree(hosts, tmp_path):
+    """On an mdevfs mount the verdict carries the driver's reason; on another filesystem
+    (here a source whose attribute cannot be read) there is no daemon to ask."""
+    a, b = hosts
+    src, tgt = b.type_dir("acme-small"), a.type_dir("acme-small")
+    verdict = check(src, tgt)
+    assert (verdict.condition, verdict.reason) == (
+        4, "refusing 'acme-2.3-small': source minor 3 is newer than ours, 1")
+    plain = tmp_path / "t" / "mdev_supported_types" / "acme-small"
+    plain.mkdir(parents=True)
+    (plain / "migration_version").mkdir()  # read(2) fails: EISDIR
+    verdict = check(plain, tgt)
+    assert (verdict.condition, verdict.reason) == (3, None)
+    assert verdict.message.endswith("failed: Is a directory (EISDIR)")

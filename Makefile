@@ -3,7 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc mdevctl util-linux libvirt-daemon libvirt-clients
+# What a stock Debian 12 (or Ubuntu 24.04, same names) lacks: the venv module, and what pyfuse3's
+# build needs (it has no wheels: gcc, pkg-config, the Python and libfuse3 headers); fuse3 for
+# fusermount3; mdevctl and libvirt (without QEMU) for the oracle tests.
+APT_PACKAGES := python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 mdevctl util-linux \
+	libvirt-daemon libvirt-clients
 
 .PHONY: install system venv demo test bench conformance lint clean
 
@@ -30,8 +34,9 @@ $(VENV)/.installed: pyproject.toml | system
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# make demo DEMO=--full: also dump every type's files
 demo: install
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py $(DEMO)
 
 test: install
 	$(BIN)/python -m pytest -q

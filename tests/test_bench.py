@@ -7,13 +7,15 @@ left mounted.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import needs_fuse
 
-from mdevfs.bench import report, tools
+from bench import report, tools
 
 pytestmark = needs_fuse
 
@@ -37,9 +39,9 @@ def test_quick_run_prints_every_row(tmp_path):
     except tools.BenchError as exc:
         pytest.skip(str(exc))
     before = mounts()
-    done = subprocess.run([sys.executable, "-m", "mdevfs.bench", "--quick", "--out",
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=180,
-                          check=False)
+                          check=False, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = [line for line in done.stdout.splitlines() if line.startswith("| `")]
     keys = {line.split("`")[1] for line in table}

@@ -30,7 +30,7 @@ from typing import Any
 
 from attrs import Factory, define, frozen
 
-from ..testing import Mount, mounted
+from mdevfs.testing import Mount, mounted
 from .tools import BenchError, Floor, Sample, Tools, drive, floor_mounted, rss_bytes
 
 BENCH_TOPOLOGY = """\
@@ -115,7 +115,7 @@ FLOORS = {"C+plus": (True, False), "C": (False, False), "C+plus/uncached": (True
 
 def floor_knobs(plus: bool, uncached: bool = False) -> dict[str, str]:
     """floor_ll's environment for mdevfs's caching mode (read from mdevfs.fuse)."""
-    from .. import fuse
+    from mdevfs import fuse
 
     entry = 0.0 if uncached else fuse.ENTRY_TIMEOUT
     return {"DIO": "1", "ET": f"{entry:g}", "AT": f"{fuse.ATTR_TIMEOUT:g}",
@@ -302,8 +302,8 @@ def phase_listing(res: Results, tools: Tools, config: Path, floors: dict[str, Fl
 def count_nodes() -> tuple[int, int]:
     """(nodes per device, nodes with no device) of the bench topology's tree, counted in
     this process with the same Tree the daemon serves."""
-    from ..config import Topology
-    from ..sysfs import Tree
+    from mdevfs.config import Topology
+    from mdevfs.sysfs import Tree
 
     host = Topology.from_text(BENCH_TOPOLOGY, "<bench topology>").build()
     tree = Tree(host)
@@ -381,7 +381,7 @@ def phase_mdevctl(res: Results, config: Path) -> None:
     with mounted(config) as m, tempfile.TemporaryDirectory(prefix="mdevfs-bench-ns-") as tmp:
         create_devices(mdevfs_side(m.root).attr_dir, plan.mdevctl_devices)
         out = Path(tmp) / "workload.json"
-        args = [sys.executable, "-m", "mdevfs.bench.workload", "--sys", str(m.root),
+        args = [sys.executable, "-m", "bench.workload", "--sys", str(m.root),
                 "--host-ns", os.readlink("/proc/self/ns/mnt"), "--devices",
                 str(plan.mdevctl_devices), "--runs", str(plan.mdevctl_runs), "--out", str(out)]
         if callable(getattr(m, "run", None)):

@@ -1,6 +1,6 @@
 """Where the time goes: FUSE requests per operation on mdevfs and on the floor.
 
-mdevfs runs under :mod:`mdevfs.bench.counting` (its handlers wrapped with counters,
+mdevfs runs under :mod:`bench.counting` (its handlers wrapped with counters,
 in that daemon only); the floor counts with its own per-opcode counters. Each
 probe runs exactly *k* operations with the syscalls of the driver's op, from the
 same directory, between two reads of the counters; so do one ``mdevctl list`` and
@@ -40,7 +40,7 @@ from .tools import BenchError, Floor, daemon
 
 
 class CountingMount:
-    """mdevfs under :mod:`mdevfs.bench.counting`: handler calls and time, on SIGUSR1."""
+    """mdevfs under :mod:`bench.counting`: handler calls and time, on SIGUSR1."""
 
     def __init__(self, root: Path, proc: subprocess.Popen[bytes], stats: Path) -> None:
         self.root, self.proc, self.stats = root, proc, stats
@@ -113,7 +113,7 @@ def phase_requests(res: Results, config: Path, floors: dict[str, Floor]) -> None
     k = plan.probe_ops
     with tempfile.TemporaryDirectory(prefix="mdevfs-bench-count-") as scratch:
         stats = Path(scratch) / "counts.json"
-        cmd = [sys.executable, "-m", "mdevfs.bench.counting", str(stats), "--config", str(config)]
+        cmd = [sys.executable, "-m", "bench.counting", str(stats), "--config", str(config)]
         with daemon(cmd, PARENT_LINK) as (root, proc, _log):
             counting = CountingMount(root, proc, stats)
             mine = mdevfs_side(root)
@@ -147,7 +147,7 @@ def count_mdevctl(res: Results, counting: CountingMount, side: Side) -> None:
     """Requests of one ``mdevctl list`` and one ``mdevctl types`` (after a warm-up run)
     with the workload's device count, inside ``mdevfs run``'s namespace, where it exists."""
     try:
-        from .. import namespace
+        from mdevfs import namespace
 
         reason = namespace.unsupported()
     except (ImportError, AttributeError):

@@ -19,10 +19,14 @@ from pathlib import Path
 
 from attrs import frozen
 
-from ..process import stop as stop_daemon
+from mdevfs.process import stop as stop_daemon
 
-#: the repository root (mdevfs/bench/tools.py → ../..); shared/ sits beside it
+#: the benchmark lives beside the tests, not in the package: tests/bench/tools.py → ../..
+#: is the repository root, and shared/ sits beside it
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the directory that holds the ``bench`` package, which its own subprocesses
+#: (python -m bench.counting, bench.workload) need on sys.path
+BENCH_PATH = str(Path(__file__).resolve().parents[1])
 
 
 class BenchError(Exception):

@@ -1,6 +1,6 @@
 """An mdevfs daemon that counts FUSE requests, for the benchmark's "where the time goes".
 
-    python -m mdevfs.bench.counting STATS_FILE --config FILE MOUNTPOINT
+    python -m bench.counting STATS_FILE --config FILE MOUNTPOINT
 
 It wraps every handler of :class:`~mdevfs.fuse.SysfsOperations` in this process
 only, counting calls and the time spent inside them, then serves as
@@ -44,8 +44,8 @@ def _dump(path: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from ..cli import main as cli_main
-    from ..fuse import SysfsOperations
+    from mdevfs.cli import main as cli_main
+    from mdevfs.fuse import SysfsOperations
 
     stats, rest = argv[0], argv[1:]
     for name in HANDLERS:

@@ -1,8 +1,8 @@
 """The real workload: ``mdevctl list`` and ``mdevctl types`` on mdevfs and on tmpfs.
 
-    mdevfs run -- python -m mdevfs.bench.workload --graft --sys ROOT ...   (preferred)
+    mdevfs run -- python -m bench.workload --graft --sys ROOT ...   (preferred)
     unshare --mount --propagation private \\
-        python -m mdevfs.bench.workload --sys ROOT ...                     (fallback)
+        python -m bench.workload --sys ROOT ...                     (fallback)
 
 Runs only inside a private mount namespace (``--host-ns`` names the caller's,
 which it refuses to be in). There it copies the mounted tree at ROOT
@@ -125,7 +125,7 @@ def measure(trees: dict[str, list[tuple[Path, Path]]], runs: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mdevfs.bench.workload")
+    parser = argparse.ArgumentParser(prog="python -m bench.workload")
     parser.add_argument("--sys", required=True, type=Path, help="the mounted mdevfs root")
     parser.add_argument("--host-ns", required=True, help="the caller's /proc/self/ns/mnt")
     parser.add_argument("--graft", action="store_true", help="inside mdevfs run")
@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     if os.readlink("/proc/self/ns/mnt") == args.host_ns:
-        print("mdevfs.bench.workload: refusing to mount in the caller's namespace",
+        print("bench.workload: refusing to mount in the caller's namespace",
               file=sys.stderr)
         return 2
     if not args.graft and not os.path.isdir("/etc/mdevctl.d"):
-        print("mdevfs.bench.workload: /etc/mdevctl.d is missing (is mdevctl installed?)",
+        print("bench.workload: /etc/mdevctl.d is missing (is mdevctl installed?)",
               file=sys.stderr)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="mdevfs-bench-tmpfs-"))

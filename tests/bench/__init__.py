@@ -9,8 +9,8 @@ median of the per-repetition p50 latencies and the ratio mdevfs / floor, with
 the target of the issue and whether it is met, writes a Markdown table and an
 SVG plot to ``bench-results/``, and prints the table.
 
-    python -m mdevfs.bench            # the full run (a few minutes on 2 cores)
-    python -m mdevfs.bench --quick    # every row on a tiny budget (a smoke test)
+    python -m bench            # the full run (a few minutes on 2 cores)
+    python -m bench --quick    # every row on a tiny budget (a smoke test)
 
 ``MDEVFS_SHARED`` overrides where ``shared/`` is (default: ``../shared`` next
 to the repository). Every mount lives under a temporary directory and is

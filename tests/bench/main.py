@@ -1,4 +1,4 @@
-"""``python -m mdevfs.bench``: build the instruments, run every phase, write the report."""
+"""``python -m bench``: build the instruments, run every phase, write the report."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 
 from . import report, requests, suite
-from .tools import REPO_ROOT, BenchError, build, floor_mounted, shared_dir
+from .tools import BENCH_PATH, REPO_ROOT, BenchError, build, floor_mounted, shared_dir
 
 PHASES = ("ops", "listing", "requests", "mount", "reset", "mdevctl")
 
@@ -25,7 +25,10 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mdevfs.bench", description=__doc__)
+    # its own subprocesses (python -m bench.counting, bench.workload) import it too
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [BENCH_PATH, os.environ.get("PYTHONPATH")]))
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="every row on a tiny budget, no 100,000-device step (a smoke test)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results",
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shared = shared_dir()
     except BenchError as exc:
-        print(f"mdevfs.bench: {exc}", file=sys.stderr)
+        print(f"bench: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="mdevfs-bench-") as scratch, \
             contextlib.ExitStack() as stack:

@@ -292,7 +292,7 @@ def listing_table(res: Results) -> str:
 
 def render(res: Results, report_rows: list[Row], info: dict[str, str], svg_name: str) -> str:
     plan = res.plan
-    from .. import fuse
+    from mdevfs import fuse
 
     machine_line = (f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · kernel "
                     f"{info['kernel']} · Python {info['python']}, pyfuse3 {info['pyfuse3']}, "
@@ -325,7 +325,7 @@ def render(res: Results, report_rows: list[Row], info: dict[str, str], svg_name:
     if res.requests:
         out += ["## Where the time goes: FUSE requests per operation", "",
                 ("Requests counted on a separate mount whose handlers are wrapped with "
-                 "counters (`mdevfs.bench.counting`) and by floor_ll's own counters; "
+                 "counters (`bench.counting`) and by floor_ll's own counters; "
                  "*in mdevfs handlers* is the time inside `SysfsOperations` methods per op "
                  "on that mount; the rest of the timed p50 (pyfuse3, trio, the kernel and "
                  "the client) is divided by mdevfs's requests, the floor's p50 by the "

@@ -47,7 +47,7 @@ conformance: install
 	tests/conformance/check
 
 bench: install
-	$(BIN)/python -m mdevfs.bench
+	PYTHONPATH=tests $(BIN)/python -m bench
 
 lint: install
 	$(BIN)/pip install -q ruff

@@ -42,7 +42,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         daemon = process.start(directory, control=control_path, log_file=log_file,
                                config=args.config, state=args.state,
                                uevents=Path(args.uevents) if args.uevents else None,
-                               allow_other=args.allow_other)
+                               allow_other=args.allow_other, timeout=args.ready_timeout,
+                               verbose=args.verbose)
         print(f"mdevfs: {directory} mounted (pid {daemon.proc.pid}, log {log_file}, "
               f"control {control_path})")
         return 0
@@ -59,6 +60,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, directory: Path, control_path: Path,
            reporter: process.Reporter | None) -> None:
     """The daemon itself: everything that can fail on bad input fails before the mount."""
+    if args.verbose:  # a debug line for every request, with its result and errno
+        from . import trace
+
+        trace.install()
     topology = _topology(args.config)
     daemon = Daemon.prepare(topology, args.state)
     process.check_mountpoint(directory)
@@ -213,14 +218,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     # directory only root may enter.
     extra = ("--allow-other",) if os.geteuid() == 0 else ()
     try:
-        with process.temporary_mount(args.config, args=extra, state=args.state,
-                                     record=True) as daemon:
+        with process.temporary_mount(args.config, args=extra, state=args.state, record=True,
+                                     timeout=args.ready_timeout,
+                                     verbose=args.verbose) as daemon:
             proc = subprocess.Popen(namespace.command_line(
                 daemon.root, command, args.mdevctl_dir, daemon.root.parent / "uevents.sock",
                 parent=os.getpid()))
             return namespace.wait(proc)
     except MountError as exc:
         raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    """The last LINES lines of the log of the mount on DIR (a detached ``mdevfs mount``'s,
+    or a temporary mount's, which sits beside it as ``mdevfs.log``)."""
+    directory = Path(os.path.abspath(args.dir))
+    candidates = ([Path(args.log_file)] if args.log_file
+                  else [process.default_log(directory), directory.parent / "mdevfs.log"])
+    for path in candidates:
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().decode(errors="replace").splitlines()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UsageError(f"log {path}: {exc.strerror}") from None
+        print("\n".join(lines[-args.lines:] if args.lines > 0 else lines))
+        return 0
+    raise UsageError(f"no mdevfs log for {directory} (looked at "
+                     f"{', '.join(map(str, candidates))}); give --log-file FILE if it was "
+                     f"mounted with one")
+
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    from . import driverdoc
+
+    docs = driverdoc.drivers()
+    if args.name is None:
+        print(driverdoc.render_list(docs), end="")
+        return 0
+    for doc in docs:
+        if doc.name == args.name:
+            print(driverdoc.render_one(doc), end="")
+            return 0
+    raise UsageError(f"no driver {args.name!r}; installed: {', '.join(d.name for d in docs)}")
 
 
 def _write_topology(text: str, rec: Any, output: str | None) -> int:
@@ -296,9 +337,14 @@ def _capture_parsers(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mdevfs", description="A kernel-faithful emulator of the Linux mdev sysfs interface.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    sub = parser.add_subparsers(dest="command", required=True)
+        prog="mdevfs", description="A kernel-faithful emulator of the Linux mdev sysfs interface.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", "--debug", action="store_true",
+                        help="log at debug level, with a line for every request the mount "
+                        "answers (path, operation, result or errno and reason); a detached "
+                        "daemon logs it to its log file (mdevfs log DIR)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("mount", help="mount an emulated sysfs root on DIR",
                        description="Mount a topology's sysfs tree on DIR. Without --foreground "
@@ -315,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="PATH",
                    help="the control socket (default: in the runtime directory, "
                    "$XDG_RUNTIME_DIR/mdevfs or /run/mdevfs for root)")
+    _ready_timeout(p)
     p.add_argument("--ready-fd", metavar="FD", type=int, help=argparse.SUPPRESS)
     p.add_argument("--stop-with-client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--uevents", metavar="SOCKET",
@@ -365,10 +412,62 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: an empty private one)")
     p.add_argument("--state", metavar="FILE",
                    help="as for mount: restore the devices from FILE and record them there")
+    _ready_timeout(p)
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     p.set_defaults(func=cmd_run)
     _capture_parsers(sub)
+
+    p = sub.add_parser("log", help="show the recent log of the mount on DIR",
+                       description="Print the last lines of the log of the mdevfs mount on DIR. "
+                       "Mounted with -v (mdevfs -v mount DIR), it holds a line for every "
+                       "request: path, operation, result or errno and the driver's reason.")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("-n", "--lines", type=int, default=50, metavar="N",
+                   help="how many lines (default 50; 0: all)")
+    p.add_argument("--log-file", metavar="FILE", help="the log, if mounted with --log-file")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("drivers", help="the vendor drivers, their options and what they model",
+                       description="List every installed vendor driver (the mdevfs.vendors "
+                       "entry points) with the options it accepts; with NAME, what it models, "
+                       "its options and their defaults, from the driver's own documentation.")
+    p.add_argument("name", metavar="NAME", nargs="?", help="one driver, e.g. mtty")
+    p.set_defaults(func=cmd_drivers)
     return parser
+
+
+def _ready_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ready-timeout", metavar="SECONDS", type=float,
+                   help="how long to wait for the mount to answer (default: "
+                   f"{process.READY_TIMEOUT:.0f} s, plus {process.READY_PER_STATE_MIB:.0f} s "
+                   "per MiB of --state file to restore)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mdevfs")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
+
+
+_EXAMPLES = """\
+examples:
+  mdevfs mount /tmp/sys && ls /tmp/sys/class/mdev_bus     the default topology, detached
+  mdevfs -v mount --config host.toml /tmp/sys             a line per request in its log
+  mdevfs log /tmp/sys                                     the mount's recent log
+  mdevfs ctl /tmp/sys unplug mtty                         hot-unplug a parent
+  mdevfs umount /tmp/sys
+  mdevfs run -- mdevctl types                             a tool that hard-codes /sys
+  mdevfs drivers mtty                                     a driver's options and defaults
+  mdevfs check SRC_TYPE_DIR DST_TYPE_DIR                  may an mdev migrate?
+  mdevfs record -o host.toml                              this host as a topology
+
+exit status: 0 done, 1 refused or incompatible, 2 bad input, 3 the daemon did not come
+up or does not answer, 4 mounting FUSE is not permitted here, 125 (run) no namespace."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,18 @@ log = logging.getLogger("mdevfs")
 #: seconds for a daemon to mount, and for a mount to answer a probe
 READY_TIMEOUT = 10.0
 PROBE_TIMEOUT = 3.0
+#: seconds more per MiB of state file to restore (100,000 devices took 14 s to mount)
+READY_PER_STATE_MIB = 2.0
+
+
+def ready_timeout(state: str | os.PathLike[str] | None = None) -> float:
+    """The default wait for a daemon to mount: READY_TIMEOUT, plus READY_PER_STATE_MIB for
+    each MiB of the state file it restores (``--ready-timeout`` overrides it)."""
+    try:
+        size = os.path.getsize(state) if state is not None else 0
+    except OSError:
+        size = 0  # a missing file is a new one; a bad one fails before it matters
+    return READY_TIMEOUT + READY_PER_STATE_MIB * size / 2**20
 
 
 # --- where files go -----------------------------------------------------------------------
@@ -202,9 +214,11 @@ def unmount(directory: Path, lazy: bool = False) -> None:
 def daemon_argv(directory: Path, *, control: Path, ready_fd: int, config: str | None = None,
                 state: str | None = None, uevents: Path | None = None,
                 allow_other: bool = False, stop_with_client: bool = False,
-                extra: Sequence[str] = ()) -> list[str]:
-    """The daemon's command line; every path absolute, as it runs in ``/``."""
-    argv = [sys.executable, "-P", "-m", "mdevfs", "mount", "--foreground",
+                extra: Sequence[str] = (), verbose: bool = False) -> list[str]:
+    """The daemon's command line; every path absolute, as it runs in ``/``. ``verbose``
+    logs at debug level, with a line for every request (:mod:`mdevfs.trace`)."""
+    argv = [sys.executable, "-P", "-m", "mdevfs", *(["--debug"] if verbose else []),
+            "mount", "--foreground",
             "--control", os.path.abspath(control), "--ready-fd", str(ready_fd)]
     if config is not None:
         argv += ["--config", os.path.abspath(config)]
@@ -270,16 +284,19 @@ def stop(root: Path, proc: subprocess.Popen[bytes]) -> None:
 def start(root: Path, *, control: Path, log_file: Path, config: str | None = None,
           state: str | None = None, uevents: Path | None = None, allow_other: bool = False,
           stop_with_client: bool = False, extra: Sequence[str] = (),
-          timeout: float = READY_TIMEOUT) -> Daemon:
+          timeout: float | None = None, verbose: bool = False) -> Daemon:
     """Start a daemon mounting on ``root`` and return once the mount exists. Raises the
     daemon's own error (TopologyError, StateError, UsageError, … from mdevfs.errors),
-    MountNotPermitted, or MountError with the tail of its log."""
+    MountNotPermitted, or MountError with the tail of its log. ``timeout`` (default:
+    :func:`ready_timeout` of the state file) bounds the wait for the mount."""
+    if timeout is None:
+        timeout = ready_timeout(state)
     log_fd = open_log(log_file)
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         argv = daemon_argv(root, control=control, ready_fd=theirs.fileno(), config=config,
                            state=state, uevents=uevents, allow_other=allow_other,
-                           stop_with_client=stop_with_client, extra=extra)
+                           stop_with_client=stop_with_client, extra=extra, verbose=verbose)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                                 pass_fds=(theirs.fileno(),), cwd="/",
                                 start_new_session=not stop_with_client)
@@ -315,7 +332,8 @@ def _wait_ready(daemon: Daemon, timeout: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([sock], [], [], left)[0]:
             raise MountError(f"the mdevfs daemon did not mount {daemon.root} within "
-                             f"{timeout:.0f} s; its log {daemon.log_file}:\n"
+                             f"{timeout:.0f} s (--ready-timeout SECONDS waits longer); "
+                             f"its log {daemon.log_file}:\n"
                              f"{daemon.log()[-2000:]}")
         data = sock.recv(65536)
         if not data:
@@ -362,7 +380,8 @@ class Reporter:
 @contextlib.contextmanager
 def temporary_mount(config: str | os.PathLike[str] | None = None, *,
                     args: Sequence[str] = (), state: str | os.PathLike[str] | None = None,
-                    timeout: float = READY_TIMEOUT, record: bool = False) -> Iterator[Daemon]:
+                    timeout: float | None = None, record: bool = False,
+                    verbose: bool = False) -> Iterator[Daemon]:
     """A daemon mounting ``config`` in a fresh private temporary directory (``sys``, with
     ``control.sock``, ``uevents.sock`` and ``mdevfs.log`` beside it), tied to this
     process: it unmounts when this process dies. Stopped, and the directory removed, in
@@ -378,7 +397,7 @@ def temporary_mount(config: str | os.PathLike[str] | None = None, *,
                        config=None if config is None else os.fspath(config),
                        state=None if state is None else os.fspath(state),
                        uevents=workdir / "uevents.sock", stop_with_client=True, extra=args,
-                       timeout=timeout)
+                       timeout=timeout, verbose=verbose)
         if note is not None:
             _record(workdir, daemon.proc.pid, note)
         yield daemon
@@ -439,3 +458,124 @@ def clean_leftovers() -> list[str]:
         note.unlink(missing_ok=True)
         done.append(f"removed the leftovers of a killed mdevfs run (pid {pid}): {workdir}")
     return done
+
+
+# --- many daemons at once: a zygote that forks them -----------------------------------------
+
+def start_many(hosts: Sequence[dict[str, Any]], timeout: float = READY_TIMEOUT
+               ) -> list[int | MdevfsError]:
+    """Start one detached daemon per entry of ``hosts`` (the keyword arguments of
+    :func:`start`: root, control, log_file, config, state, uevents, allow_other, extra)
+    and return, in order, each one's pid once it has mounted, or its error.
+
+    A daemon's start is mostly Python's imports (0.25 s of CPU). Here one zygote,
+    ``python -P -m mdevfs.process`` in ``/`` as every daemon runs, imports everything once
+    and forks each daemon, which runs exactly what ``mdevfs mount --foreground`` runs; the
+    daemons share the zygote's pages until they write them. A hundred hosts mount in
+    seconds on two cores instead of twenty. Raises MountError if the zygote fails."""
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "mdevfs.process"], cwd="/",
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    request = json.dumps({"timeout": timeout, "hosts": [
+        {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in h.items()}
+        for h in hosts]})
+    out, err = proc.communicate(request.encode(), timeout=timeout + 30 + len(hosts))
+    try:
+        reports = [json.loads(line) for line in out.decode().splitlines()]
+    except ValueError:
+        reports = []
+    if proc.returncode != 0 or len(reports) != len(hosts):
+        raise MountError(f"the mdevfs zygote failed (status {proc.returncode}): "
+                         f"{err.decode(errors='replace')[-2000:]}")
+    return [r["pid"] if r.get("ready") else by_name(str(r.get("kind")))(str(r.get("error")))
+            for r in reports]
+
+
+def _zygote() -> None:  # pragma: no cover - runs as python -m mdevfs.process
+    """Read the hosts from stdin, import everything, fork a daemon per host, and print
+    one JSON line per host: ``{"ready": true, "pid": N}`` or ``{"error", "kind"}``."""
+    import gc
+    import importlib.metadata
+
+    from . import cli, daemon, fuse, uevent  # noqa: F401 - what every daemon imports
+    from .driver import ENTRY_POINT_GROUP
+
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        with contextlib.suppress(Exception):
+            ep.load()  # the shipped drivers, imported once for all
+    request = json.loads(sys.stdin.read())
+    gc.freeze()  # the collector then leaves the shared pages alone in the children
+    children = [_fork_daemon(host) for host in request["hosts"]]
+    for pid, sock, log_file in children:
+        sys.stdout.write(json.dumps(_readiness(pid, sock, log_file, request["timeout"])) + "\n")
+    sys.stdout.flush()
+
+
+def _fork_daemon(host: dict[str, Any]) -> tuple[int, socket.socket | None, Path]:
+    from . import cli
+
+    log_file = Path(host["log_file"])
+    try:
+        log_fd = open_log(log_file)
+    except MdevfsError as exc:
+        return -1, None, log_file
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    argv = daemon_argv(Path(host["root"]), control=Path(host["control"]),
+                       ready_fd=theirs.fileno(), config=host.get("config"),
+                       state=host.get("state"),
+                       uevents=Path(host["uevents"]) if host.get("uevents") else None,
+                       allow_other=bool(host.get("allow_other")), extra=host.get("extra", ()))
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            mine.close()
+            os.setsid()
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            sys.stdout = open(1, "w", closefd=False)
+            sys.stderr = open(2, "w", closefd=False)
+            code = cli.main(argv[argv.index("-m") + 2:])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(log_fd)
+    theirs.close()
+    return pid, mine, log_file
+
+
+def _readiness(pid: int, sock: socket.socket | None, log_file: Path,
+               timeout: float) -> dict[str, Any]:
+    if sock is None:
+        return {"error": f"log file {log_file}: cannot be opened", "kind": "UsageError"}
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return {"error": f"the mdevfs daemon did not mount within {timeout:.0f} s; its "
+                    f"log {log_file}", "kind": "MountError"}
+        data = sock.recv(65536)
+        if not data:
+            _, status = os.waitpid(pid, 0)
+            tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+            return {"error": f"the mdevfs daemon exited with status "
+                    f"{os.waitstatus_to_exitcode(status)}; its log {log_file}:\n{tail}",
+                    "kind": "MountError"}
+        buf += data
+    sock.close()
+    report = json.loads(buf)
+    return {**report, "pid": pid} if report.get("ready") else report
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _zygote()

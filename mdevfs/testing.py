@@ -112,17 +112,20 @@ class Mount:
 
 @contextlib.contextmanager
 def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ...] = (),
-            timeout: float = 10.0, handle: type[Mount] = Mount,
-            state: str | os.PathLike[str] | None = None) -> Iterator[Mount]:
+            timeout: float | None = None, handle: type[Mount] = Mount,
+            state: str | os.PathLike[str] | None = None, verbose: bool = False) -> Iterator[Mount]:
     """Mount ``config`` (default: the embedded topology) in a fresh temporary directory.
     With ``state``, devices are recorded in (and restored from) that file (``--state``).
+    ``timeout`` bounds the wait for the mount (default: 10 s, more for a large state
+    file); ``verbose`` makes the daemon log every request (``mount.log()``).
 
     Yields a ``handle`` (a :class:`Mount` or subclass). When the mount does not come up,
     raises the daemon's error (a TopologyError or StateError for a bad file), or a
     :class:`mdevfs.errors.MountError` (a RuntimeError) with its log:
     :class:`~mdevfs.errors.MountNotPermitted` where mounting FUSE is not permitted.
     """
-    with process.temporary_mount(config, args=args, state=state, timeout=timeout) as daemon:
+    with process.temporary_mount(config, args=args, state=state, timeout=timeout,
+                                 verbose=verbose) as daemon:
         mount = handle(daemon.root, daemon.proc, daemon.log_file)
         mount.control = Client(daemon.control)
         mount.uevents = daemon.root.parent / "uevents.sock"

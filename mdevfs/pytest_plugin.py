@@ -22,6 +22,11 @@ Each yields a :class:`mdevfs.testing.Mount`: ``root``, ``read``, ``write``,
 the reason, where FUSE cannot be mounted; ``run()`` skips where no private mount
 namespace can be made. Every mount is unmounted in teardown, also after a failure.
 
+**Strict mode**, for CI: with ``mdevfs_strict = true`` in the pytest ini or ``MDEVFS_STRICT=1``
+in the environment, each of those skips is a failure instead, with the same reason, and a
+test marked ``mdevfs_readonly`` gets no static tree: a CI machine that lost ``/dev/fuse``
+fails its run instead of going green on skipped tests.
+
 A test marked ``@pytest.mark.mdevfs_readonly`` that asks for ``mdevfs`` does not skip
 where FUSE is unavailable: it gets a :class:`StaticTree`, the topology's initial state
 exported as plain files (``mdevfs export``), whose ``write``, ``create``, ``remove`` and
@@ -40,6 +45,23 @@ import pytest
 from . import namespace, testing
 from .errors import MountNotPermitted
 
+#: the environment variable that turns strict mode on (1, true or yes)
+STRICT_ENV = "MDEVFS_STRICT"
+_strict = False
+
+
+def strict_from_env() -> bool:
+    """True when ``MDEVFS_STRICT`` asks for strict mode."""
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cannot(reason: str) -> Any:
+    """Skip with ``reason``; in strict mode, fail with it."""
+    if _strict:
+        pytest.fail(f"{reason} (strict mode: {STRICT_ENV}=1 or mdevfs_strict = true turns "
+                    f"this skip into a failure)", pytrace=False)
+    pytest.skip(reason)
+
 
 class MdevfsMount(testing.Mount):
     """A :class:`~mdevfs.testing.Mount` whose ``run`` skips the test where it cannot work."""
@@ -47,7 +69,7 @@ class MdevfsMount(testing.Mount):
     def run(self, command: Sequence[str], **kwargs: Any) -> Any:
         reason = namespace.unsupported()
         if reason:
-            pytest.skip(reason)
+            _cannot(f"mdevfs: {reason}")
         return super().run(command, **kwargs)
 
 
@@ -81,6 +103,8 @@ class StaticTree(testing.Mount):
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _strict
+    _strict = strict_from_env() or bool(config.getini("mdevfs_strict"))
     config.addinivalue_line("markers", "mdevfs_readonly: the test only reads the mdevfs tree; "
                             "where FUSE is unavailable it runs on an exported static tree")
 
@@ -88,18 +112,21 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mdevfs_config", "topology file of the mdevfs fixture, relative to the "
                   "rootdir (default: mdevfs's embedded topology)", default="")
+    parser.addini("mdevfs_strict", "fail, instead of skipping, a test that needs an mdevfs "
+                  f"mount where FUSE is unavailable (also: {STRICT_ENV}=1)", type="bool",
+                  default=False)
 
 
 @contextlib.contextmanager
 def _mounted(config: str | os.PathLike[str] | None) -> Iterator[MdevfsMount]:
     reason = testing.unavailable()
     if reason:
-        pytest.skip(f"mdevfs: {reason}")
+        _cannot(f"mdevfs: {reason}")
     with contextlib.ExitStack() as stack:
         try:
             mount = stack.enter_context(testing.mounted(config, handle=MdevfsMount))
         except MountNotPermitted as exc:  # e.g. a container without CAP_SYS_ADMIN
-            pytest.skip(f"mdevfs: mounting FUSE is not permitted here: {exc}")
+            _cannot(f"mdevfs: mounting FUSE is not permitted here: {exc}")
         yield mount  # type: ignore[misc]
 
 
@@ -127,7 +154,8 @@ def mdevfs_static(pytestconfig: pytest.Config,
 def mdevfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MdevfsMount]:
     """The session's mount in its initial state: no devices, an empty /etc/mdevctl.d; for a
     test marked mdevfs_readonly where FUSE is unavailable, the static tree."""
-    if request.node.get_closest_marker("mdevfs_readonly") and testing.unavailable():
+    if (request.node.get_closest_marker("mdevfs_readonly") and not _strict
+            and testing.unavailable()):
         yield request.getfixturevalue("mdevfs_static")
         return
     mdevfs_session: MdevfsMount = request.getfixturevalue("mdevfs_session")

@@ -1,10 +1,18 @@
-"""`make demo`: mount the embedded default topology, show the tree, create and remove a device.
+"""`make demo`: a short tour of an emulated host, told as a story (``--full`` adds the dump).
 
-Everything here is plain file I/O on the mount, as management software does it.
+1. the parents and their types, as management software finds them in class/mdev_bus;
+2. a create with the real mdevctl, through ``mdevfs run`` (the tree at /sys for it);
+3. a create and a remove by hand, with plain file I/O, and what it does to the counts;
+4. the seed's migration check, read-then-write, on two GVT-g vGPUs: one string accepted,
+   one refused with its errno and the reason the driver logs.
+
+Everything is plain file I/O on a mount of the embedded default topology.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,73 +20,134 @@ import uuid
 from pathlib import Path
 
 MDEVFS = [sys.executable, "-m", "mdevfs"]
+GVT_TYPE = "class/mdev_bus/0000:00:02.0/mdev_supported_types/i915-GVTg_V5_4"
+MTTY_TYPE = "class/mdev_bus/mtty/mdev_supported_types/mtty-1"
 
 
-def show(root: Path, rel: str) -> None:
-    print(f"$ cat {rel}\n{(root / rel).read_text()}", end="")
+def say(text: str) -> None:
+    print(f"\n== {text}")
 
 
-def tree(root: Path, rel: str) -> None:
-    print(f"$ find {rel}")
-    for dirpath, dirnames, filenames in sorted(os.walk(root / rel)):
-        for name in sorted(dirnames + filenames):
-            path = Path(dirpath) / name
-            shown = path.relative_to(root)
-            print(f"  {shown} -> {os.readlink(path)}" if path.is_symlink() else f"  {shown}")
+def cmd(text: str) -> None:
+    print(f"$ {text}")
+
+
+def value(root: Path, rel: str) -> str:
+    return (root / rel).read_text().strip()
+
+
+def parents(root: Path) -> None:
+    say("1. The parents: each device that makes mdevs is a link in class/mdev_bus")
+    cmd("ls class/mdev_bus")
+    names = sorted(os.listdir(root / "class/mdev_bus"))
+    print("  " + "  ".join(names))
+    for name in names:
+        types = root / "class/mdev_bus" / name / "mdev_supported_types"
+        counts = [f"{t} ({(types / t / 'available_instances').read_text().strip()})"
+                  for t in sorted(os.listdir(types))]
+        shown = ", ".join(counts[:3]) + (f", … {len(counts) - 3} more" if len(counts) > 3 else "")
+        print(f"  {name}: {shown}")
+    print("  (type (available_instances); a PCI GPU on SR-IOV VFs, the L40S, makes no mdevs "
+          "until its VFs are enabled)")
+
+
+def mdevctl() -> None:
+    say("2. A create with the real mdevctl, which hard-codes /sys: `mdevfs run` gives it the tree")
+    dev = str(uuid.uuid4())
+    script = (f"mdevctl start -u {dev} -p mtty -t mtty-2 && mdevctl list && "
+              "cat /sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2/available_instances")
+    cmd(f"mdevfs run -- sh -c '{script.replace(dev, '$UUID')}'")
+    if shutil.which("mdevctl") is None:
+        print("  (mdevctl is not installed here: `make demo` installs it; Debian: apt install mdevctl)")
+        return
+    done = subprocess.run([*MDEVFS, "run", "--", "sh", "-c", script], capture_output=True,
+                          text=True)
+    for line in (done.stdout + done.stderr).splitlines():
+        if line.strip():
+            print(f"  {line}")
+    print("  (mtty-2 takes two of mtty's 24 ports: 12 → 11; the temporary mount is gone again)"
+          if done.returncode == 0 else f"  (exit status {done.returncode})")
+
+
+def by_hand(root: Path) -> None:
+    say("3. The same by hand: a UUID written to a type's create, 1 to a device's remove")
+    dev = str(uuid.uuid4())
+    before = value(root, f"{MTTY_TYPE}/available_instances")
+    cmd(f"echo $UUID > {MTTY_TYPE}/create")
+    (root / MTTY_TYPE / "create").write_text(dev + "\n")
+    print(f"  available_instances {before} → {value(root, f'{MTTY_TYPE}/available_instances')}; "
+          f"bus/mdev/devices/$UUID -> {os.readlink(root / 'bus/mdev/devices' / dev)}")
+    group = os.readlink(root / "bus/mdev/devices" / dev / "iommu_group")
+    print(f"  its IOMMU group: {os.path.basename(group)}")
+    cmd(f"echo $UUID > {MTTY_TYPE}/create    # the same UUID again")
+    try:
+        (root / MTTY_TYPE / "create").write_text(dev + "\n")
+    except OSError as exc:
+        print(f"  write error: {exc.strerror} (as the kernel: a UUID is used once)")
+    cmd("echo 1 > bus/mdev/devices/$UUID/remove")
+    (root / "bus/mdev/devices" / dev / "remove").write_text("1\n")
+    print(f"  available_instances back to {value(root, f'{MTTY_TYPE}/available_instances')}")
 
 
 def migration(root: Path) -> None:
-    """The seed's check by hand on two GVT-g vGPUs: read the source's string, write it
-    to the target; a changed string is refused with the driver's errno."""
-    gvt = "class/mdev_bus/0000:00:02.0/mdev_supported_types/i915-GVTg_V5_4"
-    if not (root / gvt).exists():
-        return
+    say("4. Migration, the seed's check: read the source's migration_version, write it to the target")
     src, dst = str(uuid.uuid4()), str(uuid.uuid4())
     for dev in (src, dst):
-        print(f"$ echo {dev} > {gvt}/create")
-        (root / gvt / "create").write_text(dev + "\n")
-    show(root, f"bus/mdev/devices/{src}/migration_version")
+        (root / GVT_TYPE / "create").write_text(dev + "\n")
+    print("  two GVT-g vGPUs of type i915-GVTg_V5_4: SRC and DST")
+    cmd("cat bus/mdev/devices/SRC/migration_version")
     version = (root / "bus/mdev/devices" / src / "migration_version").read_text()
-    newer = version.rsplit("-", 1)[0] + "-00000002\n"  # another software version
-    for text in (version, newer):
-        print(f"$ echo {text.strip()} > bus/mdev/devices/{dst}/migration_version")
+    print(f"  {version.strip()}")
+    newer = version.rsplit("-", 1)[0] + "-00000002\n"  # the same vGPU, another software version
+    target = root / "bus/mdev/devices" / dst / "migration_version"
+    for text, what in ((version, "the source's own string"),
+                       (newer, "a string from a host with GVT software version 2")):
+        cmd(f"echo {text.strip()} > bus/mdev/devices/DST/migration_version   # {what}")
         try:
-            (root / "bus/mdev/devices" / dst / "migration_version").write_text(text)
-            print("  (accepted: compatible)")
+            target.write_text(text)
+            print("  accepted: SRC may migrate to DST")
         except OSError as exc:
-            print(f"  write error: {exc.strerror} (incompatible)")
+            print(f"  write error: {exc.strerror}: refused, incompatible")
+    log = subprocess.run([*MDEVFS, "log", "-n", "40", str(root)], capture_output=True,
+                         text=True).stdout
+    reasons = [line.split(": ", 1)[1] for line in log.splitlines()
+               if " ERROR: " in line and "igration" in line]
+    if reasons:
+        print(f"  the driver's reason, in the mount's log (mdevfs log DIR): {reasons[-1]}")
     for dev in (src, dst):
         (root / "bus/mdev/devices" / dev / "remove").write_text("1\n")
+    print("  `mdevfs check SRC DST` does the same check; `mdevfs matrix` does it for whole hosts")
 
 
-def main() -> int:
+def dump(root: Path) -> None:
+    say("The full dump (--full): every type's name, device_api, available_instances, description")
+    for parent in sorted(os.listdir(root / "class/mdev_bus")):
+        types = root / "class/mdev_bus" / parent / "mdev_supported_types"
+        for type_id in sorted(os.listdir(types)):
+            rel = f"class/mdev_bus/{parent}/mdev_supported_types/{type_id}"
+            for attr in ("name", "device_api", "available_instances", "description"):
+                if (root / rel / attr).exists():
+                    print(f"$ cat {rel}/{attr}\n{(root / rel / attr).read_text()}", end="")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also dump every type's files")
+    args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="mdevfs-demo-"))
-    subprocess.run(MDEVFS + ["mount", str(root)], check=True)
+    subprocess.run([*MDEVFS, "mount", str(root)], check=True, stdout=subprocess.DEVNULL)
     try:
-        print(f"$ ls {root}/class/mdev_bus\n  " + "  ".join(sorted(os.listdir(root / "class/mdev_bus"))))
-        for parent in sorted(os.listdir(root / "class/mdev_bus")):
-            types = root / "class/mdev_bus" / parent / "mdev_supported_types"
-            for type_id in sorted(os.listdir(types)):
-                rel = f"class/mdev_bus/{parent}/mdev_supported_types/{type_id}"
-                for attr in ("name", "device_api", "available_instances", "description"):
-                    if (root / rel / attr).exists():
-                        show(root, f"{rel}/{attr}")
-        type_dir = "class/mdev_bus/mtty/mdev_supported_types/mtty-1"
-        dev = str(uuid.uuid4())
-        print(f"$ echo {dev} > {type_dir}/create")
-        (root / type_dir / "create").write_text(dev + "\n")
-        show(root, f"{type_dir}/available_instances")
-        tree(root, f"bus/mdev/devices/{dev}/")
-        print(f"  bus/mdev/devices/{dev} -> {os.readlink(root / 'bus/mdev/devices' / dev)}")
-        print(f"$ echo 1 > bus/mdev/devices/{dev}/remove")
-        (root / "bus/mdev/devices" / dev / "remove").write_text("1\n")
-        print(f"$ ls bus/mdev/devices\n  {' '.join(os.listdir(root / 'bus/mdev/devices')) or '(empty)'}")
-        show(root, f"{type_dir}/available_instances")
+        print(f"mdevfs demo: the embedded default topology, mounted at {root}")
+        parents(root)
+        mdevctl()
+        by_hand(root)
         migration(root)
+        if args.full:
+            dump(root)
     finally:
-        subprocess.run(MDEVFS + ["umount", str(root)], check=True)
+        subprocess.run([*MDEVFS, "umount", str(root)], check=True)
         root.rmdir()
-    print("unmounted; demo done")
+    print("\nunmounted. More: examples/README.md; `mdevfs --help`; `make demo DEMO=--full`")
     return 0
 
 

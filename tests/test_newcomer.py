@@ -1,0 +1,298 @@
+"""A newcomer's first hour (issue 17): --version, drivers, the request trace and `mdevfs log`,
+the ready timeout, `run` with a bad topology, strict mode without /dev/fuse, the demo, and a
+wheel that holds what the installed commands use."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import MTTY_ONLY, needs_fuse, write_topology
+
+from mdevfs import process
+
+REPO = Path(__file__).resolve().parent.parent
+MTTY_TYPE = "class/mdev_bus/mtty/mdev_supported_types/mtty-1"
+MTTY_NODE = "devices/virtual/mtty/mtty/mdev_supported_types/mtty-1"
+
+
+def mdevfs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mdevfs", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def unmount_if_mounted(directory: Path) -> None:
+    if str(directory) in process.mountpoints():
+        subprocess.run(["fusermount3", "-u", "-z", str(directory)], capture_output=True)
+
+
+# --- packaging ------------------------------------------------------------------------------
+
+def test_version_is_the_installed_distributions():
+    out = mdevfs("--version")
+    assert (out.returncode, out.stdout) == (0, f"mdevfs {importlib.metadata.version('mdevfs')}\n")
+
+
+def test_help_shows_examples_and_exit_statuses():
+    out = mdevfs("--help")
+    assert out.returncode == 0
+    assert "  mdevfs -v mount --config host.toml /tmp/sys" in out.stdout
+    assert "exit status: 0 done, 1 refused or incompatible, 2 bad input" in out.stdout
+
+
+# --- mdevfs drivers -------------------------------------------------------------------------
+
+def test_drivers_lists_every_entry_point_with_its_options():
+    out = mdevfs("drivers")
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines()
+             if line and not line.startswith(" ") and not line.startswith("`")]
+    assert names == sorted(ep.name for ep in importlib.metadata.entry_points(group="mdevfs.vendors"))
+    lines = out.stdout.splitlines()
+    mtty = lines.index(next(x for x in lines if x.startswith("mtty ")))
+    assert lines[mtty].split(None, 1)[1] == ("mtty.c: a virtual serial card with MAX_MTTYS = 24 "
+                                             "ports in one pool.")
+    assert lines[mtty + 1].strip() == "options: ports"
+
+
+def test_drivers_name_shows_the_drivers_own_documentation():
+    out = mdevfs("drivers", "mtty")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("mtty (mdevfs_vendors.samples:Mtty)\noptions: ports\n\n")
+    assert "Option: ``ports`` (default 24) resizes the pool." in out.stdout
+    assert out.stdout.endswith('    driver = "mtty"\n    [parent.options]      # any of: ports\n')
+
+
+def test_drivers_unknown_name_is_bad_input():
+    out = mdevfs("drivers", "nope")
+    assert out.returncode == 2
+    assert out.stderr.startswith("mdevfs: no driver 'nope'; installed: gvt, mbochs, mdpy, mtty")
+
+
+# --- the request trace, mdevfs log, the ready timeout -----------------------------------------
+
+@needs_fuse
+def test_verbose_reaches_the_detached_daemon_and_log_shows_the_trace(tmp_path):
+    root = tmp_path / "sys"
+    root.mkdir()
+    log = tmp_path / "daemon.log"
+    out = mdevfs("--debug", "mount", "--log-file", str(log), str(root))
+    assert out.returncode == 0, out.stderr
+    try:
+        with pytest.raises(OSError) as refused:
+            (root / MTTY_TYPE / "create").write_text("not-a-uuid\n")
+        assert refused.value.errno == 22
+        assert (root / MTTY_TYPE / "available_instances").read_text() == "24\n"
+        shown = mdevfs("log", "-n", "2", "--log-file", str(log), str(root))
+    finally:
+        mdevfs("umount", str(root))
+        unmount_if_mounted(root)
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.split(" ", 2)[2] for line in shown.stdout.splitlines()]  # no date, time
+    assert lines == [
+        f"mdevfs.trace DEBUG: write {MTTY_NODE}/create b'not-a-uuid\\n': EINVAL (Invalid argument)",
+        f"mdevfs.trace DEBUG: read {MTTY_NODE}/available_instances: b'24\\n'"]
+
+
+@needs_fuse
+def test_log_finds_a_default_log_and_a_temporary_mounts(tmp_path):
+    from mdevfs.testing import mounted
+
+    with mounted(write_topology(tmp_path, MTTY_ONLY), verbose=True) as m:
+        (m.root / MTTY_TYPE / "available_instances").read_text()
+        out = mdevfs("log", "-n", "1", str(m.root))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(" ", 2)[2] == (f"mdevfs.trace DEBUG: read {MTTY_NODE}/"
+                                           "available_instances: b'24\\n'\n")
+
+
+def test_log_of_a_directory_never_mounted_says_where_it_looked(tmp_path):
+    out = mdevfs("log", str(tmp_path / "sys"))
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"mdevfs: no mdevfs log for {tmp_path}/sys (looked at ")
+
+
+@needs_fuse
+def test_ready_timeout_is_a_flag_and_named_when_it_runs_out(tmp_path):
+    root = tmp_path / "sys"
+    root.mkdir()
+    try:
+        out = mdevfs("mount", "--ready-timeout", "0", "--log-file", str(tmp_path / "log"),
+                     str(root))
+    finally:
+        unmount_if_mounted(root)
+    assert out.returncode == 3
+    assert out.stderr.startswith(f"mdevfs: the mdevfs daemon did not mount {root} within 0 s "
+                                 "(--ready-timeout SECONDS waits longer); its log ")
+
+
+def test_default_ready_timeout_grows_with_the_state_file(tmp_path):
+    state = tmp_path / "state.json"
+    assert process.ready_timeout(None) == process.READY_TIMEOUT == 10.0
+    assert process.ready_timeout(state) == 10.0  # not there yet: a new file
+    state.write_bytes(b"x" * (5 * 2**20))
+    assert process.ready_timeout(state) == 10.0 + 5 * process.READY_PER_STATE_MIB == 20.0
+
+
+def test_run_with_a_bad_topology_prints_the_cause_and_exits_2(tmp_path):
+    bad = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\nports = -1\n')
+    out = mdevfs("run", "--config", str(bad), "--", "true")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (f"mdevfs: {bad}: parent #1 (driver 'mtty'): the driver refused its "
+                          "options: ValueError: option 'ports' must be a whole number ≥ 0, "
+                          "not -1\n")
+
+
+# --- strict mode ----------------------------------------------------------------------------
+
+def _pytest_without_dev_fuse(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """pytest on ``project`` in a private mount namespace whose /dev lacks fuse (a tmpfs
+    with only null, zero, random and urandom bound in); the host's /dev is untouched."""
+    keep = project / "hostdev"
+    keep.mkdir()
+    script = (f'mount --bind /dev "{keep}" && mount -t tmpfs tmpfs /dev && '
+              'for n in null zero random urandom; do touch /dev/$n && '
+              f'mount --bind "{keep}/$n" /dev/$n; done && ln -s /proc/self/fd /dev/fd && '
+              f'test ! -e /dev/fuse && exec "{sys.executable}" -m pytest -q -p no:cacheprovider '
+              f'"{project}/test_x.py"')
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=project)
+
+
+@pytest.fixture
+def project(tmp_path):
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to hide /dev/fuse in a private namespace")
+    (tmp_path / "test_x.py").write_text("def test_allocator(mdevfs):\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    return tmp_path
+
+
+def test_without_dev_fuse_a_mount_test_skips_by_default(project):
+    env = {k: v for k, v in os.environ.items() if k != "MDEVFS_STRICT"}
+    out = _pytest_without_dev_fuse(project, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1].startswith("1 skipped in ")
+
+
+def test_strict_env_makes_a_missing_dev_fuse_fail_the_run(project):
+    out = _pytest_without_dev_fuse(project, dict(os.environ, MDEVFS_STRICT="1"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert ("mdevfs: /dev/fuse is missing: load the fuse module (modprobe fuse) or give the "
+            "container --device /dev/fuse (strict mode: MDEVFS_STRICT=1 or mdevfs_strict = true "
+            "turns this skip into a failure)") in out.stdout
+    assert out.stdout.splitlines()[-1].startswith("1 error in ")
+
+
+def test_strict_ini_option_does_the_same(project):
+    (project / "pytest.ini").write_text("[pytest]\nmdevfs_strict = true\n")
+    env = {k: v for k, v in os.environ.items() if k != "MDEVFS_STRICT"}
+    out = _pytest_without_dev_fuse(project, env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1].startswith("1 error in ")
+
+
+# --- the demo -------------------------------------------------------------------------------
+
+@needs_fuse
+def test_demo_is_a_short_story_with_one_accepted_and_one_refused_migration():
+    out = subprocess.run([sys.executable, str(REPO / "examples/demo.py")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) <= 50  # a screen or two
+    assert [x for x in lines if x.startswith("== ")] == [
+        "== 1. The parents: each device that makes mdevs is a link in class/mdev_bus",
+        "== 2. A create with the real mdevctl, which hard-codes /sys: `mdevfs run` gives it the tree",
+        "== 3. The same by hand: a UUID written to a type's create, 1 to a device's remove",
+        "== 4. Migration, the seed's check: read the source's migration_version, write it to "
+        "the target"]
+    assert "  accepted: SRC may migrate to DST" in lines
+    assert "  write error: Invalid argument: refused, incompatible" in lines
+    assert ("  the driver's reason, in the mount's log (mdevfs log DIR): Migration version "
+            "mismatched. Possible reason: migration software version not matched. Local "
+            "migration version:8086-1912-GVTg_V5_4-00000001, Remote migration version:"
+            "8086-1912-GVTg_V5_4-00000002") in lines
+    if shutil.which("mdevctl"):
+        assert "  11" in lines  # mtty-2's available_instances after mdevctl's create
+    full = subprocess.run([sys.executable, str(REPO / "examples/demo.py"), "--full"],
+                          capture_output=True, text=True, timeout=120)
+    assert full.returncode == 0, full.stderr
+    assert "$ cat class/mdev_bus/mtty/mdev_supported_types/mtty-2/available_instances" in full.stdout
+
+
+# --- the wheel ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of what the package is made of (never in the checkout)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("mdevfs", "vendors"):
+        shutil.copytree(REPO / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = src / "dist"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                            str(out), str(src)], capture_output=True, text=True, timeout=600)
+    if built.returncode != 0 and "Could not find a version" in built.stderr:
+        pytest.skip(f"no build backend to be had here: {built.stderr.strip()[-300:]}")
+    assert built.returncode == 0, built.stderr
+    (whl,) = out.glob("mdevfs-*.whl")
+    return whl
+
+
+def test_wheel_holds_the_data_files_the_license_and_the_entry_points(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    version = importlib.metadata.version("mdevfs")
+    info = f"mdevfs-{version}.dist-info"
+    for needed in ("mdevfs/default.toml", "mdevfs/py.typed", "mdevfs_vendors/nvidia_catalogs.toml",
+                   "mdevfs/namespace.py", "mdevfs/trace.py", f"{info}/licenses/LICENSE"):
+        assert needed in names
+    meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
+    assert "License-Expression: GPL-2.0-or-later" in meta.splitlines()
+    eps = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
+    assert "mdevfs = mdevfs.cli:main" in eps and "mdevfs = mdevfs.pytest_plugin" in eps
+
+
+@needs_fuse
+def test_wheel_installed_in_a_fresh_venv_mounts_and_runs(wheel, tmp_path):
+    """pip installs the wheel alone (its dependencies come from this venv, by a .pth file:
+    building pyfuse3 again would take a minute); then the commands run from that venv."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    vpy = venv / "bin/python"
+    site = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    done = subprocess.run([str(venv / "bin/pip"), "install", "-q", "--no-deps", "--no-index",
+                           str(wheel)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    where = subprocess.run([str(vpy), "-c", "import mdevfs; print(mdevfs.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert where.stdout.startswith(site), where.stdout + where.stderr
+    exe = venv / "bin/mdevfs"
+    assert subprocess.run([str(exe), "--version"], capture_output=True, text=True,
+                          cwd=tmp_path).stdout == f"mdevfs {importlib.metadata.version('mdevfs')}\n"
+    drivers = subprocess.run([str(exe), "drivers", "nvidia-sriov"], capture_output=True, text=True,
+                             cwd=tmp_path)
+    assert drivers.returncode == 0 and "options: model, vfs, mode, catalog, numa_node" in drivers.stdout
+    root = tmp_path / "sys"
+    root.mkdir()
+    mounted = subprocess.run([str(exe), "mount", "--log-file", str(tmp_path / "log"), str(root)],
+                             capture_output=True, text=True, cwd=tmp_path)
+    try:
+        assert mounted.returncode == 0, mounted.stderr
+        assert sorted(os.listdir(root / "class/mdev_bus")) == [
+            "0000:00:02.0", "0000:41:00.0", "mbochs", "mdpy", "mtty"]
+        gpu = root / "bus/pci/devices/0000:c1:00.0/sriov_totalvfs"  # the catalog's data
+        assert gpu.read_text() == "32\n"
+    finally:
+        subprocess.run([str(exe), "umount", str(root)], capture_output=True, cwd=tmp_path)
+        unmount_if_mounted(root)

@@ -248,7 +248,8 @@ class Host:
                              ids=evolve(pf.ids, device=sriov.vf_device),
                              driver=pf.driver if sriov.drivers_autoprobe else None,
                              numa_node=pf.numa_node, bars=pf.bars[:1])
-            sriov.vfs.append(self.add_pci(vf, groups[i] if i < len(groups) else None))
+            sriov.vfs.append(vf)  # virtfn<i> is its place in this list
+            self.add_pci(vf, groups[i] if i < len(groups) else None)
         pf.driver.vfs_added(pf)
         return len(buf)
 

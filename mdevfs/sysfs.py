@@ -595,8 +595,7 @@ class Tree(HostObserver):
         if fn.physfn is not None:
             pf = self._dir_at(fn.physfn.path)
             self._attach(fdir, Link("physfn", pf))
-            index = fn.physfn.sriov.vfs.index(fn) if fn in fn.physfn.sriov.vfs else \
-                len(fn.physfn.sriov.vfs)
+            index = fn.physfn.sriov.vfs.index(fn)
             nodes.append(self._attach(pf, VolatileLink(f"virtfn{index}", fdir)))
         self._pci_nodes[fn] = nodes
 

@@ -193,7 +193,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         matrix = migration.survey(args.topologies)
     except RuntimeError as exc:
         raise UsageError(f"a host did not mount: {exc}") from None
-    print(migration.render_text(matrix, why=args.why), end="")
+    render = migration.render_text if args.all else migration.render_same_type
+    print(render(matrix, why=args.why), end="")
     if args.svg:
         Path(args.svg).write_text(migration.render_svg(matrix))
         print(f"wrote {args.svg}")
@@ -388,12 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("matrix", help="which type of which host may migrate to which",
                        description="Mount each host's topology in a temporary directory, check "
-                       "every ordered pair of their types as `check` does, print the N×N "
-                       "table, unmount. Types are labelled host:parent:type-id, the host "
-                       "being the file's stem.")
+                       "the ordered pairs of their types as `check` does, print a table per "
+                       "type id of the same-type pairs (--all: the N×N table of every pair), "
+                       "unmount. Types are labelled host:parent:type-id, the host being the "
+                       "file's stem.")
     p.add_argument("topologies", metavar="TOPOLOGY", nargs="+", help="a host's topology file")
     p.add_argument("--svg", metavar="FILE", help="also draw the table as SVG in FILE")
     p.add_argument("--why", action="store_true", help="list the reason for every ✗")
+    p.add_argument("--all", action="store_true", help="every ordered pair of types, not only "
+                   "those of the same type id (the SVG always has every pair)")
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("run", help="run COMMAND with the emulated tree at the real /sys paths",

@@ -269,6 +269,34 @@ def render_text(matrix: Matrix, why: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_same_type(matrix: Matrix, why: bool = False) -> str:
+    """Only the pairs that may migrate at all: for each type id, the table of its types on
+    every host and parent (a pair of different types is incompatible by condition 2, and
+    made 306 of the 324 cells of the full table say so)."""
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(matrix.labels):
+        groups.setdefault(label.rsplit(":", 1)[1], []).append(i)
+    num = len(str(max((len(g) for g in groups.values()), default=1)))
+    lines = ["migration_version compatibility of same-type pairs (row: source, column: "
+             "target); --all compares every pair"]
+    for type_id, members in sorted(groups.items()):
+        width = max(len(matrix.labels[i].rsplit(":", 1)[0]) for i in members)
+        lines.append(f"{type_id}:")
+        lines.append(f"  {'':>{num}} {'':<{width}}  "
+                     + " ".join(f"{j:>{num}}" for j in range(1, len(members) + 1)))
+        for k, i in enumerate(members, 1):
+            marks = (YES if matrix.verdicts[i][j].compatible else NO for j in members)
+            lines.append(f"  {k:>{num}} {matrix.labels[i].rsplit(':', 1)[0]:<{width}}  "
+                         + " ".join(f"{m:>{num}}" for m in marks))
+    lines.append(f"legend: {YES} compatible (the target accepted the source's string), "
+                 f"{NO} incompatible (as `mdevfs check` would say)")
+    if why:
+        lines += [f"{matrix.labels[i]} → {matrix.labels[j]}: {matrix.verdicts[i][j].explained()}"
+                  for members in groups.values() for i in members for j in members
+                  if not matrix.verdicts[i][j].compatible]
+    return "\n".join(lines) + "\n"
+
+
 #: the SVG fill of a cell, by the seed condition that failed (0: compatible)
 COLOURS = {0: "#2e7d32", 4: "#c62828", 3: "#ef6c00", 2: "#e0e0e0", 1: "#f5f5f5"}
 LEGEND = {0: "compatible", 4: "incompatible: the target refused the source's string",

@@ -49,8 +49,35 @@ def assert_nothing_left(tmp_path: Path) -> None:
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("matrix")
     out = matrix(tmp, str(HOSTS / "host_a.toml"), str(HOSTS / "host_b.toml"),
-                 "--svg", str(tmp / "m.svg"), "--why")
+                 "--svg", str(tmp / "m.svg"), "--why", "--all")
     return tmp, out
+
+
+def test_by_default_only_same_type_pairs(tmp_path):
+    """Without --all, a table per type id: a pair of different types is incompatible by
+    condition 2 and said once, not in most cells of the full table."""
+    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(HOSTS / "host_b.toml"), "--why")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:9] == [
+        "migration_version compatibility of same-type pairs (row: source, column: target); "
+        "--all compares every pair",
+        "acme-large:",
+        "                         1 2",
+        "  1 host_a:0000:81:00.0  ✓ ✗",
+        "  2 host_b:0000:81:00.0  ✗ ✗",
+        "acme-small:",
+        "                         1 2",
+        "  1 host_a:0000:81:00.0  ✓ ✓",
+        "  2 host_b:0000:81:00.0  ✗ ✓"]
+    assert lines[9:11] == ["mtty-1:", " " * 17 + "1 2"]
+    assert ("host_b:0000:81:00.0:acme-small → host_a:0000:81:00.0:acme-small: incompatible: "
+            "writing the source's migration_version to host_a:0000:81:00.0:acme-small failed: "
+            "Invalid argument (EINVAL) (driver: refusing 'acme-2.3-small': source minor 3 is "
+            "newer than ours, 1)") in lines
+    assert not [line for line in lines if "the types differ" in line]
+    assert sum(" → " in line for line in lines) == 4 * 4 - 4  # 16 same-type pairs, 4 ✓
+    assert_nothing_left(tmp_path)
 
 
 def test_table_cells(run):
@@ -148,7 +175,7 @@ def test_bad_topology_mounts_nothing(tmp_path):
 
 def test_same_stem_twice_gets_distinct_host_names(tmp_path):
     """Labels stay unique when two topology files share a stem: host_a, host_a#2."""
-    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(HOSTS / "host_a.toml"))
+    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(HOSTS / "host_a.toml"), "--all")
     assert out.returncode == 0, out.stderr
     labels = [m[2] for m in map(ROW.fullmatch, out.stdout.splitlines()) if m]
     assert labels == LABELS[:4] + [label.replace("host_a", "host_a#2") for label in LABELS[:4]]

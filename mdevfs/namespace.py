@@ -52,6 +52,37 @@ if __package__:  # imported as mdevfs.namespace; run as a script, only the stdli
 SYS = Path("/sys")
 MDEVCTL_DIR = Path("/etc/mdevctl.d")
 VFIO_DIR = Path("/dev/vfio")
+SRIOV_MANAGE = Path("/usr/lib/nvidia/sriov-manage")
+#: NVIDIA's sriov-manage, as far as management software uses it: -e enables every VF a GPU
+#: offers, -d disables them, on one PF or ALL; it writes the same files the real one does
+SRIOV_MANAGE_SCRIPT = """#!/bin/sh
+# mdevfs's stand-in for NVIDIA's /usr/lib/nvidia/sriov-manage, inside mdevfs run.
+set -eu
+usage() { echo "usage: sriov-manage -e|-d <PF address>|ALL" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+case $1 in -e|-d) mode=$1 ;; *) usage ;; esac
+dev=/sys/bus/pci/devices
+if [ "$2" = ALL ]; then
+    set --
+    for d in "$dev"/*; do
+        if [ -e "$d/sriov_totalvfs" ] && [ "$(basename "$(readlink "$d/driver")")" = nvidia ]; then
+            set -- "$@" "$(basename "$d")"
+        fi
+    done
+else
+    set -- "$2"
+fi
+for pf in "$@"; do
+    numvfs=$dev/$pf/sriov_numvfs
+    [ -e "$numvfs" ] || { echo "sriov-manage: $pf is not an SR-IOV GPU" >&2; exit 1; }
+    if [ "$mode" = -d ]; then
+        echo 0 >"$numvfs"
+    elif [ "$(cat "$numvfs")" = 0 ]; then
+        cat "$dev/$pf/sriov_totalvfs" >"$numvfs"
+    fi
+    echo "$pf: $(cat "$numvfs") VFs enabled"
+done
+"""
 #: like env(1) and chroot(1): the namespace could not be set up, COMMAND did not run
 SETUP_FAILED = 125
 
@@ -247,6 +278,26 @@ class Grafter:
         for sub in ("callouts", "notifiers"):
             (MDEVCTL_DIR / "scripts.d" / sub).mkdir(parents=True, exist_ok=True)
 
+    def sriov_manage(self) -> None:
+        """When the tree has an SR-IOV PF: the stand-in at /usr/lib/nvidia/sriov-manage, a
+        file of the run's private directory (beside ROOT) bound there; /usr/lib/nvidia gets
+        a private tmpfs when the host has none."""
+        pci = self.root / "bus/pci/devices"
+        if not pci.is_dir() or not any((pci / d / "sriov_totalvfs").exists()
+                                       for d in os.listdir(pci)):
+            return
+        script = self.root.parent / "sriov-manage"
+        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+        with os.fdopen(fd, "w") as f:
+            f.write(SRIOV_MANAGE_SCRIPT)
+        if not SRIOV_MANAGE.parent.is_dir():
+            self.make_writable(SRIOV_MANAGE.parent.parent)
+            SRIOV_MANAGE.parent.mkdir()
+        if not SRIOV_MANAGE.exists():
+            self.make_writable(SRIOV_MANAGE.parent)
+            SRIOV_MANAGE.touch()
+        _mount(script, SRIOV_MANAGE, flags=_MS_BIND)
+
     def private_vfio(self) -> None:
         """An empty tmpfs over the host's /dev/vfio, if it has one. /dev itself stays the
         host's devtmpfs: libudev (systemd >= 248) disables its udev monitors unless /dev
@@ -328,6 +379,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         for rel in grafted_paths(grafter.root):
             grafter.graft(rel)
         grafter.mdevctl_dir(args.mdevctl_dir)
+        grafter.sriov_manage()
         grafter.private_vfio()
         _loopback_up()
     except OSError as exc:

@@ -261,3 +261,21 @@ def test_sriov_numvfs_without_a_driver_that_configures_sriov_is_enoent():
     assert errno_of(host.set_numvfs, pf, b"2") == errno.ENOENT
     assert host.set_numvfs(pf, b"0") == 1  # the current count: nothing to configure
     assert errno_of(host.set_numvfs, pf, b"9") == errno.ERANGE
+
+
+def test_sriov_manage_stands_in_inside_mdevfs_run(tmp_path):
+    """NVIDIA's /usr/lib/nvidia/sriov-manage -e|-d, as management software calls it; the
+    host's /usr/lib is untouched."""
+    topology = write_topology(tmp_path, TOPOLOGY)
+    script = ("/usr/lib/nvidia/sriov-manage -e ALL && "
+              "cat /sys/bus/pci/devices/0000:81:00.0/sriov_numvfs && "
+              "/usr/lib/nvidia/sriov-manage -d 0000:41:00.0 && "
+              "/usr/lib/nvidia/sriov-manage -d 0000:99:00.0 || echo refused $?")
+    had = os.path.exists("/usr/lib/nvidia/sriov-manage")
+    done = subprocess.run([sys.executable, "-m", "mdevfs", "run", "--config", str(topology), "--",
+                           "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("0000:41:00.0: 32 VFs enabled\n0000:81:00.0: 16 VFs enabled\n16\n"
+                           "0000:41:00.0: 0 VFs enabled\nrefused 1\n")
+    assert done.stderr == "sriov-manage: 0000:99:00.0 is not an SR-IOV GPU\n"
+    assert os.path.exists("/usr/lib/nvidia/sriov-manage") == had

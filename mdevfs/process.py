@@ -462,7 +462,7 @@ def clean_leftovers() -> list[str]:
 
 # --- many daemons at once: a zygote that forks them -----------------------------------------
 
-def start_many(hosts: Sequence[dict[str, Any]], timeout: float = READY_TIMEOUT
+def start_many(hosts: Sequence[dict[str, object]], timeout: float = READY_TIMEOUT
                ) -> list[int | MdevfsError]:
     """Start one detached daemon per entry of ``hosts`` (the keyword arguments of
     :func:`start`: root, control, log_file, config, state, uevents, allow_other, extra)
@@ -505,19 +505,21 @@ def _zygote() -> None:  # pragma: no cover - runs as python -m mdevfs.process
             ep.load()  # the shipped drivers, imported once for all
     request = json.loads(sys.stdin.read())
     gc.freeze()  # the collector then leaves the shared pages alone in the children
-    children = [_fork_daemon(host) for host in request["hosts"]]
+    held: list[socket.socket] = []  # our ends so far: no daemon inherits another's
+    children = [_fork_daemon(host, held) for host in request["hosts"]]
     for pid, sock, log_file in children:
         sys.stdout.write(json.dumps(_readiness(pid, sock, log_file, request["timeout"])) + "\n")
     sys.stdout.flush()
 
 
-def _fork_daemon(host: dict[str, Any]) -> tuple[int, socket.socket | None, Path]:
+def _fork_daemon(host: dict[str, object], held: list[socket.socket]
+                 ) -> tuple[int, socket.socket | None, Path]:
     from . import cli
 
     log_file = Path(host["log_file"])
     try:
         log_fd = open_log(log_file)
-    except MdevfsError as exc:
+    except MdevfsError:
         return -1, None, log_file
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     argv = daemon_argv(Path(host["root"]), control=Path(host["control"]),
@@ -529,7 +531,8 @@ def _fork_daemon(host: dict[str, Any]) -> tuple[int, socket.socket | None, Path]
     if pid == 0:
         code = 1
         try:
-            mine.close()
+            for other in [mine, *held]:
+                other.close()
             os.setsid()
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
@@ -548,11 +551,12 @@ def _fork_daemon(host: dict[str, Any]) -> tuple[int, socket.socket | None, Path]
             os._exit(code)
     os.close(log_fd)
     theirs.close()
+    held.append(mine)
     return pid, mine, log_file
 
 
 def _readiness(pid: int, sock: socket.socket | None, log_file: Path,
-               timeout: float) -> dict[str, Any]:
+               timeout: float) -> dict[str, object]:
     if sock is None:
         return {"error": f"log file {log_file}: cannot be opened", "kind": "UsageError"}
     buf = b""

@@ -361,7 +361,10 @@ class StateFile(HostObserver):
                 for vf, rec in zip(pf.sriov.vfs, vfs):
                     if vf.bdf != rec["bdf"]:
                         raise ValueError(f"VF {rec['bdf']} is {vf.bdf} in this topology")
-                    vf.driver.restore_function(vf, rec["vendor"])
+                    if vf.driver is not None:
+                        vf.driver.restore_function(vf, rec["vendor"])
+                    elif rec["vendor"]:
+                        raise ValueError(f"VF {vf.bdf} has no driver to hold its state")
                     vf.vendor = dict(rec["vendor"])
             except (OSError, ValueError) as exc:
                 raise self._bad(f"{where} its recorded VFs do not fit: "

@@ -296,11 +296,12 @@ SRIOV_FILES = {
 
 
 def _set_vf_autoprobe(fn: PciFunction, buf: bytes) -> int:
-    """sriov_drivers_autoprobe_store: kstrtobool, else EINVAL."""
-    word = buf.split(b"\0", 1)[0].decode("latin-1").strip().lower()
-    if word[:1] in ("1", "y", "t") or word in ("on",):
+    """sriov_drivers_autoprobe_store: ``kstrtobool`` (its first one or two characters:
+    y, t, 1, on; n, f, 0, off), else EINVAL."""
+    word = buf[:2].decode("latin-1").lower()
+    if word[:1] in ("y", "t", "1") or word == "on":
         fn.sriov.drivers_autoprobe = True
-    elif word[:1] in ("0", "n", "f") or word in ("off",):
+    elif word[:1] in ("n", "f", "0") or word == "of":
         fn.sriov.drivers_autoprobe = False
     else:
         fail(errno.EINVAL)

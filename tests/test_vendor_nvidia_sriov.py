@@ -279,3 +279,18 @@ def test_sriov_manage_stands_in_inside_mdevfs_run(tmp_path):
                            "0000:41:00.0: 0 VFs enabled\nrefused 1\n")
     assert done.stderr == "sriov-manage: 0000:99:00.0 is not an SR-IOV GPU\n"
     assert os.path.exists("/usr/lib/nvidia/sriov-manage") == had
+
+
+def test_sriov_drivers_autoprobe_is_kstrtobool_and_unbound_vfs_have_no_driver(m):
+    autoprobe = f"{PF}/sriov_drivers_autoprobe"
+    assert m.read(autoprobe) == "1\n"
+    for bad in (" 1", "x", "o"):
+        assert errno_of(write, m, autoprobe, bad) == errno.EINVAL, bad
+    assert write(m, autoprobe, "off\n") == 4
+    assert m.read(autoprobe) == "0\n"
+    write(m, f"{PF}/sriov_numvfs", "1")
+    assert not os.path.lexists(m.path(f"{VF[0]}/driver"))  # no driver probed it
+    assert not os.path.exists(m.path(f"{VF[0]}/nvidia"))
+    write(m, f"{PF}/sriov_numvfs", "0")
+    assert write(m, autoprobe, "Yes") == 3
+    assert m.read(autoprobe) == "1\n"

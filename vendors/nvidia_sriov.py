@@ -191,7 +191,8 @@ class NvidiaSriovGpu:
         assert pf.sriov is not None and self.host is not None
         if not self.card.vendor_vfio:
             for vf in pf.sriov.vfs:
-                self.host.add_parent(vf.bdf, vf.path, AmpereVf(self, vf))
+                if vf.driver is self:  # not one left unprobed (sriov_drivers_autoprobe 0)
+                    self.host.add_parent(vf.bdf, vf.path, AmpereVf(self, vf))
 
     def restore_function(self, fn: PciFunction, vendor: Mapping[str, Any]) -> None:
         if not vendor:

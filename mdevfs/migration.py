@@ -138,7 +138,8 @@ def control_of(path: Path) -> tuple[Client, str] | None:
     return None
 
 
-def driver_reasons(path: Path, action: Callable[[], Any]) -> Any:
+def driver_reasons(path: Path, action: Callable[[], Any],
+                   locate: Callable[[Path], tuple[Client, str] | None] | None = None) -> Any:
     """Run ``action`` (a read or write of the attribute ``path``); when it raises OSError,
     re-raise it with the reasons the daemon's driver logged for ``path`` since the
     action began as its ``reason`` attribute ("; "-joined; None where no mdevfs daemon
@@ -148,7 +149,7 @@ def driver_reasons(path: Path, action: Callable[[], Any]) -> Any:
         return action()
     except OSError as exc:
         exc.reason = None  # type: ignore[attr-defined]
-        found = control_of(path)
+        found = (locate or control_of)(path)  # a caller asking often knows the daemon
         if found is not None:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 got = found[0].reasons(path=found[1])["reasons"]

@@ -16,6 +16,9 @@ Registered through the ``pytest11`` entry point, so installing mdevfs is enough:
 * ``mdevfs_factory(config)``: a fresh mount of another topology file, unmounted
   when the test ends.
 * ``mdevfs_session``: the shared mount itself, without the reset.
+* ``mdevfs_fleet(fleet_file)``: every host of a ``fleet.toml`` mounted for this test
+  (``mdevfs fleet up``), taken down when it ends; a :class:`Fleet` whose ``hosts`` are
+  mounts by name and whose ``plan()`` is ``mdevfs fleet matrix``'s.
 
 Each yields a :class:`mdevfs.testing.Mount`: ``root``, ``read``, ``write``,
 ``create``, ``remove``, ``devices``, ``reset`` and ``run``. A test skips, with
@@ -174,3 +177,59 @@ def mdevfs_factory() -> Iterator[Callable[..., MdevfsMount]]:
             return stack.enter_context(_mounted(config))
 
         yield factory
+
+
+class FleetHost(MdevfsMount):
+    """One host of a fleet: a mount whose daemon the fleet started (by pid, detached)."""
+
+    def __init__(self, host: Any) -> None:
+        from .control import Client
+
+        super().__init__(host.root, None, host.log)  # type: ignore[arg-type]
+        self.host = host
+        self.control = Client(host.control)
+        self.uevents = host.uevents
+
+    def alive(self) -> bool:
+        return bool(self.host.alive())
+
+
+class Fleet:
+    """A fleet that is up: ``hosts`` (name → :class:`FleetHost`, in file order), its
+    directory, and :meth:`plan`, the migration planner's view of it."""
+
+    def __init__(self, directory: Path, mounts: Sequence[Any]) -> None:
+        self.dir = directory
+        self.hosts = {m.name: FleetHost(m) for m in mounts}
+
+    def plan(self, hosts: Sequence[str] | None = None) -> Any:
+        from . import planner
+
+        return planner.plan({n: h.root for n, h in self.hosts.items()
+                             if hosts is None or n in hosts})
+
+
+@pytest.fixture
+def mdevfs_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Fleet]]:
+    """``mdevfs_fleet(fleet_file)`` brings every host of the fleet up for this test."""
+    from . import fleet
+
+    ups: list[Path] = []
+
+    def factory(fleet_file: str | os.PathLike[str]) -> Fleet:
+        reason = testing.unavailable()
+        if reason:
+            _cannot(f"mdevfs: {reason}")
+        directory = tmp_path_factory.mktemp("fleet") / "hosts"
+        try:
+            mounts = fleet.up(fleet_file, directory)
+        except MountNotPermitted as exc:
+            _cannot(f"mdevfs: mounting FUSE is not permitted here: {exc}")
+        ups.append(directory)
+        return Fleet(directory, mounts)
+
+    try:
+        yield factory
+    finally:
+        for directory in ups:
+            fleet.down(directory)

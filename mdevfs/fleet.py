@@ -1,0 +1,497 @@
+"""Fleets: many emulated hosts from one ``fleet.toml``, each a mount of its own.
+
+    [fleet]
+    topology = "host.toml"        # the hosts' shared topology (default: the embedded one)
+    state_dir = "state"           # optional: host H keeps its devices in state/H.json
+
+    [[host]]
+    name = "old-{n:02}"           # with count: old-01 … old-50 ({n} counts from 1)
+    count = 50
+    gpus = 4                      # optional: the number of discrete GPUs (see below)
+    [host.options.nvidia]         # optional: merged into the options of every [[parent]]
+    manager = "535.54.03"         # and [[gpu]] of driver "nvidia"
+
+    [[host]]
+    name = "lab"
+    topology = "lab.toml"         # a topology of its own; overrides apply to it too
+    state = "lab.json"            # optional, relative to the fleet file
+
+Relative paths are the fleet file's. A host's discrete GPUs are its topology's ``[[gpu]]``
+entries and ``[[parent]]`` entries of the ``nvidia`` driver, in file order; ``gpus = N``
+keeps the first N, or copies the last one onto the next free PCI buses (``0000:42:00.0``,
+``0000:43:00.0``, …) until there are N. A host with overrides mounts a topology written
+into its directory, with driver files and catalogs made absolute.
+
+Every host is one daemon (pyfuse3 serves one mount per process), started by
+:func:`mdevfs.process.start`, detached, in ``DIR/<host>/``: ``sys`` (its sysfs root),
+``mdevfs.log``, ``uevents.sock`` and the written topology; its control socket is the
+default for its root (:func:`mdevfs.process.default_control`), so ``mdevfs ctl
+DIR/<host>/sys …`` finds it. ``DIR/fleet.json`` records the hosts for ``status``,
+``run`` and ``down``.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+
+from . import namespace, process
+from .config import Topology
+from .control import Client
+from .errors import MountError, UsageError
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_HOST_KEYS = {"name", "count", "topology", "gpus", "options", "state"}
+_FLEET_KEYS = {"topology", "state_dir"}
+RECORD = "fleet.json"
+#: daemons started at once; each spends most of its start in Python's imports (CPU)
+WORKERS = 2 * (os.cpu_count() or 1)
+
+
+@frozen
+class HostSpec:
+    """One host of a fleet: its topology (a file, or text written from the shared one
+    with overrides) and its optional state file."""
+
+    name: str
+    topology: Path | None  # None: the embedded default
+    text: str | None  # the topology to write and mount instead, when there are overrides
+    state: Path | None
+
+
+def load(path: str | os.PathLike[str]) -> list[HostSpec]:
+    """Parse a fleet file into its hosts; raises UsageError (TopologyError for a host's
+    topology) naming the file, the entry and the problem, before anything is mounted."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read a fleet: {exc}") from None
+    base = path.resolve().parent
+    fleet = doc.get("fleet", {})
+    if set(doc) - {"fleet", "host"} or not isinstance(fleet, dict) or set(fleet) - _FLEET_KEYS:
+        raise UsageError(f"{path}: a fleet has [fleet] (topology, state_dir) and [[host]] "
+                         f"tables only")
+    shared = base / fleet["topology"] if "topology" in fleet else None
+    state_dir = base / fleet["state_dir"] if "state_dir" in fleet else None
+    hosts: list[HostSpec] = []
+    for i, entry in enumerate(doc.get("host", [])):
+        hosts += _hosts(entry, f"{path}: host #{i + 1}", base, shared, state_dir)
+    names = [h.name for h in hosts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"{path}: host name(s) used twice: {', '.join(twice)}")
+    if not hosts:
+        raise UsageError(f"{path}: no [[host]]")
+    return hosts
+
+
+def _hosts(entry: Any, where: str, base: Path, shared: Path | None,
+           state_dir: Path | None) -> list[HostSpec]:
+    if not isinstance(entry, dict) or set(entry) - _HOST_KEYS:
+        raise UsageError(f"{where}: keys are {', '.join(sorted(_HOST_KEYS))}")
+    count = entry.get("count")
+    if count is not None and (not isinstance(count, int) or not 1 <= count <= 10000):
+        raise UsageError(f"{where}: 'count' must be a whole number from 1 to 10000")
+    pattern = entry.get("name")
+    if not isinstance(pattern, str):
+        raise UsageError(f"{where}: 'name' is required")
+    try:
+        names = [pattern.format(n=n) for n in range(1, count + 1)] if count else [pattern]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(f"{where}: name {pattern!r}: only {{n}} may be filled in ({exc})") \
+            from None
+    if count and len(set(names)) != count:
+        raise UsageError(f"{where}: name {pattern!r} must hold {{n}} to give {count} names")
+    topology = base / entry["topology"] if "topology" in entry else shared
+    overrides = {k: entry[k] for k in ("gpus", "options") if k in entry}
+    text = rewrite(topology, overrides, where) if overrides else None
+    hosts = []
+    for name in names:
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            raise UsageError(f"{where}: host name {name!r} must be letters, digits, '_.-'")
+        state = (base / entry["state"] if "state" in entry and not count
+                 else state_dir / f"{name}.json" if state_dir else None)
+        hosts.append(HostSpec(name, topology, text, state))
+    return hosts
+
+
+# --- a shared topology with overrides ----------------------------------------------------
+
+def rewrite(topology: Path | None, overrides: Mapping[str, Any], where: str) -> str:
+    """The topology's text with ``options`` merged per driver and ``gpus`` applied;
+    checked as a topology file is (TopologyError names ``where``)."""
+    if topology is None:
+        import importlib.resources
+
+        raw = importlib.resources.files("mdevfs").joinpath("default.toml").read_text()
+        base = None
+    else:
+        raw, base = Path(topology).read_text(), Path(topology).resolve().parent
+    doc = tomllib.loads(raw)
+    options = overrides.get("options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise UsageError(f"{where}: 'options' must be tables of options per driver "
+                         f"([host.options.nvidia] …)")
+    for kind in ("parent", "gpu"):
+        for entry in doc.get(kind, []):
+            driver = entry.get("driver", "nvidia-sriov" if kind == "gpu" else "")
+            entry["options"] = {**entry.get("options", {}), **options.get(driver, {})}
+            _absolute(entry, base)
+    if "gpus" in overrides:
+        gpus = overrides["gpus"]
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or not 0 <= gpus <= 64:
+            raise UsageError(f"{where}: 'gpus' must be a whole number from 0 to 64")
+        _set_gpus(doc, gpus, where)
+    text = to_toml(doc)
+    Topology.from_text(text, where, base)  # refused here, named, before any mount
+    return text
+
+
+def _absolute(entry: dict[str, Any], base: Path | None) -> None:
+    """A written topology lives elsewhere: driver files and catalogs become absolute."""
+    if base is None:
+        return
+    driver = entry.get("driver", "")
+    if ".py" in driver and not os.path.isabs(driver):
+        entry["driver"] = str(base / driver)
+    catalog = entry["options"].get("catalog")
+    if isinstance(catalog, str) and not os.path.isabs(catalog):
+        entry["options"]["catalog"] = str(base / catalog)
+
+
+def _is_gpu(kind: str, entry: Mapping[str, Any]) -> bool:
+    return kind == "gpu" or entry.get("driver") == "nvidia"
+
+
+def _set_gpus(doc: dict[str, Any], count: int, where: str) -> None:
+    gpus = [(k, e) for k in ("gpu", "parent") for e in doc.get(k, []) if _is_gpu(k, e)]
+    if not gpus:
+        raise UsageError(f"{where}: 'gpus' but the topology has no [[gpu]] or nvidia parent")
+    keep = {id(e) for _, e in gpus[:count]}
+    for kind in ("gpu", "parent"):
+        doc[kind] = [e for e in doc.get(kind, []) if not _is_gpu(kind, e) or id(e) in keep]
+    kind, last = gpus[min(count, len(gpus)) - 1]
+    used = {int(a.split(":")[1], 16) for a in _addresses(doc)}
+    for _ in range(count - len(gpus)):
+        bus = max(used) + 1
+        used.add(bus)
+        doc[kind].append(_moved(kind, last, bus))
+
+
+def _addresses(doc: Mapping[str, Any]) -> list[str]:
+    found = [e.get("address", "") for e in doc.get("gpu", [])]
+    found += [_parent_name(e) for e in doc.get("parent", [])]
+    return [a for a in found if re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]", a)]
+
+
+def _parent_name(entry: Mapping[str, Any]) -> str:
+    if "name" in entry:
+        return entry["name"]
+    from .driver import load_factory
+
+    return load_factory(entry["driver"])(entry.get("options", {})).default_parent
+
+
+def _moved(kind: str, entry: dict[str, Any], bus: int) -> dict[str, Any]:
+    """A copy of a GPU entry at bus ``bus``: address or name, and its path, follow."""
+    copy = json.loads(json.dumps(entry))
+    key = "address" if kind == "gpu" else "name"
+    old = entry.get(key) or _parent_name(entry)
+    new = f"{old[:5]}{bus:02x}{old[7:]}"
+    copy[key] = new
+    if kind == "parent" and "path" not in copy:
+        from .driver import load_factory
+
+        copy["path"] = load_factory(entry["driver"])(entry.get("options", {})).default_path
+    if "path" in copy:
+        copy["path"] = copy["path"].replace(old, new)
+    return copy
+
+
+def to_toml(doc: Mapping[str, Any]) -> str:
+    """A topology document as TOML: ``[host]``, then each ``[[table]]`` with inline values."""
+    lines = []
+    for name, value in doc.items():
+        tables = [value] if isinstance(value, dict) else value
+        for table in tables:
+            lines.append(f"[{name}]" if isinstance(value, dict) else f"[[{name}]]")
+            lines += [f"{_key(k)} = {_value(v)}" for k, v in table.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans are written alike
+
+
+# --- up, status, down, run ----------------------------------------------------------------
+
+@frozen
+class HostMount:
+    """A running host of a fleet, as ``fleet.json`` records it."""
+
+    name: str
+    root: Path
+    control: Path
+    log: Path
+    uevents: Path
+    pid: int
+    start: str | None
+
+    def client(self) -> Client:
+        return Client(self.control, timeout=10.0)
+
+    def alive(self) -> bool:
+        """Whether the recorded daemon runs: same pid and start time, and not a zombie
+        (one this process started is reaped here)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return False
+        if fields[19] != self.start:
+            return False
+        if fields[0] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+            return False
+        return True
+
+
+def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
+       launcher: str = "zygote") -> list[HostMount]:
+    """Mount every host of the fleet under ``directory`` (created if missing) and return
+    once all answer. If one fails, the others are taken down again and its error is
+    raised, naming the host. ``launcher``: "zygote" forks every daemon from one process
+    that imported mdevfs once (:func:`mdevfs.process.start_many`); "exec" starts each as
+    ``mdevfs mount`` does (:func:`mdevfs.process.start`), several at once."""
+    hosts = load(fleet_file)
+    top = Path(os.path.abspath(directory))
+    if (top / RECORD).exists():
+        raise UsageError(f"{top}: a fleet is up there (see {top / RECORD}); "
+                         f"`mdevfs fleet down {top}` first")
+    top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    specs = [_prepare(top, host) for host in hosts]
+    if launcher == "zygote":
+        results = process.start_many(specs)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+            results = list(pool.map(_exec, specs))
+    started = [HostMount(h.name, Path(s["root"]), Path(s["control"]), Path(s["log_file"]),
+                         Path(s["uevents"]), pid, process._start_time(pid))
+               for h, s, pid in zip(hosts, specs, results) if isinstance(pid, int)]
+    failed = [(h, r) for h, r in zip(hosts, results) if not isinstance(r, int)]
+    if failed:
+        _down_all(started)
+        host, exc = failed[0]
+        more = f" ({len(failed) - 1} more hosts failed too)" if len(failed) > 1 else ""
+        raise type(exc)(f"host {host.name}: {exc}{more}")
+    _save(top, started)
+    return started
+
+
+def _prepare(top: Path, host: HostSpec) -> dict[str, Any]:
+    """The host's directory and written topology; :func:`mdevfs.process.start`'s arguments."""
+    hdir = top / host.name
+    hdir.mkdir(mode=0o700, exist_ok=True)
+    root = hdir / "sys"
+    root.mkdir(exist_ok=True)
+    config = host.topology
+    if host.text is not None:
+        config = hdir / "topology.toml"
+        config.write_text(host.text)
+    if host.state is not None:
+        host.state.parent.mkdir(parents=True, exist_ok=True)
+    return {"root": str(root), "control": str(process.default_control(root)),
+            "log_file": str(hdir / "mdevfs.log"),
+            "config": None if config is None else str(config),
+            "state": None if host.state is None else str(host.state),
+            "uevents": str(hdir / "uevents.sock"),
+            # as in mdevfs run: others may read the tree, the sysfs modes stop their writes
+            "allow_other": os.geteuid() == 0}
+
+
+def _exec(spec: dict[str, Any]) -> int | Exception:
+    try:
+        return process.start(**{k: Path(v) if k in ("root", "control", "log_file", "uevents")
+                                else v for k, v in spec.items()}).proc.pid
+    except Exception as exc:  # reported with the host's name by up()
+        return exc
+
+
+def _save(top: Path, mounts: Sequence[HostMount]) -> None:
+    record = {m.name: {"root": str(m.root), "control": str(m.control), "log": str(m.log),
+                       "uevents": str(m.uevents), "pid": m.pid, "start": m.start}
+              for m in mounts}
+    tmp = top / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps({"hosts": record}, indent=1))
+    tmp.rename(top / RECORD)
+
+
+def hosts(directory: str | os.PathLike[str]) -> list[HostMount]:
+    """The hosts of the fleet that is up in ``directory``; UsageError if none is."""
+    top = Path(os.path.abspath(directory))
+    try:
+        record = json.loads((top / RECORD).read_text())["hosts"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{top}: no fleet is up there ({top / RECORD}: "
+                         f"{getattr(exc, 'strerror', None) or exc})") from None
+    return [HostMount(name, Path(r["root"]), Path(r["control"]), Path(r["log"]),
+                      Path(r["uevents"]), r["pid"], r["start"]) for name, r in record.items()]
+
+
+def host(directory: str | os.PathLike[str], name: str) -> HostMount:
+    for mount in hosts(directory):
+        if mount.name == name:
+            return mount
+    raise UsageError(f"no host {name!r} in the fleet at {directory}")
+
+
+def status(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Per host: name, pid, whether its daemon runs and answers, its parents and devices."""
+    rows = []
+    for mount in hosts(directory):
+        row: dict[str, Any] = {"host": mount.name, "pid": mount.pid, "root": str(mount.root),
+                               "alive": mount.alive()}
+        try:
+            got = mount.client().status() if row["alive"] else None
+        except OSError as exc:
+            row["error"] = exc.strerror or str(exc)
+            got = None
+        row["parents"] = len(got["parents"]) if got else None
+        row["devices"] = len(got["devices"]) if got else None
+        rows.append(row)
+    return rows
+
+
+def render_status(rows: Sequence[Mapping[str, Any]]) -> str:
+    width = max([len(r["host"]) for r in rows] + [4])
+    lines = [f"{'HOST':<{width}}  {'PID':>7}  STATE    PARENTS  DEVICES  ROOT"]
+    for r in rows:
+        state = "up" if r["parents"] is not None else "down" if not r["alive"] else "silent"
+        lines.append(f"{r['host']:<{width}}  {r['pid']:>7}  {state:<7}  "
+                     f"{'-' if r['parents'] is None else r['parents']:>7}  "
+                     f"{'-' if r['devices'] is None else r['devices']:>7}  {r['root']}")
+    up_count = sum(r["parents"] is not None for r in rows)
+    lines.append(f"{up_count} of {len(rows)} hosts up")
+    return "\n".join(lines) + "\n"
+
+
+def down(directory: str | os.PathLike[str], workers: int = WORKERS) -> list[str]:
+    """Unmount every host, end its daemon (only the process recorded, by pid and start
+    time), remove the hosts' directories and the record. Returns a line per host that
+    needed more than an unmount."""
+    top = Path(os.path.abspath(directory))
+    mounts = hosts(top)
+    notes = _down_all(mounts, workers)
+    still = [m for m in mounts if str(m.root) in process.mountpoints()]
+    if still:  # never remove a directory holding a mount
+        raise MountError(f"still mounted: {', '.join(str(m.root) for m in still)}")
+    for m in mounts:
+        if m.root.parent.parent == top:
+            shutil.rmtree(m.root.parent, ignore_errors=True)
+    (top / RECORD).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        top.rmdir()  # only if nothing else is in it
+    return notes
+
+
+def _down_all(mounts: Sequence[HostMount], workers: int = WORKERS) -> list[str]:
+    if not mounts:
+        return []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return [n for n in pool.map(_stop, mounts) if n]
+
+
+def _stop(mount: HostMount) -> str | None:
+    """Unmount; the daemon then exits by itself. One that lingers gets SIGTERM, then
+    SIGKILL, and a mount left behind a lazy unmount."""
+    subprocess.run(["fusermount3", "-u", str(mount.root)], capture_output=True, timeout=30)
+    note = None
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and mount.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(mount.pid, signal.SIGCONT)
+                os.kill(mount.pid, sig)
+            note = f"{mount.name}: its daemon (pid {mount.pid}) needed {signal.Signals(sig).name}"
+        deadline = time.monotonic() + 5
+        while mount.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not mount.alive():
+            break
+    if str(mount.root) in process.mountpoints():
+        subprocess.run(["fusermount3", "-u", "-z", str(mount.root)], capture_output=True,
+                       timeout=30)
+    return note
+
+
+def run(directory: str | os.PathLike[str], name: str, command: Sequence[str],
+        mdevctl_dir: Path | None = None) -> int:
+    """``command`` in a namespace showing host ``name``'s tree as /sys (as ``mdevfs run``);
+    its exit status."""
+    mount = host(directory, name)
+    if not mount.alive():
+        raise MountError(f"host {name}: its daemon (pid {mount.pid}) is not running")
+    proc = subprocess.Popen(namespace.command_line(mount.root, command, mdevctl_dir,
+                                                   mount.uevents, parent=os.getpid()))
+    return namespace.wait(proc)
+
+
+@contextlib.contextmanager
+def running(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str]
+            ) -> Iterator[list[HostMount]]:
+    """:func:`up`, then :func:`down` in every case."""
+    mounts = up(fleet_file, directory)
+    try:
+        yield mounts
+    finally:
+        down(directory)
+
+
+def measure(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
+            launcher: str = "zygote", report: Callable[[str], None] = print
+            ) -> dict[str, float]:
+    """Bring a fleet up and down, reporting the time of each and the daemons' memory (the
+    sum of their proportional set sizes, /proc/PID/smaps_rollup)."""
+    began = time.monotonic()
+    mounts = up(fleet_file, directory, launcher)
+    t_up = time.monotonic() - began
+    try:
+        pss = sum(_pss_kib(m.pid) for m in mounts)
+    finally:
+        began = time.monotonic()
+        down(directory)
+        t_down = time.monotonic() - began
+    figures = {"launcher": launcher, "hosts": len(mounts), "up_s": round(t_up, 2), "down_s": round(t_down, 2),
+               "pss_mib": round(pss / 1024, 1),
+               "pss_mib_per_host": round(pss / 1024 / max(1, len(mounts)), 1)}
+    report(json.dumps(figures))
+    return figures
+
+
+def _pss_kib(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0

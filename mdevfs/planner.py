@@ -1,0 +1,293 @@
+"""The migration planner's view of a fleet: which host's vGPUs may go to which host.
+
+:func:`plan` does what the seed says userspace does, through the mounts: it reads the
+``migration_version`` of every type and every existing device of every host (the
+sources), and writes each distinct string read to every type node of that type on every
+host (the targets). A write is a function of the string and the target alone, so a
+string is written once per target node, however many sources show it. A cell of the
+plan is (source host, target host, type): every source of that type on the source host
+against every target node of it on the target host, ``yes`` when all were accepted,
+``no`` when none, ``some`` otherwise, with the errnos and the drivers' reasons
+(:func:`mdevfs.migration.driver_reasons`).
+
+Hosts whose answers are identical, as sources and as targets, form a group, so that a
+fleet of a hundred hosts with two driver versions reads as a 2×2 table.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from attrs import define, frozen
+
+from .control import Client
+from .migration import ATTR, _read, _write, control_of, driver_reasons, errno_text
+
+YES, SOME, NO = "yes", "some", "no"
+CORNER = "source \\ target"
+
+
+@frozen
+class Source:
+    """A string read at a source: a type node, or a device (``uuid``)."""
+
+    host: str
+    type_id: str
+    where: str  # parent, or parent/uuid
+    version: str | None  # None: the read failed (or no attribute), ``why`` says how
+    why: str | None
+
+
+@frozen
+class Cell:
+    status: str  # yes, some, no
+    accepted: int
+    pairs: int
+    reasons: tuple[str, ...]
+
+
+@define
+class Plan:
+    hosts: list[str]
+    types: list[str]
+    #: (source host, target host, type) → Cell; absent when either host lacks the type
+    cells: dict[tuple[str, str, str], Cell]
+    #: groups of hosts with identical answers, in host order
+    groups: list[list[str]]
+
+    def group_of(self, host: str) -> str:
+        return next(f"G{i}" for i, g in enumerate(self.groups, 1) if host in g)
+
+
+def plan(roots: Mapping[str, Path]) -> Plan:
+    """The plan of the hosts ``{name: sysfs root}``, all mounted."""
+    nodes = {name: _type_nodes(root) for name, root in roots.items()}
+    daemons = {name: control_of(root) for name, root in roots.items()}
+
+    def locate(name: str) -> Callable[[Path], tuple[Client, str] | None]:
+        found, root = daemons[name], os.path.realpath(roots[name])
+        return lambda path: found and (found[0], os.path.relpath(path, root))
+
+    sources = [s for name, root in roots.items()
+               for s in _sources(name, root, nodes[name], locate(name))]
+    by_type: dict[str, set[str]] = {}
+    for s in sources:
+        if s.version is not None:
+            by_type.setdefault(s.type_id, set()).add(s.version)
+    answers: dict[tuple[str, str, str], list[str | None]] = {}  # (host, type, version)
+    counts: dict[tuple[str, str], int] = {}  # (host, type) → its type nodes
+    for name in roots:
+        for _, type_id, path in nodes[name]:
+            counts[(name, type_id)] = counts.get((name, type_id), 0) + 1
+            for version in sorted(by_type.get(type_id, ())):
+                answers.setdefault((name, type_id, version), []).append(
+                    _accepts(path, version, locate(name)))
+    types = sorted({s.type_id for s in sources})
+    cells = {}
+    for a in roots:
+        for t in types:
+            mine = [s for s in sources if s.host == a and s.type_id == t]
+            for b in roots:
+                if mine and (b, t) in counts:
+                    cells[(a, b, t)] = _cell(mine, answers, b, t, counts[(b, t)])
+    hosts = list(roots)
+    return Plan(hosts, types, cells, _groups(hosts, types, cells))
+
+
+def _type_nodes(root: Path) -> list[tuple[str, str, Path]]:
+    """(parent, type id, type directory with links resolved) of every type of a root."""
+    found = []
+    bus = root / "class/mdev_bus"
+    for parent in sorted(os.listdir(bus)):
+        real = Path(os.path.realpath(bus / parent)) / "mdev_supported_types"
+        found += [(parent, type_id, real / type_id) for type_id in sorted(os.listdir(real))]
+    return found
+
+
+Locate = Callable[[Path], "tuple[Client, str] | None"]
+
+
+def _sources(host: str, root: Path, nodes: Sequence[tuple[str, str, Path]],
+             locate: Locate) -> list[Source]:
+    found = [_source(host, type_id, parent, path / ATTR, locate)
+             for parent, type_id, path in nodes]
+    devices = root / "bus/mdev/devices"
+    for uuid in sorted(os.listdir(devices)):
+        real = Path(os.path.realpath(devices / uuid))
+        type_id = Path(os.path.realpath(real / "mdev_type")).name
+        found.append(_source(host, type_id, f"{real.parent.name}/{uuid}", real / ATTR, locate))
+    return found
+
+
+def _source(host: str, type_id: str, where: str, attr: Path, locate: Locate) -> Source:
+    try:
+        raw = driver_reasons(attr, lambda: _read(attr), locate)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not attr.exists():  # not a driver's ENOENT
+            return Source(host, type_id, where, None, f"the source has no {ATTR} (condition 1)")
+        return Source(host, type_id, where, None, _why("reading at the source", exc, 3))
+    return Source(host, type_id, where, raw.decode("ascii", "replace").removesuffix("\n"), None)
+
+
+def _accepts(type_dir: Path, version: str, locate: Locate) -> str | None:
+    """None when the target type node accepts ``version``, else why not."""
+    attr = type_dir / ATTR
+    try:
+        driver_reasons(attr, lambda: _write(attr, version.encode() + b"\n"), locate)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not attr.exists():  # not a driver's ENOENT
+            return f"the target has no {ATTR} (condition 1)"
+        return _why("writing at the target", exc, 4)
+    return None
+
+
+def _why(what: str, exc: OSError, condition: int) -> str:
+    reason = getattr(exc, "reason", None)
+    return (f"{what} failed: {errno_text(exc)} (condition {condition})"
+            + (f": {reason}" if reason else ""))
+
+
+def _cell(mine: Sequence[Source], answers: Mapping[tuple[str, str, str], list[str | None]],
+          target: str, type_id: str, count: int) -> Cell:
+    """Every source of the type against the target host's ``count`` nodes of it."""
+    results: list[str | None] = []
+    for s in mine:
+        if s.version is None:
+            results += [s.why] * count
+        else:
+            results += answers[(target, type_id, s.version)]
+    ok = results.count(None)
+    status = YES if ok == len(results) else NO if ok == 0 else SOME
+    reasons = tuple(sorted({r for r in results if r is not None}))
+    return Cell(status, ok, len(results), reasons)
+
+
+def _groups(hosts: Sequence[str], types: Sequence[str],
+            cells: Mapping[tuple[str, str, str], Cell]) -> list[list[str]]:
+    """Hosts with the same row and column of cells, in host order."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for a in hosts:
+        row = tuple(cells.get((a, b, t)) for b in hosts for t in types)
+        col = tuple(cells.get((b, a, t)) for b in hosts for t in types)
+        groups.setdefault((row, col), []).append(a)
+    return list(groups.values())
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def _members(hosts: Sequence[str]) -> str:
+    return (hosts[0] if len(hosts) == 1
+            else f"{hosts[0]} … {hosts[-1]} ({len(hosts)} hosts)" if len(hosts) > 3
+            else ", ".join(hosts) + f" ({len(hosts)} hosts)")
+
+
+def summary(p: Plan, a: str, b: str) -> tuple[str, str]:
+    """(mark, status) of a source/target host pair over the types both have."""
+    cells = [p.cells[(a, b, t)] for t in p.types if (a, b, t) in p.cells]
+    if not cells:
+        return "·", "none"
+    yes = sum(c.status == YES for c in cells)
+    if yes == len(cells):
+        return "✓", YES
+    if yes == 0 and all(c.status == NO for c in cells):
+        return "✗", NO
+    return f"{yes}/{len(cells)}", SOME
+
+
+def render_text(p: Plan, why: bool = False) -> str:
+    reps = [g[0] for g in p.groups]
+    names = [f"G{i}" for i in range(1, len(reps) + 1)]
+    lines = [f"fleet migration plan: {len(p.hosts)} hosts, {len(p.types)} types, "
+             f"{len(p.groups)} groups of hosts with identical answers"]
+    lines += [f"  {n}: {_members(g)}" for n, g in zip(names, p.groups)]
+    width = max(len(n) for n in names + [CORNER])
+    marks = [[summary(p, a, b)[0] for b in reps] for a in reps]
+    col = max([len(n) for n in names] + [len(m) for row in marks for m in row])
+    lines.append(f"{CORNER:<{width}}  " + " ".join(f"{n:>{col}}" for n in names))
+    for n, row in zip(names, marks):
+        lines.append(f"{n:<{width}}  " + " ".join(f"{m:>{col}}" for m in row))
+    lines.append("legend: ✓ every type may migrate, ✗ none may, k/n k of the n types both "
+                 "hosts offer, · no type in common")
+    if why:
+        for (na, a), (nb, b) in ((x, y) for x in zip(names, reps) for y in zip(names, reps)):
+            for t in p.types:
+                cell = p.cells.get((a, b, t))
+                if cell is not None and cell.status != YES:
+                    lines += [f"{na} → {nb} {t}: {cell.status} ({cell.accepted}/{cell.pairs} "
+                              f"accepted): {r}" for r in cell.reasons]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(p: Plan) -> dict[str, Any]:
+    """Groups, each host's group, and every group pair's cells (hosts of a group answer
+    alike, so a host pair's cells are its groups')."""
+    reps = [(f"G{i}", g[0]) for i, g in enumerate(p.groups, 1)]
+    return {"hosts": {h: p.group_of(h) for h in p.hosts},
+            "groups": {n: g for (n, _), g in zip(reps, p.groups)},
+            "types": p.types,
+            "cells": [{"source": na, "target": nb, "type": t, "status": c.status,
+                       "accepted": c.accepted, "pairs": c.pairs, "reasons": list(c.reasons)}
+                      for na, a in reps for nb, b in reps for t in p.types
+                      if (c := p.cells.get((a, b, t))) is not None]}
+
+
+COLOURS = {YES: "#2e7d32", SOME: "#f9a825", NO: "#c62828", "none": "#eeeeee"}
+
+
+def render_svg(p: Plan) -> str:
+    """The group table as SVG: one cell per group pair, coloured by its summary, with
+    every type's status and reasons as the cell's title (shown on hover)."""
+    reps = [g[0] for g in p.groups]
+    labels = [f"G{i} {_members(g)}" for i, g in enumerate(p.groups, 1)]
+    cell, char = 44, 7.2
+    margin = int(max(len(label) for label in labels) * char) + 20
+    top = 70 + int(max(len(f"G{len(reps)}") for _ in reps) * char)
+    n = len(reps)
+    width = max(margin + n * cell + 20, 640)
+    height = top + n * cell + 40 + 4 * 18
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           'font-family="monospace" font-size="12">',
+           f'<text x="10" y="20" font-size="14">{escape(render_text(p).splitlines()[0])}'
+           '</text>',
+           '<text x="10" y="40">row: source group, column: target group; hover a cell for '
+           'each type and the reasons</text>']
+    for i, label in enumerate(labels):
+        y = top + i * cell + cell * 0.6
+        out.append(f'<text x="{margin - 8}" y="{y:.1f}" text-anchor="end">{escape(label)}</text>')
+        out.append(f'<text x="{margin + i * cell + cell / 2}" y="{top - 8}" '
+                   f'text-anchor="middle">G{i + 1}</text>')
+    for i, a in enumerate(reps):
+        for j, b in enumerate(reps):
+            mark, status = summary(p, a, b)
+            x, y = margin + j * cell, top + i * cell
+            out.append(f'<g><title>{escape(_title(p, i, j, a, b))}</title>'
+                       f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" '
+                       f'fill="{COLOURS[status]}" stroke="#9e9e9e"/>'
+                       f'<text x="{x + cell / 2}" y="{y + cell * 0.6:.1f}" text-anchor="middle" '
+                       f'fill="{"#000000" if status in (SOME, "none") else "#ffffff"}">'
+                       f'{escape(mark)}</text></g>')
+    y = top + n * cell + 30
+    for k, (status, text) in enumerate((
+            (YES, "every type may migrate"), (SOME, "some types or some GPUs only"),
+            (NO, "no type may migrate"), ("none", "no type in common"))):
+        out.append(f'<rect x="10" y="{y + k * 18 - 11}" width="12" height="12" '
+                   f'fill="{COLOURS[status]}" stroke="#9e9e9e"/>'
+                   f'<text x="28" y="{y + k * 18}">{escape(text)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _title(p: Plan, i: int, j: int, a: str, b: str) -> str:
+    lines = [f"G{i + 1} → G{j + 1}"]
+    for t in p.types:
+        cell = p.cells.get((a, b, t))
+        if cell is not None:
+            lines.append(f"{t}: {cell.status} ({cell.accepted}/{cell.pairs})")
+            lines += [f"  {r}" for r in cell.reasons]
+    return "\n".join(lines)
+
+
+__all__ = ["plan", "render_text", "render_svg", "to_json", "Plan", "Cell"]

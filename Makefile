@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # What a stock Debian 12 (or Ubuntu 24.04, same names) lacks: the venv module, and what pyfuse3's
 # build needs (it has no wheels: gcc, pkg-config, the Python and libfuse3 headers); fuse3 for
-# fusermount3; mdevctl and libvirt (without QEMU) for the oracle tests.
+# fusermount3; mdevctl and libvirt (without QEMU) for the oracle tests; golang-go for the Go
+# test helper's own tests (examples/go).
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 mdevctl util-linux \
-	libvirt-daemon libvirt-clients
+	libvirt-daemon libvirt-clients golang-go
 
 .PHONY: install system venv demo test bench conformance lint clean
 

@@ -296,3 +296,44 @@ def test_wheel_installed_in_a_fresh_venv_mounts_and_runs(wheel, tmp_path):
     finally:
         subprocess.run([str(exe), "umount", str(root)], capture_output=True, cwd=tmp_path)
         unmount_if_mounted(root)
+
+
+# --- the examples beyond Python -------------------------------------------------------------
+
+@needs_fuse
+def test_scheme_example_hosts_migrate_one_way(tmp_path):
+    """examples/scheme: driver 2.1's acme-large goes to 2.3, not back (minor target>=source)."""
+    from mdevfs.testing import mounted
+
+    kind = "class/mdev_bus/acme/mdev_supported_types/acme-large"
+    with mounted(REPO / "examples/scheme/acme_2.1.toml") as a, \
+            mounted(REPO / "examples/scheme/acme_2.3.toml") as b:
+        forth = mdevfs("check", str(a.root / kind), str(b.root / kind))
+        back = mdevfs("check", str(b.root / kind), str(a.root / kind))
+        assert not (a.root / "class/mdev_bus/acme/mdev_supported_types/acme-small"
+                    / "migration_version").exists()
+    assert (forth.returncode, forth.stdout) == (0, f"compatible: {b.root / kind} accepted "
+                                                   f"'acme-2.1-large' from {a.root / kind}\n")
+    assert back.returncode == 1
+    assert back.stdout.splitlines()[-1] == ("the driver says: acme: 'acme-2.3-large' may not "
+                                            "migrate to type large: field minor: source 3, "
+                                            "target 1, rule target>=source")
+
+
+@needs_fuse
+def test_go_helper_mounts_for_go_test_and_unmounts_in_cleanup(tmp_path):
+    """examples/go: the stdlib-only helper's own tests, run by `go test` (Debian's golang-go,
+    which `make` installs; skipped, as the README says, where no Go toolchain is found)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain (Debian: apt install golang-go; `make test` installs it)")
+    exe = Path(sys.executable).parent / "mdevfs"
+    env = dict(os.environ, MDEVFS=str(exe) if exe.exists() else f"{sys.executable} -m mdevfs",
+               GOPROXY="off", GOFLAGS="-mod=mod", TMPDIR=str(tmp_path))
+    env.setdefault("GOCACHE", str(Path(env.get("HOME") or tmp_path) / ".cache/go-build"))
+    out = subprocess.run([go, "test", "-count=1", "-v", "./..."], cwd=REPO / "examples/go",
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    passed = [line.split()[2] for line in out.stdout.splitlines() if line.startswith("--- PASS")]
+    assert passed == ["TestCreateAndRemove", "TestOwnTopologyAndErrno"]
+    assert not [m for m in process.mountpoints() if m.startswith(str(tmp_path))]

@@ -1,0 +1,3 @@
+module example.com/mdevfstest
+
+go 1.19

@@ -13,6 +13,7 @@ or ``read(2)`` unchanged, as the kernel passes a driver's return through.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -165,8 +166,17 @@ class DriverLoadError(Exception):
     """A driver named in a topology could not be found or loaded."""
 
 
+@functools.cache
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """The ``mdevfs.vendors`` entry points, looked up once: a scan of every installed
+    distribution costs milliseconds, and a reset builds every driver again."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+@functools.cache
 def load_factory(spec: str, base_dir: Path | None = None) -> Callable[..., VendorDriver]:
-    """Find a driver factory by entry-point name, ``module:attr``, or ``path.py:attr``.
+    """Find a driver factory by entry-point name, ``module:attr``, or ``path.py:attr``,
+    once per process: a later call gives the same factory.
 
     A bare ``path.py`` takes the factory named ``Driver`` in it.
     """
@@ -186,13 +196,12 @@ def load_factory(spec: str, base_dir: Path | None = None) -> Callable[..., Vendo
         if ":" in spec:
             mod, _, attr = spec.partition(":")
             return getattr(importlib.import_module(mod), attr)
-        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=spec)
-        if not found:
-            known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        found = _entry_points().get(spec)
+        if found is None:
             raise DriverLoadError(
                 f"driver {spec!r}: no entry point of that name in group {ENTRY_POINT_GROUP!r}"
-                f" (known: {', '.join(known) or 'none'})")
-        return next(iter(found)).load()
+                f" (known: {', '.join(sorted(_entry_points())) or 'none'})")
+        return found.load()
     except DriverLoadError:
         raise
     except Exception as exc:  # any import-time failure of third-party code

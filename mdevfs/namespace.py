@@ -42,6 +42,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -286,10 +287,10 @@ class Grafter:
         if not pci.is_dir() or not any((pci / d / "sriov_totalvfs").exists()
                                        for d in os.listdir(pci)):
             return
-        script = self.root.parent / "sriov-manage"
-        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
-        with os.fdopen(fd, "w") as f:
+        fd, script = tempfile.mkstemp(prefix=".sriov-manage.", dir=self.root.parent)
+        with os.fdopen(fd, "w") as f:  # a new file each run, in the run's own directory
             f.write(SRIOV_MANAGE_SCRIPT)
+            os.fchmod(f.fileno(), 0o755)
         if not SRIOV_MANAGE.parent.is_dir():
             self.make_writable(SRIOV_MANAGE.parent.parent)
             SRIOV_MANAGE.parent.mkdir()

@@ -47,6 +47,7 @@ shipped ones), ``numa_node`` (default -1).
 from __future__ import annotations
 
 import errno
+import functools
 import importlib.resources
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -100,8 +101,10 @@ class CardModel:
         return self.architecture != "ampere"
 
 
+@functools.cache
 def load_catalog(path: Path | None = None) -> dict[str, CardModel]:
-    """The shipped catalogs, or those of ``path``; raises ValueError naming a bad entry."""
+    """The shipped catalogs, or those of ``path`` (each read once per process: a reset
+    builds every driver again); raises ValueError naming a bad entry. Copy before changing."""
     if path is None:
         text_ = importlib.resources.files(__package__).joinpath("nvidia_catalogs.toml").read_text()
         where = "nvidia_catalogs.toml"
@@ -136,7 +139,7 @@ class NvidiaSriovGpu:
                  base_dir: Path | None = None) -> None:
         options = dict(options or {})
         known(options, ["model", "vfs", "mode", "catalog", "numa_node"])
-        catalog = load_catalog()
+        catalog = dict(load_catalog())
         if "catalog" in options:
             own = Path(text(options, "catalog", ""))
             catalog.update(load_catalog(own if own.is_absolute() or base_dir is None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import functools
 import importlib
-import importlib.metadata
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -169,7 +168,10 @@ class DriverLoadError(Exception):
 @functools.cache
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     """The ``mdevfs.vendors`` entry points, looked up once: a scan of every installed
-    distribution costs milliseconds, and a reset builds every driver again."""
+    distribution costs milliseconds, and a reset builds every driver again. (Imported
+    here: importlib.metadata alone costs 20 ms of a start-up that may need no entry point.)"""
+    import importlib.metadata
+
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -1,0 +1,214 @@
+"""Fleets (issue 15): many hosts from a fleet.toml, each a mount of its own, and the
+migration planner's view of them, through real mounts."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import needs_fuse
+
+from mdevfs import fleet, planner, process
+from mdevfs.errors import UsageError
+
+pytestmark = needs_fuse
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "fleet"
+MDEVFS = [sys.executable, "-m", "mdevfs"]
+P4 = "class/mdev_bus/0000:41:00.0/mdev_supported_types/nvidia-63"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def shared(tmp_path: Path, hosts: str, fleet_keys: str = "") -> Path:
+    """A fleet of the example GPU host with ``hosts`` as its [[host]] tables."""
+    return write(tmp_path / "fleet.toml", f'[fleet]\ntopology = "{EXAMPLES / "gpu-host.toml"}"\n'
+                 f"{fleet_keys}\n{hosts}")
+
+
+def mounted_under(directory: Path) -> list[str]:
+    return sorted(m for m in process.mountpoints() if m.startswith(str(directory) + "/"))
+
+
+# --- the fleet file -------------------------------------------------------------------------
+
+def test_count_names_hosts_and_state_dir_gives_each_a_file(tmp_path):
+    spec = shared(tmp_path, '[[host]]\nname = "n{n:02}"\ncount = 3\n[[host]]\nname = "solo"\n'
+                  f'topology = "{EXAMPLES / "gpu-host.toml"}"\n', 'state_dir = "st"')
+    hosts = fleet.load(spec)
+    assert [(h.name, h.state, h.text) for h in hosts] == [
+        ("n01", tmp_path / "st/n01.json", None), ("n02", tmp_path / "st/n02.json", None),
+        ("n03", tmp_path / "st/n03.json", None), ("solo", tmp_path / "st/solo.json", None)]
+
+
+def test_overrides_merge_driver_options_and_set_the_gpu_count(tmp_path):
+    """gpus = 2 keeps the first two GPUs; gpus = 5 copies the last onto the next free bus,
+    its path following; options go to every parent of that driver."""
+    spec = shared(tmp_path, '[[host]]\nname = "two"\ngpus = 2\n[host.options.nvidia]\n'
+                  'manager = "550.54.10"\n[[host]]\nname = "five"\ngpus = 5\n')
+    two, five = fleet.load(spec)
+    assert two.text + "\n" == "".join(
+        f'[[parent]]\ndriver = "nvidia"\nname = "0000:4{i}:00.0"\n'
+        f'path = "devices/pci0000:40/0000:40:01.{i}/0000:4{i}:00.0"\n'
+        f'options = {{ manager = "550.54.10" }}\n\n' for i in (1, 2))
+    assert five.text is not None
+    assert re.findall(r'name = "(.*)"\npath = "(.*)"', five.text)[3:] == [
+        ("0000:44:00.0", "devices/pci0000:40/0000:40:01.4/0000:44:00.0"),
+        ("0000:45:00.0", "devices/pci0000:40/0000:40:01.4/0000:45:00.0")]
+
+
+@pytest.mark.parametrize(("hosts", "problem"), [
+    ('[[host]]\nname = "a"\n[[host]]\nname = "a"\n', "host name(s) used twice: a"),
+    ('[[host]]\nname = "a"\ngpus = -1\n', "host #1: 'gpus' must be a whole number from 0 to 64"),
+    ('[[host]]\nname = "a"\ncolour = 1\n',
+     "host #1: keys are count, gpus, name, options, state, topology"),
+    ('[[host]]\nname = "a/b"\n', "host #1: host name 'a/b' must be letters, digits, '_.-'"),
+    ('[[host]]\nname = "a"\ncount = 2\n', "host #1: name 'a' must hold {n} to give 2 names"),
+    ('[[host]]\nname = "a"\n[host.options]\nnvidia = 3\n',
+     "host #1: 'options' must be tables of options per driver ([host.options.nvidia] …)"),
+])
+def test_a_bad_fleet_file_is_refused_naming_the_entry(tmp_path, hosts, problem):
+    spec = shared(tmp_path, hosts)
+    with pytest.raises(UsageError) as refused:
+        fleet.load(spec)
+    assert str(refused.value) == f"{spec}: {problem}"
+
+
+# --- up, status, run, down ------------------------------------------------------------------
+
+def test_up_status_run_and_down_through_the_cli(tmp_path):
+    """Each host its own root, control socket and log; `fleet run` shows one host's tree at
+    /sys; `fleet down` leaves no mount, daemon or directory."""
+    top = tmp_path / "skew"
+    up = subprocess.run([*MDEVFS, "fleet", "up", str(EXAMPLES / "skew.toml"), str(top)],
+                        capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert re.fullmatch(rf"mdevfs fleet: 6 hosts up in {top} \(\d+\.\d s\)\n", up.stdout)
+        mounts = fleet.hosts(top)
+        assert [m.name for m in mounts] == ["old-1", "old-2", "old-3", "new-1", "new-2", "new-3"]
+        assert mounted_under(top) == sorted(str(top / m.name / "sys") for m in mounts)
+        assert len({m.control for m in mounts}) == 6
+        status = subprocess.run([*MDEVFS, "fleet", "status", str(top)], capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 0
+        assert [re.sub(r"^(\S+)\s+\d+", r"\1 PID", line) for line in
+                status.stdout.splitlines()] == (
+            ["HOST       PID  STATE    PARENTS  DEVICES  ROOT"]
+            + [f"{m.name} PID  up             4        0  {m.root}" for m in mounts]
+            + ["6 of 6 hosts up"])
+        for host, version in (("old-2", "535.54"), ("new-3", "535.161")):
+            run = subprocess.run([*MDEVFS, "fleet", "run", str(top), host, "--", "cat",
+                                  f"/sys/{P4}/migration_version"],
+                                 capture_output=True, text=True, timeout=60)
+            assert (run.returncode, run.stdout) == (0, f"NVIDIA-vGPU:{version}:P4-1Q\n")
+    finally:
+        down = subprocess.run([*MDEVFS, "fleet", "down", str(top)], capture_output=True,
+                              text=True, timeout=120)
+    assert (down.returncode, down.stdout, down.stderr) == (0, "", "")
+    assert mounted_under(tmp_path) == [] and not top.exists()
+    assert not any(m.alive() for m in mounts)
+
+
+def test_hosts_are_separate_and_keep_their_state_files(tmp_path):
+    """A device made on one host is on that host only; with state_dir, it is there again
+    after the fleet goes down and comes up."""
+    spec = shared(tmp_path, '[[host]]\nname = "h{n}"\ncount = 2\n', 'state_dir = "st"')
+    uuid = "11111111-2222-3333-4444-555555555555"
+    with fleet.running(spec, tmp_path / "f") as (h1, h2):
+        (h1.root / P4 / "create").write_text(uuid)
+        assert (os.listdir(h1.root / "bus/mdev/devices"), os.listdir(h2.root / "bus/mdev/devices"),
+                h1.client().status()["devices"], h2.client().status()["devices"]) == (
+            [uuid], [], [uuid], [])
+    with fleet.running(spec, tmp_path / "f") as (h1, h2):
+        assert (os.listdir(h1.root / "bus/mdev/devices"),
+                os.listdir(h2.root / "bus/mdev/devices")) == ([uuid], [])
+
+
+def test_a_host_that_cannot_mount_takes_the_others_down(tmp_path):
+    spec = shared(tmp_path, '[[host]]\nname = "good"\n[[host]]\nname = "bad"\n'
+                  '[host.options.nvidia]\nmanager = "latest"\n')
+    with pytest.raises(UsageError) as refused:
+        fleet.up(spec, tmp_path / "f")
+    assert str(refused.value) == (
+        f"host bad: {tmp_path}/f/bad/topology.toml: parent #1 (driver 'nvidia'): the driver "
+        "refused its options: ValueError: option 'manager' must look like 535.129.03, not "
+        "'latest'")
+    assert mounted_under(tmp_path) == [] and not (tmp_path / "f/fleet.json").exists()
+
+
+def test_up_twice_is_refused(tmp_path):
+    spec = shared(tmp_path, '[[host]]\nname = "a"\n')
+    with fleet.running(spec, tmp_path / "f"):
+        with pytest.raises(UsageError) as refused:
+            fleet.up(spec, tmp_path / "f")
+    assert str(refused.value) == (f"{tmp_path}/f: a fleet is up there (see {tmp_path}/f/"
+                                  f"fleet.json); `mdevfs fleet down {tmp_path}/f` first")
+
+
+# --- the planner's view ---------------------------------------------------------------------
+
+REFUSED = ("writing at the target failed: Protocol not supported (EPROTONOSUPPORT) "
+           "(condition 4): vGPU migration from 'NVIDIA-vGPU:535.161:{}' refused: source "
+           "release 535.161 is newer than this 535.54")
+
+
+def test_plan_of_the_skew_example(mdevfs_fleet, tmp_path):
+    """Old hosts' vGPUs go anywhere; new hosts' only to new hosts, with NVIDIA's reason;
+    six hosts read as two groups."""
+    skew = mdevfs_fleet(EXAMPLES / "skew.toml")
+    p = skew.plan()
+    text = planner.render_text(p, why=True).splitlines()
+    assert text[:7] == [
+        "fleet migration plan: 6 hosts, 9 types, 2 groups of hosts with identical answers",
+        "  G1: old-1, old-2, old-3 (3 hosts)",
+        "  G2: new-1, new-2, new-3 (3 hosts)",
+        "source \\ target  G1 G2",
+        "G1                ✓  ✓",
+        "G2                ✗  ✓",
+        "legend: ✓ every type may migrate, ✗ none may, k/n k of the n types both hosts offer, "
+        "· no type in common"]
+    profiles = ["P4-1Q", "P4-2Q", "P4-4Q", "P4-8Q", "P4-1A", "P4-2A", "P4-4A", "P4-8A", "P4-1B"]
+    assert text[7:] == [f"G2 → G1 nvidia-{63 + i}: no (0/16 accepted): {REFUSED.format(name)}"
+                        for i, name in enumerate(profiles)]
+    doc = planner.to_json(p)
+    assert doc["groups"] == {"G1": ["old-1", "old-2", "old-3"], "G2": ["new-1", "new-2", "new-3"]}
+    assert doc["hosts"]["new-2"] == "G2"
+    assert len(doc["cells"]) == 4 * 9
+    assert doc["cells"][0] == {"source": "G1", "target": "G1", "type": "nvidia-63",
+                               "status": "yes", "accepted": 16, "pairs": 16, "reasons": []}
+    svg = ET.fromstring(planner.render_svg(p))
+    ns = "{http://www.w3.org/2000/svg}"
+    titles = [t.text for t in svg.iter(f"{ns}title")]
+    assert len(titles) == 4
+    assert titles[2].splitlines()[:3] == ["G2 → G1", "nvidia-63: no (0/16)",
+                                          "  " + REFUSED.format("P4-1Q")]
+    assert "G1 old-1, old-2, old-3 (3 hosts)" in [t.text for t in svg.iter(f"{ns}text")]
+
+
+def test_existing_vgpus_are_sources_and_the_cli_writes_json_and_svg(mdevfs_fleet, tmp_path):
+    """A vGPU on a host is read at its device node and offered to every target of its type."""
+    skew = mdevfs_fleet(EXAMPLES / "skew.toml")
+    (skew.hosts["new-1"].root / P4 / "create").write_text(
+        "11111111-2222-3333-4444-555555555555")
+    out = subprocess.run([*MDEVFS, "fleet", "matrix", str(skew.dir), "old-1", "new-1",
+                          "--json", str(tmp_path / "p.json"), "--svg", str(tmp_path / "p.svg")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:6] == [
+        "fleet migration plan: 2 hosts, 9 types, 2 groups of hosts with identical answers",
+        "  G1: old-1", "  G2: new-1", "source \\ target  G1 G2", "G1                ✓  ✓",
+        "G2                ✗  ✓"]
+    cells = {(c["source"], c["target"], c["type"]): c
+             for c in json.loads((tmp_path / "p.json").read_text())["cells"]}
+    assert [(c["status"], c["accepted"], c["pairs"]) for c in (
+        cells[("G2", "G2", "nvidia-63")], cells[("G2", "G1", "nvidia-63")],
+        cells[("G2", "G2", "nvidia-64")])] == [("yes", 20, 20), ("no", 0, 20), ("yes", 16, 16)]
+    ET.parse(tmp_path / "p.svg")

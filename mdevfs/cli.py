@@ -40,11 +40,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not args.foreground:
         log_file = (Path(os.path.abspath(args.log_file)) if args.log_file
                     else process.default_log(directory))
-        daemon = process.start(directory, control=control_path, log_file=log_file,
-                               config=args.config, state=args.state,
-                               uevents=Path(args.uevents) if args.uevents else None,
-                               allow_other=args.allow_other, timeout=args.ready_timeout,
-                               verbose=args.verbose)
+        waited = []
+
+        def progress(seconds: float) -> None:  # a large --state takes a while to restore
+            waited.append(seconds)
+            print(f"\rmdevfs: mounting {directory}: {seconds:.0f} s…", end="", file=sys.stderr,
+                  flush=True)
+
+        try:
+            daemon = process.start(directory, control=control_path, log_file=log_file,
+                                   config=args.config, state=args.state,
+                                   uevents=Path(args.uevents) if args.uevents else None,
+                                   allow_other=args.allow_other, timeout=args.ready_timeout,
+                                   verbose=args.verbose,
+                                   progress=progress if sys.stderr.isatty() else None)
+        finally:
+            if waited:
+                print(file=sys.stderr)
         print(f"mdevfs: {directory} mounted (pid {daemon.proc.pid}, log {log_file}, "
               f"control {control_path})")
         return 0
@@ -522,7 +534,51 @@ def build_parser() -> argparse.ArgumentParser:
                        "its options and their defaults, from the driver's own documentation.")
     p.add_argument("name", metavar="NAME", nargs="?", help="one driver, e.g. mtty")
     p.set_defaults(func=cmd_drivers)
+    for name, text in _SUB_EXAMPLES.items():
+        if name in sub.choices:
+            sub.choices[name].epilog = "examples:\n" + text
+            sub.choices[name].formatter_class = _Formatter
     return parser
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual; keeps the examples epilog line by line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:\n"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+_SUB_EXAMPLES = {
+    "mount": """\
+  mdevfs mount /tmp/sys                               the embedded default topology
+  mdevfs mount --config host.toml --state s.json /tmp/sys    devices kept across restarts
+  mdevfs -v mount /tmp/sys && mdevfs log /tmp/sys     a trace line per request
+  mdevfs mount --foreground /tmp/sys                  serve here; Ctrl-C unmounts""",
+    "umount": "  mdevfs umount /tmp/sys\n  mdevfs umount --lazy /tmp/sys        detach even if busy",
+    "ctl": """\
+  mdevfs ctl /tmp/sys status
+  mdevfs ctl /tmp/sys unplug mtty
+  mdevfs ctl /tmp/sys fail class/mdev_bus/mtty/mdev_supported_types/mtty-1/create write EIO --once
+  mdevfs ctl /tmp/sys set-option mtty ports 4""",
+    "check": """\
+  T=class/mdev_bus/0000:00:02.0/mdev_supported_types/i915-GVTg_V5_4
+  mdevfs check /tmp/a/$T /tmp/b/$T                    exit 0 compatible, 1 not""",
+    "matrix": """\
+  mdevfs matrix examples/two_hosts/host_a.toml examples/two_hosts/host_b.toml --why
+  mdevfs matrix a.toml b.toml --all --svg matrix.svg""",
+    "run": """\
+  mdevfs run -- mdevctl types
+  mdevfs run --config host.toml --mdevctl-dir ./mdevctl.d -- sh -c 'mdevctl start -p mtty -t mtty-1'""",
+    "record": "  mdevfs record -o host.toml\n  mdevfs record --root /tmp/copy-of-sys --anonymize",
+    "import": "  mdevfs import capture.umockdev -o host.toml",
+    "export": """\
+  mdevfs export --config host.toml --tree /tmp/static-sys
+  mdevfs export --mount /tmp/sys --umockdev host.umockdev""",
+    "log": "  mdevfs log /tmp/sys\n  mdevfs log -n 0 /tmp/sys              the whole log",
+    "drivers": "  mdevfs drivers\n  mdevfs drivers nvidia-sriov",
+}
 
 
 def _ready_timeout(p: argparse.ArgumentParser) -> None:
@@ -560,7 +616,13 @@ up or does not answer, 4 mounting FUSE is not permitted here, 125 (run) no names
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # shell completion, where argcomplete is installed
+        with contextlib.suppress(ImportError):
+            import argcomplete
+
+            argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:

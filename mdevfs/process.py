@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import MdevfsError, MountError, MountNotPermitted, UsageError, by_name
@@ -284,11 +284,13 @@ def stop(root: Path, proc: subprocess.Popen[bytes]) -> None:
 def start(root: Path, *, control: Path, log_file: Path, config: str | None = None,
           state: str | None = None, uevents: Path | None = None, allow_other: bool = False,
           stop_with_client: bool = False, extra: Sequence[str] = (),
-          timeout: float | None = None, verbose: bool = False) -> Daemon:
+          timeout: float | None = None, verbose: bool = False,
+          progress: Callable[[float], None] | None = None) -> Daemon:
     """Start a daemon mounting on ``root`` and return once the mount exists. Raises the
     daemon's own error (TopologyError, StateError, UsageError, … from mdevfs.errors),
     MountNotPermitted, or MountError with the tail of its log. ``timeout`` (default:
-    :func:`ready_timeout` of the state file) bounds the wait for the mount."""
+    :func:`ready_timeout` of the state file) bounds the wait for the mount; ``progress``
+    is called with the seconds waited, about once a second, while the daemon is not ready."""
     if timeout is None:
         timeout = ready_timeout(state)
     log_fd = open_log(log_file)
@@ -305,7 +307,7 @@ def start(root: Path, *, control: Path, log_file: Path, config: str | None = Non
         theirs.close()
     daemon = Daemon(root, proc, control, log_file, mine)
     try:
-        _wait_ready(daemon, timeout)
+        _wait_ready(daemon, timeout, progress)
     except BaseException:
         # Never unmount here: what is mounted on root may be another daemon's (a second
         # mount on a busy directory fails exactly so). A daemon of ours that did mount and
@@ -323,14 +325,21 @@ def start(root: Path, *, control: Path, log_file: Path, config: str | None = Non
     return daemon
 
 
-def _wait_ready(daemon: Daemon, timeout: float) -> None:
+def _wait_ready(daemon: Daemon, timeout: float,
+                progress: Callable[[float], None] | None = None) -> None:
     sock = daemon.link
     assert sock is not None
     buf = b""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
+        step = left if progress is None else min(left, 1.0)
+        ready = left > 0 and select.select([sock], [], [], step)[0]
+        if not ready and progress is not None and time.monotonic() < deadline:
+            progress(time.monotonic() - start)
+            continue
+        if not ready:
             raise MountError(f"the mdevfs daemon did not mount {daemon.root} within "
                              f"{timeout:.0f} s (--ready-timeout SECONDS waits longer); "
                              f"its log {daemon.log_file}:\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -337,3 +338,66 @@ def test_go_helper_mounts_for_go_test_and_unmounts_in_cleanup(tmp_path):
     passed = [line.split()[2] for line in out.stdout.splitlines() if line.startswith("--- PASS")]
     assert passed == ["TestCreateAndRemove", "TestOwnTopologyAndErrno"]
     assert not [m for m in process.mountpoints() if m.startswith(str(tmp_path))]
+
+
+def test_subcommand_help_has_examples():
+    out = mdevfs("log", "--help")
+    assert out.returncode == 0
+    assert out.stdout.endswith("examples:\n  mdevfs log /tmp/sys\n"
+                               "  mdevfs log -n 0 /tmp/sys              the whole log\n")
+
+
+@pytest.mark.parametrize(("line", "expected"), [("mdevfs dr", "drivers "),
+                                                ("mdevfs mount --re", "--ready-timeout ")])
+def test_shell_completion_through_argcomplete(tmp_path, line, expected):
+    pytest.importorskip("argcomplete")  # in the test extra; optional for users
+    out = tmp_path / "completions"
+    env = dict(os.environ, _ARGCOMPLETE="1", COMP_LINE=line, COMP_POINT=str(len(line)),
+               _ARGCOMPLETE_IFS=" ", _ARGCOMPLETE_STDOUT_FILENAME=str(out))
+    done = mdevfs(env=env)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == expected
+
+
+@needs_fuse
+def test_a_slow_mount_counts_its_seconds_on_a_terminal(tmp_path):
+    """A daemon that takes 2.5 s to build its host (this driver sleeps, in the daemon only):
+    on a terminal, mount counts the seconds waited, then says it mounted."""
+    import pty
+
+    (tmp_path / "slow.py").write_text(
+        "import sys, time\nfrom mdevfs.driver import BaseDriver\n\n\n"
+        "class Driver(BaseDriver):\n"
+        "    def __init__(self, options=None):\n"
+        "        super().__init__(options)\n"
+        "        if '--foreground' in sys.argv:\n"
+        "            time.sleep(2.5)\n")
+    slow = write_topology(tmp_path, '[[parent]]\ndriver = "slow.py"\n', "slow.toml")
+    root = tmp_path / "sys"
+    root.mkdir()
+    master, slave = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "mdevfs", "mount", "--config", str(slow),
+                               "--log-file", str(tmp_path / "log"), str(root)],
+                              stdout=subprocess.PIPE, stderr=slave, text=True, timeout=60)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+        mdevfs("umount", str(root))
+        unmount_if_mounted(root)
+    assert done.returncode == 0
+    text = shown.decode()
+    counted = text.removesuffix("\r\n").split("\r")  # the terminal turns \n into \r\n
+    assert counted[0] == "" and len(counted) >= 2, text
+    for line in counted[1:]:
+        assert re.fullmatch(rf"mdevfs: mounting {re.escape(str(root))}: \d+ s…", line), text
+    assert done.stdout.startswith(f"mdevfs: {root} mounted (pid ")

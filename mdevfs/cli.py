@@ -238,9 +238,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             proc = subprocess.Popen(namespace.command_line(
                 daemon.root, command, args.mdevctl_dir, daemon.root.parent / "uevents.sock",
                 parent=os.getpid()))
-            return namespace.wait(proc)
+            status = namespace.wait(proc)
+            if status != 0:
+                _explain_failure(daemon, status)
+            return status
     except MountError as exc:
         raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
+
+
+def _explain_failure(daemon: process.Daemon, status: int) -> None:
+    """The command failed: if a driver refused something meanwhile, say what it logged and
+    keep the daemon's log (its temporary directory goes) where the user can read it."""
+    try:
+        reasons = control.Client(daemon.control, timeout=5).reasons()["reasons"]
+    except (OSError, ValueError, KeyError):
+        return
+    if not reasons:
+        return  # nothing was refused by a driver: the command failed on its own
+    kept = process.runtime_dir() / "logs" / f"run-{os.getpid()}.log"
+    kept.parent.mkdir(mode=0o700, exist_ok=True)
+    kept.write_text(daemon.log())
+    for r in reasons[-10:]:
+        print(f"mdevfs run: refused: {r['op']} {r['path']}: {r['reason']}", file=sys.stderr)
+    print(f"mdevfs run: the command exited with status {status}; the daemon's log is kept "
+          f"at {kept}", file=sys.stderr)
 
 
 def cmd_log(args: argparse.Namespace) -> int:

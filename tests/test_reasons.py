@@ -83,3 +83,34 @@ def test_check_gives_the_reason_and_none_on_a_plain_tree(hosts, tmp_path):
     verdict = check(plain, tgt)
     assert (verdict.condition, verdict.reason) == (3, None)
     assert verdict.message.endswith("failed: Is a directory (EISDIR)")
+
+
+def test_mdevfs_run_says_what_the_driver_refused_and_keeps_the_log(tmp_path):
+    """A command that fails after a driver refused something: the reasons on stderr and the
+    daemon's log kept (its temporary directory is gone). A command that fails on its own
+    gets no such note."""
+    import re
+    import subprocess
+    import sys
+
+    write = ("import os; fd = os.open('/sys/" + ATTR + "', os.O_WRONLY)\n"
+             "try: os.write(fd, b'acme-2.3-small\\n')\n"
+             "except OSError as e: raise SystemExit(f'refused: {e.strerror}')")
+    run = [sys.executable, "-m", "mdevfs", "run", "--config", str(HOSTS / "host_a.toml"), "--"]
+    done = subprocess.run([*run, sys.executable, "-c", write], capture_output=True, text=True,
+                          timeout=60)
+    match = re.fullmatch(
+        "refused: Invalid argument\n"
+        f"mdevfs run: refused: write {REAL}: refusing 'acme-2.3-small': source minor 3 is "
+        "newer than ours, 1\n"
+        "mdevfs run: the command exited with status 1; the daemon's log is kept at (.*)\n",
+        done.stderr)
+    assert done.returncode == 1 and match, done.stderr
+    kept = Path(match[1])
+    try:
+        assert "source minor 3 is newer than ours, 1" in kept.read_text()
+    finally:
+        kept.unlink()
+    alone = subprocess.run([*run, "sh", "-c", "exit 3"], capture_output=True, text=True,
+                           timeout=60)
+    assert (alone.returncode, alone.stderr) == (3, "")

@@ -192,9 +192,10 @@ def summary(p: Plan, a: str, b: str) -> tuple[str, str]:
     yes = sum(c.status == YES for c in cells)
     if yes == len(cells):
         return "✓", YES
-    if yes == 0 and all(c.status == NO for c in cells):
+    if all(c.status == NO for c in cells):
         return "✗", NO
-    return f"{yes}/{len(cells)}", SOME
+    partly = "+" if any(c.status == SOME for c in cells) else ""
+    return f"{yes}/{len(cells)}{partly}", SOME
 
 
 def render_text(p: Plan, why: bool = False) -> str:
@@ -210,7 +211,7 @@ def render_text(p: Plan, why: bool = False) -> str:
     for n, row in zip(names, marks):
         lines.append(f"{n:<{width}}  " + " ".join(f"{m:>{col}}" for m in row))
     lines.append("legend: ✓ every type may migrate, ✗ none may, k/n k of the n types both "
-                 "hosts offer, · no type in common")
+                 "hosts offer (+: others to some GPUs only), · no type in common")
     if why:
         for (na, a), (nb, b) in ((x, y) for x in zip(names, reps) for y in zip(names, reps)):
             for t in p.types:

@@ -173,8 +173,8 @@ def test_plan_of_the_skew_example(mdevfs_fleet, tmp_path):
         "source \\ target  G1 G2",
         "G1                ✓  ✓",
         "G2                ✗  ✓",
-        "legend: ✓ every type may migrate, ✗ none may, k/n k of the n types both hosts offer, "
-        "· no type in common"]
+        "legend: ✓ every type may migrate, ✗ none may, k/n k of the n types both hosts offer "
+        "(+: others to some GPUs only), · no type in common"]
     profiles = ["P4-1Q", "P4-2Q", "P4-4Q", "P4-8Q", "P4-1A", "P4-2A", "P4-4A", "P4-8A", "P4-1B"]
     assert text[7:] == [f"G2 → G1 nvidia-{63 + i}: no (0/16 accepted): {REFUSED.format(name)}"
                         for i, name in enumerate(profiles)]
@@ -212,3 +212,20 @@ def test_existing_vgpus_are_sources_and_the_cli_writes_json_and_svg(mdevfs_fleet
         cells[("G2", "G2", "nvidia-63")], cells[("G2", "G1", "nvidia-63")],
         cells[("G2", "G2", "nvidia-64")])] == [("yes", 20, 20), ("no", 0, 20), ("yes", 16, 16)]
     ET.parse(tmp_path / "p.svg")
+
+
+def test_a_host_changed_at_run_time_splits_its_group(mdevfs_fleet):
+    """One GPU of old-1 upgraded through its control socket: old-1 is a group of its own,
+    its vGPUs go to some GPUs of the others only, and new hosts' to one GPU of it."""
+    skew = mdevfs_fleet(EXAMPLES / "skew.toml")
+    skew.hosts["old-1"].control.set_option("0000:41:00.0", "manager", "535.161.07")
+    p = skew.plan()
+    assert planner.render_text(p).splitlines()[:8] == [
+        "fleet migration plan: 6 hosts, 9 types, 3 groups of hosts with identical answers",
+        "  G1: old-1", "  G2: old-2, old-3 (2 hosts)", "  G3: new-1, new-2, new-3 (3 hosts)",
+        "source \\ target    G1   G2   G3",
+        "G1               0/9+ 0/9+    ✓",
+        "G2                  ✓    ✓    ✓",
+        "G3               0/9+    ✗    ✓"]
+    assert p.cells[("new-1", "old-1", "nvidia-63")] == planner.Cell(
+        "some", 4, 16, (REFUSED.format("P4-1Q"),))

@@ -241,6 +241,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             status = namespace.wait(proc)
             if status != 0:
                 _explain_failure(daemon, status)
+            elif args.verbose:  # the request trace outlives the temporary directory
+                print(f"mdevfs run: the daemon's log, a line per request, is kept at "
+                      f"{_keep_log(daemon)}", file=sys.stderr)
             return status
     except MountError as exc:
         raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
@@ -255,13 +258,19 @@ def _explain_failure(daemon: process.Daemon, status: int) -> None:
         return
     if not reasons:
         return  # nothing was refused by a driver: the command failed on its own
-    kept = process.runtime_dir() / "logs" / f"run-{os.getpid()}.log"
-    kept.parent.mkdir(mode=0o700, exist_ok=True)
-    kept.write_text(daemon.log())
+    kept = _keep_log(daemon)
     for r in reasons[-10:]:
         print(f"mdevfs run: refused: {r['op']} {r['path']}: {r['reason']}", file=sys.stderr)
     print(f"mdevfs run: the command exited with status {status}; the daemon's log is kept "
           f"at {kept}", file=sys.stderr)
+
+
+def _keep_log(daemon: process.Daemon) -> Path:
+    """A copy of the daemon's log in the runtime directory (its temporary one goes)."""
+    kept = process.runtime_dir() / "logs" / f"run-{os.getpid()}.log"
+    kept.parent.mkdir(mode=0o700, exist_ok=True)
+    kept.write_text(daemon.log())
+    return kept
 
 
 def cmd_log(args: argparse.Namespace) -> int:

@@ -401,3 +401,24 @@ def test_a_slow_mount_counts_its_seconds_on_a_terminal(tmp_path):
     for line in counted[1:]:
         assert re.fullmatch(rf"mdevfs: mounting {re.escape(str(root))}: \d+ s…", line), text
     assert done.stdout.startswith(f"mdevfs: {root} mounted (pid ")
+
+
+@needs_fuse
+def test_verbose_run_keeps_the_trace_of_the_requests(tmp_path):
+    from mdevfs import namespace
+
+    if namespace.unsupported():
+        pytest.skip(namespace.unsupported())
+    attr = f"/sys/{MTTY_TYPE}/available_instances"
+    out = mdevfs("-v", "run", "--", "cat", attr)
+    assert (out.returncode, out.stdout) == (0, "24\n")
+    last = out.stderr.splitlines()[-1]
+    prefix = "mdevfs run: the daemon's log, a line per request, is kept at "
+    assert last.startswith(prefix)
+    kept = Path(last.removeprefix(prefix))
+    try:
+        trace = [line.split(" ", 2)[2] for line in kept.read_text().splitlines()
+                 if " mdevfs.trace " in line]
+    finally:
+        kept.unlink()
+    assert f"mdevfs.trace DEBUG: read {MTTY_NODE}/available_instances: b'24\\n'" in trace

@@ -122,45 +122,74 @@ def _write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def control_of(path: Path) -> tuple[Client, str] | None:
-    """The control socket of the mdevfs mount holding ``path`` and ``path`` from its
-    root, or None when no mdevfs daemon answers for it (a real /sys, another
-    filesystem). The socket is where ``mdevfs mount`` puts it by default, or
-    ``control.sock`` beside the root (temporary mounts: ``mounted()``, ``mdevfs run``)."""
-    real = os.path.realpath(path)
-    roots = [m for m in process.mountpoints() if real == m or real.startswith(m.rstrip("/") + "/")]
-    if not roots:
-        return None
-    root = max(roots, key=len)
-    for sock in (Path(root).parent / "control.sock", process.default_control(root)):
-        if sock.is_socket():
-            return Client(sock, timeout=5.0), os.path.relpath(real, root)
-    return None
+class Reasons:
+    """Asks the mdevfs daemons behind attribute paths what their drivers logged when they
+    refused (the control socket's ``reasons``). Each daemon found keeps a cursor, so that
+    a logged reason is given for one failure only, even when the same attribute fails
+    twice within a millisecond; before the first failure on a daemon that was not
+    :meth:`watch`-ed, the time the action began bounds what is taken."""
+
+    def __init__(self) -> None:
+        self._mounts: list[str] | None = None
+        #: mount root → [its control client (None: no daemon answers), cursor or None]
+        self._daemons: dict[str, list[Any]] = {}
+
+    def watch(self, root: str | os.PathLike[str]) -> None:
+        """Set the cursor of the daemon of ``root`` now, before any action on it."""
+        entry = self._daemon(os.path.realpath(root))
+        if entry[0] is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                entry[1] = entry[0].reasons(since=1 << 62)["next"]
+
+    def _daemon(self, root: str) -> list[Any]:
+        if root not in self._daemons:
+            client = None
+            for sock in (Path(root).parent / "control.sock", process.default_control(root)):
+                if sock.is_socket():
+                    client = Client(sock, timeout=5.0)
+                    break
+            self._daemons[root] = [client, None]
+        return self._daemons[root]
+
+    def after_failure(self, path: Path, began: float) -> str | None:
+        """What the driver of ``path``'s mount logged for it since the last failure there
+        (and since ``began``), "; "-joined; None where no mdevfs daemon answers."""
+        real = os.path.realpath(path)
+        if self._mounts is None:
+            self._mounts = sorted(process.mountpoints(), key=len, reverse=True)
+        root = next((m for m in self._mounts if real.startswith(m.rstrip("/") + "/")), None)
+        if root is None:
+            return None
+        entry = self._daemon(root)
+        if entry[0] is None:
+            return None
+        try:
+            got = entry[0].reasons(since=entry[1] or 0, path=os.path.relpath(real, root))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        entry[1] = got["next"]
+        return "; ".join(r["reason"] for r in got["reasons"] if r["time"] >= began) or None
 
 
-def driver_reasons(path: Path, action: Callable[[], Any],
-                   locate: Callable[[Path], tuple[Client, str] | None] | None = None) -> Any:
+def driver_reasons(path: Path, action: Callable[[], Any], reasons: Reasons | None = None
+                   ) -> Any:
     """Run ``action`` (a read or write of the attribute ``path``); when it raises OSError,
-    re-raise it with the reasons the daemon's driver logged for ``path`` since the
-    action began as its ``reason`` attribute ("; "-joined; None where no mdevfs daemon
-    answers or nothing was logged). Nothing is asked when the action succeeds."""
+    re-raise it with what the daemon's driver logged for ``path`` meanwhile as its
+    ``reason`` attribute (None where no mdevfs daemon answers or nothing was logged).
+    Nothing is asked when the action succeeds."""
     began = round(time.time(), 3) - 0.001  # the daemon's clock is ours, kept in ms
     try:
         return action()
     except OSError as exc:
-        exc.reason = None  # type: ignore[attr-defined]
-        found = (locate or control_of)(path)  # a caller asking often knows the daemon
-        if found is not None:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                got = found[0].reasons(path=found[1])["reasons"]
-                exc.reason = "; ".join(r["reason"] for r in got  # type: ignore[attr-defined]
-                                       if r["time"] >= began) or None
+        exc.reason = (reasons or Reasons()).after_failure(path, began)  # type: ignore[attr-defined]
         raise
 
 
 def check(source: str | os.PathLike[str], target: str | os.PathLike[str],
-          source_name: str | None = None, target_name: str | None = None) -> Verdict:
+          source_name: str | None = None, target_name: str | None = None,
+          reasons: Reasons | None = None) -> Verdict:
     """Apply the seed's four conditions in order; names default to the paths as given.
+    ``reasons`` (shared by the checks of a matrix) asks mdevfs daemons why they refused.
 
     Raises :class:`NotAnMdevNode` when either path is neither kind of node.
     """
@@ -182,12 +211,12 @@ def check(source: str | os.PathLike[str], target: str | os.PathLike[str],
     if src.kind == "type" and src.type_id != tgt.type_id:
         return no(2, f"the types differ: {src.type_id} ({sname}) and {tgt.type_id} ({tname})")
     try:
-        version = driver_reasons(src.path / ATTR, lambda: _read(src.path / ATTR))
+        version = driver_reasons(src.path / ATTR, lambda: _read(src.path / ATTR), reasons)
     except OSError as exc:
         return no(3, f"reading the {ATTR} of {sname} failed: {errno_text(exc)}",
                   getattr(exc, "reason", None))
     try:
-        driver_reasons(tgt.path / ATTR, lambda: _write(tgt.path / ATTR, version))
+        driver_reasons(tgt.path / ATTR, lambda: _write(tgt.path / ATTR, version), reasons)
     except OSError as exc:
         return no(4, f"writing the source's {ATTR} to {tname} failed: {errno_text(exc)}",
                   getattr(exc, "reason", None))
@@ -236,6 +265,7 @@ def survey(topologies: Sequence[str | os.PathLike[str]]) -> Matrix:
     for path in paths:
         Topology.from_toml(path).build()  # refuse a bad file before mounting any
     nodes: list[tuple[str, Path]] = []
+    reasons = Reasons()
     with contextlib.ExitStack() as stack:
         for name, path in zip(host_names(paths), paths):
             try:
@@ -243,7 +273,9 @@ def survey(topologies: Sequence[str | os.PathLike[str]]) -> Matrix:
             except MdevfsError as exc:  # the daemon's own error, e.g. a driver that refuses
                 raise MountError(str(exc)) from None
             nodes += type_dirs(mount.root, name)
-        verdicts = tuple(tuple(check(s, t, sl, tl) for tl, t in nodes) for sl, s in nodes)
+            reasons.watch(mount.root)
+        verdicts = tuple(tuple(check(s, t, sl, tl, reasons) for tl, t in nodes)
+                         for sl, s in nodes)
     return Matrix(tuple(label for label, _ in nodes), verdicts)
 
 

@@ -16,15 +16,14 @@ fleet of a hundred hosts with two driver versions reads as a 2×2 table.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
 from attrs import define, frozen
 
-from .control import Client
-from .migration import ATTR, _read, _write, control_of, driver_reasons, errno_text
+from .migration import ATTR, Reasons, _read, _write, driver_reasons, errno_text
 
 YES, SOME, NO = "yes", "some", "no"
 CORNER = "source \\ target"
@@ -65,14 +64,11 @@ class Plan:
 def plan(roots: Mapping[str, Path]) -> Plan:
     """The plan of the hosts ``{name: sysfs root}``, all mounted."""
     nodes = {name: _type_nodes(root) for name, root in roots.items()}
-    daemons = {name: control_of(root) for name, root in roots.items()}
-
-    def locate(name: str) -> Callable[[Path], tuple[Client, str] | None]:
-        found, root = daemons[name], os.path.realpath(roots[name])
-        return lambda path: found and (found[0], os.path.relpath(path, root))
-
-    sources = [s for name, root in roots.items()
-               for s in _sources(name, root, nodes[name], locate(name))]
+    reasons = Reasons()
+    for root in roots.values():
+        reasons.watch(root)
+    sources = [s for name, root in roots.items() for s in _sources(name, root, nodes[name],
+                                                                    reasons)]
     by_type: dict[str, set[str]] = {}
     for s in sources:
         if s.version is not None:
@@ -84,7 +80,7 @@ def plan(roots: Mapping[str, Path]) -> Plan:
             counts[(name, type_id)] = counts.get((name, type_id), 0) + 1
             for version in sorted(by_type.get(type_id, ())):
                 answers.setdefault((name, type_id, version), []).append(
-                    _accepts(path, version, locate(name)))
+                    _accepts(path, version, reasons))
     types = sorted({s.type_id for s in sources})
     cells = {}
     for a in roots:
@@ -107,24 +103,21 @@ def _type_nodes(root: Path) -> list[tuple[str, str, Path]]:
     return found
 
 
-Locate = Callable[[Path], "tuple[Client, str] | None"]
-
-
 def _sources(host: str, root: Path, nodes: Sequence[tuple[str, str, Path]],
-             locate: Locate) -> list[Source]:
-    found = [_source(host, type_id, parent, path / ATTR, locate)
+             reasons: Reasons) -> list[Source]:
+    found = [_source(host, type_id, parent, path / ATTR, reasons)
              for parent, type_id, path in nodes]
     devices = root / "bus/mdev/devices"
     for uuid in sorted(os.listdir(devices)):
         real = Path(os.path.realpath(devices / uuid))
         type_id = Path(os.path.realpath(real / "mdev_type")).name
-        found.append(_source(host, type_id, f"{real.parent.name}/{uuid}", real / ATTR, locate))
+        found.append(_source(host, type_id, f"{real.parent.name}/{uuid}", real / ATTR, reasons))
     return found
 
 
-def _source(host: str, type_id: str, where: str, attr: Path, locate: Locate) -> Source:
+def _source(host: str, type_id: str, where: str, attr: Path, reasons: Reasons) -> Source:
     try:
-        raw = driver_reasons(attr, lambda: _read(attr), locate)
+        raw = driver_reasons(attr, lambda: _read(attr), reasons)
     except OSError as exc:
         if isinstance(exc, FileNotFoundError) and not attr.exists():  # not a driver's ENOENT
             return Source(host, type_id, where, None, f"the source has no {ATTR} (condition 1)")
@@ -132,11 +125,11 @@ def _source(host: str, type_id: str, where: str, attr: Path, locate: Locate) -> 
     return Source(host, type_id, where, raw.decode("ascii", "replace").removesuffix("\n"), None)
 
 
-def _accepts(type_dir: Path, version: str, locate: Locate) -> str | None:
+def _accepts(type_dir: Path, version: str, reasons: Reasons) -> str | None:
     """None when the target type node accepts ``version``, else why not."""
     attr = type_dir / ATTR
     try:
-        driver_reasons(attr, lambda: _write(attr, version.encode() + b"\n"), locate)
+        driver_reasons(attr, lambda: _write(attr, version.encode() + b"\n"), reasons)
     except OSError as exc:
         if isinstance(exc, FileNotFoundError) and not attr.exists():  # not a driver's ENOENT
             return f"the target has no {ATTR} (condition 1)"
@@ -247,12 +240,12 @@ def render_svg(p: Plan) -> str:
     margin = int(max(len(label) for label in labels) * char) + 20
     top = 70 + int(max(len(f"G{len(reps)}") for _ in reps) * char)
     n = len(reps)
-    width = max(margin + n * cell + 20, 640)
+    heading = render_text(p).splitlines()[0]
+    width = int(max(margin + n * cell + 20, 640, len(heading) * 8.6 + 20))  # 14 px characters
     height = top + n * cell + 40 + 4 * 18
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            'font-family="monospace" font-size="12">',
-           f'<text x="10" y="20" font-size="14">{escape(render_text(p).splitlines()[0])}'
-           '</text>',
+           f'<text x="10" y="20" font-size="14">{escape(heading)}</text>',
            '<text x="10" y="40">row: source group, column: target group; hover a cell for '
            'each type and the reasons</text>']
     for i, label in enumerate(labels):

@@ -114,3 +114,22 @@ def test_mdevfs_run_says_what_the_driver_refused_and_keeps_the_log(tmp_path):
     alone = subprocess.run([*run, "sh", "-c", "exit 3"], capture_output=True, text=True,
                            timeout=60)
     assert (alone.returncode, alone.stderr) == (3, "")
+
+
+def test_two_refusals_of_one_attribute_in_a_row_get_one_reason_each(hosts):
+    """Within one millisecond too: each daemon has a cursor in its reasons (the planner writes
+    several strings to one target node in a row)."""
+    from mdevfs.migration import Reasons, _write, driver_reasons
+
+    a, _ = hosts
+    reasons = Reasons()
+    reasons.watch(a.root)
+    attr = a.root / ATTR
+    got = []
+    for version in (b"acme-2.3-small", b"acme-9.9-small", b"acme-2.4-small"):
+        with pytest.raises(OSError) as refused:
+            driver_reasons(attr, lambda v=version: _write(attr, v), reasons)
+        got.append(refused.value.reason)
+    assert got == ["refusing 'acme-2.3-small': source minor 3 is newer than ours, 1",
+                   "refusing 'acme-9.9-small': major version not matched: 9 is not 2",
+                   "refusing 'acme-2.4-small': source minor 4 is newer than ours, 1"]

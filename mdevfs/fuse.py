@@ -111,6 +111,11 @@ class SysfsOperations(pyfuse3.Operations):
     """Serves a :class:`~mdevfs.sysfs.Tree` as a sysfs root."""
 
     enable_writeback_cache = False
+    #: a link's target never changes while its inode lives (inodes are never reused), so
+    #: the kernel may keep readlink() results: FUSE_CAP_CACHE_SYMLINKS, which pyfuse3 asks
+    #: for when built with mdevfs's patch (pyfuse3-single-reader.patch); stock pyfuse3
+    #: ignores the attribute
+    enable_symlink_cache = True
 
     def __init__(self, tree: Tree, hooks: Hooks | None = None) -> None:
         super().__init__()
@@ -389,6 +394,8 @@ async def serve(tree: Tree, mountpoint: str, allow_other: bool = False,
     import signal
 
     ops = SysfsOperations(tree, hooks)
+    log.info("pyfuse3 %s, request loop: %s", getattr(pyfuse3, "__version__", "?"),
+             getattr(pyfuse3, "SESSION_LOOP", "stock (a reader pool under a lock)"))
     pyfuse3.init(ops, mountpoint, mount_options(allow_other))
     try:
         async with trio.open_nursery() as nursery:

@@ -221,7 +221,7 @@ def machine() -> dict[str, str]:
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "nproc": str(os.cpu_count()), "cpu": model,
             "kernel": platform.release(), "python": platform.python_version(),
-            "libfuse": libfuse or "?", "pyfuse3": version("pyfuse3"), "trio": version("trio")}
+            "libfuse": libfuse or "?", "pyfuse3": f"{version('pyfuse3')} ({_session_loop()} loop)", "trio": version("trio")}
 
 
 # --- Markdown ---------------------------------------------------------------------------
@@ -417,3 +417,10 @@ def svg(res: Results) -> str:
         parts.append(f'<text x="{width - right + 38}" y="{ly + 4}">{labels[side]}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def _session_loop() -> str:
+    """Which request loop the pyfuse3 in use has: mdevfs's patch, or the stock one."""
+    import pyfuse3
+
+    return getattr(pyfuse3, "SESSION_LOOP", "stock")

@@ -111,7 +111,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 _CTL_FIELDS = ("parent", "path", "op", "error", "once", "seconds", "uuid", "on", "key", "value",
-               "address", "since")
+               "address", "since", "source")
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -182,6 +182,13 @@ def _ctl_parser(sub: Any) -> None:
                         "--since NEXT for newer ones.")
     c.add_argument("path", metavar="PATH", nargs="?", help="only this attribute's")
     c.add_argument("--since", type=int, metavar="N", help="only entries numbered N and up")
+    c = cmds.add_parser("grade", help="none, cold or live: how SOURCE may come to PATH",
+                        description="mdevfs's graded answer (modelled on NVML's vGPU "
+                        "compatibility: a result and the limiting component) for a source's "
+                        "migration_version string at the migration_version PATH; drivers "
+                        "without one answer by the seed: live or none.")
+    c.add_argument("path", metavar="PATH", help="a type's or device's migration_version")
+    c.add_argument("source", metavar="SOURCE", help="the string read at the source")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -414,7 +421,7 @@ def _fleet_matrix(args: argparse.Namespace) -> int:
 
     found = fleet.hosts(args.dir)
     chosen = [m for m in found if not args.hosts or m.name in args.hosts]
-    plan = planner.plan({m.name: m.root for m in chosen})
+    plan = planner.plan({m.name: m.root for m in chosen}, graded=args.graded)
     print(planner.render_text(plan, why=args.why), end="")
     if args.json:
         Path(args.json).write_text(json.dumps(planner.to_json(plan), indent=1) + "\n")
@@ -458,6 +465,8 @@ def _fleet_parser(sub: Any) -> None:
     c.add_argument("dir", metavar="DIR")
     c.add_argument("hosts", metavar="HOST", nargs="*", help="only these hosts (default: all)")
     c.add_argument("--why", action="store_true", help="every refusal with its reason")
+    c.add_argument("--graded", action="store_true", help="also ask each target mdevfs's graded "
+                   "question (none, cold or live, and the limiting component)")
     c.add_argument("--json", metavar="FILE", help="write the plan as JSON to FILE")
     c.add_argument("--svg", metavar="FILE", help="draw the group table as SVG in FILE")
 

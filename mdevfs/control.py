@@ -16,7 +16,8 @@ op "read"|"write", error: an errno number or name such as "EIO", once);
 PCI function's VFIO device held open, as by a VM); ``clear`` (path,
 optional: without it every fault goes); ``set-option`` (parent, key, value);
 ``reset``; ``reasons`` (since, path: both optional): the refusal reasons the
-drivers logged during recent shows and stores (:class:`mdevfs.daemon.Refusals`).
+drivers logged during recent shows and stores (:class:`mdevfs.daemon.Refusals`);
+``grade`` (path of a migration_version, source): none, cold or live, and the limit.
 Each command runs whole between two FUSE requests, as they do.
 :class:`Client` speaks it from Python; ``mdevfs ctl DIR COMMAND`` from a shell.
 """
@@ -161,6 +162,29 @@ class Control:
         if self.refusals is None:
             return {"next": 1, "reasons": []}
         return self.refusals.since(since, None if path is None else self._canonical(path))
+
+    def cmd_grade(self, path: str, source: str) -> dict[str, str]:
+        """How a VM whose source wrote ``source`` may come to the type or device of the
+        ``migration_version`` at ``path``: ``{"result": none|cold|live, "limit", "reason"}``
+        from a driver's ``grade(source)`` (mdevfs's model, beside the seed's yes/no); a
+        driver without one answers by the seed: live when its check accepts, else none,
+        limited by "other"."""
+        node = self._file(path)
+        if posixpath.basename(node.path) != "migration_version" or not isinstance(source, str):
+            fail(errno.EINVAL, f"{path!r} is not a migration_version, or source not a string")
+        if self.refusals is not None:
+            self.refusals.current = None  # what the driver logs now is no attribute's refusal
+        target = node.obj
+        migration = target.parent.driver.migration(target)
+        grade = getattr(migration, "grade", None)
+        if grade is not None:
+            return grade(source)
+        try:
+            migration.check(source)
+        except OSError as exc:
+            return {"result": "none", "limit": "other",
+                    "reason": exc.strerror or os.strerror(exc.errno or errno.EIO)}
+        return {"result": "live", "limit": "none", "reason": "the seed's check accepts it"}
 
     def cmd_reset(self) -> None:
         """The topology's initial state: no devices, no faults, fresh drivers, every GPU
@@ -386,6 +410,11 @@ class Client:
 
     def reset(self) -> None:
         self.request("reset")
+
+    def grade(self, path: str, source: str) -> dict[str, str]:
+        """How ``source`` may migrate to the migration_version at ``path``: result, limit,
+        reason."""
+        return self.request("grade", path=path, source=source)
 
     def reasons(self, since: int = 0, path: str | None = None) -> dict[str, Any]:
         """Recent refusal reasons: ``{"next": N, "reasons": [{seq, time, path, op, reason}]}``."""

@@ -151,23 +151,40 @@ class Reasons:
             self._daemons[root] = [client, None]
         return self._daemons[root]
 
-    def after_failure(self, path: Path, began: float) -> str | None:
-        """What the driver of ``path``'s mount logged for it since the last failure there
-        (and since ``began``), "; "-joined; None where no mdevfs daemon answers."""
+    def daemon_of(self, path: Path) -> tuple[list[Any], str] | None:
+        """The daemon entry ([client, cursor]) of ``path``'s mdevfs mount and ``path`` from
+        its root (links resolved), or None where no mdevfs daemon answers."""
         real = os.path.realpath(path)
         if self._mounts is None:
             self._mounts = sorted(process.mountpoints(), key=len, reverse=True)
         root = next((m for m in self._mounts if real.startswith(m.rstrip("/") + "/")), None)
-        if root is None:
+        entry = None if root is None else self._daemon(root)
+        if entry is None or entry[0] is None:
             return None
-        entry = self._daemon(root)
-        if entry[0] is None:
+        return entry, os.path.relpath(real, root)
+
+    def grade(self, path: Path, source: str) -> dict[str, str] | None:
+        """mdevfs's graded answer for ``source`` at the migration_version ``path`` (control
+        command ``grade``): result none|cold|live, limit and reason; None without a daemon."""
+        found = self.daemon_of(path)
+        if found is None:
             return None
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return found[0][0].grade(found[1], source)
+        return None
+
+    def after_failure(self, path: Path, began: float) -> str | None:
+        """What the driver of ``path``'s mount logged for it since the last failure there
+        (and since ``began``), "; "-joined; None where no mdevfs daemon answers."""
+        found = self.daemon_of(path)
+        if found is None:
+            return None
+        (client, cursor), rel = found
         try:
-            got = entry[0].reasons(since=entry[1] or 0, path=os.path.relpath(real, root))
+            got = client.reasons(since=cursor or 0, path=rel)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        entry[1] = got["next"]
+        found[0][1] = got["next"]
         return "; ".join(r["reason"] for r in got["reasons"] if r["time"] >= began) or None
 
 

@@ -25,7 +25,7 @@ from attrs import define, frozen
 
 from .migration import ATTR, Reasons, _read, _write, driver_reasons, errno_text
 
-YES, SOME, NO = "yes", "some", "no"
+YES, SOME, NO, COLD = "yes", "some", "no", "cold"
 CORNER = "source \\ target"
 
 
@@ -46,6 +46,9 @@ class Cell:
     accepted: int
     pairs: int
     reasons: tuple[str, ...]
+    #: with ``graded``: (live|cold|none, pairs) and the limiting components named
+    grades: tuple[tuple[str, int], ...] = ()
+    limits: tuple[str, ...] = ()
 
 
 @define
@@ -56,13 +59,15 @@ class Plan:
     cells: dict[tuple[str, str, str], Cell]
     #: groups of hosts with identical answers, in host order
     groups: list[list[str]]
+    graded: bool = False
 
     def group_of(self, host: str) -> str:
         return next(f"G{i}" for i, g in enumerate(self.groups, 1) if host in g)
 
 
-def plan(roots: Mapping[str, Path]) -> Plan:
-    """The plan of the hosts ``{name: sysfs root}``, all mounted."""
+def plan(roots: Mapping[str, Path], graded: bool = False) -> Plan:
+    """The plan of the hosts ``{name: sysfs root}``, all mounted. With ``graded``, each
+    (target node, string) is also asked mdevfs's graded question (control ``grade``)."""
     nodes = {name: _type_nodes(root) for name, root in roots.items()}
     reasons = Reasons()
     for root in roots.values():
@@ -73,14 +78,15 @@ def plan(roots: Mapping[str, Path]) -> Plan:
     for s in sources:
         if s.version is not None:
             by_type.setdefault(s.type_id, set()).add(s.version)
-    answers: dict[tuple[str, str, str], list[str | None]] = {}  # (host, type, version)
+    answers: dict[tuple[str, str, str], list[Answer]] = {}  # (host, type, version)
     counts: dict[tuple[str, str], int] = {}  # (host, type) → its type nodes
     for name in roots:
         for _, type_id, path in nodes[name]:
             counts[(name, type_id)] = counts.get((name, type_id), 0) + 1
             for version in sorted(by_type.get(type_id, ())):
                 answers.setdefault((name, type_id, version), []).append(
-                    _accepts(path, version, reasons))
+                    (_accepts(path, version, reasons),
+                     reasons.grade(path / ATTR, version) if graded else None))
     types = sorted({s.type_id for s in sources})
     cells = {}
     for a in roots:
@@ -90,7 +96,7 @@ def plan(roots: Mapping[str, Path]) -> Plan:
                 if mine and (b, t) in counts:
                     cells[(a, b, t)] = _cell(mine, answers, b, t, counts[(b, t)])
     hosts = list(roots)
-    return Plan(hosts, types, cells, _groups(hosts, types, cells))
+    return Plan(hosts, types, cells, _groups(hosts, types, cells), graded)
 
 
 def _type_nodes(root: Path) -> list[tuple[str, str, Path]]:
@@ -143,19 +149,27 @@ def _why(what: str, exc: OSError, condition: int) -> str:
             + (f": {reason}" if reason else ""))
 
 
-def _cell(mine: Sequence[Source], answers: Mapping[tuple[str, str, str], list[str | None]],
+#: a target node's answer to one string: why the write failed (None: accepted), and the grade
+Answer = tuple["str | None", "dict[str, str] | None"]
+
+
+def _cell(mine: Sequence[Source], answers: Mapping[tuple[str, str, str], list[Answer]],
           target: str, type_id: str, count: int) -> Cell:
     """Every source of the type against the target host's ``count`` nodes of it."""
-    results: list[str | None] = []
+    results: list[Answer] = []
     for s in mine:
         if s.version is None:
-            results += [s.why] * count
+            results += [(s.why, {"result": "none", "limit": "other"})] * count
         else:
             results += answers[(target, type_id, s.version)]
-    ok = results.count(None)
+    ok = sum(why is None for why, _ in results)
     status = YES if ok == len(results) else NO if ok == 0 else SOME
-    reasons = tuple(sorted({r for r in results if r is not None}))
-    return Cell(status, ok, len(results), reasons)
+    reasons = tuple(sorted({why for why, _ in results if why is not None}))
+    graded = [g for _, g in results if g is not None]
+    grades = tuple((r, n) for r in ("live", "cold", "none")
+                   if (n := sum(g["result"] == r for g in graded)))
+    limits = tuple(sorted({g["limit"] for g in graded if g["limit"] != "none"}))
+    return Cell(status, ok, len(results), reasons, grades, limits)
 
 
 def _groups(hosts: Sequence[str], types: Sequence[str],
@@ -185,6 +199,8 @@ def summary(p: Plan, a: str, b: str) -> tuple[str, str]:
     yes = sum(c.status == YES for c in cells)
     if yes == len(cells):
         return "✓", YES
+    if p.graded and all(c.grades and "none" not in dict(c.grades) for c in cells):
+        return "c", COLD  # every VM may move, some only by a restart
     if all(c.status == NO for c in cells):
         return "✗", NO
     partly = "+" if any(c.status == SOME for c in cells) else ""
@@ -204,15 +220,24 @@ def render_text(p: Plan, why: bool = False) -> str:
     for n, row in zip(names, marks):
         lines.append(f"{n:<{width}}  " + " ".join(f"{m:>{col}}" for m in row))
     lines.append("legend: ✓ every type may migrate, ✗ none may, k/n k of the n types both "
-                 "hosts offer (+: others to some GPUs only), · no type in common")
+                 "hosts offer (+: others to some GPUs only), · no type in common"
+                 + (", c every type may move cold (graded)" if p.graded else ""))
     if why:
         for (na, a), (nb, b) in ((x, y) for x in zip(names, reps) for y in zip(names, reps)):
             for t in p.types:
                 cell = p.cells.get((a, b, t))
                 if cell is not None and cell.status != YES:
                     lines += [f"{na} → {nb} {t}: {cell.status} ({cell.accepted}/{cell.pairs} "
-                              f"accepted): {r}" for r in cell.reasons]
+                              f"accepted){_graded(cell)}: {r}" for r in cell.reasons]
     return "\n".join(lines) + "\n"
+
+
+def _graded(cell: Cell) -> str:
+    """``, graded cold 16 (limit host_driver)``; empty when not graded."""
+    if not cell.grades:
+        return ""
+    limit = f" (limit {', '.join(cell.limits)})" if cell.limits else ""
+    return ", graded " + ", ".join(f"{r} {n}" for r, n in cell.grades) + limit
 
 
 def to_json(p: Plan) -> dict[str, Any]:
@@ -223,12 +248,14 @@ def to_json(p: Plan) -> dict[str, Any]:
             "groups": {n: g for (n, _), g in zip(reps, p.groups)},
             "types": p.types,
             "cells": [{"source": na, "target": nb, "type": t, "status": c.status,
-                       "accepted": c.accepted, "pairs": c.pairs, "reasons": list(c.reasons)}
+                       "accepted": c.accepted, "pairs": c.pairs, "reasons": list(c.reasons),
+                       **({"grades": dict(c.grades), "limits": list(c.limits)}
+                          if p.graded else {})}
                       for na, a in reps for nb, b in reps for t in p.types
                       if (c := p.cells.get((a, b, t))) is not None]}
 
 
-COLOURS = {YES: "#2e7d32", SOME: "#f9a825", NO: "#c62828", "none": "#eeeeee"}
+COLOURS = {YES: "#2e7d32", COLD: "#1565c0", SOME: "#f9a825", NO: "#c62828", "none": "#eeeeee"}
 
 
 def render_svg(p: Plan) -> str:
@@ -242,7 +269,7 @@ def render_svg(p: Plan) -> str:
     n = len(reps)
     heading = render_text(p).splitlines()[0]
     width = int(max(margin + n * cell + 20, 640, len(heading) * 8.6 + 20))  # 14 px characters
-    height = top + n * cell + 40 + 4 * 18
+    height = top + n * cell + 40 + 5 * 18
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            'font-family="monospace" font-size="12">',
            f'<text x="10" y="20" font-size="14">{escape(heading)}</text>',
@@ -265,7 +292,8 @@ def render_svg(p: Plan) -> str:
                        f'{escape(mark)}</text></g>')
     y = top + n * cell + 30
     for k, (status, text) in enumerate((
-            (YES, "every type may migrate"), (SOME, "some types or some GPUs only"),
+            (YES, "every type may migrate"), (COLD, "every type, some only cold (graded)"),
+            (SOME, "some types or some GPUs only"),
             (NO, "no type may migrate"), ("none", "no type in common"))):
         out.append(f'<rect x="10" y="{y + k * 18 - 11}" width="12" height="12" '
                    f'fill="{COLOURS[status]}" stroke="#9e9e9e"/>'
@@ -279,7 +307,7 @@ def _title(p: Plan, i: int, j: int, a: str, b: str) -> str:
     for t in p.types:
         cell = p.cells.get((a, b, t))
         if cell is not None:
-            lines.append(f"{t}: {cell.status} ({cell.accepted}/{cell.pairs})")
+            lines.append(f"{t}: {cell.status} ({cell.accepted}/{cell.pairs}){_graded(cell)}")
             lines += [f"  {r}" for r in cell.reasons]
     return "\n".join(lines)
 

@@ -202,11 +202,11 @@ class Fleet:
         self.dir = directory
         self.hosts = {m.name: FleetHost(m) for m in mounts}
 
-    def plan(self, hosts: Sequence[str] | None = None) -> Any:
+    def plan(self, hosts: Sequence[str] | None = None, graded: bool = False) -> Any:
         from . import planner
 
         return planner.plan({n: h.root for n, h in self.hosts.items()
-                             if hosts is None or n in hosts})
+                             if hosts is None or n in hosts}, graded=graded)
 
 
 @pytest.fixture

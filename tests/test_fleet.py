@@ -229,3 +229,26 @@ def test_a_host_changed_at_run_time_splits_its_group(mdevfs_fleet):
         "G3               0/9+    ✗    ✓"]
     assert p.cells[("new-1", "old-1", "nvidia-63")] == planner.Cell(
         "some", 4, 16, (REFUSED.format("P4-1Q"),))
+
+
+def test_graded_answers_and_the_limiting_component(mdevfs_fleet):
+    """mdevfs's model of NVML's graded answer, through the control socket and the plan: the
+    new hosts' vGPUs may go to the old hosts cold, limited by the host driver."""
+    skew = mdevfs_fleet(EXAMPLES / "skew.toml")
+    grade = skew.hosts["old-1"].control.grade
+    attr = f"{P4}/migration_version"
+    assert [tuple(grade(attr, f"NVIDIA-vGPU:{v}").values()) for v in (
+        "535.10:P4-1Q", "535.161:P4-1Q", "470.10:P4-1Q", "550.1:P4-1Q", "535.10:P4-2Q")] == [
+        ("live", "none", "release 535.10 may go live to 535.54"),
+        ("cold", "host_driver",
+         "source release 535.161 is newer than this 535.54: live is refused, a restart here is not"),
+        ("cold", "host_driver", "branch R470 is older than this manager's R535: no live "
+         "migration across branches"),
+        ("none", "guest_driver", "the guest's branch R550 is newer than this manager's R535"),
+        ("none", "gpu", "vGPU type P4-2Q is not P4-1Q")]
+    p = skew.plan(graded=True)
+    assert planner.render_text(p).splitlines()[3:6] == [
+        "source \\ target  G1 G2", "G1                ✓  ✓", "G2                c  ✓"]
+    assert p.cells[("new-1", "old-2", "nvidia-70")] == planner.Cell(
+        "no", 0, 16, (REFUSED.format("P4-8A"),), (("cold", 16),), ("host_driver",))
+    assert p.cells[("old-1", "new-2", "nvidia-70")].grades == (("live", 16),)

@@ -133,3 +133,13 @@ def test_two_refusals_of_one_attribute_in_a_row_get_one_reason_each(hosts):
     assert got == ["refusing 'acme-2.3-small': source minor 3 is newer than ours, 1",
                    "refusing 'acme-9.9-small': major version not matched: 9 is not 2",
                    "refusing 'acme-2.4-small': source minor 4 is newer than ours, 1"]
+
+
+def test_a_driver_without_grades_is_graded_by_the_seed(hosts):
+    """The control socket's ``grade`` for a driver that has no ``grade``: live when its check
+    accepts the string, else none, limited by "other", with the errno's text."""
+    a, _ = hosts
+    assert a.control.grade(ATTR, "acme-2.1-small") == {
+        "result": "live", "limit": "none", "reason": "the seed's check accepts it"}
+    assert a.control.grade(ATTR, "acme-2.3-small") == {
+        "result": "none", "limit": "other", "reason": "Invalid argument"}

@@ -30,6 +30,19 @@ this form or names another profile; EPROTONOSUPPORT when the branch differs or
 the source is newer. The reason is logged. ``migration = false`` removes the
 attribute (no migration support).
 
+**Graded answers (mdevfs's model, beside the seed's yes/no).** NVML answers a migration
+question with a grade (``nvmlVgpuVmCompatibility_t``: none, cold, … live) and the
+component that limits it (``nvmlVgpuPgpuCompatibilityLimitCode_t``: host driver, guest
+driver, GPU). No sysfs file carries them, so mdevfs gives them through the control socket
+(``grade``, :meth:`NvidiaMigration.grade`), by these rules of its own: another profile
+is ``none``, limited by the ``gpu``; the same branch and a release no newer than the
+target's is ``live``; the same branch and a newer release is ``cold``, limited by the
+``host_driver`` (the VM restarts under the older manager of its branch); an older source
+branch is ``cold``, limited by the ``host_driver`` (a newer manager runs the older guest
+driver, but not live across branches); a newer source branch is ``none``, limited by the
+``guest_driver`` (the guest's driver is newer than the target's manager supports). The
+real rules live in NVIDIA's release notes per release pair and are not reproduced.
+
 Each device has ``nvidia/vgpu_params`` (read-write text holding the plugin
 parameters, e.g. ``frame_rate_limiter=0``; kept as written, not interpreted).
 
@@ -185,6 +198,31 @@ class NvidiaMigration:
                          f"source release {branch}.{minor} is newer than this "
                          f"{self.gpu.branch}.{self.gpu.minor}", source)
 
+    def grade(self, source: str) -> dict[str, str]:
+        """``{"result": none|cold|live, "limit": none|host_driver|guest_driver|gpu,
+        "reason"}``: how ``source`` may come here, by the rules in the module's docstring."""
+        match = _VERSION.fullmatch(source)
+        if match is None:
+            return _grade("none", "other", "not an NVIDIA vGPU migration version")
+        branch, minor, profile = int(match[1]), int(match[2]), match[3]
+        here = f"{self.gpu.branch}.{self.gpu.minor}"
+        if profile != self.profile:
+            return _grade("none", "gpu", f"vGPU type {profile} is not {self.profile}")
+        if branch == self.gpu.branch and minor <= self.gpu.minor:
+            return _grade("live", "none", f"release {branch}.{minor} may go live to {here}")
+        if branch == self.gpu.branch:
+            return _grade("cold", "host_driver", f"source release {branch}.{minor} is newer "
+                          f"than this {here}: live is refused, a restart here is not")
+        if branch < self.gpu.branch:
+            return _grade("cold", "host_driver", f"branch R{branch} is older than this "
+                          f"manager's R{self.gpu.branch}: no live migration across branches")
+        return _grade("none", "guest_driver", f"the guest's branch R{branch} is newer than this "
+                      f"manager's R{self.gpu.branch}")
+
     def _refuse(self, code: int, reason: str, source: str) -> NoReturn:
         log.error("vGPU migration from %r refused: %s", source, reason)
         fail(code)
+
+
+def _grade(result: str, limit: str, reason: str) -> dict[str, str]:
+    return {"result": result, "limit": limit, "reason": reason}

@@ -478,11 +478,11 @@ def start_many(hosts: Sequence[dict[str, object]], timeout: float = READY_TIMEOU
     and return, in order, each one's pid once it has mounted, or its error.
 
     A daemon's start is mostly Python's imports (0.25 s of CPU). Here one zygote,
-    ``python -P -m mdevfs.process`` in ``/`` as every daemon runs, imports everything once
+    ``python -P -m mdevfs.zygote`` in ``/`` as every daemon runs, imports everything once
     and forks each daemon, which runs exactly what ``mdevfs mount --foreground`` runs; the
     daemons share the zygote's pages until they write them. A hundred hosts mount in
     seconds on two cores instead of twenty. Raises MountError if the zygote fails."""
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "mdevfs.process"], cwd="/",
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "mdevfs.zygote"], cwd="/",
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     request = json.dumps({"timeout": timeout, "hosts": [
@@ -498,97 +498,3 @@ def start_many(hosts: Sequence[dict[str, object]], timeout: float = READY_TIMEOU
                          f"{err.decode(errors='replace')[-2000:]}")
     return [r["pid"] if r.get("ready") else by_name(str(r.get("kind")))(str(r.get("error")))
             for r in reports]
-
-
-def _zygote() -> None:  # pragma: no cover - runs as python -m mdevfs.process
-    """Read the hosts from stdin, import everything, fork a daemon per host, and print
-    one JSON line per host: ``{"ready": true, "pid": N}`` or ``{"error", "kind"}``."""
-    import gc
-    import importlib.metadata
-
-    from . import cli, daemon, fuse, uevent  # noqa: F401 - what every daemon imports
-    from .driver import ENTRY_POINT_GROUP
-
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        with contextlib.suppress(Exception):
-            ep.load()  # the shipped drivers, imported once for all
-    request = json.loads(sys.stdin.read())
-    gc.freeze()  # the collector then leaves the shared pages alone in the children
-    held: list[socket.socket] = []  # our ends so far: no daemon inherits another's
-    children = [_fork_daemon(host, held) for host in request["hosts"]]
-    for pid, sock, log_file in children:
-        sys.stdout.write(json.dumps(_readiness(pid, sock, log_file, request["timeout"])) + "\n")
-    sys.stdout.flush()
-
-
-def _fork_daemon(host: dict[str, object], held: list[socket.socket]
-                 ) -> tuple[int, socket.socket | None, Path]:
-    from . import cli
-
-    log_file = Path(host["log_file"])
-    try:
-        log_fd = open_log(log_file)
-    except MdevfsError:
-        return -1, None, log_file
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    argv = daemon_argv(Path(host["root"]), control=Path(host["control"]),
-                       ready_fd=theirs.fileno(), config=host.get("config"),
-                       state=host.get("state"),
-                       uevents=Path(host["uevents"]) if host.get("uevents") else None,
-                       allow_other=bool(host.get("allow_other")), extra=host.get("extra", ()))
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            for other in [mine, *held]:
-                other.close()
-            os.setsid()
-            os.dup2(log_fd, 1)
-            os.dup2(log_fd, 2)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            sys.stdout = open(1, "w", closefd=False)
-            sys.stderr = open(2, "w", closefd=False)
-            code = cli.main(argv[argv.index("-m") + 2:])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(log_fd)
-    theirs.close()
-    held.append(mine)
-    return pid, mine, log_file
-
-
-def _readiness(pid: int, sock: socket.socket | None, log_file: Path,
-               timeout: float) -> dict[str, object]:
-    if sock is None:
-        return {"error": f"log file {log_file}: cannot be opened", "kind": "UsageError"}
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return {"error": f"the mdevfs daemon did not mount within {timeout:.0f} s; its "
-                    f"log {log_file}", "kind": "MountError"}
-        data = sock.recv(65536)
-        if not data:
-            _, status = os.waitpid(pid, 0)
-            tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
-            return {"error": f"the mdevfs daemon exited with status "
-                    f"{os.waitstatus_to_exitcode(status)}; its log {log_file}:\n{tail}",
-                    "kind": "MountError"}
-        buf += data
-    sock.close()
-    report = json.loads(buf)
-    return {**report, "pid": pid} if report.get("ready") else report
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _zygote()

@@ -764,7 +764,14 @@ class Tree(HostObserver):
             self._drop(node)
 
     def device_removed(self, mdev: MdevDevice) -> None:
-        for node in self._bound_nodes.pop(mdev, []) + self._device_nodes.pop(mdev, []):
+        nodes = self._device_nodes.pop(mdev, [])
+        if nodes and self.dropped:
+            # The device was just unbound on its way out (Host._destroy): the names its
+            # unbinding took from its directory need no telling the kernel, since nothing
+            # reaches them once the directory (never cached) is gone.
+            ddir = nodes[0].inode
+            self.dropped = [entry for entry in self.dropped if entry[0] != ddir]
+        for node in self._bound_nodes.pop(mdev, []) + nodes:
             self._drop(node)
 
     def _dir_at(self, path: str) -> Dir:

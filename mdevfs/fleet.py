@@ -265,6 +265,8 @@ class HostMount:
     def alive(self) -> bool:
         """Whether the recorded daemon runs: same pid and start time, and not a zombie
         (one this process started is reaped here)."""
+        if self.pid <= 0 or self.start is None:
+            return False  # recorded before its daemon started
         try:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -292,17 +294,28 @@ def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
                          f"`mdevfs fleet down {top}` first")
     top.mkdir(mode=0o700, parents=True, exist_ok=True)
     specs = [_prepare(top, host) for host in hosts]
-    if launcher == "zygote":
-        results = process.start_many(specs)
-    else:
-        with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
-            results = list(pool.map(_exec, specs))
+    # recorded before any daemon starts: after a kill -9 of `up`, `down` still unmounts
+    # every root, and each daemon exits with its mount
+    planned = [HostMount(h.name, Path(s["root"]), Path(s["control"]), Path(s["log_file"]),
+                         Path(s["uevents"]), 0, None) for h, s in zip(hosts, specs)]
+    _save(top, planned)
+    try:
+        if launcher == "zygote":
+            results = process.start_many(specs)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+                results = list(pool.map(_exec, specs))
+    except BaseException:
+        _down_all(planned)
+        (top / RECORD).unlink(missing_ok=True)
+        raise
     started = [HostMount(h.name, Path(s["root"]), Path(s["control"]), Path(s["log_file"]),
                          Path(s["uevents"]), pid, process._start_time(pid))
                for h, s, pid in zip(hosts, specs, results) if isinstance(pid, int)]
     failed = [(h, r) for h, r in zip(hosts, results) if not isinstance(r, int)]
     if failed:
-        _down_all(started)
+        _down_all(started + [m for m in planned if m.name in {h.name for h, _ in failed}])
+        (top / RECORD).unlink(missing_ok=True)
         host, exc = failed[0]
         more = f" ({len(failed) - 1} more hosts failed too)" if len(failed) > 1 else ""
         raise type(exc)(f"host {host.name}: {exc}{more}")

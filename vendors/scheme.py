@@ -30,6 +30,20 @@ string that does not parse or breaks a rule fails with ``incompatible_errno``,
 the reason logged. Options are checked at load time: a bad one is a ValueError
 naming it. A field changes at run time through ``set_option("fields.<name>", value)``
 (``mdevfs ctl DIR set-option PARENT fields.minor 2``).
+
+**Beyond the seed's yes/no** (mdevfs's model of NVML's answers, issue 15), optional::
+
+    ranges = { sw = [3, 5] }                       # a source's sw must lie in 3..5 (its rule
+                                                   # is then "any" unless rules names it)
+    cold_rules = { minor = "any" }                 # what a restart allows (default: rules)
+    limits = { minor = "host_driver", board = "gpu" }   # the component a field stands for
+    exclude = [{ field = "board", source = "A16", target = "A10" }]   # never, either way
+
+A write of a source string is accepted when no exclusion matches, every ranged field lies
+in its range and every rule holds (the seed's answer, as before). The control socket's
+``grade`` says more: ``live`` when the write would be accepted; ``cold`` when only
+``cold_rules`` hold; else ``none``; with the limit of the first field that fails
+(``limits``, default "gpu" for ``type`` and excluded pairs, else "other").
 """
 from __future__ import annotations
 
@@ -67,7 +81,8 @@ _DOTTED = re.compile(r"\d+(?:\.\d+)+")
 _INT_SPEC = re.compile(r"(0?\d+)?([dxX]?)")
 MODES = ("supported", "unsupported", "absent")
 _OPTIONS = ("name", "max_instances", "format", "fields", "rules", "unsupported_errno",
-            "incompatible_errno", "migration", "types")
+            "incompatible_errno", "migration", "types", "ranges", "cold_rules", "limits",
+            "exclude")
 _TYPE_KEYS = ("name", "pretty_name", "description", "device_api", "migration")
 
 
@@ -193,6 +208,90 @@ class Scheme:
         self.fields[name] = value
 
 
+class Grading:
+    """Ranges, cold rules, limits and exclusions over a :class:`Scheme`'s fields."""
+
+    def __init__(self, scheme: Scheme, ranges: Any, cold_rules: Any, limits: Any,
+                 exclude: Any, rules: Mapping[str, str]) -> None:
+        self.scheme = scheme
+        self.ranges = self._ranges(ranges)
+        for name in self.ranges:  # a ranged field's range decides, unless a rule is given
+            if name not in rules:
+                scheme.rules[name] = "any"
+        self.cold = dict(scheme.rules)
+        try:
+            cold = Scheme(scheme.format, scheme.fields, cold_rules) if cold_rules else None
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("option 'rules", "option 'cold_rules")) from None
+        if cold is not None:
+            self.cold.update({k: cold.rules[k] for k in cold_rules})
+        if not isinstance(limits, dict) or not all(
+                k in scheme.rules and isinstance(v, str) for k, v in limits.items()):
+            raise ValueError("option 'limits' must be a table of field = component name")
+        self.limits = {"type": "gpu", **limits}
+        if not isinstance(exclude, list) or not all(
+                isinstance(e, dict) and set(e) == {"field", "source", "target"}
+                and e["field"] in scheme.rules for e in exclude):
+            raise ValueError("option 'exclude' must be a list of { field, source, target } "
+                             "tables naming fields")
+        self.exclude = exclude
+
+    def _ranges(self, raw: Any) -> dict[str, tuple[int, int]]:
+        if not isinstance(raw, dict):
+            raise ValueError("option 'ranges' must be a table of field = [min, max]")
+        found = {}
+        for name, pair in raw.items():
+            if not isinstance(self.scheme.fields.get(name), int) or not (
+                    isinstance(pair, list) and len(pair) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+                    and pair[0] <= pair[1]):
+                raise ValueError(f"option 'ranges.{name}' must be [min, max] of a whole-number "
+                                 "field")
+            found[name] = (pair[0], pair[1])
+        return found
+
+    def _problem(self, theirs: Mapping[str, Any], ours: Mapping[str, Any],
+                 rules: Mapping[str, str]) -> tuple[str, str] | None:
+        """(field, why) of the first thing that stops ``theirs`` here, or None."""
+        for e in self.exclude:
+            if theirs[e["field"]] == e["source"] and ours[e["field"]] == e["target"]:
+                return e["field"], (f"field {e['field']}: {e['source']!r} never migrates to "
+                                    f"{e['target']!r} (excluded)")
+        for name, (low, high) in self.ranges.items():
+            if not low <= theirs[name] <= high:
+                return name, f"field {name}: source {theirs[name]!r} is outside {low}..{high}"
+        for name, value in theirs.items():
+            if not RULES[rules[name]](value, ours[name]):
+                return name, (f"field {name}: source {value!r}, target {ours[name]!r}, "
+                              f"rule {rules[name]}")
+        return None
+
+    def incompatibility(self, source: str, type_name: str) -> str | None:
+        """The seed's answer: why ``source`` may not migrate here, or None."""
+        theirs = self.scheme.parse(source)
+        if theirs is None:
+            return f"does not fit the format {self.scheme.format!r}"
+        problem = self._problem(theirs, {**self.scheme.fields, "type": type_name},
+                                self.scheme.rules)
+        return None if problem is None else problem[1]
+
+    def grade(self, source: str, type_name: str) -> dict[str, str]:
+        """``{"result": live|cold|none, "limit", "reason"}``."""
+        theirs = self.scheme.parse(source)
+        if theirs is None:
+            return {"result": "none", "limit": "other",
+                    "reason": f"does not fit the format {self.scheme.format!r}"}
+        ours = {**self.scheme.fields, "type": type_name}
+        live = self._problem(theirs, ours, self.scheme.rules)
+        if live is None:
+            return {"result": "live", "limit": "none", "reason": "every rule holds"}
+        cold = self._problem(theirs, ours, self.cold)
+        field, why = live if cold is None else cold
+        return {"result": "cold" if cold is None else "none",
+                "limit": self.limits.get(field, "gpu" if "excluded" in why else "other"),
+                "reason": why}
+
+
 class SchemeDriver(BaseDriver):
     """A parent whose types and migration_version scheme come from its options."""
 
@@ -211,6 +310,10 @@ class SchemeDriver(BaseDriver):
         self.incompatible = _errno(self.options, "incompatible_errno", "EINVAL")
         self.scheme = Scheme(self.options.get("format", "{type}"),
                              self.options.get("fields", {}), self.options.get("rules", {}))
+        self.grading = Grading(self.scheme, self.options.get("ranges", {}),
+                               self.options.get("cold_rules", {}),
+                               self.options.get("limits", {}), self.options.get("exclude", []),
+                               self.options.get("rules", {}))
         mode = text(self.options, "migration", "supported", allowed=MODES)
         self._types, self.modes = self._parse_types(self.options.get("types"), mode)
 
@@ -288,8 +391,15 @@ class SchemeMigration:
     def check(self, source: str) -> None:
         if self.driver.modes[self.type_name] != "supported":
             self._unsupported()
-        reason = self.driver.scheme.incompatibility(source, self.type_name)
+        reason = self.driver.grading.incompatibility(source, self.type_name)
         if reason is not None:
             log.error("%s: %r may not migrate to type %s: %s", self.driver.name, source,
                       self.type_name, reason)
             fail(self.driver.incompatible)
+
+    def grade(self, source: str) -> dict[str, str]:
+        """mdevfs's graded answer (control ``grade``): see the module's docstring."""
+        if self.driver.modes[self.type_name] != "supported":
+            return {"result": "none", "limit": "other",
+                    "reason": f"migration is not supported on type {self.type_name}"}
+        return self.driver.grading.grade(source, self.type_name)

@@ -434,3 +434,51 @@ def test_listing_while_devices_come_and_go(mtty):
                 mtty.remove(made[10])
     assert set(made) - {made[10]} <= set(seen) <= set(made)
     assert len(seen) == len(set(seen))
+
+
+def test_cached_names_are_never_stale_after_a_change(mtty):
+    """Every name is cached, and the kernel is told to forget a dropped one before the write
+    that dropped it returns: right after each create, remove and unbind, through stat,
+    readlink, readdir and open, every path a client uses says the same, while another
+    thread walks the same paths (issue 16: never at the cost of freshness)."""
+    import threading
+
+    dev, bus, tdevs = (mtty.root / MTTY / U, mtty.root / "bus/mdev/devices" / U,
+                       mtty.root / TYPES / "mtty-1/devices")
+    stop, seen = threading.Event(), []
+
+    def walker() -> None:
+        while not stop.is_set():
+            for path in (bus / "mdev_type/name", dev / "uevent", tdevs / U / "remove"):
+                try:
+                    os.stat(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    seen.append(exc)  # anything but "not there" is a stale or broken name
+
+    thread = threading.Thread(target=walker)
+    thread.start()
+    try:
+        for cycle in range(40):
+            mtty.create("mtty-1", U)
+            assert os.stat(bus).st_ino == os.stat(dev).st_ino
+            assert os.readlink(bus) == f"../../../{MTTY}/{U}"
+            assert os.readlink(dev / "iommu_group") == "../../../../../kernel/iommu_groups/0"
+            assert U in os.listdir(tdevs) and os.listdir(mtty.root / "kernel/iommu_groups") == ["0"]
+            assert read(dev / "uevent") == b"DRIVER=mtty\n"
+            if cycle % 2:
+                write(mtty.root / "bus/mdev/drivers/mtty/unbind", U.encode())
+                for gone in (dev / "driver", dev / "iommu_group", dev / "vendor", bus / "vfio-dev"):
+                    assert not os.path.lexists(gone), gone
+                assert read(dev / "uevent") == b""
+            write(bus / "remove", b"1")
+            for gone in (bus, dev, tdevs / U, mtty.root / "kernel/iommu_groups/0",
+                         mtty.root / "class/vfio-dev/vfio0"):
+                assert not os.path.lexists(gone), gone
+                assert errno_of(os.open, gone / "uevent", os.O_RDONLY) == errno.ENOENT
+            assert os.listdir(tdevs) == [] and os.listdir(mtty.root / "bus/mdev/devices") == []
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == []

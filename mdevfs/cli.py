@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import functools
 import json
 import logging
 import os
@@ -22,7 +21,6 @@ from . import control, namespace, process
 from .config import Topology
 from .daemon import Daemon
 from .errors import ControlRefused, MdevfsError, MountError, NamespaceError, UsageError
-from .uevent import Uevents
 
 log = logging.getLogger("mdevfs")
 
@@ -88,21 +86,15 @@ def _serve(args: argparse.Namespace, directory: Path, control_path: Path,
     log.info("mounting %s (%s parents, %d devices restored) at %s; control socket %s",
              topology.source, len(daemon.host.parents), len(daemon.host.devices),
              directory, control_path)
-    tasks = []
+    listener = None
     if args.uevents:
         try:
             listener = control.bind(args.uevents)
         except OSError as exc:
             sock.close()
             raise UsageError(f"uevent socket {args.uevents}: {exc.strerror}") from None
-        tasks.append(functools.partial(Uevents(daemon.host).serve, listener))
-    try:
-        daemon.serve(directory, args.allow_other, sock, tasks, reporter=reporter,
-                     stop_with_client=args.stop_with_client)
-    finally:
-        if args.uevents:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(args.uevents)
+    daemon.serve(directory, args.allow_other, sock, uevents=listener, reporter=reporter,
+                 stop_with_client=args.stop_with_client)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ from .model import Host
 from .process import Reporter
 from .state import StateFile, StateSaveError
 from .sysfs import File, Tree
+from .uevent import Uevents
 
 log = logging.getLogger("mdevfs")
 
@@ -170,20 +171,29 @@ class Daemon:
     def serve(self, mountpoint: str | os.PathLike[str], allow_other: bool = False,
               sock: socket.socket | None = None,
               tasks: Sequence[Callable[[], Awaitable[None]]] = (), *,
+              uevents: socket.socket | None = None,
               reporter: Reporter | None = None, stop_with_client: bool = False) -> None:
         """Mount and serve until unmounted, SIGTERM or SIGINT (or, with
         ``stop_with_client``, until the process at the other end of ``reporter`` dies);
         every change is in the state file as soon as it is made, so there is nothing left
-        to save at the end. ``sock`` is a listening control socket from
-        :func:`control.bind`; it is closed and its file removed at the end. ``tasks`` run
-        alongside (the uevent hand-over). Raises MountError when the mount fails."""
+        to save at the end. ``sock`` (the control socket) and ``uevents`` (where a netlink
+        socket is handed over for uevents) are listening sockets from
+        :func:`control.bind`; both are closed and their files removed at the end. ``tasks``
+        run alongside. Raises MountError when the mount fails.
+
+        The serving side is composed here, in order: the host and its tree (prepared), the
+        state file (an observer, flushed after each change), the uevent sender (an
+        observer), faults and the control socket, then FUSE."""
         import trio
 
         from .fuse import serve
 
         tasks = list(tasks)
+        listening = [s for s in (sock, uevents) if s is not None]
+        paths = [s.getsockname() for s in listening]
+        if uevents is not None:
+            tasks.append(functools.partial(Uevents(self.host).serve, uevents))
         if sock is not None:
-            sock_path = sock.getsockname()
             ctl = control.Control(self.host, self.tree, self.topology, self.faults,
                                   after=self.save if self.state is not None else None,
                                   refusals=self.refusals)
@@ -202,10 +212,10 @@ class Daemon:
             raise MountError(f"cannot mount {os.fspath(mountpoint)}: {exc}") from exc
         finally:
             logging.getLogger().removeHandler(self.refusals)
-            if sock is not None:
-                sock.close()  # trio may have closed it already
+            for listener, path in zip(listening, paths):
+                listener.close()  # trio may have closed it already
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(sock_path)
+                    os.unlink(path)
             if self.state is not None:
                 self.state.close()
 

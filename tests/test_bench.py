@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import needs_fuse
-
 from bench import report, tools
+from conftest import needs_fuse
 
 pytestmark = needs_fuse
 

@@ -221,7 +221,8 @@ def machine() -> dict[str, str]:
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "nproc": str(os.cpu_count()), "cpu": model,
             "kernel": platform.release(), "python": platform.python_version(),
-            "libfuse": libfuse or "?", "pyfuse3": f"{version('pyfuse3')} ({_session_loop()} loop)", "trio": version("trio")}
+            "libfuse": libfuse or "?", "pyfuse3": f"{version('pyfuse3')} ({_session_loop()} loop)",
+            "trio": version("trio")}
 
 
 # --- Markdown ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 from attrs import Factory, define, frozen
 
 from mdevfs.testing import Mount, mounted
+
 from .tools import BenchError, Floor, Sample, Tools, drive, floor_mounted, rss_bytes
 
 BENCH_TOPOLOGY = """\

@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 # What a stock Debian 12 (or Ubuntu 24.04, same names) lacks: the venv module, and what pyfuse3's
 # build needs (it has no wheels: gcc, pkg-config, the Python and libfuse3 headers); fuse3 for
 # fusermount3; mdevctl and libvirt (without QEMU) for the oracle tests; golang-go for the Go
-# test helper's own tests (examples/go).
+# test helper's own tests (examples/go); patch for pyfuse3's; umockdev for the replay of exports.
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 mdevctl util-linux \
-	libvirt-daemon libvirt-clients golang-go patch
+	libvirt-daemon libvirt-clients golang-go patch umockdev
 # pyfuse3, exactly this version, built with mdevfs's patch to its request loop (the file says
 # why and what): a FUSE request costs less than half as much. Where it cannot be built, pip's
 # stock pyfuse3 serves, slower; pyfuse3.SESSION_LOOP says which one is in use.

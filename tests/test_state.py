@@ -8,6 +8,7 @@ and nothing is mounted.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,31 @@ def topology(tmp_path):
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(MDEVFS + list(args), capture_output=True, text=True, timeout=30)
+
+
+@contextlib.contextmanager
+def foreground(topology: Path, state: Path, root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A daemon in the foreground with ``--state``, for a test to kill; whatever serves
+    ``root`` at the end (it, or a remount) is unmounted, and the directory removed."""
+    root.mkdir()
+    proc = subprocess.Popen(MDEVFS + ["mount", "-f", "--config", str(topology), "--state",
+                                      str(state), str(root)], stderr=subprocess.DEVNULL)
+    try:
+        wait_mounted(root, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        run("umount", str(root))
+        cleanup(root)
+    assert not os.path.ismount(root)
+
+
+def remount(topology: Path, state: Path, root: Path) -> None:
+    """`mdevfs mount` again on ``root`` (left dead by a kill -9) with the same state file."""
+    out = run("mount", "--log-file", str(root.parent / "daemon.log"), "--config", str(topology),
+              "--state", str(state), str(root))
+    assert out.returncode == 0, out.stderr
 
 
 def groups(root: Path) -> dict[str, str]:
@@ -195,11 +222,7 @@ def test_after_kill_9_the_next_mount_recovers_the_mountpoint_and_the_devices(top
     """Issue 6 items 1 and 5: kill -9 leaves a dead mount (ENOTCONN) and a stale control
     socket; `mdevfs mount` on the same directory recovers both and restores the devices."""
     root, state = tmp_path / "sys", tmp_path / "state.json"
-    root.mkdir()
-    proc = subprocess.Popen(MDEVFS + ["mount", "-f", "--config", str(topology), "--state",
-                                      str(state), str(root)], stderr=subprocess.DEVNULL)
-    try:
-        wait_mounted(root, proc)
+    with foreground(topology, state, root) as proc:
         (root / MTTY_TYPES / "mtty-2/create").write_text(U1)
         (root / MTTY_TYPES / "mtty-1/create").write_text(U2)
         (root / f"bus/mdev/devices/{U1}/remove").write_text("1")
@@ -210,17 +233,9 @@ def test_after_kill_9_the_next_mount_recovers_the_mountpoint_and_the_devices(top
         with pytest.raises(OSError) as info:
             os.listdir(root)
         assert info.value.errno == errno.ENOTCONN
-        out = run("mount", "--log-file", str(tmp_path / "daemon.log"), "--config", str(topology),
-                  "--state", str(state), str(root))
-        assert out.returncode == 0, out.stderr
+        remount(topology, state, root)
         assert groups(root) == before == {U2: "1", U3: "0"}
         assert run("ctl", str(root), "status").returncode == 0  # the new socket answers
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        run("umount", str(root))
-        cleanup(root)
-    assert not os.path.ismount(root)
 
 
 def test_without_dev_fuse_the_mount_fails_with_a_clear_message(tmp_path):
@@ -277,12 +292,8 @@ def test_vfs_and_their_vgpus_survive_kill_9(tmp_path):
     disabled and enabled again, and an mdev on an A100 VF, all back after kill -9."""
     topology = write_topology(tmp_path, GPUS)
     root, state = tmp_path / "sys", tmp_path / "state.json"
-    root.mkdir()
     pci = root / "bus/pci/devices"
-    proc = subprocess.Popen(MDEVFS + ["mount", "-f", "--config", str(topology), "--state",
-                                      str(state), str(root)], stderr=subprocess.DEVNULL)
-    try:
-        wait_mounted(root, proc)
+    with foreground(topology, state, root) as proc:
         (pci / "0000:41:00.0/sriov_numvfs").write_text("3")
         (pci / "0000:41:00.5/nvidia/current_vgpu_type").write_text("1152")
         (pci / "0000:41:00.5/nvidia/vgpu_params").write_text("frame_rate_limiter=0")
@@ -292,9 +303,7 @@ def test_vfs_and_their_vgpus_survive_kill_9(tmp_path):
         links = {vf: os.readlink(pci / vf / "iommu_group") for vf in os.listdir(pci)}
         proc.kill()
         proc.wait()
-        out = run("mount", "--log-file", str(tmp_path / "daemon.log"), "--config", str(topology),
-                  "--state", str(state), str(root))
-        assert out.returncode == 0, out.stderr
+        remount(topology, state, root)
         assert (pci / "0000:41:00.0/sriov_numvfs").read_text() == "3\n"
         assert (pci / "0000:41:00.5/nvidia/current_vgpu_type").read_text() == "1152\n"
         assert (pci / "0000:41:00.5/nvidia/vgpu_params").read_text() == "frame_rate_limiter=0\n"
@@ -305,9 +314,3 @@ def test_vfs_and_their_vgpus_survive_kill_9(tmp_path):
             f"../../../devices/pci0000:00/0000:81:00.6/{U1}"
         assert os.readlink(root / f"bus/mdev/devices/{U1}/mdev_type") == \
             "../mdev_supported_types/nvidia-472"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        run("umount", str(root))
-        cleanup(root)
-    assert not os.path.ismount(root)

@@ -99,25 +99,35 @@ class Dir(Node):
 
 
 class LazyDir(Dir):
-    """A directory whose entries are made when first looked at (a ``power/``: three per
-    device, nine files each, that clients rarely read); until then it costs one node."""
+    """A directory whose entries are made when first looked at (a ``power/``, an IOMMU
+    group's files, ``vfio-dev/vfioN``: most of a device, which clients rarely read); until
+    then it costs one node. ``subdirs`` is what it will hold, so that its link count is
+    right before it is built."""
 
     __slots__ = ("build",)
 
-    def __init__(self, name: str, build: Callable[[Dir], None]) -> None:
+    def __init__(self, name: str, build: Callable[[Dir], None], subdirs: int = 0) -> None:
         super().__init__(name)
         self.build: Callable[[Dir], None] | None = build
+        self.subdirs = subdirs
 
     @property  # type: ignore[override]
     def children(self) -> dict[str, Node]:
         if self.build is not None:
             build, self.build = self.build, None
+            subdirs = self.subdirs
             build(self)
+            self.subdirs = subdirs  # building counted them again
         return _DIR_CHILDREN.__get__(self)
 
     @children.setter
     def children(self, value: dict[str, Node]) -> None:
         _DIR_CHILDREN.__set__(self, value)
+
+
+class VolatileLazyDir(LazyDir):
+    __slots__ = ()
+    volatile = True
 
 
 _DIR_CHILDREN = Dir.__dict__["children"]  # the slot LazyDir's property stands in front of
@@ -733,28 +743,36 @@ class Tree(HostObserver):
 
     def _iommu_group(self, ddir: Dir, number: int, files: dict[str, Op]) -> Dir:
         """``kernel/iommu_groups/<number>`` holding ``ddir``, and ddir's iommu_group link."""
-        group = self._attach(self.iommu_groups, VolatileDir(str(number)))
-        for name, op in files.items():
-            self._file(group, name, op)
-        self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
+
+        def build(group: Dir) -> None:
+            for name, op in files.items():
+                self._file(group, name, op)
+            self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
+
+        group = self._attach(self.iommu_groups, VolatileLazyDir(str(number), build, subdirs=1))
         self._attach(ddir, Link("iommu_group", group))
         return group
 
     def _vfio(self, ddir: Dir, binding: Binding) -> list[Node]:
         """``vfio-dev/vfio<index>`` in ``ddir`` and the vfio group's ``class/vfio/<minor>``;
         returns what lies outside ddir."""
-        vfio = self._dir(self._dir(ddir, "vfio-dev"), f"vfio{binding.vfio_index}")
-        self._attach(vfio, Link("device", ddir))
-        self._attach(vfio, Link("subsystem", self.class_vfio_dev))
-        self._file(vfio, "uevent", EMPTY_UEVENT)
-        self._power(vfio)
+
+        def build_device(vfio: Dir) -> None:
+            self._attach(vfio, Link("device", ddir))
+            self._attach(vfio, Link("subsystem", self.class_vfio_dev))
+            self._file(vfio, "uevent", EMPTY_UEVENT)
+            self._power(vfio)
+
+        def build_group(vgroup: Dir) -> None:
+            self._attach(vgroup, Link("subsystem", self.class_vfio))
+            self._file(vgroup, "uevent", Op(show=lambda _: f"DEVNAME=vfio/{minor}\n".encode(),
+                                            store=_uevent_store))
+            self._power(vgroup)
+
+        vfio = self._attach(self._dir(ddir, "vfio-dev"),
+                            LazyDir(f"vfio{binding.vfio_index}", build_device, subdirs=1))
         minor = str(binding.vfio_group)
-        vgroup = VolatileDir(minor)
-        self._attach(self.virtual_vfio, vgroup)
-        self._attach(vgroup, Link("subsystem", self.class_vfio))
-        self._file(vgroup, "uevent", Op(show=lambda _: f"DEVNAME=vfio/{minor}\n".encode(),
-                                        store=_uevent_store))
-        self._power(vgroup)
+        vgroup = self._attach(self.virtual_vfio, VolatileLazyDir(minor, build_group, subdirs=1))
         return [vgroup,
                 self._attach(self.class_vfio_dev, VolatileLink(vfio.name, vfio)),
                 self._attach(self.class_vfio, VolatileLink(minor, vgroup))]

@@ -108,6 +108,21 @@ def test_no_fuse_device_skips_with_the_reason(pytester):
     assert result.stdout.str().count(f": {reason}") == 2
 
 
+def test_strict_mode_fails_where_fuse_is_missing(pytester, monkeypatch):
+    """What .ci/run relies on: with MDEVFS_STRICT=1 a machine without FUSE fails, with the
+    same reason, instead of going green on skips."""
+    monkeypatch.setenv("MDEVFS_STRICT", "1")
+    pytester.makeconftest('import mdevfs.testing\nmdevfs.testing.FUSE_DEVICE = "/nonexistent/fuse"\n')
+    pytester.makepyfile('''
+        def test_session(mdevfs):
+            pass
+    ''')
+    result = pytester.runpytest_subprocess("-rs")
+    result.assert_outcomes(errors=1)
+    assert result.ret != 0
+    assert "mdevfs: /nonexistent/fuse is missing" in result.stdout.str()
+
+
 def test_a_mount_that_is_not_permitted_skips_by_its_type(pytester):
     """Issue 11 item 6: the plugin skips on MountNotPermitted (which the launcher raises
     where libfuse says the mount is not permitted), whatever the message; another

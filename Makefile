@@ -18,6 +18,9 @@ PYFUSE3_PATCH := mdevfs/pyfuse3-single-reader.patch
 .PHONY: install system venv pyfuse3 demo test bench conformance lint clean
 
 install: system venv
+	@# bytecode for mdevfs's own modules, which the editable install leaves to the first import
+	@# (never, where PYTHONDONTWRITEBYTECODE is set): every daemon would compile them again
+	@$(BIN)/python -m compileall -q mdevfs vendors
 
 # Debian packages: installed only when one is missing, so a second run does nothing.
 system:

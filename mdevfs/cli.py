@@ -11,11 +11,12 @@ import errno
 import json
 import logging
 import os
-import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import control, namespace, process
 from .config import Topology
@@ -50,7 +51,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                                    config=args.config, state=args.state,
                                    uevents=Path(args.uevents) if args.uevents else None,
                                    allow_other=args.allow_other, timeout=args.ready_timeout,
-                                   verbose=args.verbose,
+                                   verbose=args.verbose, entry=_daemon_entry(),
                                    progress=progress if sys.stderr.isatty() else None)
         finally:
             if waited:
@@ -66,6 +67,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
             reporter.failed(exc)
         raise
     return 0
+
+
+def _daemon_entry() -> Callable[[list[str]], int]:
+    """What a forked daemon runs (:func:`mdevfs.process.start`): this CLI, once everything
+    the daemon imports is imported here, before the fork, so that it is imported once."""
+    from . import daemon, fuse, uevent  # noqa: F401 - what every daemon imports
+
+    return main
 
 
 def _serve(args: argparse.Namespace, directory: Path, control_path: Path,
@@ -233,10 +242,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with process.temporary_mount(args.config, args=extra, state=args.state, record=True,
                                      timeout=args.ready_timeout,
-                                     verbose=args.verbose) as daemon:
-            proc = subprocess.Popen(namespace.command_line(
-                daemon.root, command, args.mdevctl_dir, daemon.root.parent / "uevents.sock",
-                parent=os.getpid()))
+                                     verbose=args.verbose, entry=_daemon_entry()) as daemon:
+            proc = process.Forked(namespace.spawn(daemon.root, command, args.mdevctl_dir,
+                                                  daemon.root.parent / "uevents.sock"))
             status = namespace.wait(proc)
             if status != 0:
                 _explain_failure(daemon, status)
@@ -663,5 +671,19 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_status
 
 
+def console() -> NoReturn:
+    """The ``mdevfs`` command: :func:`main`, then an exit without the interpreter's teardown,
+    which has nothing left to close but, once a daemon's modules are imported (``mount``,
+    ``run``), costs 80 ms: a fifth of ``mdevfs run -- true``."""
+    status = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader that went away (| head)
+            stream.flush()
+    if threading.active_count() > 1:
+        sys.exit(status)  # a thread still runs: let the interpreter end it as usual
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

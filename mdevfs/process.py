@@ -233,11 +233,92 @@ def daemon_argv(directory: Path, *, control: Path, ready_fd: int, config: str | 
     return [*argv, *extra, os.path.abspath(directory)]
 
 
+def fork_daemon(entry: Callable[[list[str]], int], argv: Sequence[str], log_fd: int,
+                keep_fd: int, new_session: bool) -> int:
+    """Fork a daemon running ``entry(argv[4:])`` (``argv`` as :func:`daemon_argv` builds it,
+    ``python -P -m mdevfs …``) as that command line would: in ``/``, nothing of the
+    caller's directory importable, stdin from /dev/null, stdout and stderr to ``log_fd``,
+    no descriptor of this process but ``keep_fd`` (its readiness socket). Returns its pid."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()  # or the child writes what we had buffered a second time
+    here = os.getcwd()
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 1  # pragma: no cover - runs in the child
+    try:
+        if new_session:
+            os.setsid()
+        os.chdir("/")
+        sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]  # as -P
+        null = os.open(os.devnull, os.O_RDONLY)
+        for fd, to in ((null, 0), (log_fd, 1), (log_fd, 2)):
+            os.dup2(fd, to)
+        os.closerange(3, keep_fd)
+        os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        code = entry(list(argv[argv.index("-m") + 2:]))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+class Forked:
+    """A child forked by :func:`fork_daemon`: the part of :class:`subprocess.Popen` that
+    :class:`Daemon` and :func:`stop` use."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._reap(os.WNOHANG if deadline is not None else 0) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _reap(self, flags: int) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:  # reaped elsewhere: it is gone all the same
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class Daemon:
     """A started daemon: its process, mountpoint, control socket and log."""
 
-    def __init__(self, root: Path, proc: subprocess.Popen[bytes], control: Path, log_file: Path,
-                 link: socket.socket | None) -> None:
+    def __init__(self, root: Path, proc: subprocess.Popen[bytes] | Forked, control: Path,
+                 log_file: Path, link: socket.socket | None) -> None:
         self.root = root
         self.proc = proc
         self.control = control
@@ -263,7 +344,7 @@ class Daemon:
         stop(self.root, self.proc)
 
 
-def stop(root: Path, proc: subprocess.Popen[bytes]) -> None:
+def stop(root: Path, proc: subprocess.Popen[bytes] | Forked) -> None:
     """Unmount ``root`` and end ``proc``, its daemon, whatever state it is in."""
     if root.as_posix() in mountpoints() or proc.poll() is None:
         subprocess.run(["fusermount3", "-u", str(root)], capture_output=True, timeout=30)
@@ -285,12 +366,18 @@ def start(root: Path, *, control: Path, log_file: Path, config: str | None = Non
           state: str | None = None, uevents: Path | None = None, allow_other: bool = False,
           stop_with_client: bool = False, extra: Sequence[str] = (),
           timeout: float | None = None, verbose: bool = False,
-          progress: Callable[[float], None] | None = None) -> Daemon:
+          progress: Callable[[float], None] | None = None,
+          entry: Callable[[list[str]], int] | None = None) -> Daemon:
     """Start a daemon mounting on ``root`` and return once the mount exists. Raises the
     daemon's own error (TopologyError, StateError, UsageError, … from mdevfs.errors),
     MountNotPermitted, or MountError with the tail of its log. ``timeout`` (default:
     :func:`ready_timeout` of the state file) bounds the wait for the mount; ``progress``
-    is called with the seconds waited, about once a second, while the daemon is not ready."""
+    is called with the seconds waited, about once a second, while the daemon is not ready.
+
+    With ``entry`` (:func:`mdevfs.cli.main`, which the caller has imported along with all
+    the daemon needs), the daemon is forked from this process and runs ``entry`` on its
+    argv instead of starting a new Python: ``mdevfs mount`` and ``mdevfs run`` so save a
+    whole interpreter's start-up and imports. Only a process without threads may fork."""
     if timeout is None:
         timeout = ready_timeout(state)
     log_fd = open_log(log_file)
@@ -299,9 +386,13 @@ def start(root: Path, *, control: Path, log_file: Path, config: str | None = Non
         argv = daemon_argv(root, control=control, ready_fd=theirs.fileno(), config=config,
                            state=state, uevents=uevents, allow_other=allow_other,
                            stop_with_client=stop_with_client, extra=extra, verbose=verbose)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                pass_fds=(theirs.fileno(),), cwd="/",
-                                start_new_session=not stop_with_client)
+        if entry is None:
+            proc: subprocess.Popen[bytes] | Forked = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                pass_fds=(theirs.fileno(),), cwd="/", start_new_session=not stop_with_client)
+        else:
+            proc = Forked(fork_daemon(entry, argv, log_fd, theirs.fileno(),
+                                      new_session=not stop_with_client))
     finally:
         os.close(log_fd)
         theirs.close()
@@ -390,12 +481,14 @@ class Reporter:
 def temporary_mount(config: str | os.PathLike[str] | None = None, *,
                     args: Sequence[str] = (), state: str | os.PathLike[str] | None = None,
                     timeout: float | None = None, record: bool = False,
-                    verbose: bool = False) -> Iterator[Daemon]:
+                    verbose: bool = False,
+                    entry: Callable[[list[str]], int] | None = None) -> Iterator[Daemon]:
     """A daemon mounting ``config`` in a fresh private temporary directory (``sys``, with
     ``control.sock``, ``uevents.sock`` and ``mdevfs.log`` beside it), tied to this
     process: it unmounts when this process dies. Stopped, and the directory removed, in
     every case. With ``record``, a killed process's leftovers are found and removed by
-    the next :func:`clean_leftovers` (``mdevfs run`` records its mounts)."""
+    the next :func:`clean_leftovers` (``mdevfs run`` records its mounts). ``entry``: as
+    for :func:`start`."""
     workdir = Path(tempfile.mkdtemp(prefix="mdevfs-"))
     root = workdir / "sys"
     root.mkdir()
@@ -406,7 +499,7 @@ def temporary_mount(config: str | os.PathLike[str] | None = None, *,
                        config=None if config is None else os.fspath(config),
                        state=None if state is None else os.fspath(state),
                        uevents=workdir / "uevents.sock", stop_with_client=True, extra=args,
-                       timeout=timeout, verbose=verbose)
+                       timeout=timeout, verbose=verbose, entry=entry)
         if note is not None:
             _record(workdir, daemon.proc.pid, note)
         yield daemon

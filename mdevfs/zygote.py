@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import cli
 from .errors import MdevfsError
-from .process import daemon_argv, open_log
+from .process import daemon_argv, fork_daemon, open_log
 
 
 def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
@@ -38,7 +38,7 @@ def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
             ep.load()  # the shipped drivers, imported once for all
     request = json.loads(sys.stdin.read())
     gc.freeze()  # the collector then leaves the shared pages alone in the children
-    held: list[socket.socket] = []  # our ends so far: no daemon inherits another's
+    held: list[socket.socket] = []  # our ends, open until each daemon has reported
     children = [_fork_daemon(host, held) for host in request["hosts"]]
     for pid, sock, log_file in children:
         sys.stdout.write(json.dumps(_readiness(pid, sock, log_file, request["timeout"])) + "\n")
@@ -58,28 +58,7 @@ def _fork_daemon(host: dict[str, object], held: list[socket.socket]
                        state=host.get("state"),
                        uevents=Path(host["uevents"]) if host.get("uevents") else None,
                        allow_other=bool(host.get("allow_other")), extra=host.get("extra", ()))
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            for other in [mine, *held]:
-                other.close()
-            os.setsid()
-            os.dup2(log_fd, 1)
-            os.dup2(log_fd, 2)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            sys.stdout = open(1, "w", closefd=False)
-            sys.stderr = open(2, "w", closefd=False)
-            code = cli.main(argv[argv.index("-m") + 2:])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
+    pid = fork_daemon(cli.main, argv, log_fd, theirs.fileno(), new_session=True)
     os.close(log_fd)
     theirs.close()
     held.append(mine)

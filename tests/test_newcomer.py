@@ -259,7 +259,7 @@ def test_wheel_holds_the_data_files_the_license_and_the_entry_points(wheel):
     meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "License-Expression: GPL-2.0-or-later" in meta.splitlines()
     eps = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
-    assert "mdevfs = mdevfs.cli:main" in eps and "mdevfs = mdevfs.pytest_plugin" in eps
+    assert "mdevfs = mdevfs.cli:console" in eps and "mdevfs = mdevfs.pytest_plugin" in eps
 
 
 @needs_fuse
@@ -361,17 +361,16 @@ def test_shell_completion_through_argcomplete(tmp_path, line, expected):
 
 @needs_fuse
 def test_a_slow_mount_counts_its_seconds_on_a_terminal(tmp_path):
-    """A daemon that takes 2.5 s to build its host (this driver sleeps, in the daemon only):
-    on a terminal, mount counts the seconds waited, then says it mounted."""
+    """A daemon that takes 2.5 s to build its host (this driver sleeps; only the daemon
+    builds it): on a terminal, mount counts the seconds waited, then says it mounted."""
     import pty
 
     (tmp_path / "slow.py").write_text(
-        "import sys, time\nfrom mdevfs.driver import BaseDriver\n\n\n"
+        "import time\nfrom mdevfs.driver import BaseDriver\n\n\n"
         "class Driver(BaseDriver):\n"
         "    def __init__(self, options=None):\n"
         "        super().__init__(options)\n"
-        "        if '--foreground' in sys.argv:\n"
-        "            time.sleep(2.5)\n")
+        "        time.sleep(2.5)\n")
     slow = write_topology(tmp_path, '[[parent]]\ndriver = "slow.py"\n', "slow.toml")
     root = tmp_path / "sys"
     root.mkdir()

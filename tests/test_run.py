@@ -118,6 +118,33 @@ def test_a_private_mdevctl_dir_by_default_and_a_kept_one_on_request(tmp_path):
     assert listed.stdout == f"{U1} mtty mtty-1 manual\n\n"
 
 
+def test_the_command_gets_the_signal_dispositions_of_a_shell():
+    """Python ignores SIGPIPE and SIGXFSZ; the command must not inherit that (in `yes |
+    head -1`, yes would then fail on EPIPE instead of dying quietly)."""
+    done = mdevfs_run("--", "grep", "^SigIgn:", "/proc/self/status")
+    ignored = int(done.stdout.split()[1], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)) == 0, done.stdout
+
+
+def test_one_python_process_serves_the_mount_and_starts_the_command():
+    """Issue 16 item 3: the daemon and the command are forked from mdevfs run itself, with
+    no interpreter started between (the daemon's command line is run's own)."""
+    proc = subprocess.Popen([*MDEVFS, "run", "--", "sh", "-c", "echo $PPID; read x"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert int(proc.stdout.readline()) == proc.pid
+        children = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                    and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                    == str(proc.pid)]
+        commands = sorted(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:1]
+                          for pid in children)
+        run = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:1]
+        assert commands == sorted([[b"sh"], run])
+    finally:
+        proc.communicate("\n", timeout=30)
+    assert proc.returncode == 0
+
+
 def test_a_command_that_is_not_there_is_127():
     done = mdevfs_run("--", "/nonexistent/tool")
     assert (done.returncode, done.stderr) == (

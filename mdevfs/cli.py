@@ -51,7 +51,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                                    config=args.config, state=args.state,
                                    uevents=Path(args.uevents) if args.uevents else None,
                                    allow_other=args.allow_other, timeout=args.ready_timeout,
-                                   verbose=args.verbose, entry=_daemon_entry(),
+                                   verbose=args.verbose, entry=daemon_entry(),
                                    progress=progress if sys.stderr.isatty() else None)
         finally:
             if waited:
@@ -69,7 +69,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _daemon_entry() -> Callable[[list[str]], int]:
+def daemon_entry() -> Callable[[list[str]], int]:
     """What a forked daemon runs (:func:`mdevfs.process.start`): this CLI, once everything
     the daemon imports is imported here, before the fork, so that it is imported once."""
     from . import daemon, fuse, uevent  # noqa: F401 - what every daemon imports
@@ -242,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with process.temporary_mount(args.config, args=extra, state=args.state, record=True,
                                      timeout=args.ready_timeout,
-                                     verbose=args.verbose, entry=_daemon_entry()) as daemon:
+                                     verbose=args.verbose, entry=daemon_entry()) as daemon:
             proc = process.Forked(namespace.spawn(daemon.root, command, args.mdevctl_dir,
                                                   daemon.root.parent / "uevents.sock"))
             status = namespace.wait(proc)

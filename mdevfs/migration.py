@@ -40,7 +40,6 @@ from . import process
 from .config import Topology
 from .control import Client
 from .errors import MdevfsError, MountError
-from .testing import mounted
 
 ATTR = "migration_version"
 
@@ -286,7 +285,7 @@ def survey(topologies: Sequence[str | os.PathLike[str]]) -> Matrix:
     with contextlib.ExitStack() as stack:
         for name, path in zip(host_names(paths), paths):
             try:
-                mount = stack.enter_context(mounted(path))
+                mount = stack.enter_context(process.temporary_mount(path))
             except MdevfsError as exc:  # the daemon's own error, e.g. a driver that refuses
                 raise MountError(str(exc)) from None
             nodes += type_dirs(mount.root, name)

@@ -242,7 +242,10 @@ def fork_daemon(entry: Callable[[list[str]], int], argv: Sequence[str], log_fd: 
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()  # or the child writes what we had buffered a second time
-    here = os.getcwd()
+    try:
+        here: str | None = os.getcwd()
+    except OSError:  # removed: nothing there to import
+        here = None
     pid = os.fork()
     if pid != 0:
         return pid
@@ -257,6 +260,12 @@ def fork_daemon(entry: Callable[[list[str]], int], argv: Sequence[str], log_fd: 
             os.dup2(fd, to)
         os.closerange(3, keep_fd)
         os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        # The caller's streams and log handlers may be anything (pytest captures both):
+        # the daemon's are its descriptors 1 and 2, the log file.
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        for handler in logging.root.handlers[:]:
+            logging.root.removeHandler(handler)
         code = entry(list(argv[argv.index("-m") + 2:]))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

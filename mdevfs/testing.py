@@ -5,7 +5,8 @@
         assert m.read(f"bus/mdev/devices/{uuid}/mdev_type/name") == "Single port serial\\n"
 
 pyfuse3 serves one mount per process, so the filesystem always runs in a
-child (:func:`mdevfs.process.temporary_mount`), tied to this process: the context
+child (:func:`mdevfs.process.temporary_mount`), forked from this process where it can
+be, tied to this process: the context
 manager returns once the mount exists, and in ``finally`` unmounts, then
 terminates, then kills; if this process dies first, the daemon unmounts itself.
 """
@@ -15,8 +16,9 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import uuid as uuidlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +127,23 @@ def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ..
     :class:`~mdevfs.errors.MountNotPermitted` where mounting FUSE is not permitted.
     """
     with process.temporary_mount(config, args=args, state=state, timeout=timeout,
-                                 verbose=verbose) as daemon:
+                                 verbose=verbose, entry=_daemon_entry()) as daemon:
         mount = handle(daemon.root, daemon.proc, daemon.log_file)
         mount.control = Client(daemon.control)
         mount.uevents = daemon.root.parent / "uevents.sock"
         yield mount
+
+
+def _daemon_entry() -> Callable[[list[str]], int] | None:
+    """What :func:`mounted` forks the daemon into (:func:`mdevfs.process.start`): the first
+    mount imports the daemon's modules into this process, every later one starts in a
+    tenth of the time. None, for a new Python each time, while this process runs
+    threads, which a fork would copy in the middle of whatever they hold."""
+    if threading.active_count() > 1:
+        return None
+    from . import cli
+
+    return cli.daemon_entry()
 
 
 def unavailable() -> str | None:

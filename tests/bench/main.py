@@ -17,7 +17,7 @@ import attrs
 from . import report, requests, suite
 from .tools import BENCH_PATH, REPO_ROOT, BenchError, build, floor_mounted, shared_dir
 
-PHASES = ("ops", "listing", "requests", "mount", "reset", "mdevctl")
+PHASES = ("ops", "listing", "requests", "mount", "reset", "state", "mdevctl")
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             "requests": lambda: requests.phase_requests(res, config, floors),
             "mount": lambda: suite.phase_mount(res, tools),
             "reset": lambda: suite.phase_reset(res, config),
+            "state": lambda: suite.phase_state(res, config),
             "mdevctl": lambda: suite.phase_mdevctl(res, config),
         }
         for name in PHASES:

@@ -30,6 +30,8 @@ from typing import Any
 
 from attrs import Factory, define, frozen
 
+from mdevfs.config import Topology
+from mdevfs.state import StateFile
 from mdevfs.testing import Mount, mounted
 
 from .tools import BenchError, Floor, Sample, Tools, drive, floor_mounted, rss_bytes
@@ -80,6 +82,12 @@ class Results:
     listing: dict[int, dict[str, list[float]]] = Factory(dict)
     #: side → ms per spawn
     mount: dict[str, list[float]] = Factory(dict)
+    #: ``--state``: devices → µs per recorded create (its flush alone); and
+    #: devices → ms from spawn to ready when a mount restores them
+    state_write: dict[int, list[float]] = Factory(dict)
+    state_restore: dict[int, list[float]] = Factory(dict)
+    #: ms per ``mdevfs run -- true``
+    run: list[float] = Factory(list)
     #: what a mount costs, piece by piece: label → ms per run
     mount_parts: dict[str, list[float]] = Factory(dict)
     #: (devices, RSS bytes, nodes in the tree)
@@ -327,6 +335,11 @@ def phase_mount(res: Results, tools: Tools) -> None:
             with mounted() if side == "mdevfs" else floor_mounted(tools, knobs):
                 ms = (time.perf_counter() - start) * 1000
             res.mount.setdefault(side, []).append(ms)
+    script = Path(sys.executable).with_name("mdevfs")
+    for _ in range(res.plan.spawns):
+        start = time.perf_counter()
+        subprocess.run([str(script), "run", "--", "true"], check=True, cwd="/")
+        res.run.append((time.perf_counter() - start) * 1000)
     parts = {"python -c pass": "pass", "python -c 'import trio'": "import trio",
              "python -c 'import pyfuse3'": "import pyfuse3",
              "python -c 'import mdevfs.fuse, mdevfs.cli'": "import mdevfs.fuse, mdevfs.cli"}
@@ -335,6 +348,52 @@ def phase_mount(res: Results, tools: Tools) -> None:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], check=True)
             res.mount_parts.setdefault(label, []).append((time.perf_counter() - start) * 1000)
+
+
+def phase_state(res: Results, config: Path) -> None:
+    """``--state`` (issue 16): what recording one create costs (the state file's flush, a
+    journal line and an fsync) at 10 devices and at the plan's largest count, and a mount
+    that restores that many devices, spawn to ready. The devices are made in the model,
+    with the daemon's own StateFile, which a mount then restores."""
+    n = max(res.plan.scale)
+    topology = Topology.from_text(config.read_text(), str(config))
+    host = topology.empty_host()
+    topology.populate(host, devices=False)
+    mtype = host.parents["mtty"].types[TYPE]
+    with tempfile.TemporaryDirectory(prefix="mdevfs-bench-state-") as tmp:
+        path = Path(tmp) / "state.json"
+        state = StateFile.open(path, host)
+        made = 0
+
+        def create(count: int, flush_every: int) -> list[float]:
+            nonlocal made
+            costs = []
+            for i in range(count):
+                made += 1
+                host.create(mtype, str(uuidlib.UUID(int=made)).encode())
+                if (i + 1) % flush_every == 0:
+                    start = time.perf_counter_ns()
+                    state.flush()
+                    costs.append((time.perf_counter_ns() - start) / 1000)
+            return costs
+
+        try:
+            create(10, 10)
+            res.state_write[10] = create(200, 1)
+            create(n - made - 200, 1000)
+            state.flush()
+            res.state_write[len(host.devices) + 100] = create(200, 1)
+        finally:
+            state.close()
+        devices = len(host.devices)
+        for _ in range(2 if res.plan is QUICK else 3):
+            start = time.perf_counter()
+            with mounted(config, state=path, timeout=120) as m:
+                ms = (time.perf_counter() - start) * 1000
+                if len(os.listdir(m.root / "bus/mdev/devices")) != devices:
+                    raise BenchError("the mount restored the wrong number of devices")
+            res.state_restore.setdefault(devices, []).append(ms)
+    log(f"state: {devices:,} devices recorded and restored")
 
 
 def phase_reset(res: Results, config: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import gc
 import json
 import logging
 import os
@@ -98,7 +99,20 @@ class Daemon:
     def prepare(cls, topology: Topology, state: str | os.PathLike[str] | None = None) -> Daemon:
         """Build the host and its tree and restore the state file; raises TopologyError,
         StateError or StateInUse. The tree observes the host first, so restored devices
-        appear."""
+        appear.
+
+        The cyclic garbage collector sleeps meanwhile: what is built lives as long as the
+        daemon, and a restore of 100,000 devices (two million objects) spent 9 of its 21 s
+        in collections that found nothing. It is then frozen out of later collections."""
+        gc.disable()
+        try:
+            return cls._prepare(topology, state)
+        finally:
+            gc.freeze()
+            gc.enable()
+
+    @classmethod
+    def _prepare(cls, topology: Topology, state: str | os.PathLike[str] | None) -> Daemon:
         host = topology.empty_host()
         tree = Tree(host)  # observes first, so that the topology's own devices appear
         if state is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import re
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from .pci import NamedDriver, PciFunction, PciIds
 
 UUID_STRING_LEN = 36
 _HEX = frozenset(string.hexdigits)
+_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ULONG_MAX = 2**64 - 1
 
 
@@ -32,11 +34,10 @@ def parse_uuid(buf: bytes) -> str:
     """
     if not UUID_STRING_LEN <= len(buf) <= UUID_STRING_LEN + 1:
         fail(errno.EINVAL)
-    head = buf[:UUID_STRING_LEN].decode("latin-1")
-    for i, ch in enumerate(head):
-        if (ch != "-") if i in (8, 13, 18, 23) else (ch not in _HEX):
-            fail(errno.EINVAL)
-    return head.lower()
+    head = buf[:UUID_STRING_LEN]
+    if _UUID.fullmatch(head) is None:
+        fail(errno.EINVAL)
+    return head.decode("ascii").lower()
 
 
 def kstrtoul(buf: bytes, base: int = 0) -> int:

@@ -200,6 +200,30 @@ class VolatileLink(Link):
     volatile = True
 
 
+class InnerLink(VolatileLink):
+    """A link to a node inside a lazy directory (``class/vfio-dev/vfioN`` to a device's
+    ``vfio-dev/vfioN``): the node, and the directory around it, are made when the link
+    is first read, not when the link is."""
+
+    __slots__ = ("base", "inner")
+
+    def __init__(self, name: str, base: Dir, inner: tuple[str, ...]) -> None:
+        Node.__init__(self, name)
+        self.base: Dir | None = base
+        self.inner = inner
+
+    @property  # type: ignore[override]
+    def to(self) -> Node:
+        node: Node = self.base  # type: ignore[assignment]
+        for name in self.inner:
+            node = node.children[name]  # type: ignore[attr-defined]
+        return node
+
+    @to.setter
+    def to(self, value: Node | None) -> None:  # Tree._drop: the link is gone
+        self.base = None
+
+
 def _text(value: object) -> bytes:
     return f"{value}\n".encode()
 
@@ -591,6 +615,7 @@ class Tree(HostObserver):
         nodes: list[Node] = [fdir, self._attach(self.mkdirs("bus/pci/devices"),
                                                 VolatileLink(fn.bdf, fdir))]
         group = self._iommu_group(fdir, fn.iommu_group, PCI_GROUP_FILES)
+        self._attach(fdir, Link("iommu_group", group))
         nodes.append(group)
         if fn.driver is not None:
             drvdir = self._pci_driver_dir(fn.driver.name)
@@ -598,7 +623,8 @@ class Tree(HostObserver):
             nodes.append(self._attach(drvdir, VolatileLink(fn.bdf, fdir)))
             self._vendor_files(fdir, fn.driver.function_attributes(fn), fn)
         if fn.vfio is not None:
-            nodes += self._vfio(fdir, fn.vfio)
+            self._vfio_dev(fdir, fn.vfio)
+            nodes += self._vfio_group(fdir, fn.vfio)
         if fn.sriov is not None:
             for file, op in SRIOV_FILES.items():
                 self._file(fdir, file, op, fn)
@@ -709,17 +735,15 @@ class Tree(HostObserver):
         self.unlink(parent.path)
 
     def device_added(self, mdev: MdevDevice) -> None:
-        """``device_add()``: the device directory is built whole before any link to it
-        appears; then, if the driver bound it, what binding adds."""
+        """``device_add()``: the device directory exists before any link to it appears; its
+        entries (and, if the driver bound it, what binding adds inside it) are made when
+        it is first looked at, which most devices never are: a create or a restore makes
+        the names that lead to the device, a third of its nodes."""
         uuid = sys.intern(mdev.uuid)  # names several entries: one string for all
         tdir = self._type_dirs[mdev.mdev_type]
-        ddir = VolatileDir(uuid)
+        ddir = VolatileLazyDir(uuid, functools.partial(self._device_entries, mdev),
+                               subdirs=1)  # power/
         self._attach(tdir.parent.parent, ddir)  # <parent>/mdev_supported_types/<type>
-        self._file(ddir, "remove", DEVICE_REMOVE, mdev)
-        self._attach(ddir, Link("mdev_type", tdir))
-        self._attach(ddir, Link("subsystem", self.bus_mdev))
-        self._file(ddir, "uevent", DEVICE_UEVENT, mdev)
-        self._power(ddir)
         nodes: list[Node] = [ddir]
         for where in (tdir.children["devices"], self.bus_devices):
             nodes.append(self._attach(where, VolatileLink(uuid, ddir)))
@@ -727,41 +751,74 @@ class Tree(HostObserver):
         if mdev.binding is not None:
             self._bound(mdev, ddir, mdev.binding)
 
+    def _device_entries(self, mdev: MdevDevice, ddir: Dir) -> None:
+        self._file(ddir, "remove", DEVICE_REMOVE, mdev)
+        self._attach(ddir, Link("mdev_type", self._type_dirs[mdev.mdev_type]))
+        self._attach(ddir, Link("subsystem", self.bus_mdev))
+        self._file(ddir, "uevent", DEVICE_UEVENT, mdev)
+        self._power(ddir)
+        if mdev.binding is not None:
+            self._bound_entries(mdev, ddir, mdev.binding)
+
     def _bound(self, mdev: MdevDevice, ddir: Dir, binding: Binding) -> None:
-        """What the driver's probe and ``vfio_register_emulated_iommu_dev()`` add."""
-        driver = mdev.parent.driver
-        before = set(ddir.children)
-        drvdir = self.bus_mdev.children["drivers"].children[driver.mdev_driver]
+        """What the driver's probe and ``vfio_register_emulated_iommu_dev()`` add: outside
+        the device directory now, inside it with the rest of its entries."""
+        drvdir = self._driver_of(mdev)
         group = self._iommu_group(ddir, binding.iommu_group, NOIOMMU_GROUP_FILES)
-        self._attach(ddir, Link("driver", drvdir))
-        self._vendor_files(ddir, driver.device_attributes(mdev), mdev)
+        self._bound_nodes[mdev] = [group, *self._vfio_group(ddir, binding),
+                                   self._attach(drvdir, VolatileLink(ddir.name, ddir))]
+        if isinstance(ddir, LazyDir) and ddir.build is not None:
+            ddir.subdirs += self._bound_subdirs(mdev)  # what it will hold once built
+        else:
+            self._bound_entries(mdev, ddir, binding)
+
+    def _driver_of(self, mdev: MdevDevice) -> Dir:
+        return self.bus_mdev.children["drivers"].children[mdev.parent.driver.mdev_driver]
+
+    def _bound_subdirs(self, mdev: MdevDevice) -> int:
+        """The directories binding adds inside a device: ``vfio-dev`` and the vendor's
+        attribute groups."""
+        attrs = mdev.parent.driver.device_attributes(mdev)
+        return 1 + len({attr.name.split("/", 1)[0] for attr in attrs if "/" in attr.name})
+
+    def _bound_entries(self, mdev: MdevDevice, ddir: Dir, binding: Binding) -> None:
+        before = set(ddir.children)
+        self._attach(ddir, Link("iommu_group",
+                                self.iommu_groups.children[str(binding.iommu_group)]))
+        self._attach(ddir, Link("driver", self._driver_of(mdev)))
+        self._vendor_files(ddir, mdev.parent.driver.device_attributes(mdev), mdev)
         self._migration(ddir, mdev)
-        vfio = self._vfio(ddir, binding)
-        nodes = [ddir.children[name] for name in ddir.children if name not in before]
-        nodes += [group, *vfio, self._attach(drvdir, VolatileLink(ddir.name, ddir))]
-        self._bound_nodes[mdev] = nodes
+        self._vfio_dev(ddir, binding)
+        self._bound_nodes[mdev] += [ddir.children[name] for name in ddir.children
+                                    if name not in before]
 
     def _iommu_group(self, ddir: Dir, number: int, files: dict[str, Op]) -> Dir:
-        """``kernel/iommu_groups/<number>`` holding ``ddir``, and ddir's iommu_group link."""
+        """``kernel/iommu_groups/<number>`` holding ``ddir``; ddir's ``iommu_group`` link
+        is the caller's to make."""
 
         def build(group: Dir) -> None:
             for name, op in files.items():
                 self._file(group, name, op)
             self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
 
-        group = self._attach(self.iommu_groups, VolatileLazyDir(str(number), build, subdirs=1))
-        self._attach(ddir, Link("iommu_group", group))
-        return group
+        return self._attach(self.iommu_groups, VolatileLazyDir(str(number), build, subdirs=1))
 
-    def _vfio(self, ddir: Dir, binding: Binding) -> list[Node]:
-        """``vfio-dev/vfio<index>`` in ``ddir`` and the vfio group's ``class/vfio/<minor>``;
-        returns what lies outside ddir."""
+    def _vfio_dev(self, ddir: Dir, binding: Binding) -> None:
+        """``vfio-dev/vfio<index>`` in ``ddir``, its entries made when first looked at."""
+        self._attach(self._dir(ddir, "vfio-dev"),
+                     LazyDir(f"vfio{binding.vfio_index}",
+                             functools.partial(self._vfio_device, ddir), subdirs=1))
 
-        def build_device(vfio: Dir) -> None:
-            self._attach(vfio, Link("device", ddir))
-            self._attach(vfio, Link("subsystem", self.class_vfio_dev))
-            self._file(vfio, "uevent", EMPTY_UEVENT)
-            self._power(vfio)
+    def _vfio_device(self, ddir: Dir, vfio: Dir) -> None:
+        self._attach(vfio, Link("device", ddir))
+        self._attach(vfio, Link("subsystem", self.class_vfio_dev))
+        self._file(vfio, "uevent", EMPTY_UEVENT)
+        self._power(vfio)
+
+    def _vfio_group(self, ddir: Dir, binding: Binding) -> list[Node]:
+        """The vfio group's ``class/vfio/<minor>``, and the ``class/vfio-dev`` link to the
+        device's ``vfio-dev/vfio<index>``; returns them."""
+        minor = str(binding.vfio_group)
 
         def build_group(vgroup: Dir) -> None:
             self._attach(vgroup, Link("subsystem", self.class_vfio))
@@ -769,17 +826,18 @@ class Tree(HostObserver):
                                             store=_uevent_store))
             self._power(vgroup)
 
-        vfio = self._attach(self._dir(ddir, "vfio-dev"),
-                            LazyDir(f"vfio{binding.vfio_index}", build_device, subdirs=1))
-        minor = str(binding.vfio_group)
+        vfio = f"vfio{binding.vfio_index}"
         vgroup = self._attach(self.virtual_vfio, VolatileLazyDir(minor, build_group, subdirs=1))
         return [vgroup,
-                self._attach(self.class_vfio_dev, VolatileLink(vfio.name, vfio)),
+                self._attach(self.class_vfio_dev, InnerLink(vfio, ddir, ("vfio-dev", vfio))),
                 self._attach(self.class_vfio, VolatileLink(minor, vgroup))]
 
     def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None:
         for node in self._bound_nodes.pop(mdev, ()):
             self._drop(node)
+        ddir = self._device_nodes[mdev][0]
+        if isinstance(ddir, LazyDir) and ddir.build is not None:
+            self._recount(ddir, -self._bound_subdirs(mdev))  # it will not hold them now
 
     def device_removed(self, mdev: MdevDevice) -> None:
         nodes = self._device_nodes.pop(mdev, [])

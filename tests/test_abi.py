@@ -11,6 +11,8 @@ import stat
 import pytest
 from conftest import errno_of, needs_fuse
 
+from mdevfs.testing import mounted
+
 pytestmark = needs_fuse
 
 U = "11111111-2222-3333-4444-555555555555"
@@ -482,3 +484,33 @@ def test_cached_names_are_never_stale_after_a_change(mtty):
         stop.set()
         thread.join()
     assert seen == []
+
+
+def test_a_device_counts_its_subdirectories_before_it_is_first_looked_at():
+    """A device's directory is built when first looked at (issue 16): its link count, and
+    the link from class/vfio-dev into it, are right before that, bound and unbound, for
+    every driver of the default topology (kernfs: nlink is 2 + subdirectories)."""
+    drivers_seen = set()
+    with mounted() as m:
+        drivers = m.root / "bus/mdev/drivers"
+        for parent in sorted(os.listdir(m.root / "class/mdev_bus")):
+            types = sorted(m.root.glob(f"class/mdev_bus/{parent}/mdev_supported_types/*"))
+            tdir = next(t for t in types if int((t / "available_instances").read_text()) >= 2)
+            for unbind in (False, True):
+                uuid = m.create(tdir.name, parent=parent)
+                dev = m.root / "bus/mdev/devices" / uuid
+                driver = next(d for d in os.listdir(drivers) if uuid in os.listdir(drivers / d))
+                drivers_seen.add(driver)
+                if unbind:
+                    write(drivers / driver / "unbind", uuid.encode())
+                before = os.stat(dev).st_nlink
+                if not unbind:  # read through the link first: that builds the directory
+                    vfio = [v for v in os.listdir(m.root / "class/vfio-dev")
+                            if os.path.realpath(m.root / "class/vfio-dev" / v / "device")
+                            == os.path.realpath(dev)]
+                    assert len(vfio) == 1, parent
+                subdirs = [e for e in os.listdir(dev)
+                           if os.path.isdir(dev / e) and not os.path.islink(dev / e)]
+                assert before == os.stat(dev).st_nlink == 2 + len(subdirs), (parent, subdirs)
+                assert ("vfio-dev" in subdirs) is not unbind
+    assert len(drivers_seen) >= 4

@@ -7,9 +7,11 @@ The FUSE daemon runs outside the namespace, on a temporary directory
 made inside. The kernel discards them with the namespace's last process, so
 nothing there needs undoing and the host's mount table never sees them.
 
-Inside, ``python -S namespace.py ROOT [--mdevctl-dir DIR] [--uevents SOCKET] --
-COMMAND...``, started by ``unshare --mount --net --propagation private`` (plus
-``--user --map-root-user`` for a non-root user), grafts the mount at ROOT onto /sys:
+Inside, :func:`enter` grafts the mount at ROOT onto /sys. ``mdevfs run`` forks it
+(:func:`spawn`, which makes the namespaces with unshare(2)); ``mdevfs fleet run`` and the
+test helper start it as ``python -S namespace.py ROOT [--mdevctl-dir DIR] [--uevents
+SOCKET] -- COMMAND...`` under ``unshare --mount --net --propagation private`` (plus
+``--user --map-root-user`` for a non-root user):
 
 * a path the host lacks (``/sys/class/mdev_bus``) is added to its parent
   directory, which first becomes writable: a tmpfs over it with every original

@@ -243,7 +243,7 @@ def fork_daemon(entry: Callable[[list[str]], int], argv: Sequence[str], log_fd: 
         with contextlib.suppress(OSError, ValueError):
             stream.flush()  # or the child writes what we had buffered a second time
     try:
-        here: str | None = os.getcwd()
+        here: str | None = os.path.normpath(os.getcwd())
     except OSError:  # removed: nothing there to import
         here = None
     pid = os.fork()
@@ -253,8 +253,10 @@ def fork_daemon(entry: Callable[[list[str]], int], argv: Sequence[str], log_fd: 
     try:
         if new_session:
             os.setsid()
+        # as -P: neither the caller's directory nor a path relative to it (which would
+        # mean another directory in /) is importable
+        sys.path[:] = [p for p in sys.path if os.path.isabs(p) and os.path.normpath(p) != here]
         os.chdir("/")
-        sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]  # as -P
         null = os.open(os.devnull, os.O_RDONLY)
         for fd, to in ((null, 0), (log_fd, 1), (log_fd, 2)):
             os.dup2(fd, to)

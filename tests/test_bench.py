@@ -50,7 +50,7 @@ def test_quick_run_prints_every_row(tmp_path):
         assert len(cells) == 7, line  # key, what, mdevfs, floor, ratio, target, met
         assert "failed" not in cells[2], line
     for key in ("read", "write", "stat", "statmiss", "create", "remove", "list-10000", "mount",
-                "run", "reset", "state-write", "state-restore", "rss-10000", "mdevctl-list",
+                "run", "reset", "suite", "state-write", "state-restore", "rss-10000", "mdevctl-list",
                 "mdevctl-types"):
         row = next(line for line in table if line.startswith(f"| `{key}`"))
         assert "≤" in row, row  # the target is printed beside the figure

@@ -17,7 +17,7 @@ import attrs
 from . import report, requests, suite
 from .tools import BENCH_PATH, REPO_ROOT, BenchError, build, floor_mounted, shared_dir
 
-PHASES = ("ops", "listing", "requests", "mount", "reset", "state", "mdevctl")
+PHASES = ("ops", "listing", "requests", "mount", "reset", "state", "suite", "mdevctl")
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "mount": lambda: suite.phase_mount(res, tools),
             "reset": lambda: suite.phase_reset(res, config),
             "state": lambda: suite.phase_state(res, config),
+            "suite": lambda: suite.phase_suite(res),
             "mdevctl": lambda: suite.phase_mdevctl(res, config),
         }
         for name in PHASES:

@@ -86,6 +86,10 @@ class Results:
     #: devices → ms from spawn to ready when a mount restores them
     state_write: dict[int, list[float]] = Factory(dict)
     state_restore: dict[int, list[float]] = Factory(dict)
+    #: side ("mdevfs" fixture, "tmpfs" trees by hand) → s per run of a 100-test suite
+    suite: dict[str, list[float]] = Factory(dict)
+    #: s to remove the largest count of devices (the control socket's reset)
+    removed: dict[int, float] = Factory(dict)
     #: ms per ``mdevfs run -- true``
     run: list[float] = Factory(list)
     #: what a mount costs, piece by piece: label → ms per run
@@ -302,7 +306,10 @@ def phase_listing(res: Results, tools: Tools, config: Path, floors: dict[str, Fl
                     if sample.extra != n + side.dots:
                         raise BenchError(f"listing gave {sample.extra} entries, not {n}")
                     res.add(res.listing, n, "mdevfs", sample.p50)
-        if not m.alive():
+        start = time.perf_counter()
+        m.reset()  # every device removed (the control socket's reset)
+        res.removed[have] = time.perf_counter() - start
+        if not m.alive() or m.devices():
             raise BenchError(f"mdevfs died during the listing phase:\n{m.log()[-2000:]}")
     res.nodes_per_device, base = count_nodes()
     res.memory = [(d, rss, base + d * res.nodes_per_device) for d, rss, _ in res.memory]
@@ -394,6 +401,67 @@ def phase_state(res: Results, config: Path) -> None:
                     raise BenchError("the mount restored the wrong number of devices")
             res.state_restore.setdefault(devices, []).append(ms)
     log(f"state: {devices:,} devices recorded and restored")
+
+
+SUITE_TESTS = 100
+#: the same 100 tests twice: on the plugin's fixture, and on a tree each test makes by hand
+#: in its tmp_path (what a project without mdevfs writes; no kernel behaviour at all)
+SUITE_MDEVFS = """
+import pytest
+
+@pytest.mark.parametrize("i", range({n}))
+def test_create_read_remove(mdevfs, i):
+    uuid = mdevfs.create("mtty-1", parent="mtty")
+    assert mdevfs.read(f"bus/mdev/devices/{{uuid}}/mdev_type/name") == "Single port serial\\n"
+    assert mdevfs.read("class/mdev_bus/mtty/mdev_supported_types/mtty-1/available_instances") == "23\\n"
+    mdevfs.remove(uuid)
+"""
+SUITE_TMPFS = """
+import os, uuid as uuidlib
+import pytest
+
+@pytest.fixture
+def tree(tmp_path):
+    t = tmp_path / "mdev_supported_types/mtty-1"
+    (t / "devices").mkdir(parents=True)
+    (t / "name").write_text("Single port serial\\n")
+    (t / "available_instances").write_text("24\\n")
+    (tmp_path / "devices").mkdir()
+    return tmp_path
+
+@pytest.mark.parametrize("i", range({n}))
+def test_create_read_remove(tree, i):
+    uuid = str(uuidlib.uuid4())
+    dev = tree / "devices" / uuid
+    dev.mkdir()
+    os.symlink("../../mdev_supported_types/mtty-1", dev / "mdev_type")
+    (tree / "mdev_supported_types/mtty-1/available_instances").write_text("23\\n")
+    assert (dev / "mdev_type/name").read_text() == "Single port serial\\n"
+    assert (tree / "mdev_supported_types/mtty-1/available_instances").read_text() == "23\\n"
+    (dev / "mdev_type").unlink()
+    dev.rmdir()
+"""
+
+
+def phase_suite(res: Results) -> None:
+    """Issue 16: a 100-test pytest suite on the mdevfs fixture (one mount, reset between
+    tests) against the same suite on trees made by hand in tmp_path, each a whole pytest
+    run, in turns."""
+    with tempfile.TemporaryDirectory(prefix="mdevfs-bench-suite-") as tmp:
+        files = {"mdevfs": Path(tmp) / "test_on_mdevfs.py", "tmpfs": Path(tmp) / "test_by_hand.py"}
+        files["mdevfs"].write_text(SUITE_MDEVFS.format(n=SUITE_TESTS))
+        files["tmpfs"].write_text(SUITE_TMPFS.format(n=SUITE_TESTS))
+        for rep in range(2 if res.plan is QUICK else 5):
+            for side in (("mdevfs", "tmpfs") if rep % 2 == 0 else ("tmpfs", "mdevfs")):
+                start = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p",
+                                       "no:cacheprovider", "--basetemp", f"{tmp}/base-{side}",
+                                       str(files[side])], cwd=tmp, capture_output=True,
+                                      text=True)
+                if done.returncode != 0:
+                    raise BenchError(f"the {side} suite failed:\n{done.stdout[-2000:]}")
+                res.suite.setdefault(side, []).append(time.perf_counter() - start)
+    log("suite: done")
 
 
 def phase_reset(res: Results, config: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -61,6 +62,20 @@ def small_disk(directory: Path, size: str):
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` (a :func:`small_disk`) up to ENOSPC with a file ``filler``; returns it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
 
 
 def write_topology(directory: Path, text: str, name: str = "topology.toml") -> Path:

@@ -30,7 +30,7 @@ import uuid as uuidlib
 from pathlib import Path
 
 import pytest
-from conftest import keeper, needs_fuse, small_disk, write_topology
+from conftest import fill, keeper, needs_fuse, small_disk, write_topology
 
 from mdevfs.state import read_devices
 from mdevfs.testing import mounted
@@ -155,19 +155,11 @@ class Fuzz:
         self.figures["injected"] += 1
 
     def op_disk(self) -> None:
-        filler = self.disk / "filler"
         if self.full:
-            filler.unlink()
+            (self.disk / "filler").unlink()
             self.full = False
             return
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            while True:
-                os.write(fd, b"\0" * 65536)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        fill(self.disk)
         self.full = True
 
     def refused(self, err: int, allowed: set[int]) -> None:

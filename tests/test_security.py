@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MTTY_ONLY, NOBODY, needs_fuse, needs_nobody, small_disk, write_topology
+from conftest import MTTY_ONLY, NOBODY, fill, needs_fuse, needs_nobody, small_disk, write_topology
 
 from mdevfs import namespace
 from mdevfs.process import default_control, default_log, mountpoints, runtime_dir
@@ -213,19 +213,6 @@ def test_a_second_daemon_on_the_same_state_file_is_refused(tmp_path, root):
 def small(tmp_path):
     with small_disk(tmp_path / "disk", "1m") as d:
         yield d
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_create_whose_state_cannot_be_saved_fails_with_eio_and_creates_nothing(tmp_path, small):

@@ -13,14 +13,11 @@ import logging
 import os
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import control, namespace, process
+from . import cli_capture, cli_fleet, control, daemon, mounts, namespace, process, runtime
 from .config import Topology
-from .daemon import Daemon
 from .errors import ControlRefused, MdevfsError, MountError, NamespaceError, UsageError
 
 log = logging.getLogger("mdevfs")
@@ -35,79 +32,62 @@ def _topology(config: str | None) -> Topology:
 def cmd_mount(args: argparse.Namespace) -> int:
     directory = Path(os.path.abspath(args.dir))
     control_path = (Path(os.path.abspath(args.control)) if args.control
-                    else process.default_control(directory))
-    if not args.foreground:
-        log_file = (Path(os.path.abspath(args.log_file)) if args.log_file
-                    else process.default_log(directory))
-        waited = []
-
-        def progress(seconds: float) -> None:  # a large --state takes a while to restore
-            waited.append(seconds)
-            print(f"\rmdevfs: mounting {directory}: {seconds:.0f} s…", end="", file=sys.stderr,
-                  flush=True)
-
-        try:
-            daemon = process.start(directory, control=control_path, log_file=log_file,
-                                   config=args.config, state=args.state,
-                                   uevents=Path(args.uevents) if args.uevents else None,
-                                   allow_other=args.allow_other, timeout=args.ready_timeout,
-                                   verbose=args.verbose, entry=daemon_entry(),
-                                   progress=progress if sys.stderr.isatty() else None)
-        finally:
-            if waited:
-                print(file=sys.stderr)
-        print(f"mdevfs: {directory} mounted (pid {daemon.proc.pid}, log {log_file}, "
-              f"control {control_path})")
+                    else runtime.default_control(directory))
+    if args.foreground:
+        daemon.run(directory, config=args.config, state=args.state, control_path=control_path,
+                   uevents_path=args.uevents, allow_other=args.allow_other,
+                   trace=args.verbose)
         return 0
-    reporter = process.Reporter(args.ready_fd) if args.ready_fd is not None else None
+    log_file = (Path(os.path.abspath(args.log_file)) if args.log_file
+                else runtime.default_log(directory))
+    waited = []
+
+    def progress(seconds: float) -> None:  # a large --state takes a while to restore
+        waited.append(seconds)
+        print(f"\rmdevfs: mounting {directory}: {seconds:.0f} s…", end="", file=sys.stderr,
+              flush=True)
+
     try:
-        _serve(args, directory, control_path, reporter)
-    except MdevfsError as exc:
-        if reporter is not None:
-            reporter.failed(exc)
-        raise
+        launched = process.start(directory, control=control_path, log_file=log_file,
+                                 config=args.config, state=args.state,
+                                 uevents=Path(args.uevents) if args.uevents else None,
+                                 allow_other=args.allow_other, timeout=args.ready_timeout,
+                                 verbose=args.verbose, entry=daemon_entry(),
+                                 progress=progress if sys.stderr.isatty() else None)
+    finally:
+        if waited:
+            print(file=sys.stderr)
+    print(f"mdevfs: {directory} mounted (pid {launched.proc.pid}, log {log_file}, "
+          f"control {control_path})")
     return 0
 
 
-def daemon_entry() -> Callable[[list[str]], int]:
-    """What a forked daemon runs (:func:`mdevfs.process.start`): this CLI, once everything
-    the daemon imports is imported here, before the fork, so that it is imported once."""
-    from . import daemon, fuse, uevent  # noqa: F401 - what every daemon imports
+def daemon_entry() -> process.Entry:
+    """What a forked daemon runs (:func:`mdevfs.process.start`): :func:`mdevfs.daemon.main`,
+    once everything the daemon imports is imported here, before the fork, so that it is
+    imported once."""
+    from . import fuse, uevent  # noqa: F401 - what every daemon imports
 
-    return main
-
-
-def _serve(args: argparse.Namespace, directory: Path, control_path: Path,
-           reporter: process.Reporter | None) -> None:
-    """The daemon itself: everything that can fail on bad input fails before the mount."""
-    if args.verbose:  # a debug line for every request, with its result and errno
-        from . import trace
-
-        trace.install()
-    topology = _topology(args.config)
-    daemon = Daemon.prepare(topology, args.state)
-    process.check_mountpoint(directory)
-    try:
-        sock = control.bind(control_path)
-    except OSError as exc:
-        raise UsageError(f"control socket {control_path}: {exc.strerror}; "
-                         f"give another with --control PATH") from None
-    log.info("mounting %s (%s parents, %d devices restored) at %s; control socket %s",
-             topology.source, len(daemon.host.parents), len(daemon.host.devices),
-             directory, control_path)
-    listener = None
-    if args.uevents:
-        try:
-            listener = control.bind(args.uevents)
-        except OSError as exc:
-            sock.close()
-            raise UsageError(f"uevent socket {args.uevents}: {exc.strerror}") from None
-    daemon.serve(directory, args.allow_other, sock, uevents=listener, reporter=reporter,
-                 stop_with_client=args.stop_with_client)
+    return daemon.main
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    process.unmount(Path(os.path.abspath(args.dir)), lazy=args.lazy)
+    """Unmount DIR and return once its daemon has exited (found through its control socket),
+    so that a mount on DIR right after it succeeds; ``--lazy`` detaches a busy mount and
+    returns at once (its daemon exits when the last user lets go)."""
+    directory = Path(os.path.abspath(args.dir))
+    if args.lazy:
+        mounts.unmount(directory, lazy=True)
+        return 0
+    try:
+        pid = control.Client(runtime.default_control(directory), timeout=5).status()["pid"]
+    except (OSError, ValueError, KeyError):
+        pid = None  # mounted with another --control, or not by mdevfs: unmount only
+    if pid is None or str(directory) not in mounts.mountpoints():
+        mounts.unmount(directory)
+        return 0
+    mounts.unmount(directory)
+    process.stop(directory, process.Recorded(pid, process.start_time(pid)))
     return 0
 
 
@@ -118,7 +98,7 @@ _CTL_FIELDS = ("parent", "path", "op", "error", "once", "seconds", "uuid", "on",
 def cmd_ctl(args: argparse.Namespace) -> int:
     """One control request; exit 0 done, 1 refused by the daemon, 2 no daemon answers."""
     directory = Path(os.path.abspath(args.dir))
-    client = control.Client(args.control or process.default_control(directory))
+    client = control.Client(args.control or runtime.default_control(directory))
     fields = {k: getattr(args, k) for k in _CTL_FIELDS if getattr(args, k, None) is not None}
     if "path" in fields and os.path.isabs(fields["path"]):
         fields["path"] = os.path.relpath(fields["path"], directory)  # a path into the mount
@@ -274,7 +254,7 @@ def _explain_failure(daemon: process.Daemon, status: int) -> None:
 
 def _keep_log(daemon: process.Daemon) -> Path:
     """A copy of the daemon's log in the runtime directory (its temporary one goes)."""
-    kept = process.runtime_dir() / "logs" / f"run-{os.getpid()}.log"
+    kept = runtime.runtime_dir() / "logs" / f"run-{os.getpid()}.log"
     kept.parent.mkdir(mode=0o700, exist_ok=True)
     kept.write_text(daemon.log())
     return kept
@@ -285,7 +265,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     or a temporary mount's, which sits beside it as ``mdevfs.log``)."""
     directory = Path(os.path.abspath(args.dir))
     candidates = ([Path(args.log_file)] if args.log_file
-                  else [process.default_log(directory), directory.parent / "mdevfs.log"])
+                  else [runtime.default_log(directory), directory.parent / "mdevfs.log"])
     for path in candidates:
         try:
             with open(path, "rb") as f:
@@ -315,162 +295,6 @@ def cmd_drivers(args: argparse.Namespace) -> int:
     raise UsageError(f"no driver {args.name!r}; installed: {', '.join(d.name for d in docs)}")
 
 
-def _write_topology(text: str, rec: Any, output: str | None) -> int:
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        Path(output).write_text(text)
-    parents = ", ".join(p.name for p in rec.parents) or "none"
-    print(f"mdevfs: recorded {len(rec.parents)} parent(s) ({parents}), "
-          f"{sum(len(p.devices) for p in rec.parents)} device(s), {len(rec.gpus)} SR-IOV GPU(s)"
-          + (f"; {len(rec.problems)} read problem(s), listed in the file" if rec.problems else "")
-          + (f"; wrote {output}" if output else ""), file=sys.stderr)
-    return 0
-
-
-def cmd_record(args: argparse.Namespace) -> int:
-    from . import capture
-
-    return _write_topology(*capture.record(args.root, args.anonymize), args.output)
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    from . import capture
-
-    return _write_topology(*capture.import_umockdev(args.file, args.anonymize), args.output)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from . import capture
-
-    if not (args.tree or args.umockdev):
-        raise UsageError("export: say where: --tree DIR and/or --umockdev FILE")
-    entries = capture.export(args.config, Path(args.mount) if args.mount else None,
-                             Path(args.tree) if args.tree else None,
-                             Path(args.umockdev) if args.umockdev else None)
-    print(f"mdevfs: exported {len(entries)} entries"
-          + (f" to {args.tree}" if args.tree else "")
-          + (f" and {args.umockdev}" if args.tree and args.umockdev else
-             f" to {args.umockdev}" if args.umockdev else ""), file=sys.stderr)
-    return 0
-
-
-def _capture_parsers(sub: Any) -> None:
-    p = sub.add_parser("record", help="write a host's mdev tree as a topology file",
-                       description="Read the mdev parents, types, devices and SR-IOV GPUs under "
-                       "a sysfs root and write a topology that mounts as that host: known "
-                       "drivers where they reproduce it, else the 'recorded' driver, with "
-                       "comments saying what was inferred and what could not be read.")
-    p.add_argument("--root", default="/sys", help="the sysfs root (default /sys)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
-    p.add_argument("--anonymize", action="store_true",
-                   help="replace UUIDs and serial-like values (for a bug report)")
-    p.set_defaults(func=cmd_record)
-    p = sub.add_parser("import", help="turn a umockdev recording into a topology file",
-                       description="Lay out a umockdev-record file as a tree and record it "
-                       "as `record` does.")
-    p.add_argument("file", metavar="FILE.umockdev")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
-    p.add_argument("--anonymize", action="store_true", help="as for record")
-    p.set_defaults(func=cmd_import)
-    p = sub.add_parser("export", help="write a topology's state as a static tree or .umockdev",
-                       description="For CI without FUSE: the initial state of a topology (no "
-                       "mount needed), or the current state of a live mount, as a plain "
-                       "directory tree and/or a file for `umockdev-run -d`. A static tree "
-                       "has no create/remove semantics and no errnos.")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--config", metavar="FILE", help="topology (default: the embedded one)")
-    source.add_argument("--mount", metavar="DIR", help="a live mdevfs mount, as it is now")
-    p.add_argument("--tree", metavar="DIR", help="write the tree here (missing or empty)")
-    p.add_argument("--umockdev", metavar="FILE", help="write a umockdev device file here")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_fleet(args: argparse.Namespace) -> int:
-    """``mdevfs fleet up|down|status|run|matrix``: many hosts, each a mount of its own."""
-    from . import fleet
-
-    if args.fleet_command == "up":
-        began = time.monotonic()
-        mounts = fleet.up(args.fleet_file, args.dir, launcher=args.launcher)
-        print(f"mdevfs fleet: {len(mounts)} hosts up in {args.dir} "
-              f"({time.monotonic() - began:.1f} s)")
-    elif args.fleet_command == "down":
-        for line in fleet.down(args.dir):
-            print(f"mdevfs fleet: {line}", file=sys.stderr)
-    elif args.fleet_command == "status":
-        rows = fleet.status(args.dir)
-        print(json.dumps(rows, indent=1) if args.json else fleet.render_status(rows), end="")
-        return 0 if all(r["parents"] is not None for r in rows) else 1
-    elif args.fleet_command == "run":
-        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        if not command:
-            raise UsageError("fleet run: name a COMMAND, e.g. mdevfs fleet run DIR HOST -- "
-                             "mdevctl types")
-        reason = namespace.unsupported()
-        if reason:
-            raise NamespaceError(reason)
-        return fleet.run(args.dir, args.host, command, args.mdevctl_dir)
-    else:
-        return _fleet_matrix(args)
-    return 0
-
-
-def _fleet_matrix(args: argparse.Namespace) -> int:
-    from . import fleet, planner
-
-    found = fleet.hosts(args.dir)
-    chosen = [m for m in found if not args.hosts or m.name in args.hosts]
-    plan = planner.plan({m.name: m.root for m in chosen}, graded=args.graded)
-    print(planner.render_text(plan, why=args.why), end="")
-    if args.json:
-        Path(args.json).write_text(json.dumps(planner.to_json(plan), indent=1) + "\n")
-        print(f"wrote {args.json}")
-    if args.svg:
-        Path(args.svg).write_text(planner.render_svg(plan))
-        print(f"wrote {args.svg}")
-    return 0
-
-
-def _fleet_parser(sub: Any) -> None:
-    p = sub.add_parser("fleet", help="many emulated hosts from a fleet.toml",
-                       description="Mount every host of a fleet file (a topology each, or a "
-                       "shared one with per-host driver options and GPU counts) under DIR, "
-                       "each with its own sysfs root DIR/HOST/sys, control socket and log; "
-                       "see the README, 'Fleets'.")
-    p.set_defaults(func=cmd_fleet)
-    cmds = p.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
-    c = cmds.add_parser("up", help="mount every host of FLEET under DIR")
-    c.add_argument("fleet_file", metavar="FLEET")
-    c.add_argument("dir", metavar="DIR")
-    c.add_argument("--launcher", choices=("zygote", "exec"), default="zygote",
-                   help="zygote (default): fork every daemon from one process that imported "
-                   "mdevfs once; exec: start each as `mdevfs mount` does")
-    c = cmds.add_parser("down", help="unmount every host of the fleet in DIR, remove DIR")
-    c.add_argument("dir", metavar="DIR")
-    c = cmds.add_parser("status", help="each host: daemon, parents, devices (exit 1: one is "
-                        "not up)")
-    c.add_argument("dir", metavar="DIR")
-    c.add_argument("--json", action="store_true", help="as JSON")
-    c = cmds.add_parser("run", help="run COMMAND with HOST's tree at the real /sys paths")
-    c.add_argument("dir", metavar="DIR")
-    c.add_argument("host", metavar="HOST")
-    c.add_argument("--mdevctl-dir", metavar="DIR2", help="bind DIR2 at /etc/mdevctl.d")
-    c.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-    c = cmds.add_parser("matrix", help="which host's types may migrate to which host",
-                        description="Read every migration_version at every host (types and "
-                        "devices) and write each string to every target type node of its type, "
-                        "as the seed says userspace does; print the hosts grouped by identical "
-                        "answers and the table of groups.")
-    c.add_argument("dir", metavar="DIR")
-    c.add_argument("hosts", metavar="HOST", nargs="*", help="only these hosts (default: all)")
-    c.add_argument("--why", action="store_true", help="every refusal with its reason")
-    c.add_argument("--graded", action="store_true", help="also ask each target mdevfs's graded "
-                   "question (none, cold or live, and the limiting component)")
-    c.add_argument("--json", metavar="FILE", help="write the plan as JSON to FILE")
-    c.add_argument("--svg", metavar="FILE", help="draw the group table as SVG in FILE")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mdevfs", description="A kernel-faithful emulator of the Linux mdev sysfs interface.",
@@ -498,8 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the control socket (default: in the runtime directory, "
                    "$XDG_RUNTIME_DIR/mdevfs or /run/mdevfs for root)")
     _ready_timeout(p)
-    p.add_argument("--ready-fd", metavar="FD", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--stop-with-client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--uevents", metavar="SOCKET",
                    help="send uevents (kernel and udev format) into the network namespace "
                    "of whoever hands a netlink socket over on SOCKET (python -m mdevfs.uevent "
@@ -511,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lazy", "-z", action="store_true", help="detach even if busy")
     p.set_defaults(func=cmd_umount)
     _ctl_parser(sub)
-    _fleet_parser(sub)
+    cli_fleet.add_parsers(sub)
 
     p = sub.add_parser("check", help="may an mdev migrate from SOURCE to TARGET?",
                        description="Apply the migration_version conditions of the seed in "
@@ -555,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ready_timeout(p)
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     p.set_defaults(func=cmd_run)
-    _capture_parsers(sub)
+    cli_capture.add_parsers(sub)
 
     p = sub.add_parser("log", help="show the recent log of the mount on DIR",
                        description="Print the last lines of the log of the mdevfs mount on DIR. "

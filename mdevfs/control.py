@@ -1,7 +1,7 @@
 """The control socket: hot-unplug, injected faults, run-time driver options, reset.
 
 A Unix stream socket of mode 0600, by default in the mounting user's private
-runtime directory (:func:`mdevfs.process.default_control`) or where
+runtime directory (:func:`mdevfs.runtime.default_control`) or where
 ``mdevfs mount --control PATH`` puts it. Only the mounting user's uid is served
 (checked with SO_PEERCRED as well as by the mode). The protocol is one JSON
 object per line each way::
@@ -32,7 +32,7 @@ import posixpath
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from .driver import VendorDriver
 from .errors import fail
 from .faults import READ, WRITE, Faults
 from .model import Host
-from .sysfs import File, Link, Tree
+from .nodes import File, Link
+from .tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class Control:
     after: Callable[[], None] | None = None
     #: the daemon's recent refusal reasons (:class:`mdevfs.daemon.Refusals`), if kept
     refusals: Any = None
+    #: awaited after each command: the FUSE adapter drops the kernel's cached entries of
+    #: the names a command removed (:meth:`mdevfs.fuse.SysfsOperations.invalidate_dropped`)
+    settle: Callable[[], Awaitable[None]] | None = None
 
     def execute(self, request: Any) -> Any:
         """Run one request; raises OSError (or ValueError for bad arguments)."""
@@ -88,7 +92,8 @@ class Control:
     # --- commands -----------------------------------------------------------------------
 
     def cmd_status(self) -> dict[str, Any]:
-        return {"parents": list(self.host.parents), "unplugged": list(self.unplugged),
+        return {"pid": os.getpid(), "parents": list(self.host.parents),
+                "unplugged": list(self.unplugged),
                 "devices": list(self.host.devices),
                 "errors": [{"path": p, "op": op, "errno": errno.errorcode.get(e, e), "once": o}
                            for (p, op), (e, o) in self.faults.errors.items()],
@@ -258,7 +263,8 @@ class Control:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     answer = self._answer(line)
-                    await self.tree.settle()  # removed names are gone from the kernel's cache
+                    if self.settle is not None:
+                        await self.settle()  # removed names are gone from the kernel's cache
                     await stream.send_all(answer)
                 if len(buf) > MAX_LINE:
                     await stream.send_all(_reply(OSError(errno.E2BIG, "request too long")))

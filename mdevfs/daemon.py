@@ -1,11 +1,13 @@
 """One mdevfs daemon: a topology's host and tree, its state file, faults and control socket.
 
     daemon = Daemon.prepare(topology, state="state.json")   # refuses a bad state file
-    daemon.serve("/tmp/sys", sock=control.bind(path))       # until unmounted
+    daemon.serve("/tmp/sys", control_path=path)             # until unmounted
 
 :meth:`prepare` does everything that can fail on bad input before anything is
-mounted (and takes the state file's lock); ``mdevfs mount --foreground`` calls it,
-then :meth:`serve`. The topology is built and the state file read once, here.
+mounted (and takes the state file's lock), then :meth:`serve`. The topology is built and
+the state file read once, here. :func:`run` is both, as ``mdevfs mount --foreground`` does
+it; :func:`main` is a daemon process's command line (``python -P -m mdevfs.daemon``, as
+:func:`mdevfs.process.start` starts or forks it).
 
 Every change reaches the state file before the request that made it is answered:
 after each attribute store (:meth:`after_store`) and each control command. A change
@@ -31,20 +33,25 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from attrs import Factory, define
 
 from . import control
 from .config import Topology
-from .errors import MountError
+from .errors import MdevfsError, MountError, UsageError
 from .faults import Faults
 from .model import Host
-from .process import Reporter
+from .mounts import check_mountpoint
+from .nodes import File
+from .readiness import Reporter
 from .state import StateFile, StateSaveError
-from .sysfs import File, Tree
+from .tree import Tree
 from .uevent import Uevents
 
 log = logging.getLogger("mdevfs")
@@ -136,7 +143,7 @@ class Daemon:
                 raise
         return daemon
 
-    # --- the FUSE adapter's hooks (fuse.Hooks) --------------------------------------------
+    # --- what the FUSE adapter calls around every show and store ---------------------------
 
     async def before(self, node: File, buf: bytes | None) -> None:
         self.refusals.current = None  # an injected fault is not the driver's refusal
@@ -187,18 +194,19 @@ class Daemon:
 
     # --- serving ----------------------------------------------------------------------------
 
-    def serve(self, mountpoint: str | os.PathLike[str], allow_other: bool = False,
-              sock: socket.socket | None = None,
-              tasks: Sequence[Callable[[], Awaitable[None]]] = (), *,
-              uevents: socket.socket | None = None,
-              reporter: Reporter | None = None, stop_with_client: bool = False) -> None:
+    def serve(self, mountpoint: str | os.PathLike[str], allow_other: bool = False, *,
+              control_path: str | os.PathLike[str] | None = None,
+              uevents_path: str | os.PathLike[str] | None = None,
+              reporter: Reporter | None = None, stop_with_client: bool = False,
+              trace: bool = False) -> None:
         """Mount and serve until unmounted, SIGTERM or SIGINT (or, with
         ``stop_with_client``, until the process at the other end of ``reporter`` dies);
         every change is in the state file as soon as it is made, so there is nothing left
-        to save at the end. ``sock`` (the control socket) and ``uevents`` (where a netlink
-        socket is handed over for uevents) are listening sockets from
-        :func:`control.bind`; both are closed and their files removed at the end. ``tasks``
-        run alongside. Raises MountError when the mount fails.
+        to save at the end. The daemon binds its sockets itself: the control socket at
+        ``control_path`` and, at ``uevents_path``, the one on which a netlink socket is
+        handed over for uevents; both are removed at the end. ``trace`` logs a line for
+        every request (:mod:`mdevfs.trace`). Raises UsageError when a socket cannot be
+        bound, MountError when the mount fails.
 
         The serving side is composed here, in order: the host and its tree (prepared), the
         state file (an observer, flushed after each change), the uevent sender (an
@@ -210,41 +218,43 @@ class Daemon:
         thresholds cost a create 15 of its 67 µs."""
         import trio
 
+        from . import fuse
+
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
-
-        from .fuse import serve
-
-        tasks = list(tasks)
-        listening = [s for s in (sock, uevents) if s is not None]
-        paths = [s.getsockname() for s in listening]
-        if uevents is not None:
-            tasks.append(functools.partial(Uevents(self.host).serve, uevents))
-        if sock is not None:
-            ctl = control.Control(self.host, self.tree, self.topology, self.faults,
-                                  after=self.save if self.state is not None else None,
-                                  refusals=self.refusals)
-            tasks.append(functools.partial(ctl.serve, sock))
-        tasks.append(functools.partial(self._report_ready, reporter, stop_with_client,
-                                       os.fspath(mountpoint)))
-        logging.getLogger().addHandler(self.refusals)
-        try:
-            if self.state is not None:
-                self.state.flush()  # a version 1 file becomes a journal now, if it can
-            trio.run(functools.partial(serve, self.tree, os.fspath(mountpoint), allow_other,
-                                       hooks=self, tasks=tasks))
-        except RuntimeError as exc:
-            if self.ready:
-                raise
-            raise MountError(f"cannot mount {os.fspath(mountpoint)}: {exc}") from exc
-        finally:
-            logging.getLogger().removeHandler(self.refusals)
-            for listener, path in zip(listening, paths):
-                listener.close()  # trio may have closed it already
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            if self.state is not None:
-                self.state.close()
+        if trace:
+            from .trace import TracingOperations as Operations
+        else:
+            Operations = fuse.SysfsOperations
+        ops = Operations(self.tree, before=self.before, after_store=self.after_store)
+        with contextlib.ExitStack() as sockets:
+            tasks = []
+            if control_path is not None:
+                sock = sockets.enter_context(_listening(control_path, "control socket",
+                                                        "; give another with --control PATH"))
+                ctl = control.Control(self.host, self.tree, self.topology, self.faults,
+                                      after=self.save if self.state is not None else None,
+                                      refusals=self.refusals, settle=ops.invalidate_dropped)
+                tasks.append(functools.partial(ctl.serve, sock))
+            if uevents_path is not None:
+                sock = sockets.enter_context(_listening(uevents_path, "uevent socket"))
+                tasks.append(functools.partial(Uevents(self.host).serve, sock))
+            tasks.append(functools.partial(self._report_ready, reporter, stop_with_client,
+                                           os.fspath(mountpoint)))
+            logging.getLogger().addHandler(self.refusals)
+            try:
+                if self.state is not None:
+                    self.state.flush()  # a version 1 file becomes a journal now, if it can
+                trio.run(functools.partial(fuse.serve, ops, os.fspath(mountpoint), allow_other,
+                                           tasks=tasks))
+            except RuntimeError as exc:
+                if self.ready:
+                    raise
+                raise MountError(f"cannot mount {os.fspath(mountpoint)}: {exc}") from exc
+            finally:
+                logging.getLogger().removeHandler(self.refusals)
+                if self.state is not None:
+                    self.state.close()
 
     async def _report_ready(self, reporter: Reporter | None, stop_with_client: bool,
                             mountpoint: str) -> None:
@@ -264,3 +274,89 @@ class Daemon:
             pass
         log.warning("the process that started this daemon is gone; unmounting %s", mountpoint)
         os.kill(os.getpid(), signal.SIGTERM)  # the very path of a SIGTERM: a clean unmount
+
+
+@contextlib.contextmanager
+def _listening(path: str | os.PathLike[str], what: str, hint: str = "") -> Iterator[socket.socket]:
+    """A listening socket bound at ``path`` (:func:`mdevfs.control.bind`), closed and its
+    file removed at the end; UsageError naming ``what`` when it cannot be bound."""
+    try:
+        sock = control.bind(path)
+    except OSError as exc:
+        raise UsageError(f"{what} {os.fspath(path)}: {exc.strerror}{hint}") from None
+    try:
+        yield sock
+    finally:
+        sock.close()  # trio may have closed it already
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def run(directory: str | os.PathLike[str], *, config: str | None = None,
+        state: str | None = None, control_path: str | os.PathLike[str] | None = None,
+        uevents_path: str | os.PathLike[str] | None = None, allow_other: bool = False,
+        ready_fd: int | None = None, stop_with_client: bool = False,
+        trace: bool = False) -> None:
+    """Prepare and serve the topology ``config`` (default: the embedded one) on
+    ``directory``: everything that can fail on bad input fails before the mount. A failure
+    is reported on ``ready_fd`` (:mod:`mdevfs.readiness`) as well as raised."""
+    reporter = Reporter(ready_fd) if ready_fd is not None else None
+    try:
+        topology = Topology.from_toml(config) if config else Topology.default()
+        daemon = Daemon.prepare(topology, state)
+        check_mountpoint(Path(directory))
+        log.info("mounting %s (%s parents, %d devices restored) at %s; control socket %s",
+                 topology.source, len(daemon.host.parents), len(daemon.host.devices),
+                 os.fspath(directory), control_path)
+        daemon.serve(directory, allow_other, control_path=control_path,
+                     uevents_path=uevents_path, reporter=reporter,
+                     stop_with_client=stop_with_client, trace=trace)
+    except MdevfsError as exc:
+        if reporter is not None:
+            reporter.failed(exc)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A daemon process: ``python -P -m mdevfs.daemon [--debug] --control PATH [--ready-fd
+    FD] [--config FILE] [--state FILE] [--uevents SOCKET] [--allow-other]
+    [--stop-with-client] DIR``, the command line :func:`mdevfs.process.daemon_argv` builds.
+    Returns the exit status of :mod:`mdevfs.errors`, having printed the error."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mdevfs.daemon",
+                                     description="One mdevfs daemon (started by mdevfs mount).")
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--config")
+    parser.add_argument("--state")
+    parser.add_argument("--uevents")
+    parser.add_argument("--allow-other", action="store_true")
+    parser.add_argument("--stop-with-client", action="store_true")
+    parser.add_argument("dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        run(os.path.abspath(args.dir), config=args.config, state=args.state,
+            control_path=args.control, uevents_path=args.uevents,
+            allow_other=args.allow_other, ready_fd=args.ready_fd,
+            stop_with_client=args.stop_with_client, trace=args.debug)
+    except MdevfsError as exc:
+        print(f"{exc.prefix}: {exc}", file=sys.stderr)
+        return exc.exit_status
+    return 0
+
+
+if __name__ == "__main__":  # python -P -m mdevfs.daemon: the module, once, under its name
+    from mdevfs.daemon import main as _main
+
+    status = _main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    if threading.active_count() > 1:
+        sys.exit(status)
+    os._exit(status)  # nothing left to close: skip the interpreter's teardown

@@ -20,7 +20,8 @@ from pathlib import Path
 from attrs import frozen
 
 from .config import Topology
-from .sysfs import Dir, File, Link, Tree
+from .nodes import Dir, File, Link
+from .tree import Tree
 
 
 @frozen

@@ -13,9 +13,10 @@ import errno
 import trio
 from attrs import Factory, define
 
+from .attributes import DEVICE_REMOVE
 from .errors import fail
 from .model import MdevDevice, kstrtoul
-from .sysfs import DEVICE_REMOVE, File
+from .nodes import File
 
 READ, WRITE = "read", "write"
 

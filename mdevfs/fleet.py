@@ -25,7 +25,7 @@ into its directory, with driver files and catalogs made absolute.
 Every host is one daemon (pyfuse3 serves one mount per process), started by
 :func:`mdevfs.process.start`, detached, in ``DIR/<host>/``: ``sys`` (its sysfs root),
 ``mdevfs.log``, ``uevents.sock`` and the written topology; its control socket is the
-default for its root (:func:`mdevfs.process.default_control`), so ``mdevfs ctl
+default for its root (:func:`mdevfs.runtime.default_control`), so ``mdevfs ctl
 DIR/<host>/sys …`` finds it. ``DIR/fleet.json`` records the hosts for ``status``,
 ``run`` and ``down``.
 """
@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import tomllib
@@ -47,10 +46,11 @@ from typing import Any
 
 from attrs import frozen
 
-from . import namespace, process
+from . import namespace, process, runtime
 from .config import Topology
 from .control import Client
 from .errors import MountError, UsageError
+from .mounts import mountpoints
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _HOST_KEYS = {"name", "count", "topology", "gpus", "options", "state"}
@@ -265,19 +265,7 @@ class HostMount:
     def alive(self) -> bool:
         """Whether the recorded daemon runs: same pid and start time, and not a zombie
         (one this process started is reaped here)."""
-        if self.pid <= 0 or self.start is None:
-            return False  # recorded before its daemon started
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return False
-        if fields[19] != self.start:
-            return False
-        if fields[0] == "Z":
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, os.WNOHANG)
-            return False
-        return True
+        return process.Recorded(self.pid, self.start).poll() is None
 
 
 def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
@@ -310,7 +298,7 @@ def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
         (top / RECORD).unlink(missing_ok=True)
         raise
     started = [HostMount(h.name, Path(s["root"]), Path(s["control"]), Path(s["log_file"]),
-                         Path(s["uevents"]), pid, process._start_time(pid))
+                         Path(s["uevents"]), pid, process.start_time(pid))
                for h, s, pid in zip(hosts, specs, results) if isinstance(pid, int)]
     failed = [(h, r) for h, r in zip(hosts, results) if not isinstance(r, int)]
     if failed:
@@ -335,7 +323,7 @@ def _prepare(top: Path, host: HostSpec) -> dict[str, Any]:
         config.write_text(host.text)
     if host.state is not None:
         host.state.parent.mkdir(parents=True, exist_ok=True)
-    return {"root": str(root), "control": str(process.default_control(root)),
+    return {"root": str(root), "control": str(runtime.default_control(root)),
             "log_file": str(hdir / "mdevfs.log"),
             "config": None if config is None else str(config),
             "state": None if host.state is None else str(host.state),
@@ -410,14 +398,14 @@ def render_status(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def down(directory: str | os.PathLike[str], workers: int = WORKERS) -> list[str]:
-    """Unmount every host, end its daemon (only the process recorded, by pid and start
-    time), remove the hosts' directories and the record. Returns a line per host that
-    needed more than an unmount."""
+def down(directory: str | os.PathLike[str], workers: int = WORKERS) -> None:
+    """Unmount every host and return once its daemon has exited (a daemon that lingers is
+    ended: only the process recorded, by pid and start time), then remove the hosts'
+    directories and the record."""
     top = Path(os.path.abspath(directory))
     mounts = hosts(top)
-    notes = _down_all(mounts, workers)
-    still = [m for m in mounts if str(m.root) in process.mountpoints()]
+    _down_all(mounts, workers)
+    still = [m for m in mounts if str(m.root) in mountpoints()]
     if still:  # never remove a directory holding a mount
         raise MountError(f"still mounted: {', '.join(str(m.root) for m in still)}")
     for m in mounts:
@@ -426,36 +414,17 @@ def down(directory: str | os.PathLike[str], workers: int = WORKERS) -> list[str]
     (top / RECORD).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         top.rmdir()  # only if nothing else is in it
-    return notes
 
 
-def _down_all(mounts: Sequence[HostMount], workers: int = WORKERS) -> list[str]:
-    if not mounts:
-        return []
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return [n for n in pool.map(_stop, mounts) if n]
+def _down_all(mounts: Sequence[HostMount], workers: int = WORKERS) -> None:
+    if mounts:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(_stop, mounts))
 
 
-def _stop(mount: HostMount) -> str | None:
-    """Unmount; the daemon then exits by itself. One that lingers gets SIGTERM, then
-    SIGKILL, and a mount left behind a lazy unmount."""
-    subprocess.run(["fusermount3", "-u", str(mount.root)], capture_output=True, timeout=30)
-    note = None
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None and mount.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(mount.pid, signal.SIGCONT)
-                os.kill(mount.pid, sig)
-            note = f"{mount.name}: its daemon (pid {mount.pid}) needed {signal.Signals(sig).name}"
-        deadline = time.monotonic() + 5
-        while mount.alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not mount.alive():
-            break
-    if str(mount.root) in process.mountpoints():
-        subprocess.run(["fusermount3", "-u", "-z", str(mount.root)], capture_output=True,
-                       timeout=30)
-    return note
+def _stop(mount: HostMount) -> None:
+    """Unmount; the daemon then exits by itself (:func:`mdevfs.process.stop`)."""
+    process.stop(mount.root, process.Recorded(mount.pid, mount.start))
 
 
 def run(directory: str | os.PathLike[str], name: str, command: Sequence[str],

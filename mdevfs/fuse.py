@@ -20,12 +20,13 @@ import stat
 import time
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
-from .sysfs import PAGE_SIZE, Dir, File, IAttr, Link, Node, Tree
+from .nodes import PAGE_SIZE, Dir, File, IAttr, Link, Node
+from .tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,11 @@ def handler(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class Hooks(Protocol):
-    """Called around every attribute show and store (fault injection, the state file)."""
-
-    async def before(self, node: File, buf: bytes | None) -> None:
-        """Before show (``buf`` None) or store; may sleep first, or raise OSError instead."""
-
-    def after_store(self, node: File) -> None:
-        """After a store succeeded."""
+#: called before every attribute show (``buf`` None) or store: may sleep, or raise OSError
+#: instead (injected faults)
+Before = Callable[[File, "bytes | None"], Awaitable[None]]
+#: called after every store that succeeded (the state file records what it changed)
+AfterStore = Callable[[File], None]
 
 
 class _Handle:
@@ -117,13 +115,14 @@ class SysfsOperations(pyfuse3.Operations):
     #: ignores the attribute
     enable_symlink_cache = True
 
-    def __init__(self, tree: Tree, hooks: Hooks | None = None) -> None:
+    def __init__(self, tree: Tree, *, before: Before | None = None,
+                 after_store: AfterStore | None = None) -> None:
         super().__init__()
         self.tree = tree
-        self.hooks = hooks
+        self.before = before
+        self.after_store = after_store
         tree.dropped = []
         tree.recounted = set()
-        tree.settle = self.invalidate_dropped
         self._handles: dict[int, Any] = {}
         self._next_fh = 1
         self._time_ns = time.time_ns()
@@ -290,8 +289,8 @@ class SysfsOperations(pyfuse3.Operations):
         handle: _Handle = self._handles[fh]
         if off == 0 or handle.data is None:
             # seq_file: a read from the start calls show() again (poll-and-reread works)
-            if self.hooks is not None:
-                await self.hooks.before(handle.node, None)
+            if self.before is not None:
+                await self.before(handle.node, None)
             handle.data = None
         if handle.node.parent is None:
             raise pyfuse3.FUSEError(errno.ENODEV)  # kernfs_seq_start: node removed
@@ -303,15 +302,15 @@ class SysfsOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle: _Handle = self._handles[fh]
         data = bytes(buf)
-        if self.hooks is not None:
-            await self.hooks.before(handle.node, data)
+        if self.before is not None:
+            await self.before(handle.node, data)
         count = handle.node.write(data)
         # What a store builds lives until a remove takes it apart, which leaves no
         # cycles: keep the collector from rescanning it (at 100k devices a full
         # collection took 0.55 s).
         gc.freeze()
-        if self.hooks is not None:
-            self.hooks.after_store(handle.node)
+        if self.after_store is not None:
+            self.after_store(handle.node)
         await self.invalidate_dropped()
         return count
 
@@ -386,14 +385,13 @@ def mount_options(allow_other: bool = False) -> set[str]:
     return options
 
 
-async def serve(tree: Tree, mountpoint: str, allow_other: bool = False,
-                ready: Callable[[], None] | None = None, *, hooks: Hooks | None = None,
+async def serve(ops: SysfsOperations, mountpoint: str, allow_other: bool = False, *,
                 tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
-    """Mount ``tree`` at ``mountpoint`` and serve until unmounted or terminated;
-    ``tasks`` (e.g. the control socket) run alongside and are cancelled at the end."""
+    """Mount the tree ``ops`` serves at ``mountpoint`` and serve until unmounted or
+    terminated; ``tasks`` (e.g. the control socket) run alongside and are cancelled at the
+    end."""
     import signal
 
-    ops = SysfsOperations(tree, hooks)
     log.info("pyfuse3 %s, request loop: %s", getattr(pyfuse3, "__version__", "?"),
              getattr(pyfuse3, "SESSION_LOOP", "stock (a reader pool under a lock)"))
     pyfuse3.init(ops, mountpoint, mount_options(allow_other))
@@ -409,8 +407,6 @@ async def serve(tree: Tree, mountpoint: str, allow_other: bool = False,
             nursery.start_soon(on_signals)
             for task in tasks:
                 nursery.start_soon(task)
-            if ready is not None:
-                ready()
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:

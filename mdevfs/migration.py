@@ -36,7 +36,7 @@ from xml.sax.saxutils import escape
 
 from attrs import frozen
 
-from . import process
+from . import mounts, process, runtime
 from .config import Topology
 from .control import Client
 from .errors import MdevfsError, MountError
@@ -143,7 +143,7 @@ class Reasons:
     def _daemon(self, root: str) -> list[Any]:
         if root not in self._daemons:
             client = None
-            for sock in (Path(root).parent / "control.sock", process.default_control(root)):
+            for sock in (Path(root).parent / "control.sock", runtime.default_control(root)):
                 if sock.is_socket():
                     client = Client(sock, timeout=5.0)
                     break
@@ -155,7 +155,7 @@ class Reasons:
         its root (links resolved), or None where no mdevfs daemon answers."""
         real = os.path.realpath(path)
         if self._mounts is None:
-            self._mounts = sorted(process.mountpoints(), key=len, reverse=True)
+            self._mounts = sorted(mounts.mountpoints(), key=len, reverse=True)
         root = next((m for m in self._mounts if real.startswith(m.rstrip("/") + "/")), None)
         entry = None if root is None else self._daemon(root)
         if entry is None or entry[0] is None:

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import threading
 import uuid as uuidlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,23 +127,23 @@ def mounted(config: str | os.PathLike[str] | None = None, *, args: tuple[str, ..
     :class:`~mdevfs.errors.MountNotPermitted` where mounting FUSE is not permitted.
     """
     with process.temporary_mount(config, args=args, state=state, timeout=timeout,
-                                 verbose=verbose, entry=_daemon_entry()) as daemon:
-        mount = handle(daemon.root, daemon.proc, daemon.log_file)
-        mount.control = Client(daemon.control)
-        mount.uevents = daemon.root.parent / "uevents.sock"
+                                 verbose=verbose, entry=_daemon_entry()) as launched:
+        mount = handle(launched.root, launched.proc, launched.log_file)
+        mount.control = Client(launched.control)
+        mount.uevents = launched.root.parent / "uevents.sock"
         yield mount
 
 
-def _daemon_entry() -> Callable[[list[str]], int] | None:
+def _daemon_entry() -> process.Entry | None:
     """What :func:`mounted` forks the daemon into (:func:`mdevfs.process.start`): the first
     mount imports the daemon's modules into this process, every later one starts in a
     tenth of the time. None, for a new Python each time, while this process runs
     threads, which a fork would copy in the middle of whatever they hold."""
     if threading.active_count() > 1:
         return None
-    from . import cli
+    from . import daemon, fuse, uevent  # noqa: F401 - what every daemon imports
 
-    return cli.daemon_entry()
+    return daemon.main
 
 
 def unavailable() -> str | None:

@@ -19,7 +19,6 @@ from typing import Any
 
 import pyfuse3
 
-from . import fuse
 from .fuse import SysfsOperations, handler
 
 log = logging.getLogger("mdevfs.trace")
@@ -88,10 +87,3 @@ class TracingOperations(SysfsOperations):
             return self._node(inode).path
         except Exception:  # a stale inode: say which
             return f"inode {inode}"
-
-
-def install() -> None:
-    """Make :func:`mdevfs.fuse.serve` build a :class:`TracingOperations`: for this process
-    only (a daemon serves one mount). The adapter takes no operations class as a parameter;
-    this one assignment stands in for one."""
-    fuse.SysfsOperations = TracingOperations  # type: ignore[misc]

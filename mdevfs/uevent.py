@@ -42,9 +42,10 @@ import struct
 import time
 from collections.abc import Mapping
 
+from .attributes import device_uevent, parent_uevent
 from .model import Binding, Host, HostObserver, MdevDevice, Parent
 from .pci import PciFunction
-from .sysfs import device_uevent, parent_uevent, pci_uevent
+from .pci_sysfs import pci_uevent
 
 log = logging.getLogger(__name__)
 

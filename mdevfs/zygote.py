@@ -2,7 +2,7 @@
 
 It reads the hosts (the keyword arguments of :func:`mdevfs.process.start`) as one JSON
 document on stdin, imports what every daemon imports, once, forks one daemon per host,
-each running exactly what ``mdevfs mount --foreground`` runs (:func:`mdevfs.cli.main`),
+each running exactly what ``mdevfs mount --foreground`` runs (:func:`mdevfs.daemon.main`),
 and prints one JSON line per host, in order: ``{"ready": true, "pid": N}`` or
 ``{"error": MESSAGE, "kind": CLASS}``. The daemons are detached (a session of their own)
 and outlive it.
@@ -12,16 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
-from . import cli
+from . import daemon, readiness
 from .errors import MdevfsError
-from .process import daemon_argv, fork_daemon, open_log
+from .process import daemon_argv, fork_daemon
+from .runtime import open_log
 
 
 def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
@@ -30,7 +29,7 @@ def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
     import gc
     import importlib.metadata
 
-    from . import daemon, fuse, uevent  # noqa: F401 - what every daemon imports
+    from . import fuse, uevent  # noqa: F401 - what every daemon imports
     from .driver import ENTRY_POINT_GROUP
 
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -58,7 +57,7 @@ def _fork_daemon(host: dict[str, object], held: list[socket.socket]
                        state=host.get("state"),
                        uevents=Path(host["uevents"]) if host.get("uevents") else None,
                        allow_other=bool(host.get("allow_other")), extra=host.get("extra", ()))
-    pid = fork_daemon(cli.main, argv, log_fd, theirs.fileno(), new_session=True)
+    pid = fork_daemon(daemon.main, argv, log_fd, theirs.fileno(), new_session=True)
     os.close(log_fd)
     theirs.close()
     held.append(mine)
@@ -69,25 +68,21 @@ def _readiness(pid: int, sock: socket.socket | None, log_file: Path,
                timeout: float) -> dict[str, object]:
     if sock is None:
         return {"error": f"log file {log_file}: cannot be opened", "kind": "UsageError"}
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return {"error": f"the mdevfs daemon did not mount within {timeout:.0f} s; its "
-                    f"log {log_file}", "kind": "MountError"}
-        data = sock.recv(65536)
-        if not data:
-            _, status = os.waitpid(pid, 0)
-            tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
-            return {"error": f"the mdevfs daemon exited with status "
-                    f"{os.waitstatus_to_exitcode(status)}; its log {log_file}:\n{tail}",
-                    "kind": "MountError"}
-        buf += data
-    sock.close()
-    report = json.loads(buf)
+    try:
+        report = readiness.receive(sock, timeout)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return {"error": f"the mdevfs daemon did not mount within {timeout:.0f} s; its "
+                f"log {log_file}", "kind": "MountError"}
+    finally:
+        sock.close()
+    if report is None:
+        _, status = os.waitpid(pid, 0)
+        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+        return {"error": f"the mdevfs daemon exited with status "
+                f"{os.waitstatus_to_exitcode(status)}; its log {log_file}:\n{tail}",
+                "kind": "MountError"}
     return {**report, "pid": pid} if report.get("ready") else report
 
 

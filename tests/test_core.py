@@ -9,7 +9,8 @@ from conftest import errno_of
 from mdevfs.config import Topology, TopologyError
 from mdevfs.driver import BaseDriver, MdevTypeSpec
 from mdevfs.model import Host, kstrtoul, parse_uuid
-from mdevfs.sysfs import File, Op, Tree
+from mdevfs.nodes import File, Op
+from mdevfs.tree import Tree
 
 U = "11111111-2222-3333-4444-555555555555"
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import as_nobody, errno_of, needs_fuse, needs_nobody, write_topology
 
 from mdevfs.control import ControlError
-from mdevfs.process import default_control, runtime_dir
+from mdevfs.runtime import default_control, runtime_dir
 from mdevfs.state import read_devices
 from mdevfs.testing import mounted
 
@@ -298,8 +298,9 @@ def test_reset_returns_to_the_topologys_initial_state(host):
     host.control.set_option("v0", "version", 7)
     host.control.unplug("v0")
     host.control.reset()
-    assert host.control.status() == {"parents": ["mtty", "v0"], "unplugged": [], "devices": [],
-                                     "errors": [], "latency": {}, "busy": []}
+    assert host.control.status() == {"pid": host.proc.pid, "parents": ["mtty", "v0"],
+                                     "unplugged": [], "devices": [], "errors": [],
+                                     "latency": {}, "busy": []}
     assert listing(host, "class/mdev_bus") == ["mtty", "v0"]
     assert listing(host, "bus/mdev/devices") == [] and recorded(host) == []
     assert host.read(f"{T1}/name") == "Single port serial\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_fuse
 
-from mdevfs import fleet, planner, process
+from mdevfs import fleet, mounts, planner
 from mdevfs.errors import UsageError
 
 pytestmark = needs_fuse
@@ -34,7 +34,7 @@ def shared(tmp_path: Path, hosts: str, fleet_keys: str = "") -> Path:
 
 
 def mounted_under(directory: Path) -> list[str]:
-    return sorted(m for m in process.mountpoints() if m.startswith(str(directory) + "/"))
+    return sorted(m for m in mounts.mountpoints() if m.startswith(str(directory) + "/"))
 
 
 # --- the fleet file -------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def test_a_host_that_fails_to_mount_unmounts_the_others(tmp_path):
         "class Driver(BaseDriver):\n"
         "    def __init__(self, options=None):\n"
         "        super().__init__(options)\n"
-        "        if '--foreground' in sys.argv:\n"
+        "        if '--ready-fd' in sys.argv:\n"
         "            raise RuntimeError('no serving today')\n")
     dies = write_topology(tmp_path, '[[parent]]\ndriver = "dies.py"\n', "dies.toml")
     out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(dies))

@@ -19,7 +19,8 @@ from conftest import errno_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdevfs.sysfs import PATH_MAX, Dir, File, migration_op
+from mdevfs.attributes import PATH_MAX, migration_op
+from mdevfs.nodes import Dir, File
 from mdevfs.testing import mounted
 
 PROBE = '''

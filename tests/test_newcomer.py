@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import MTTY_ONLY, needs_fuse, write_topology
 
-from mdevfs import process
+from mdevfs import mounts, process
 
 REPO = Path(__file__).resolve().parent.parent
 MTTY_TYPE = "class/mdev_bus/mtty/mdev_supported_types/mtty-1"
@@ -29,7 +29,7 @@ def mdevfs(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def unmount_if_mounted(directory: Path) -> None:
-    if str(directory) in process.mountpoints():
+    if str(directory) in mounts.mountpoints():
         subprocess.run(["fusermount3", "-u", "-z", str(directory)], capture_output=True)
 
 
@@ -337,7 +337,7 @@ def test_go_helper_mounts_for_go_test_and_unmounts_in_cleanup(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     passed = [line.split()[2] for line in out.stdout.splitlines() if line.startswith("--- PASS")]
     assert passed == ["TestCreateAndRemove", "TestOwnTopologyAndErrno"]
-    assert not [m for m in process.mountpoints() if m.startswith(str(tmp_path))]
+    assert not [m for m in mounts.mountpoints() if m.startswith(str(tmp_path))]
 
 
 def test_subcommand_help_has_examples():

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import keeper, needs_fuse, write_topology
 
-from mdevfs.process import default_control
+from mdevfs.runtime import default_control
 from mdevfs.state import read_devices
 from mdevfs.testing import mounted
 

@@ -12,8 +12,8 @@ from conftest import MTTY_ONLY, needs_fuse, write_topology
 
 from mdevfs import namespace
 from mdevfs.config import Topology
-from mdevfs.sysfs import Tree
 from mdevfs.testing import mounted
+from mdevfs.tree import Tree
 from mdevfs.uevent import (
     NETLINK_KOBJECT_UEVENT,
     UDEV_MONITOR_MAGIC,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from mdevfs_vendors.gvt import Gvt, mismatch_reason, scan
 
 from mdevfs.config import Topology, TopologyError
-from mdevfs.sysfs import Tree
+from mdevfs.tree import Tree
 
 # A: a Skylake host as in the default topology; B: a Broadwell with a 256 MB aperture;
 # C: a platform GVT cannot migrate (gen 11); D: the software version of v5 as posted

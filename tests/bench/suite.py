@@ -319,7 +319,7 @@ def count_nodes() -> tuple[int, int]:
     """(nodes per device, nodes with no device) of the bench topology's tree, counted in
     this process with the same Tree the daemon serves."""
     from mdevfs.config import Topology
-    from mdevfs.sysfs import Tree
+    from mdevfs.tree import Tree
 
     host = Topology.from_text(BENCH_TOPOLOGY, "<bench topology>").build()
     tree = Tree(host)

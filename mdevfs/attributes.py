@@ -1,0 +1,173 @@
+"""The attributes of the mdev core, the PM core and IOMMU groups: one shared :class:`Op` each.
+
+An :class:`~mdevfs.nodes.Op` says how one kind of file shows and stores, given the model
+object the file belongs to (a type, a device, a parent); the tree attaches it to a node.
+Formats and errnos follow the kernel: ``mdev_sysfs.c`` for types and devices,
+``kobject_synth_uevent`` for ``uevent`` writes, ``drivers/base/power/sysfs.c`` for ``power/``,
+``drivers/iommu/iommu.c`` for IOMMU groups, and the seed's ``migration_version``.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .driver import Attribute, Migration
+from .errors import fail
+from .model import MdevDevice, MdevType, Parent
+from .nodes import Op
+
+log = logging.getLogger("mdevfs.sysfs")
+
+#: the migration_version string limit of the seed: ASCII, at most PATH_MAX bytes
+PATH_MAX = 4096
+UEVENT_ACTIONS = frozenset(("add", "remove", "change", "move", "online", "offline", "bind", "unbind"))
+
+
+def text(value: object) -> bytes:
+    return f"{value}\n".encode()
+
+
+# --- the core's attributes (one shared Op each) ------------------------------------------
+
+TYPE_NAME = Op(show=lambda t: text(t.spec.pretty_name or t.spec.sysfs_name))
+TYPE_DEVICE_API = Op(show=lambda t: text(t.spec.device_api))
+TYPE_DESCRIPTION = Op(show=lambda t: text(t.spec.description))
+TYPE_AVAILABLE = Op(show=lambda t: text(t.available_instances))
+TYPE_CREATE = Op(store=lambda t, buf: t.parent.host.create(t, buf))
+DEVICE_REMOVE = Op(store=lambda d, buf: d.parent.host.remove(d, buf))
+
+
+def uevent_store(obj: Any, buf: bytes) -> int:
+    """``kobject_synth_uevent``: a known action word, else EINVAL."""
+    action = buf.split(b"\0", 1)[0].decode("latin-1").split(" ", 1)[0].rstrip("\n")
+    if action not in UEVENT_ACTIONS:
+        fail(errno.EINVAL)
+    return len(buf)
+
+
+def props_text(props: dict[str, str]) -> bytes:
+    return "".join(f"{k}={v}\n" for k, v in props.items()).encode()
+
+
+def device_uevent(mdev: MdevDevice) -> dict[str, str]:
+    """A device's ``uevent`` file, and the properties its events carry (mdevfs.uevent)."""
+    return {"DRIVER": mdev.parent.driver.mdev_driver} if mdev.binding is not None else {}
+
+
+def parent_uevent(parent: Parent) -> dict[str, str]:
+    return dict(parent.driver.parent_uevent())
+
+
+DEVICE_UEVENT = Op(show=lambda d: props_text(device_uevent(d)), store=uevent_store)
+PARENT_UEVENT = Op(show=lambda p: props_text(parent_uevent(p)), store=uevent_store)
+PARENT_DEV = Op(show=lambda p: text("{MAJOR}:{MINOR}".format_map(p.driver.parent_uevent())))
+BUS_UEVENT = Op(store=uevent_store)
+
+
+def set_autoprobe(state: list[int], buf: bytes) -> int:
+    state[0] = 0 if buf[:1] == b"0" else 1  # bus_autoprobe store: '0' off, else on
+    return len(buf)
+
+
+def _streq(buf: bytes, word: str) -> bool:
+    """``sysfs_streq``: equal but for one trailing newline on either side."""
+    text = buf.split(b"\0", 1)[0].decode("latin-1")
+    return text.removesuffix("\n") == word
+
+
+def _one_of(*words: str) -> Callable[[list[str], bytes], int]:
+    """A store that keeps one of ``words`` (compared as sysfs_streq does), else EINVAL."""
+
+    def store(state: list[str], buf: bytes) -> int:
+        for word in words:
+            if _streq(buf, word):
+                state[0] = word
+                return len(buf)
+        fail(errno.EINVAL)
+
+    return store
+
+
+def _no_autosuspend(obj: Any, buf: bytes = b"") -> Any:
+    fail(errno.EIO)  # power.use_autosuspend is off: both show and store say EIO
+
+
+POWER_CONTROL = Op(show=lambda s: text(s[0]), store=_one_of("auto", "on"))
+POWER_STATUS = Op(show=lambda s: b"unsupported\n")
+POWER_TIME = Op(show=lambda s: b"0\n")
+POWER_AUTOSUSPEND = Op(show=_no_autosuspend, store=_no_autosuspend)
+POWER_DISABLED = Op(show=lambda s: b"disabled\n")
+POWER_ASYNC = Op(show=lambda s: text(s[0]), store=_one_of("enabled", "disabled"))
+
+# --- IOMMU groups ---------------------------------------------------------------------------
+#: iommu_group_store_type: a group without a default domain is EINVAL, and so is, in mdevfs,
+#: any change of a hardware group's domain (not emulated)
+_GROUP_TYPE_STORE = lambda g, buf: fail(errno.EINVAL)  # noqa: E731
+#: one made by vfio_register_emulated_iommu_dev() (an mdev): named, no domain
+NOIOMMU_GROUP_FILES = {
+    "name": Op(show=lambda g: b"vfio-noiommu\n"),
+    "reserved_regions": Op(show=lambda g: b""),
+    "type": Op(show=lambda g: b"unknown\n", store=_GROUP_TYPE_STORE),
+}
+#: a PCI function's, behind an x86 IOMMU in its default lazy DMA domain [rec]
+PCI_GROUP_FILES = {
+    "reserved_regions": Op(show=lambda g: b"0x00000000fee00000 0x00000000feefffff msi\n"),
+    "type": Op(show=lambda g: b"DMA-FQ\n", store=_GROUP_TYPE_STORE),
+}
+EMPTY_UEVENT = Op(show=lambda o: b"", store=uevent_store)
+
+
+def vendor_op(attr: Attribute) -> Op:
+    show = store = None
+    if attr.show is not None:
+        show_fn = attr.show
+        show = lambda _obj: b"" if (shown := show_fn()) is None else text(shown)  # noqa: E731
+    if attr.store is not None:
+        store_fn = attr.store
+
+        def store(_obj: Any, buf: bytes) -> int:
+            store_fn(buf)
+            return len(buf)
+    return Op(show=show, store=store)
+
+
+def migration_op(migration: Migration, owner: str) -> Op:
+    """``migration_version`` (seed v5, spec §5.2), with the limits the framework enforces.
+
+    A driver whose string is not an ASCII ``str`` of at most PATH_MAX bytes has a
+    bug: the read fails with EIO and the log names the driver. A string of exactly
+    PATH_MAX bytes reads back whole with its newline (PATH_MAX + 1 bytes), which a
+    real sysfs page could not hold; the seed's limit wins over the page here, so
+    that every string the seed allows survives ``cat`` then ``echo``.
+    A write with any non-ASCII byte is EINVAL; the driver sees the text up to the
+    first NUL (as a C string) without one trailing newline (as sysfs_streq).
+    """
+
+    def show(obj: Any) -> bytes:
+        version = migration.version()
+        if not isinstance(version, str) or not version.isascii() or len(version) > PATH_MAX:
+            problem = (f"of type {type(version).__name__}, not str" if not isinstance(version, str)
+                       else "not ASCII" if not version.isascii() else f"{len(version)} bytes")
+            log.error("driver %s: migration_version of %s is %s; answering EIO",
+                      owner, _describe(obj), problem)
+            fail(errno.EIO)
+        return text(version)
+
+    def store(_obj: Any, buf: bytes) -> int:
+        if not buf.isascii():
+            fail(errno.EINVAL)
+        text = buf.split(b"\0", 1)[0].decode("ascii")
+        migration.check(text.removesuffix("\n"))
+        return len(buf)
+
+    return Op(show=show, store=store, limit=PATH_MAX + 1)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, MdevDevice):
+        return f"device {obj.uuid} ({obj.mdev_type.type_id})"
+    if isinstance(obj, MdevType):
+        return f"type {obj.type_id} of {obj.parent.name}"
+    return repr(obj)

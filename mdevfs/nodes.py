@@ -1,0 +1,214 @@
+"""The nodes of a sysfs tree: directories, attribute files and relative symlinks.
+
+Nodes are small ``__slots__`` objects; an attribute file holds a shared :class:`Op` (how to
+show and store) and the model object it shows, so a node costs a few dozen bytes beside
+what it points at. :class:`mdevfs.tree.Tree` makes them and keeps them in step with the
+model; the FUSE adapter serves them.
+
+Inodes are handed out by one counter and never reused; a removed node is
+dropped from the table and marked dead (no parent), so a write through a file handle that
+outlived it fails with ENODEV, as kernfs_get_active() makes it fail.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+from attrs import frozen
+
+from .errors import fail
+
+log = logging.getLogger("mdevfs.sysfs")
+
+PAGE_SIZE = 4096
+ROOT_INODE = 1
+
+@frozen
+class Op:
+    """How one kind of attribute shows and stores: ``show(obj) -> bytes``,
+    ``store(obj, buf) -> count``. A missing half makes the file one-way."""
+
+    show: Callable[[Any], bytes] | None = None
+    store: Callable[[Any, bytes], int] | None = None
+    #: the most show() may give before it is cut (sysfs: PAGE_SIZE - 1)
+    limit: int = PAGE_SIZE - 1
+
+    @property
+    def mode(self) -> int:
+        return (0o444 if self.show else 0) | (0o200 if self.store else 0)
+
+
+class Node:
+    __slots__ = ("inode", "name", "parent", "iattr")
+    #: a name that comes and goes on its own (a device, a link to it, its IOMMU group):
+    #: the FUSE adapter never lets the kernel cache it, so no reader sees it stale
+    volatile = False
+
+    def __init__(self, name: str) -> None:
+        self.inode = 0
+        self.name = name
+        self.parent: Dir | None = None
+        #: what root set with chmod, chown or utimes (kernfs_setattr keeps it), else None
+        self.iattr: IAttr | None = None
+
+    @property
+    def path(self) -> str:
+        parts = []
+        node: Node | None = self
+        while node is not None and node.inode != ROOT_INODE:
+            parts.append(node.name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+
+class IAttr:
+    """A node's attributes once changed by root: mode bits, owner and times (ns)."""
+
+    __slots__ = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns")
+
+    def __init__(self, mode: int, uid: int, gid: int, time_ns: int) -> None:
+        self.mode, self.uid, self.gid = mode, uid, gid
+        self.atime_ns = self.mtime_ns = self.ctime_ns = time_ns
+
+
+class Dir(Node):
+    __slots__ = ("children", "subdirs")
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.children: dict[str, Node] = {}
+        #: kernfs counts a directory's subdirectories: its link count is 2 + subdirs
+        self.subdirs = 0
+
+    @property
+    def mode(self) -> int:
+        return 0o755
+
+
+class LazyDir(Dir):
+    """A directory whose entries are made when first looked at (a ``power/``, an IOMMU
+    group's files, ``vfio-dev/vfioN``: most of a device, which clients rarely read); until
+    then it costs one node. ``subdirs`` is what it will hold, so that its link count is
+    right before it is built."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, name: str, build: Callable[[Dir], None], subdirs: int = 0) -> None:
+        super().__init__(name)
+        self.build: Callable[[Dir], None] | None = build
+        self.subdirs = subdirs
+
+    @property  # type: ignore[override]
+    def children(self) -> dict[str, Node]:
+        if self.build is not None:
+            build, self.build = self.build, None
+            subdirs = self.subdirs
+            build(self)
+            self.subdirs = subdirs  # building counted them again
+        return _DIR_CHILDREN.__get__(self)
+
+    @children.setter
+    def children(self, value: dict[str, Node]) -> None:
+        _DIR_CHILDREN.__set__(self, value)
+
+
+class VolatileLazyDir(LazyDir):
+    __slots__ = ()
+    volatile = True
+
+
+_DIR_CHILDREN = Dir.__dict__["children"]  # the slot LazyDir's property stands in front of
+
+
+class VolatileDir(Dir):
+    __slots__ = ()
+    volatile = True
+
+
+class File(Node):
+    __slots__ = ("op", "obj")
+
+    def __init__(self, name: str, op: Op, obj: Any = None) -> None:
+        super().__init__(name)
+        self.op = op
+        self.obj = obj
+
+    @property
+    def mode(self) -> int:
+        return self.op.mode
+
+    def read(self) -> bytes:
+        """``show()`` as sysfs_kf_seq_show gives it: at most PAGE_SIZE - 1 bytes."""
+        assert self.op.show is not None
+        data = self.op.show(self.obj)
+        if len(data) > self.op.limit:
+            log.warning("fill_read_buffer: %s returned bad count %d", self.path, len(data))
+            data = data[:self.op.limit]
+        return data
+
+    def write(self, buf: bytes) -> int:
+        """``sysfs_kf_write``: one store() per write(2), cut at PAGE_SIZE; 0 bytes is a no-op."""
+        assert self.op.store is not None
+        if self.parent is None:
+            fail(errno.ENODEV)  # the node is being (or was) removed
+        buf = buf[:PAGE_SIZE]
+        if not buf:
+            return 0
+        return self.op.store(self.obj, buf)
+
+
+class Link(Node):
+    """A symlink to another node; its relative target is worked out when read, so a
+    link costs a pointer rather than a path string."""
+
+    __slots__ = ("to",)
+
+    def __init__(self, name: str, to: Node) -> None:
+        super().__init__(name)
+        self.to = to
+
+    @property
+    def mode(self) -> int:
+        return 0o777
+
+    @property
+    def target(self) -> str:
+        """As kernfs_get_target_path() writes it: up to the nearest *strict* ancestor of
+        the target, then down, so a link to an ancestor reads ``../../../<name>``."""
+        where = self.parent.path if self.parent is not None else ""
+        rel = posixpath.relpath(self.to.path or ".", where or ".")
+        if self.to.parent is not None and set(rel.split("/")) <= {"..", "."}:
+            rel = posixpath.normpath(posixpath.join(rel, "..")) + "/" + self.to.name
+        return rel
+
+
+class VolatileLink(Link):
+    __slots__ = ()
+    volatile = True
+
+
+class InnerLink(VolatileLink):
+    """A link to a node inside a lazy directory (``class/vfio-dev/vfioN`` to a device's
+    ``vfio-dev/vfioN``): the node, and the directory around it, are made when the link
+    is first read, not when the link is."""
+
+    __slots__ = ("base", "inner")
+
+    def __init__(self, name: str, base: Dir, inner: tuple[str, ...]) -> None:
+        Node.__init__(self, name)
+        self.base: Dir | None = base
+        self.inner = inner
+
+    @property  # type: ignore[override]
+    def to(self) -> Node:
+        node: Node = self.base  # type: ignore[assignment]
+        for name in self.inner:
+            node = node.children[name]  # type: ignore[attr-defined]
+        return node
+
+    @to.setter
+    def to(self, value: Node | None) -> None:  # Tree._drop: the link is gone
+        self.base = None

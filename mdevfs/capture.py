@@ -6,10 +6,12 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
+from .beneath import read_regular
 from .config import Topology
 from .errors import UsageError
 from .export import Entry, walk_mount, walk_topology, write_tree
@@ -34,15 +36,22 @@ def record(root: str | os.PathLike[str], anonymized: bool = False,
 
 def import_umockdev(path: str | os.PathLike[str], anonymized: bool = False) -> tuple[str, Recording]:
     """``mdevfs import``: a umockdev recording, laid out as a tree in a temporary directory
-    and recorded from there. Raises UsageError for a file that cannot be read or parsed."""
+    and recorded from there. Raises UsageError for a file that cannot be read or parsed, or
+    whose entries reach through a link of its own (an ``A:`` line below an ``L:`` line)."""
     try:
-        entries = read_umockdev(Path(path).read_text(errors="replace"), os.fspath(path))
+        text = read_regular(path).decode(errors="replace")
+        entries = read_umockdev(text, os.fspath(path))
     except OSError as exc:
         raise UsageError(f"import: {os.fspath(path)}: cannot read: {exc.strerror}") from None
     except UmockdevError as exc:
         raise UsageError(f"import: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="mdevfs-import-") as tmp:
-        write_tree(entries, Path(tmp) / "sys")
+        try:
+            write_tree(entries, Path(tmp) / "sys")
+        except OSError as exc:
+            why = ("passes through a link the recording itself makes" if exc.errno == errno.ELOOP
+                   else exc.strerror)
+            raise UsageError(f"import: {os.fspath(path)}: {exc.filename}: {why}") from None
         return record(Path(tmp) / "sys", anonymized, source=os.fspath(path))
 
 
@@ -50,17 +59,24 @@ def export(config: str | None, mount: Path | None, tree: Path | None,
            umockdev: Path | None) -> list[Entry]:
     """``mdevfs export``: the entries of a live mount (``mount``) or of a topology's initial
     state (``config``, None: the default), written as a plain tree and/or a .umockdev file.
-    A tree is written only into a missing or empty directory (UsageError otherwise)."""
-    if tree is not None and tree.exists() and (not tree.is_dir() or any(tree.iterdir())):
-        raise UsageError(f"export: {tree} exists and is not an empty directory")
+    A tree is written only where nothing is, or into an empty directory of this user's, and
+    files are written as new files (UsageError otherwise)."""
     if mount is not None:
         if not (mount / "class/mdev_bus").is_dir():
             raise UsageError(f"export: {mount} has no class/mdev_bus (not an mdevfs mount?)")
         entries = walk_mount(mount)
     else:
         entries = walk_topology(Topology.from_toml(config) if config else Topology.default())
-    if tree is not None:
-        write_tree(entries, tree)
-    if umockdev is not None:
-        write_umockdev(entries, umockdev)
+    try:
+        if tree is not None:
+            write_tree(entries, tree)
+        if umockdev is not None:
+            write_umockdev(entries, umockdev)
+    except FileExistsError:
+        raise UsageError(f"export: {tree} exists and is not an empty directory of yours") \
+            from None
+    except UmockdevError as exc:
+        raise UsageError(f"export: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"export: {exc.filename or tree or umockdev}: {exc.strerror}") from None
     return entries

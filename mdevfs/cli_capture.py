@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .beneath import write_new
 from .errors import UsageError
 
 
@@ -13,7 +14,10 @@ def _write_topology(text: str, rec: Any, output: str | None) -> int:
     if output is None:
         sys.stdout.write(text)
     else:
-        Path(output).write_text(text)
+        try:
+            write_new(output, text.encode())
+        except OSError as exc:
+            raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
     parents = ", ".join(p.name for p in rec.parents) or "none"
     print(f"mdevfs: recorded {len(rec.parents)} parent(s) ({parents}), "
           f"{sum(len(p.devices) for p in rec.parents)} device(s), {len(rec.gpus)} SR-IOV GPU(s)"

@@ -34,7 +34,7 @@ from typing import Any
 
 from attrs import frozen
 
-from .driver import DriverLoadError, load_factory
+from .driver import GPU, PARENT, DriverLoadError, kind_of, load_factory, shape_problem
 from .errors import UsageError
 from .model import Host
 
@@ -52,8 +52,8 @@ def name_problem(name: object) -> str | None:
     """Why ``name`` cannot be a parent's name (a /sys/class/mdev_bus entry), or None."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty string"
-    if name in (".", "..") or "/" in name or "\0" in name:
-        return "must be a file name: not '.' or '..', without '/' or NUL"
+    if name in (".", "..") or "/" in name or not name.isprintable():
+        return "must be a file name: not '.' or '..', without '/' or control characters"
     return None
 
 
@@ -64,8 +64,9 @@ def path_problem(path: object) -> str | None:
     if not isinstance(path, str):
         return "must be a string"
     parts = path.strip("/").split("/")
-    if "\0" in path or any(p in ("", ".", "..") for p in parts):
-        return "must be plain names between single slashes (no '', '.', '..' or NUL part)"
+    if not path.isprintable() or any(p in ("", ".", "..") for p in parts):
+        return ("must be plain names between single slashes (no '', '.' or '..' part, no "
+                "control characters)")
     if parts[0] != "devices" or len(parts) < 2:
         return "must lie under devices/"
     return None
@@ -203,13 +204,7 @@ class Topology:
             where = f"{self.source}: gpu #{i + 1} (driver {gpu.driver!r})"
             if gpu.address in host.pci:
                 raise TopologyError(f"{where}: address {gpu.address} is used twice")
-            try:
-                device = load_factory(gpu.driver, self.base_dir)(gpu.options, self.base_dir)
-            except DriverLoadError as exc:
-                raise TopologyError(f"{where}: {exc}") from exc
-            except Exception as exc:
-                raise TopologyError(f"{where}: the driver refused its options: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+            device = self._make(GPU, gpu.driver, where, gpu.options, self.base_dir)
             try:
                 device.plug(host, gpu.address, gpu.path)
             except Exception as exc:
@@ -217,13 +212,7 @@ class Topology:
             paths.add(gpu.path)
         for i, entry in enumerate(self.parents):
             where = f"{self.source}: parent #{i + 1} (driver {entry.driver!r})"
-            try:
-                driver = load_factory(entry.driver, self.base_dir)(entry.options)
-            except DriverLoadError as exc:
-                raise TopologyError(f"{where}: {exc}") from exc
-            except Exception as exc:
-                raise TopologyError(f"{where}: the driver refused its options: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+            driver = self._make(PARENT, entry.driver, where, entry.options)
             name = entry.name or driver.default_parent
             path = entry.path or driver.default_path
             problem = name_problem(name) or path_problem(path)
@@ -242,21 +231,46 @@ class Topology:
                 raise TopologyError(f"{where}: {type(exc).__name__}: {exc}") from exc
         return self.add_devices(host) if devices else host
 
+    def _make(self, kind: str, spec: str, where: str, *args: Any) -> Any:
+        """A fresh driver (``kind`` "parent") or device ("gpu") from the factory ``spec``,
+        checked to be what the entry needs; TopologyError naming ``where`` otherwise."""
+        try:
+            factory = load_factory(spec, self.base_dir)
+        except DriverLoadError as exc:
+            raise TopologyError(f"{where}: {exc}") from exc
+        if kind_of(factory) != kind:
+            made = "PCI devices ([[gpu]])" if kind_of(factory) == GPU else "mdev parents ([[parent]])"
+            raise TopologyError(f"{where}: driver {spec!r} makes {made}, not "
+                                f"{'[[gpu]]' if kind == GPU else '[[parent]]'} entries")
+        try:
+            made_obj = factory(*args)
+        except Exception as exc:
+            raise TopologyError(f"{where}: the driver refused its options: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        problem = shape_problem(made_obj, kind)
+        if problem:
+            raise TopologyError(f"{where}: {problem}")
+        return made_obj
+
     def add_devices(self, host: Host) -> Host:
         """Create the topology's ``[[device]]`` entries in ``host``; raises TopologyError."""
         for i, dev in enumerate(self.devices):  # in file order: vfio numbers follow it
-            where = f"{self.source}: device #{i + 1} ({dev.uuid})"
-            parent = host.parents.get(dev.parent)
-            mtype = parent.types.get(dev.type) if parent is not None else None
-            if mtype is None:
-                raise TopologyError(f"{where}: no parent {dev.parent!r} with type {dev.type!r}")
-            if dev.uuid in host.devices:
-                raise TopologyError(f"{where}: the UUID is used twice")
-            try:
-                host.restore(mtype, dev.uuid, dev.iommu_group, dev.vendor, dev.bound)
-            except (OSError, ValueError) as exc:
-                raise TopologyError(f"{where}: cannot be created: {exc}") from exc
+            self.add_device(host, dev, f"device #{i + 1}")
         return host
+
+    def add_device(self, host: Host, dev: DeviceEntry, where: str = "device") -> None:
+        """Create one ``[[device]]`` entry in ``host``; raises TopologyError."""
+        where = f"{self.source}: {where} ({dev.uuid})"
+        parent = host.parents.get(dev.parent)
+        mtype = parent.types.get(dev.type) if parent is not None else None
+        if mtype is None:
+            raise TopologyError(f"{where}: no parent {dev.parent!r} with type {dev.type!r}")
+        if dev.uuid in host.devices:
+            raise TopologyError(f"{where}: the UUID is used twice")
+        try:
+            host.restore(mtype, dev.uuid, dev.iommu_group, dev.vendor, dev.bound)
+        except (OSError, ValueError) as exc:
+            raise TopologyError(f"{where}: cannot be created: {exc}") from exc
 
 
 def _gpus(raw: Any, bad: Any) -> tuple[GpuEntry, ...]:
@@ -278,6 +292,14 @@ def _gpus(raw: Any, bad: Any) -> tuple[GpuEntry, ...]:
             raise bad(where, "'options' must be a table")
         gpus.append(GpuEntry(driver, address, path.strip("/"), options))
     return tuple(gpus)
+
+
+def device_entry(raw: Mapping[str, Any], source: str) -> DeviceEntry:
+    """One ``[[device]]`` table, checked for form as a topology file's are."""
+    def bad(where: str, problem: str) -> TopologyError:
+        return TopologyError(f"{source}: {where}: {problem}")
+
+    return _devices([dict(raw)], bad)[0]
 
 
 def _devices(raw: Any, bad: Any) -> tuple[DeviceEntry, ...]:

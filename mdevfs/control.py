@@ -44,6 +44,7 @@ from .errors import fail
 from .faults import READ, WRITE, Faults
 from .model import Host
 from .nodes import File, Link
+from .pci import PciFunction
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ class Control:
     tree: Tree
     topology: Topology
     faults: Faults
-    #: unplugged parents: name → (path, driver), for ``plug``
-    unplugged: dict[str, tuple[str, VendorDriver]] = Factory(dict)
+    #: unplugged parents: name → (path, driver, the PCI function it is, if one), for ``plug``
+    unplugged: dict[str, tuple[str, VendorDriver, PciFunction | None]] = Factory(dict)
     #: called after each command (the state file records what it changed); may raise OSError
     after: Callable[[], None] | None = None
     #: the daemon's recent refusal reasons (:class:`mdevfs.daemon.Refusals`), if kept
@@ -103,14 +104,18 @@ class Control:
         """Hot-unplug: the parent's devices are destroyed, then the parent goes."""
         found = self._parent(parent)
         self.host.remove_parent(parent)
-        self.unplugged[parent] = (found.path, found.driver)
+        self.unplugged[parent] = (found.path, found.driver, self.host.pci.get(parent))
 
     def cmd_plug(self, parent: str) -> None:
         """Plug an unplugged parent back: its types return, its devices do not."""
         if parent not in self.unplugged:
             fail(errno.ENOENT, f"parent {parent!r} is not unplugged "
                                f"(unplugged: {', '.join(self.unplugged) or 'none'})")
-        path, driver = self.unplugged.pop(parent)
+        path, driver, fn = self.unplugged[parent]
+        if fn is not None and self.host.pci.get(parent) is not fn:
+            fail(errno.ENODEV, f"parent {parent!r} was PCI function {parent}, which is gone "
+                               f"(its VFs were disabled?)")
+        del self.unplugged[parent]
         self.host.add_parent(parent, path, driver)
 
     def cmd_fail(self, path: str, op: str, error: int | str, once: bool = False) -> str:

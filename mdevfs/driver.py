@@ -161,6 +161,34 @@ class BaseDriver:
         fail(errno.EINVAL, f"driver {self.name} has no run-time option {key!r}")
 
 
+#: what a factory of the ``mdevfs.vendors`` group makes: an mdev parent's driver
+#: (:class:`VendorDriver`, a ``[[parent]]`` entry) or a PCI device given whole (a ``[[gpu]]``
+#: entry: ``factory(options, base_dir)`` with ``plug(host, address, path)``)
+PARENT, GPU = "parent", "gpu"
+_MEMBERS = {
+    PARENT: ("name", "mdev_driver", "subsystem", "default_parent", "default_path", "types",
+             "available_instances", "max_instances", "probe", "remove", "device_attributes",
+             "type_attributes", "parent_uevent", "migration"),
+    GPU: ("plug",),
+}
+
+
+def kind_of(factory: Callable[..., Any]) -> str:
+    """The kind of entry ``factory`` makes: its ``kind`` attribute, ``"parent"`` by default."""
+    kind = getattr(factory, "kind", PARENT)
+    return kind if kind in _MEMBERS else PARENT
+
+
+def shape_problem(made: object, kind: str) -> str | None:
+    """Why ``made`` (what a factory returned) cannot serve as a ``kind``, or None."""
+    missing = [m for m in _MEMBERS[kind] if not hasattr(made, m)]
+    if missing:
+        what = "an mdev parent's driver" if kind == PARENT else "a [[gpu]] device"
+        return (f"its factory returned {type(made).__name__!s}, which is not {what}: it has "
+                f"no {', '.join(missing)}")
+    return None
+
+
 class DriverLoadError(Exception):
     """A driver named in a topology could not be found or loaded."""
 

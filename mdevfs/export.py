@@ -19,6 +19,7 @@ from pathlib import Path
 
 from attrs import frozen
 
+from .beneath import NewTree
 from .config import Topology
 from .nodes import Dir, File, Link
 from .tree import Tree
@@ -49,6 +50,11 @@ def walk_topology(topology: Topology) -> list[Entry]:
     host = topology.empty_host()
     tree = Tree(host)
     topology.populate(host)
+    return walk_tree(tree)
+
+
+def walk_tree(tree: Tree) -> list[Entry]:
+    """What ``tree`` shows now, as entries."""
     entries = []
     for node in tree.walk():
         path = node.path
@@ -100,21 +106,15 @@ def _read_file(path: Path, rel: str, mode: int) -> Entry:
 
 
 def write_tree(entries: Iterable[Entry], dest: Path) -> None:
-    """The entries as plain files, directories and links under ``dest`` (created; must be
-    empty). Modes are set last, so that read-only directories can be filled first."""
-    dest.mkdir(parents=True, exist_ok=True)
-    modes = []
-    for e in entries:
-        path = dest / e.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if e.kind == "dir":
-            path.mkdir(exist_ok=True)
-        elif e.kind == "link":
-            os.symlink(e.target or "", path)
-            continue
-        else:
-            path.write_bytes(e.content or b"")
-        modes.append((path, e.mode))
-    for path, mode in reversed(modes):
-        os.chmod(path, mode)
-
+    """The entries as plain files, directories and links at ``dest``, which must not exist
+    or be an empty directory of this user's. Written into a private directory beside it and
+    renamed into place (:class:`mdevfs.beneath.NewTree`): no path is ever walked through a
+    link, so entries that pass through a link of the tree are refused (OSError ELOOP)."""
+    new = NewTree(dest)
+    try:
+        for e in entries:
+            new.add(e.path, e.kind, e.mode, e.content or b"", e.target or "")
+        new.commit()
+    except BaseException:
+        new.discard()
+        raise

@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 import tomllib
@@ -44,9 +45,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from attrs import frozen
 
 from . import namespace, process, runtime
+from .beneath import read_regular, write_new
 from .config import Topology
 from .control import Client
 from .errors import MountError, UsageError
@@ -103,7 +106,8 @@ def _hosts(entry: Any, where: str, base: Path, shared: Path | None,
     if not isinstance(entry, dict) or set(entry) - _HOST_KEYS:
         raise UsageError(f"{where}: keys are {', '.join(sorted(_HOST_KEYS))}")
     count = entry.get("count")
-    if count is not None and (not isinstance(count, int) or not 1 <= count <= 10000):
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool)
+                              or not 1 <= count <= 10000):
         raise UsageError(f"{where}: 'count' must be a whole number from 1 to 10000")
     pattern = entry.get("name")
     if not isinstance(pattern, str):
@@ -120,8 +124,12 @@ def _hosts(entry: Any, where: str, base: Path, shared: Path | None,
     text = rewrite(topology, overrides, where) if overrides else None
     hosts = []
     for name in names:
-        if not _NAME.fullmatch(name) or name in (".", ".."):
-            raise UsageError(f"{where}: host name {name!r} must be letters, digits, '_.-'")
+        if not _NAME.fullmatch(name) or name.startswith("."):
+            raise UsageError(f"{where}: host name {name!r} must be letters, digits, '_.-', "
+                             f"not starting with '.'")
+        if name == RECORD:
+            raise UsageError(f"{where}: host name {name!r} is the name of the fleet's own "
+                             f"record")
         state = (base / entry["state"] if "state" in entry and not count
                  else state_dir / f"{name}.json" if state_dir else None)
         hosts.append(HostSpec(name, topology, text, state))
@@ -155,7 +163,7 @@ def rewrite(topology: Path | None, overrides: Mapping[str, Any], where: str) -> 
         if not isinstance(gpus, int) or isinstance(gpus, bool) or not 0 <= gpus <= 64:
             raise UsageError(f"{where}: 'gpus' must be a whole number from 0 to 64")
         _set_gpus(doc, gpus, where)
-    text = to_toml(doc)
+    text = tomli_w.dumps({k: v for k, v in doc.items() if v != []})
     Topology.from_text(text, where, base)  # refused here, named, before any mount
     return text
 
@@ -221,35 +229,12 @@ def _moved(kind: str, entry: dict[str, Any], bus: int) -> dict[str, Any]:
     return copy
 
 
-def to_toml(doc: Mapping[str, Any]) -> str:
-    """A topology document as TOML: ``[host]``, then each ``[[table]]`` with inline values."""
-    lines = []
-    for name, value in doc.items():
-        tables = [value] if isinstance(value, dict) else value
-        for table in tables:
-            lines.append(f"[{name}]" if isinstance(value, dict) else f"[[{name}]]")
-            lines += [f"{_key(k)} = {_value(v)}" for k, v in table.items()]
-            lines.append("")
-    return "\n".join(lines)
-
-
-def _key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    return json.dumps(value)  # strings, numbers and booleans are written alike
-
-
 # --- up, status, down, run ----------------------------------------------------------------
 
 @frozen
 class HostMount:
-    """A running host of a fleet, as ``fleet.json`` records it."""
+    """A running host of a fleet. Its paths follow from the fleet's directory and its name
+    (``DIR/HOST/sys`` …); ``fleet.json`` adds only its daemon's pid and start time."""
 
     name: str
     root: Path
@@ -259,33 +244,48 @@ class HostMount:
     pid: int
     start: str | None
 
+    @classmethod
+    def of(cls, top: Path, name: str, pid: int = 0, start: str | None = None) -> HostMount:
+        root = top / name / "sys"
+        return cls(name, root, runtime.default_control(root), top / name / "mdevfs.log",
+                   top / name / "uevents.sock", pid, start)
+
     def client(self) -> Client:
         return Client(self.control, timeout=10.0)
 
+    def daemon(self) -> process.Recorded:
+        return process.Recorded(self.pid, self.start)
+
     def alive(self) -> bool:
-        """Whether the recorded daemon runs: same pid and start time, and not a zombie
-        (one this process started is reaped here)."""
-        return process.Recorded(self.pid, self.start).poll() is None
+        """Whether the recorded daemon runs: this user's mdevfs daemon with that pid and
+        start time (a zombie that this process started is reaped here)."""
+        return self.daemon().poll() is None
 
 
 def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
        launcher: str = "zygote") -> list[HostMount]:
-    """Mount every host of the fleet under ``directory`` (created if missing) and return
+    """Mount every host of the fleet under ``directory``, which ``up`` makes (mode 0700: a
+    directory that exists is refused, since another user may have made it), and return
     once all answer. If one fails, the others are taken down again and its error is
-    raised, naming the host. ``launcher``: "zygote" forks every daemon from one process
-    that imported mdevfs once (:func:`mdevfs.process.start_many`); "exec" starts each as
-    ``mdevfs mount`` does (:func:`mdevfs.process.start`), several at once."""
+    raised, naming the host. Memory is checked before anything starts (:func:`admit`).
+    ``launcher``: "zygote" forks every daemon from one process that imported mdevfs once
+    (:func:`mdevfs.process.start_many`); "exec" starts each as ``mdevfs mount`` does
+    (:func:`mdevfs.process.start`), several at once."""
     hosts = load(fleet_file)
     top = Path(os.path.abspath(directory))
-    if (top / RECORD).exists():
-        raise UsageError(f"{top}: a fleet is up there (see {top / RECORD}); "
-                         f"`mdevfs fleet down {top}` first")
-    top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    admit(len(hosts))
+    try:
+        os.mkdir(top, 0o700)
+    except FileExistsError:
+        hint = (f"a fleet is up there; `mdevfs fleet down {top}` first"
+                if (top / RECORD).exists() else "fleet up makes its directory itself")
+        raise UsageError(f"{top}: exists ({hint})") from None
+    except OSError as exc:
+        raise UsageError(f"{top}: cannot make it: {exc.strerror}") from None
     specs = [_prepare(top, host) for host in hosts]
     # recorded before any daemon starts: after a kill -9 of `up`, `down` still unmounts
     # every root, and each daemon exits with its mount
-    planned = [HostMount(h.name, Path(s["root"]), Path(s["control"]), Path(s["log_file"]),
-                         Path(s["uevents"]), 0, None) for h, s in zip(hosts, specs)]
+    planned = [HostMount.of(top, h.name) for h in hosts]
     _save(top, planned)
     try:
         if launcher == "zygote":
@@ -297,12 +297,11 @@ def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
         _down_all(planned)
         (top / RECORD).unlink(missing_ok=True)
         raise
-    started = [HostMount(h.name, Path(s["root"]), Path(s["control"]), Path(s["log_file"]),
-                         Path(s["uevents"]), pid, process.start_time(pid))
-               for h, s, pid in zip(hosts, specs, results) if isinstance(pid, int)]
+    started = [HostMount.of(top, h.name, pid, process.start_time(pid))
+               for h, pid in zip(hosts, results) if isinstance(pid, int)]
     failed = [(h, r) for h, r in zip(hosts, results) if not isinstance(r, int)]
     if failed:
-        _down_all(started + [m for m in planned if m.name in {h.name for h, _ in failed}])
+        _down_all(started)
         (top / RECORD).unlink(missing_ok=True)
         host, exc = failed[0]
         more = f" ({len(failed) - 1} more hosts failed too)" if len(failed) > 1 else ""
@@ -311,16 +310,48 @@ def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
     return started
 
 
+#: the memory a host's daemon takes, conservatively (measured: 8.4 MiB of PSS per host of
+#: four GPUs with the zygote's pages shared, 19.8 MiB as a separate Python)
+HOST_MIB = {"zygote": 16, "exec": 24}
+
+
+def admit(count: int, launcher: str = "zygote") -> None:
+    """Refuse (UsageError) a fleet whose daemons would not fit in the memory this process
+    may use: the system's MemAvailable, or what is left below its cgroup's memory.max."""
+    need = count * HOST_MIB[launcher] + 64
+    free = available_mib()
+    if free is not None and need > free:
+        raise UsageError(f"a fleet of {count} hosts needs about {need} MiB of memory; "
+                         f"{free} MiB is available here (MemAvailable, cgroup memory.max)")
+
+
+def available_mib() -> int | None:
+    """MiB this process may still use: MemAvailable, less if its cgroup (v2) has a limit."""
+    found = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) // 1024)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        group = Path("/proc/self/cgroup").read_text().splitlines()[0].split("::", 1)[1]
+        base = Path("/sys/fs/cgroup") / group.lstrip("/")
+        limit = (base / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((base / "memory.current").read_text())
+            found.append((int(limit) - used) // 2**20)
+    return min(found) if found else None
+
+
 def _prepare(top: Path, host: HostSpec) -> dict[str, Any]:
     """The host's directory and written topology; :func:`mdevfs.process.start`'s arguments."""
     hdir = top / host.name
-    hdir.mkdir(mode=0o700, exist_ok=True)
+    hdir.mkdir(mode=0o700)
     root = hdir / "sys"
-    root.mkdir(exist_ok=True)
+    root.mkdir()
     config = host.topology
     if host.text is not None:
         config = hdir / "topology.toml"
-        config.write_text(host.text)
+        write_new(config, host.text.encode())
     if host.state is not None:
         host.state.parent.mkdir(parents=True, exist_ok=True)
     return {"root": str(root), "control": str(runtime.default_control(root)),
@@ -341,24 +372,31 @@ def _exec(spec: dict[str, Any]) -> int | Exception:
 
 
 def _save(top: Path, mounts: Sequence[HostMount]) -> None:
-    record = {m.name: {"root": str(m.root), "control": str(m.control), "log": str(m.log),
-                       "uevents": str(m.uevents), "pid": m.pid, "start": m.start}
-              for m in mounts}
-    tmp = top / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps({"hosts": record}, indent=1))
-    tmp.rename(top / RECORD)
+    record = {m.name: {"pid": m.pid, "start": m.start} for m in mounts}
+    write_new(top / RECORD, json.dumps({"hosts": record}, indent=1).encode(), mode=0o600)
 
 
 def hosts(directory: str | os.PathLike[str]) -> list[HostMount]:
-    """The hosts of the fleet that is up in ``directory``; UsageError if none is."""
+    """The hosts of the fleet that is up in ``directory``; UsageError if none is, or if the
+    directory or its record could be anyone's but this user's (a fleet's directory is
+    0700, made by ``up``): another user's record would name their choice of pids."""
     top = Path(os.path.abspath(directory))
     try:
-        record = json.loads((top / RECORD).read_text())["hosts"]
-    except (OSError, ValueError, KeyError) as exc:
+        st = os.lstat(top)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise UsageError(f"{top}: not a fleet's directory (fleet up makes it, 0700, as "
+                             f"the user who runs it)")
+        data = read_regular(top / RECORD, nofollow=True)
+        rst = os.lstat(top / RECORD)
+        if rst.st_uid != os.geteuid() or rst.st_mode & 0o022:
+            raise UsageError(f"{top / RECORD}: not this user's own record")
+        record = json.loads(data)["hosts"]
+        found = [HostMount.of(top, name, int(r["pid"]), r["start"]) for name, r in record.items()
+                 if _NAME.fullmatch(name) and not name.startswith(".")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"{top}: no fleet is up there ({top / RECORD}: "
                          f"{getattr(exc, 'strerror', None) or exc})") from None
-    return [HostMount(name, Path(r["root"]), Path(r["control"]), Path(r["log"]),
-                      Path(r["uevents"]), r["pid"], r["start"]) for name, r in record.items()]
+    return found
 
 
 def host(directory: str | os.PathLike[str], name: str) -> HostMount:

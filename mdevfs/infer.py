@@ -13,19 +13,26 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .config import Topology, TopologyError
+import tomli_w
+
+from .config import Topology, TopologyError, device_entry
 from .driver import load_factory
 from .model import Host
-from .record import RecDevice, RecGpu, Recording, RecParent, comment, device_order, toml_value
+from .record import RecDevice, RecGpu, Recording, RecParent, comment, device_order
 
 Candidate = tuple[str, dict[str, Any]]
 
 
+#: one entry of the file: the comment above it, its array of tables, the table
+Block = tuple[list[str], str, dict[str, Any]]
+
+
 def topology_text(rec: Recording, source: str = "") -> str:
     """The topology of ``rec``, with comments; always one that builds (devices that do not fit
-    are left out, and said so)."""
+    are left out, and said so). Written by a TOML library, every name from the recording in a
+    TOML string or escaped in a comment: nothing the recorded tree holds can add a table."""
     notes: list[str] = []
-    blocks = [_gpu_block(rec, gpu, notes) for gpu in rec.gpus]
+    blocks = [b for gpu in rec.gpus if (b := _gpu_block(gpu, notes)) is not None]
     parents = sorted(rec.parents, key=lambda p: (p.iommu_group is not None,
                                                   p.iommu_group or 0, p.name))
     vendors: dict[str, dict[str, Any]] = {}  # each device's [[device]] vendor table
@@ -34,43 +41,64 @@ def topology_text(rec: Recording, source: str = "") -> str:
                      key=lambda pd: device_order(pd[1]))
     groups = [g for g in [x.iommu_group for x in [*rec.gpus, *parents]]
               + [d.iommu_group for _, d in devices] if g is not None]
-    base = min(groups, default=0)
-    pm_debug = any((rec.root / p.path / "power/async").exists() for p in parents) or not parents
-    head = f"[host]\niommu_group_base = {base}\npm_advanced_debug = {toml_value(pm_debug)}\n"
-    body = "\n".join(blocks)
-    dev_blocks = [_device_block(p, d, vendors.get(d.uuid)) for p, d in devices]
-    text, host = _buildable(head, body, dev_blocks, notes)
+    head = {"iommu_group_base": min(groups, default=0),
+            "pm_advanced_debug": rec.pm_advanced_debug}
+    entries = [_device_entry(p, d, vendors.get(d.uuid)) for p, d in devices]
+    kept, host = _buildable(head, blocks, entries, notes)
     if host is not None:
         notes += _differences(host, parents)
     header = [f"mdevfs record of {source or rec.root}, "
               f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
               "Mount it: mdevfs mount --config THIS_FILE DIR (the devices below exist at start,",
-              "and again after a reset). Each parent's comment says how it is replayed."]
+              "and again after a reset)."]
     if rec.problems:
         header += ["", "Read problems (these parts are missing from the replay):"]
         header += [f"  {p}" for p in rec.problems]
     if notes:
         header += ["", "Not reproduced:"] + [f"  {n}" for n in notes]
-    return comment(header) + "\n" + text
+    header += ["", "How each GPU and parent is replayed:"]
+    for lines, _, _ in blocks:
+        header += [f"  {lines[0]}", *(f"    {line}" for line in lines[1:])]
+    return comment(header) + "\n" + _render(head, blocks, kept)
 
 
-def _buildable(head: str, body: str, devices: list[str],
-               notes: list[str]) -> tuple[str, Host | None]:
-    """The file, with the devices that build; a device that does not is left out, noted."""
-    kept: list[str] = []
-    for block in devices:
+def _render(head: dict[str, Any], blocks: list[Block], devices: list[dict[str, Any]]) -> str:
+    """The whole document, in one piece from the TOML library."""
+    doc: dict[str, Any] = {"host": head}
+    for kind in ("gpu", "parent"):
+        entries = [entry for _, k, entry in blocks if k == kind]
+        if entries:
+            doc[kind] = entries
+    if devices:
+        doc["device"] = devices
+    return tomli_w.dumps(doc)
+
+
+def _buildable(head: dict[str, Any], blocks: list[Block], devices: list[dict[str, Any]],
+               notes: list[str]) -> tuple[list[dict[str, Any]], Host | None]:
+    """The devices that build, each tried once on one host (a device that does not is left
+    out, noted), and the host of the whole file, parsed back and built: the file is checked
+    as a user's mount will read it, with exactly the drivers chosen here."""
+    chosen = {entry["driver"] for _, _, entry in blocks}
+    try:
+        topology = Topology.from_text(_render(head, blocks, []), "<recording>")
+        host = topology.build()
+    except TopologyError as exc:
+        notes.append(f"the file does not build: {exc}")
+        return [], None
+    kept = []
+    for entry in devices:
         try:
-            Topology.from_text("\n".join([head, body, *kept, block]), "<recording>").build()
+            topology.add_device(host, device_entry(entry, "<recording>"))
         except TopologyError as exc:
             notes.append(f"device left out: {str(exc).removeprefix('<recording>: ')}")
             continue
-        kept.append(block)
-    text = "\n".join([head, body, *kept])
-    try:
-        return text, Topology.from_text(text, "<recording>").build()
-    except TopologyError as exc:
-        notes.append(f"the file does not build: {exc}")
-        return text, None
+        kept.append(entry)
+    final = Topology.from_text(_render(head, blocks, kept), "<recording>")
+    named = {e.driver for e in (*final.parents, *final.gpus)}
+    if named != chosen:  # cannot happen: a library wrote the file
+        raise AssertionError(f"the recording names drivers {sorted(named - chosen)}")
+    return kept, final.build()
 
 
 def _differences(host: Host, parents: list[RecParent]) -> list[str]:
@@ -93,7 +121,7 @@ def _differences(host: Host, parents: list[RecParent]) -> list[str]:
 
 # --- parents -----------------------------------------------------------------------------
 
-def _parent_block(parent: RecParent, vendors: dict[str, dict[str, Any]]) -> str:
+def _parent_block(parent: RecParent, vendors: dict[str, dict[str, Any]]) -> Block:
     """The parent's entry; fills ``vendors`` with its devices' per-device driver state."""
     tried = []
     for driver, options in candidates(parent):
@@ -101,37 +129,32 @@ def _parent_block(parent: RecParent, vendors: dict[str, dict[str, Any]]) -> str:
         if problem is None:
             lines = [f"{parent.name}: the {driver} driver, with options inferred from the "
                      f"recording, shows what was recorded (types, names, counts, attributes)."]
-            return comment(lines) + _table("parent", driver, parent, options)
+            return lines, "parent", _parent_entry(driver, parent, options)
         tried.append(f"the {driver} driver does not reproduce it: {problem}")
     options, why = recorded_options(parent)
     vendors.update({d.uuid: _own_values(parent, d) for d in parent.devices})
-    return comment([f"{parent.name}: replayed by the recorded driver.", *tried, *why]) + \
-        _table("parent", "recorded", parent, options)
+    return ([f"{parent.name}: replayed by the recorded driver.", *tried, *why], "parent",
+            _parent_entry("recorded", parent, options))
 
 
-def _table(kind: str, driver: str, parent: RecParent, options: dict[str, Any]) -> str:
-    out = f"[[{kind}]]\ndriver = {toml_value(driver)}\nname = {toml_value(parent.name)}\n" \
-          f"path = {toml_value(parent.path)}\n"
-    plain = {k: v for k, v in options.items() if not isinstance(v, list)}
-    if plain:
-        out += f"[{kind}.options]\n" + "".join(f"{toml_value(k)} = {toml_value(v)}\n"
-                                               for k, v in plain.items())
-    for key, items in options.items():
-        if isinstance(items, list):
-            for item in items:
-                out += f"[[{kind}.options.{key}]]\n" + "".join(
-                    f"{toml_value(k)} = {toml_value(v)}\n" for k, v in item.items())
-    return out
+def _parent_entry(driver: str, parent: RecParent, options: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"driver": driver, "name": parent.name, "path": parent.path}
+    if options:
+        entry["options"] = options
+    return entry
 
 
-def _device_block(parent: RecParent, dev: RecDevice, vendor: dict[str, Any] | None) -> str:
-    out = (f"[[device]]\nuuid = {toml_value(dev.uuid)}\nparent = {toml_value(parent.name)}\n"
-           f"type = {toml_value(dev.type_id)}\n")
+def _device_entry(parent: RecParent, dev: RecDevice,
+                  vendor: dict[str, Any] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"uuid": dev.uuid, "parent": parent.name, "type": dev.type_id}
     if dev.mdev_driver is None:
-        return out + "bound = false\n"
+        entry["bound"] = False
+        return entry
     if dev.iommu_group is not None:
-        out += f"iommu_group = {dev.iommu_group}\n"
-    return out + (f"vendor = {toml_value(vendor)}\n" if vendor else "")
+        entry["iommu_group"] = dev.iommu_group
+    if vendor:
+        entry["vendor"] = vendor
+    return entry
 
 
 def _own_values(parent: RecParent, dev: RecDevice) -> dict[str, str]:
@@ -381,20 +404,18 @@ def pool(parent: RecParent) -> tuple[int | None, dict[str, int], list[str]]:
 
 # --- SR-IOV GPUs ---------------------------------------------------------------------------
 
-def _gpu_block(rec: Recording, gpu: RecGpu, notes: list[str]) -> str:
+def _gpu_block(gpu: RecGpu, notes: list[str]) -> Block | None:
     catalog = importlib.import_module("mdevfs_vendors.nvidia_sriov").load_catalog()
     models = [key for key, card in catalog.items() if card.pci_device == gpu.device]
     if not models:
         notes.append(f"GPU {gpu.address}: device 10de:{gpu.device:04x} is in no catalog; "
                      f"left out (give it a catalog and a [[gpu]] entry by hand)")
-        return ""
+        return None
     lines = [f"GPU {gpu.address}: an NVIDIA {models[0]} (device 10de:{gpu.device:04x}) with "
              f"{gpu.num_vfs} VFs enabled.",
              "Not replayed: the vGPU each VF holds (current_vgpu_type), nor VFs opened by VMs."]
     options: dict[str, Any] = {"model": models[0], "vfs": gpu.num_vfs}
     if gpu.numa_node != -1:
         options["numa_node"] = gpu.numa_node
-    return comment(lines) + (f"[[gpu]]\naddress = {toml_value(gpu.address)}\n"
-                             f"path = {toml_value(gpu.path)}\n[gpu.options]\n"
-                             + "".join(f"{k} = {toml_value(v)}\n" for k, v in options.items()))
-
+    return lines, "gpu", {"driver": "nvidia-sriov", "address": gpu.address, "path": gpu.path,
+                          "options": options}

@@ -185,6 +185,8 @@ class Host:
     #: every PCI function, by its address
     pci: dict[str, PciFunction] = Factory(dict)
     observers: list[HostObserver] = Factory(list)
+    #: the address of every VF a PF may enable → that PF
+    _vf_slots: dict[str, PciFunction] = field(init=False, factory=dict)
     _group_ids: Ida = field(init=False)
     _vfio_groups: Ida = field(init=False)
     _vfio_devices: Ida = field(init=False)
@@ -202,6 +204,11 @@ class Host:
         a VF of a driver that does so."""
         if fn.bdf in self.pci:
             raise ValueError(f"PCI function {fn.bdf} is added twice")
+        owner = self._vf_slots.get(fn.bdf)
+        if owner is not None and fn.physfn is not owner:
+            raise ValueError(f"PCI function {fn.bdf} is the address of a VF of {owner.bdf}")
+        if fn.sriov is not None:
+            self._reserve_vfs(fn)
         fn.iommu_group = self._alloc_group(group)
         if fn.is_vf and fn.driver is not None and fn.driver.vfio_vfs:
             fn.vfio = Binding(fn.iommu_group, self._vfio_groups.alloc(), self._vfio_devices.alloc())
@@ -210,8 +217,29 @@ class Host:
             obs.pci_added(fn)
         return fn
 
+    def _reserve_vfs(self, pf: PciFunction) -> None:
+        """A PF owns the addresses and paths of every VF it may enable (iov.c computes them
+        from the offset and stride): another function there is a topology's mistake."""
+        assert pf.sriov is not None
+        slots = [pf.vf_bdf(i) for i in range(pf.sriov.total_vfs)]
+        for bdf in slots:
+            if int(bdf.split(":")[1], 16) > 0xFF:
+                raise ValueError(f"the VFs of {pf.bdf} would need bus numbers past ff")
+            clash = self.pci.get(bdf) or self._vf_slots.get(bdf)
+            if clash is not None or bdf == pf.bdf:
+                raise ValueError(f"VF {bdf} of {pf.bdf} would have the address of "
+                                 f"{(clash or pf).bdf}" + ("'s VFs" if bdf in self._vf_slots else ""))
+        self._vf_slots.update(dict.fromkeys(slots, pf))
+
+    def vf_owner(self, bdf: str) -> PciFunction | None:
+        """The PF whose VF would have address ``bdf``, if any."""
+        return self._vf_slots.get(bdf)
+
     def remove_pci(self, fn: PciFunction) -> None:
         del self.pci[fn.bdf]
+        if fn.sriov is not None:
+            for bdf in [b for b, pf in self._vf_slots.items() if pf is fn]:
+                del self._vf_slots[bdf]
         if fn.vfio is not None:
             self._vfio_groups.release(fn.vfio.vfio_group)
             self._vfio_devices.release(fn.vfio.vfio_index)
@@ -260,6 +288,9 @@ class Host:
         """``mdev_register_parent()``: the parent and its types appear."""
         if name in self.parents:
             raise ValueError(f"parent {name!r} is registered twice")
+        owner = self._vf_slots.get(name)
+        if owner is not None and name not in self.pci:
+            raise ValueError(f"parent {name!r} has the address of a VF of {owner.bdf}")
         parent = Parent(host=self, name=name, path=path.strip("/"), driver=driver)
         if driver.subsystem == ("bus", "pci") and name not in self.pci:
             props = driver.parent_uevent()

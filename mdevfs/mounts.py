@@ -25,8 +25,31 @@ PROBE_TIMEOUT = 3.0
 def mountpoints() -> set[str]:
     """The mount points of this mount namespace (/proc/self/mounts, octal escapes undone)."""
     with open("/proc/self/mounts") as f:
-        fields = [line.split()[1] for line in f]
-    return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in fields}
+        return {_unescape(line.split()[1]) for line in f}
+
+
+def fstype(directory: str | os.PathLike[str]) -> str | None:
+    """The type of the filesystem mounted last on ``directory`` (``fuse.mdevfs`` for an
+    mdevfs mount, dead or alive), from /proc/self/mountinfo; None if nothing is."""
+    want = os.path.abspath(directory)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            point = _unescape(fields.split()[4])
+            if point == want:
+                found = rest.split()[0]
+    return found
+
+
+def is_mdevfs(directory: str | os.PathLike[str]) -> bool:
+    """Whether an mdevfs FUSE mount is on ``directory``: the only kind mdevfs unmounts when
+    it stops a daemon, so that a path another user chose never unmounts anything else."""
+    return fstype(directory) == "fuse.mdevfs"
+
+
+def _unescape(path: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
 
 
 def probe(directory: Path, timeout: float = PROBE_TIMEOUT) -> int:

@@ -65,19 +65,24 @@ usage() { echo "usage: sriov-manage -e|-d <PF address>|ALL" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 case $1 in -e|-d) mode=$1 ;; *) usage ;; esac
 dev=/sys/bus/pci/devices
+gpu() { # an SR-IOV PF bound to nvidia
+    [ -e "$dev/$1/sriov_totalvfs" ] && [ "$(basename "$(readlink "$dev/$1/driver")")" = nvidia ]
+}
 if [ "$2" = ALL ]; then
     set --
     for d in "$dev"/*; do
-        if [ -e "$d/sriov_totalvfs" ] && [ "$(basename "$(readlink "$d/driver")")" = nvidia ]; then
-            set -- "$@" "$(basename "$d")"
-        fi
+        if gpu "$(basename "$d")"; then set -- "$@" "$(basename "$d")"; fi
     done
 else
+    # a PCI address, nothing else: never a path that leads elsewhere
+    if ! printf '%s\\n' "$2" | grep -Eqx '[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}[.][0-7]'; then
+        echo "sriov-manage: $2 is not a PCI address (DDDD:BB:SS.F)" >&2; exit 2
+    fi
+    gpu "$2" || { echo "sriov-manage: $2 is not an SR-IOV GPU bound to nvidia" >&2; exit 1; }
     set -- "$2"
 fi
 for pf in "$@"; do
     numvfs=$dev/$pf/sriov_numvfs
-    [ -e "$numvfs" ] || { echo "sriov-manage: $pf is not an SR-IOV GPU" >&2; exit 1; }
     if [ "$mode" = -d ]; then
         echo 0 >"$numvfs"
     elif [ "$(cat "$numvfs")" = 0 ]; then

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from . import readiness
 from .errors import MdevfsError, MountError, MountNotPermitted
-from .mounts import mountpoints, unmount
+from .mounts import is_mdevfs, unmount
 from .runtime import open_log, runtime_dir
 
 #: seconds for a daemon to mount
@@ -183,8 +183,8 @@ class Forked(_Pid):
 
 class Recorded(_Pid):
     """A daemon known by its pid and start time (a fleet's, from ``fleet.json``), not a
-    child of this process. A pid whose start time differs is another process, and is never
-    signalled."""
+    child of this process. Only this user's mdevfs process with that pid and start time is
+    ever signalled: any other counts as gone."""
 
     def __init__(self, pid: int, start: str | None) -> None:
         self.pid = pid
@@ -195,7 +195,11 @@ class Recorded(_Pid):
             return 0
         try:
             state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            owner = os.stat(f"/proc/{self.pid}").st_uid
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
         except OSError:
+            return 0
+        if owner != os.geteuid() or b"mdevfs" not in cmdline:
             return 0
         if state == "Z":  # ours after all (a fleet brought up by this process): reap it
             with contextlib.suppress(ChildProcessError):
@@ -240,8 +244,9 @@ def stop(root: Path, proc: Process, exit_timeout: float = EXIT_TIMEOUT) -> bool:
     """Unmount ``root`` and end ``proc``, its daemon, whatever state it is in: a running
     daemon exits by itself once its mount is gone; one that lingers ``exit_timeout`` s gets
     SIGTERM, then SIGKILL; a mount left behind is lazily unmounted. Returns once the daemon
-    has exited; True when it needed a signal. The one stop path of every daemon."""
-    if root.as_posix() in mountpoints() or proc.poll() is None:
+    has exited; True when it needed a signal. The one stop path of every daemon. Only an
+    mdevfs mount is ever unmounted (:func:`mdevfs.mounts.is_mdevfs`)."""
+    if is_mdevfs(root):
         unmount(root, check=False)
     signalled = False
     for end, wait in ((None, exit_timeout), (proc.terminate, 5.0), (proc.kill, 5.0)):
@@ -257,7 +262,7 @@ def stop(root: Path, proc: Process, exit_timeout: float = EXIT_TIMEOUT) -> bool:
             break
         except subprocess.TimeoutExpired:
             continue
-    if root.as_posix() in mountpoints():
+    if is_mdevfs(root):
         unmount(root, lazy=True, check=False)
     return signalled
 
@@ -422,7 +427,7 @@ def clean_leftovers() -> list[str]:
         root = workdir / "sys"
         tmp = Path(tempfile.gettempdir())
         if workdir.parent == tmp and workdir.name.startswith("mdevfs-"):
-            if str(root) in mountpoints():
+            if is_mdevfs(root):
                 unmount(root, lazy=True, check=False)
             shutil.rmtree(workdir, ignore_errors=True)
         note.unlink(missing_ok=True)

@@ -16,15 +16,16 @@ the root are listed in the file's header and in :attr:`Recording.problems`.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from attrs import Factory, define, field
+
+from .beneath import Root
+from .config import name_problem, path_problem
 
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: files of a type directory the core makes; the rest are the driver's
@@ -91,100 +92,130 @@ class Recording:
     parents: list[RecParent] = Factory(list)
     gpus: list[RecGpu] = Factory(list)
     problems: list[str] = Factory(list)
-    _real_root: str = field(default="", init=False)
+    #: CONFIG_PM_ADVANCED_DEBUG: a parent's power/ has ``async`` (true with no parent)
+    pm_advanced_debug: bool = True
+    #: the tree, read from below its root (:class:`mdevfs.beneath.Root`); None once closed
+    tree: Root | None = field(default=None, repr=False)
 
-    # --- reading, never raising --------------------------------------------------------------
+    # --- reading, never raising, never leaving the root ------------------------------------
 
-    def read(self, path: Path, missing_ok: bool = False) -> str | None:
+    def read(self, rel: str, missing_ok: bool = False) -> str | None:
         """A file's text without its one final newline; None (and a problem) if unreadable."""
-        try:  # non-blocking: a FIFO planted in a copied tree must not hang the recording
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-            with open(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file")
-                data = f.read(65536)
+        assert self.tree is not None
+        try:  # regular files only: a FIFO planted in a copied tree must not hang the recording
+            data = self.tree.read(rel)
         except OSError as exc:
             if not (missing_ok and exc.errno == errno.ENOENT):
-                self.problems.append(f"{self.rel(path)}: cannot read: "
-                                     f"{errno.errorcode.get(exc.errno or 0, exc.errno)} "
-                                     f"({exc.strerror})")
+                self.problem(rel, exc)
             return None
         text = data.decode("utf-8", errors="replace")
         return text[:-1] if text.endswith("\n") else text
 
-    def number(self, path: Path, base: int = 10, missing_ok: bool = False) -> int | None:
-        text = self.read(path, missing_ok)
+    def problem(self, rel: str, exc: OSError, what: str = "read") -> None:
+        why = ("it leads outside the root" if exc.errno == errno.EXDEV
+               else "a loop of links" if exc.errno == errno.ELOOP
+               else f"{errno.errorcode.get(exc.errno or 0, exc.errno)} ({exc.strerror})")
+        self.problems.append(f"{rel}: cannot {what}: {why}")
+
+    def number(self, rel: str, base: int = 10, missing_ok: bool = False) -> int | None:
+        text = self.read(rel, missing_ok)
         if text is None:
             return None
         try:
             return int(text.strip(), base)
         except ValueError:
-            self.problems.append(f"{self.rel(path)}: not a number: {text[:40]!r}")
+            self.problems.append(f"{rel}: not a number: {text[:40]!r}")
             return None
 
-    def link(self, path: Path) -> str | None:
-        """Where a link points, relative to the root (None, and a problem, if it leaves it)."""
-        if not path.is_symlink():
+    def link(self, rel: str) -> str | None:
+        """Where a link leads, every link followed, as a path from the root; None if
+        ``rel`` is no link, and (with a problem) if it leads outside the root or nowhere."""
+        assert self.tree is not None
+        if not self.tree.is_link(rel):
             return None
-        real = os.path.realpath(path)
-        if not self._real_root:
-            self._real_root = os.path.realpath(self.root)
-        if not real.startswith(self._real_root + "/"):
-            self.problems.append(f"{self.rel(path)}: links outside the root ({os.readlink(path)})")
-            return None
-        return real[len(self._real_root) + 1:]
-
-    def rel(self, path: Path) -> str:
-        return os.path.relpath(path, self.root)
-
-    def listdir(self, path: Path) -> list[str]:
         try:
-            return sorted(os.listdir(path))
+            return self.tree.resolve(rel)
         except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                self.problems.append(f"{self.rel(path)}: cannot list: {exc.strerror}")
+            try:
+                target = self.tree.readlink(rel)
+            except OSError:
+                target = "?"
+            self.problems.append(f"{rel}: a link that cannot be followed ({target!r}): "
+                                 + ("it leads outside the root" if exc.errno == errno.EXDEV
+                                    else os.strerror(exc.errno or errno.EIO)))
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        assert self.tree is not None
+        try:
+            return self.tree.listdir(rel)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                self.problem(rel, exc, "list")
             return []
+
+    def is_link(self, rel: str) -> bool:
+        assert self.tree is not None
+        return self.tree.is_link(rel)
+
+    def exists(self, rel: str) -> bool:
+        assert self.tree is not None
+        return self.tree.exists(rel)
 
 
 def scan(root: str | os.PathLike[str]) -> Recording:
-    """Read every mdev parent, type and device under ``root`` (a sysfs root)."""
+    """Read every mdev parent, type and device under ``root`` (a sysfs root), never outside."""
     rec = Recording(Path(root))
-    if not (rec.root / "class/mdev_bus").is_dir():
-        rec.problems.append("class/mdev_bus: missing (no mdev parent, or not a sysfs root)")
-    for name in rec.listdir(rec.root / "class/mdev_bus"):
-        path = rec.link(rec.root / "class/mdev_bus" / name)
-        if path is None:
-            continue
-        if (rec.root / path / "physfn").is_symlink():
-            continue  # an Ampere VF: its GPU's [[gpu]] entry makes it a parent again
-        rec.parents.append(_parent(rec, name, path))
-    for address in rec.listdir(rec.root / "bus/pci/devices"):
-        gpu = _gpu(rec, address)
-        if gpu is not None:
-            rec.gpus.append(gpu)
+    with Root(root) as tree:
+        rec.tree = tree
+        try:
+            _scan(rec)
+        finally:
+            rec.tree = None
     return rec
 
 
+def _scan(rec: Recording) -> None:
+    if not rec.tree.is_dir("class/mdev_bus"):  # type: ignore[union-attr]
+        rec.problems.append("class/mdev_bus: missing (no mdev parent, or not a sysfs root)")
+    for name in rec.listdir("class/mdev_bus"):
+        path = rec.link(f"class/mdev_bus/{name}")
+        if path is None:
+            continue
+        problem = name_problem(name) or path_problem(path)
+        if problem:
+            rec.problems.append(f"class/mdev_bus/{name}: left out: its name or path {problem}")
+            continue
+        if rec.is_link(f"{path}/physfn"):
+            continue  # an Ampere VF: its GPU's [[gpu]] entry makes it a parent again
+        rec.parents.append(_parent(rec, name, path))
+    if rec.parents:
+        rec.pm_advanced_debug = any(rec.exists(f"{p.path}/power/async") for p in rec.parents)
+    for address in rec.listdir("bus/pci/devices"):
+        gpu = _gpu(rec, address)
+        if gpu is not None:
+            rec.gpus.append(gpu)
+
+
 def _parent(rec: Recording, name: str, path: str) -> RecParent:
-    pdir = rec.root / path
     parent = RecParent(name, path)
-    sub = rec.link(pdir / "subsystem")
+    sub = rec.link(f"{path}/subsystem")
     if sub is not None and sub.count("/") == 1:
         kind, _, subsys = sub.partition("/")
         parent.subsystem = (kind, subsys)
-    parent.uevent = _props(rec.read(pdir / "uevent") or "")
+    parent.uevent = _props(rec.read(f"{path}/uevent") or "")
     if parent.subsystem == ("bus", "pci"):
         for key in ("vendor", "device", "subsystem_vendor", "subsystem_device", "class",
                     "revision"):
-            value = rec.read(pdir / key, missing_ok=True)
+            value = rec.read(f"{path}/{key}", missing_ok=True)
             if value is not None:
                 parent.pci[key] = value
-        parent.iommu_group = _group(rec, pdir)
-    for type_id in rec.listdir(pdir / "mdev_supported_types"):
-        parent.types.append(_type(rec, pdir / "mdev_supported_types" / type_id))
-    for entry in rec.listdir(pdir):
-        if UUID_RE.fullmatch(entry) and (pdir / entry / "mdev_type").is_symlink():
-            parent.devices.append(_device(rec, pdir / entry))
+        parent.iommu_group = _group(rec, path)
+    for type_id in rec.listdir(f"{path}/mdev_supported_types"):
+        parent.types.append(_type(rec, f"{path}/mdev_supported_types/{type_id}"))
+    for entry in rec.listdir(path):
+        if UUID_RE.fullmatch(entry) and rec.is_link(f"{path}/{entry}/mdev_type"):
+            parent.devices.append(_device(rec, f"{path}/{entry}"))
     known = {t.type_id for t in parent.types}
     for type_id in sorted({d.type_id for d in parent.devices} - known - {"?"}):
         rec.problems.append(f"{path}/mdev_supported_types/{type_id}: not recorded, only named by "
@@ -195,75 +226,77 @@ def _parent(rec: Recording, name: str, path: str) -> RecParent:
     return parent
 
 
-def _type(rec: Recording, tdir: Path) -> RecType:
-    mtype = RecType(tdir.name)
-    mtype.name = rec.read(tdir / "name")
-    mtype.description = rec.read(tdir / "description", missing_ok=True)
-    mtype.device_api = rec.read(tdir / "device_api")
-    mtype.available = rec.number(tdir / "available_instances")
-    mtype.migration = rec.read(tdir / "migration_version", missing_ok=True)
+def _type(rec: Recording, tdir: str) -> RecType:
+    mtype = RecType(tdir.rsplit("/", 1)[-1])
+    mtype.name = rec.read(f"{tdir}/name")
+    mtype.description = rec.read(f"{tdir}/description", missing_ok=True)
+    mtype.device_api = rec.read(f"{tdir}/device_api")
+    mtype.available = rec.number(f"{tdir}/available_instances")
+    mtype.migration = rec.read(f"{tdir}/migration_version", missing_ok=True)
     for rel, _writable in _files(rec, tdir, _TYPE_CORE):
-        value = rec.read(tdir / rel)
+        value = rec.read(f"{tdir}/{rel}")
         if value is not None:
             mtype.extra[rel] = value
     return mtype
 
 
-def _device(rec: Recording, ddir: Path) -> RecDevice:
-    target = rec.link(ddir / "mdev_type")
-    dev = RecDevice(ddir.name.lower(), target.rsplit("/", 1)[-1] if target else "?")
+def _device(rec: Recording, ddir: str) -> RecDevice:
+    target = rec.link(f"{ddir}/mdev_type")
+    dev = RecDevice(ddir.rsplit("/", 1)[-1].lower(), target.rsplit("/", 1)[-1] if target else "?")
     if target is None:
-        rec.problems.append(f"{rec.rel(ddir)}/mdev_type: unreadable; the device is left out")
+        rec.problems.append(f"{ddir}/mdev_type: unreadable; the device is left out")
     dev.iommu_group = _group(rec, ddir)
-    driver = rec.link(ddir / "driver")
+    driver = rec.link(f"{ddir}/driver")
     dev.mdev_driver = driver.rsplit("/", 1)[-1] if driver else None
-    vfio = [n for n in rec.listdir(ddir / "vfio-dev") if n.startswith("vfio")]
+    vfio = [n for n in rec.listdir(f"{ddir}/vfio-dev") if n.startswith("vfio")]
     if vfio and vfio[0][4:].isdigit():
         dev.vfio_index = int(vfio[0][4:])
     for rel, writable in _files(rec, ddir, _DEVICE_CORE):
-        value = rec.read(ddir / rel)
+        value = rec.read(f"{ddir}/{rel}")
         if value is not None:
             dev.attrs[rel] = (value, writable)
     return dev
 
 
 def _gpu(rec: Recording, address: str) -> RecGpu | None:
-    path = rec.link(rec.root / "bus/pci/devices" / address)
+    path = rec.link(f"bus/pci/devices/{address}")
     if path is None:
         return None
-    fdir = rec.root / path
-    if not (fdir / "sriov_totalvfs").exists() or (fdir / "mdev_supported_types").exists():
+    if not rec.exists(f"{path}/sriov_totalvfs") or rec.exists(f"{path}/mdev_supported_types"):
         return None
-    if rec.number(fdir / "vendor", 16) != PCI_VENDOR_NVIDIA:
+    if rec.number(f"{path}/vendor", 16) != PCI_VENDOR_NVIDIA:
         return None
-    numa = rec.number(fdir / "numa_node", missing_ok=True)
-    return RecGpu(address, path, rec.number(fdir / "device", 16) or 0,
-                  rec.number(fdir / "sriov_numvfs") or 0, -1 if numa is None else numa,
-                  _group(rec, fdir))
+    numa = rec.number(f"{path}/numa_node", missing_ok=True)
+    return RecGpu(address, path, rec.number(f"{path}/device", 16) or 0,
+                  rec.number(f"{path}/sriov_numvfs") or 0, -1 if numa is None else numa,
+                  _group(rec, path))
 
 
-def _group(rec: Recording, directory: Path) -> int | None:
-    target = rec.link(directory / "iommu_group")
+def _group(rec: Recording, directory: str) -> int | None:
+    target = rec.link(f"{directory}/iommu_group")
     if target is None or not target.rsplit("/", 1)[-1].isdigit():
         return None
     return int(target.rsplit("/", 1)[-1])
 
 
-def _files(rec: Recording, directory: Path, core: set[str]) -> Iterable[tuple[str, bool]]:
-    """Regular files below ``directory`` outside the core's names: (relative path, writable)."""
+def _files(rec: Recording, directory: str, core: set[str],
+           depth: int = 0) -> Iterable[tuple[str, bool]]:
+    """Regular files below ``directory`` outside the core's names, not through links:
+    (relative path, writable)."""
+    assert rec.tree is not None
     for name in rec.listdir(directory):
         if name in core:
             continue
-        path = directory / name
-        if path.is_symlink():
+        try:
+            st = rec.tree.lstat(f"{directory}/{name}")
+        except OSError as exc:
+            rec.problem(f"{directory}/{name}", exc)
             continue
-        if path.is_dir():
-            for rel, writable in _files(rec, path, set()):
+        if stat.S_ISDIR(st.st_mode) and depth < 8:
+            for rel, writable in _files(rec, f"{directory}/{name}", set(), depth + 1):
                 yield f"{name}/{rel}", writable
-        elif path.is_file():
-            mode = path.stat().st_mode
-            if mode & 0o444:
-                yield name, bool(mode & 0o200)
+        elif stat.S_ISREG(st.st_mode) and st.st_mode & 0o444:
+            yield name, bool(st.st_mode & 0o200)
 
 
 def _props(text: str) -> dict[str, str]:
@@ -298,7 +331,13 @@ def anonymize(rec: Recording) -> None:
             dev.attrs = {k: (clean(k, v), w) for k, (v, w) in dev.attrs.items()}
         for mtype in parent.types:
             mtype.extra = {k: clean(k, v) for k, v in mtype.extra.items()}
+            for key in ("name", "description", "migration"):
+                value = getattr(mtype, key)
+                if value is not None:
+                    setattr(mtype, key, UUID_RE.sub(fake, value))
         parent.uevent = {k: clean(k, v) for k, v in parent.uevent.items()}
+    # the problems name paths, and a device's path holds its UUID
+    rec.problems = [UUID_RE.sub(fake, problem) for problem in rec.problems]
 
 
 def device_order(dev: RecDevice) -> tuple[int, int, str]:
@@ -307,23 +346,15 @@ def device_order(dev: RecDevice) -> tuple[int, int, str]:
     return (0 if group is not None else 1, group if group is not None else 0, dev.uuid)
 
 
-# --- TOML --------------------------------------------------------------------------------
-
-def toml_value(value: Any) -> str:
-    """A TOML value: strings as basic strings (JSON escapes are TOML's, but DEL)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{toml_value(k)} = {toml_value(v)}"
-                                for k, v in value.items()) + " }" if value else "{}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
+# --- comments --------------------------------------------------------------------------
 
 def comment(lines: Iterable[str]) -> str:
-    return "".join(f"# {line}\n".replace("# \n", "#\n") for line in lines)
+    """``# line`` for each line; a line break or any other character that is not printable
+    (names from a recorded tree may hold them) is written escaped, so that a comment stays
+    one comment."""
+    return "".join(f"# {_printable(line)}\n".replace("# \n", "#\n") for line in lines)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)

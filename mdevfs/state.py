@@ -213,10 +213,11 @@ class StateFile(HostObserver):
         first, newline, body = text.partition("\n")
         header = _json(first)
         if not isinstance(header, dict) or header.get("version") == 1:
-            whole = _json(text)  # version 1: one JSON document
+            whole = _json(text)  # version 1: one JSON document; or a snapshot pretty-printed
             if isinstance(whole, Exception):
                 raise self._bad(f"corrupt (not JSON: {whole})")
-            devices = self._check_header(whole, 1)
+            version = whole.get("version") if isinstance(whole, dict) else None
+            devices = self._check_header(whole, 2 if version == 2 else 1)
             self._broken = True  # rewritten as a journal at the first change
             return devices
         devices = self._check_header(header, 2)
@@ -436,9 +437,13 @@ class StateFile(HostObserver):
             return
         changes, self._pending = self._pending, []
         try:
-            if self._broken or self._lines + len(changes) > max(COMPACT_AFTER,
-                                                               len(self.host.devices)):
+            if self._broken:  # the file lacks changes: only a whole snapshot can catch up
                 self._compact()
+            elif self._lines + len(changes) > max(COMPACT_AFTER, len(self.host.devices)):
+                try:
+                    self._compact()
+                except OSError:  # no room for a snapshot: the journal still takes a line
+                    self._append(changes)
             else:
                 self._append(changes)
         except OSError as exc:

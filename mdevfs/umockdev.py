@@ -15,12 +15,19 @@ import posixpath
 from collections.abc import Iterable
 from pathlib import Path
 
+from .beneath import write_new
 from .export import Entry
 
 
 def write_umockdev(entries: Iterable[Entry], out: Path) -> None:
-    """The entries in umockdev-record's format, for ``umockdev-run -d FILE``."""
+    """The entries in umockdev-record's format, for ``umockdev-run -d FILE``, written as a new
+    file (:func:`mdevfs.beneath.write_new`). A name or link with a line break cannot be said
+    in the format: UmockdevError."""
     entries = list(entries)
+    for e in entries:
+        if "\n" in e.path or "\n" in (e.target or ""):
+            raise UmockdevError(f"{e.path!r}: a name or link target with a line break cannot "
+                                f"be written in umockdev's format")
     by_path = {e.path: e for e in entries}
     devices = sorted(posixpath.dirname(e.path) for e in entries
                      if e.kind == "file" and e.path.endswith("/uevent")
@@ -37,17 +44,16 @@ def write_umockdev(entries: Iterable[Entry], out: Path) -> None:
         holder = holder or (devices[0] if devices else None)
         if holder is not None:
             blocks[holder].append(_attr_line(e, posixpath.relpath(e.path, holder)))
-    with open(out, "w") as f:
-        for device in devices:
-            f.write(f"P: /{device}\n")
-            uevent = by_path[f"{device}/uevent"].content or b""
-            props = uevent.decode(errors="replace").splitlines()
-            subsystem = by_path.get(f"{device}/subsystem")
-            if subsystem is not None and subsystem.target:
-                props.append(f"SUBSYSTEM={posixpath.basename(subsystem.target)}")
-            f.writelines(f"E: {line}\n" for line in props)
-            f.writelines(line + "\n" for line in blocks[device])
-            f.write("\n")
+    lines = []
+    for device in devices:
+        lines.append(f"P: /{device}")
+        uevent = by_path[f"{device}/uevent"].content or b""
+        props = uevent.decode(errors="replace").splitlines()
+        subsystem = by_path.get(f"{device}/subsystem")
+        if subsystem is not None and subsystem.target:
+            props.append(f"SUBSYSTEM={posixpath.basename(subsystem.target)}")
+        lines += [f"E: {line}" for line in props] + blocks[device] + [""]
+    write_new(out, "".join(f"{line}\n" for line in lines).encode())
 
 
 def _made_by_umockdev(devices: list[str], by_path: dict[str, Entry]) -> set[str]:
@@ -101,6 +107,7 @@ def read_umockdev(text: str, source: str = "<umockdev>") -> list[Entry]:
     ``mdev_supported_types/`` or with mdev devices below it), which umockdev-record does
     not keep. Raises UmockdevError naming the line."""
     entries: dict[str, Entry] = {}
+    links: dict[str, int] = {}  # each L: line's path → its line
     device: str | None = None
     props: list[str] = []
     parents: set[str] = set()
@@ -144,13 +151,19 @@ def read_umockdev(text: str, source: str = "<umockdev>") -> list[Entry]:
             path = posixpath.normpath(f"{device}/{name}")
             if path.startswith("../") or path == "..":
                 raise UmockdevError(f"{source}: line {n}: {name!r} leaves the sysfs root")
+            _through_links(links, path, name, device, f"{source}: line {n}")
+            if key == "L":
+                links[path] = n
             if "mdev_supported_types/" in name:
                 parents.add(device)
             _dirs(entries, posixpath.dirname(path))
             if key == "L":
                 _add(entries, Entry(path, "link", 0o777, target=data))
             else:
-                raw = bytes.fromhex(data) if key == "H" else _unescape(data)
+                try:
+                    raw = bytes.fromhex(data) if key == "H" else _unescape(data)
+                except ValueError:
+                    raise UmockdevError(f"{source}: line {n}: not hexadecimal bytes") from None
                 _add(entries, Entry(path, "file", 0o444, raw))
     close()
     for parent in sorted(parents):
@@ -158,6 +171,18 @@ def read_umockdev(text: str, source: str = "<umockdev>") -> list[Entry]:
         link = f"class/mdev_bus/{posixpath.basename(parent)}"
         _add(entries, Entry(link, "link", 0o777, target=posixpath.relpath(parent, "class/mdev_bus")))
     return sorted(entries.values(), key=lambda e: e.path)
+
+
+def _through_links(links: dict[str, int], path: str, name: str, device: str, where: str) -> None:
+    """Refuse a name below one of the file's own links (the link would be written first and
+    the name then through it, anywhere), or a link above names already given."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        line = links.get("/".join(parts[:i]))
+        if line is not None:
+            link = posixpath.relpath("/".join(parts[:i]), device)
+            raise UmockdevError(f"{where}: {name!r} passes through the link {link!r} of "
+                                f"line {line}")
 
 
 def _unescape(text: str) -> bytes:

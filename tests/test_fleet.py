@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -54,12 +55,12 @@ def test_overrides_merge_driver_options_and_set_the_gpu_count(tmp_path):
     spec = shared(tmp_path, '[[host]]\nname = "two"\ngpus = 2\n[host.options.nvidia]\n'
                   'manager = "550.54.10"\n[[host]]\nname = "five"\ngpus = 5\n')
     two, five = fleet.load(spec)
-    assert two.text + "\n" == "".join(
-        f'[[parent]]\ndriver = "nvidia"\nname = "0000:4{i}:00.0"\n'
-        f'path = "devices/pci0000:40/0000:40:01.{i}/0000:4{i}:00.0"\n'
-        f'options = {{ manager = "550.54.10" }}\n\n' for i in (1, 2))
+    assert tomllib.loads(two.text) == {"parent": [
+        {"driver": "nvidia", "name": f"0000:4{i}:00.0",
+         "path": f"devices/pci0000:40/0000:40:01.{i}/0000:4{i}:00.0",
+         "options": {"manager": "550.54.10"}} for i in (1, 2)]}
     assert five.text is not None
-    assert re.findall(r'name = "(.*)"\npath = "(.*)"', five.text)[3:] == [
+    assert [(p["name"], p["path"]) for p in tomllib.loads(five.text)["parent"]][3:] == [
         ("0000:44:00.0", "devices/pci0000:40/0000:40:01.4/0000:44:00.0"),
         ("0000:45:00.0", "devices/pci0000:40/0000:40:01.4/0000:45:00.0")]
 
@@ -69,7 +70,15 @@ def test_overrides_merge_driver_options_and_set_the_gpu_count(tmp_path):
     ('[[host]]\nname = "a"\ngpus = -1\n', "host #1: 'gpus' must be a whole number from 0 to 64"),
     ('[[host]]\nname = "a"\ncolour = 1\n',
      "host #1: keys are count, gpus, name, options, state, topology"),
-    ('[[host]]\nname = "a/b"\n', "host #1: host name 'a/b' must be letters, digits, '_.-'"),
+    ('[[host]]\nname = "a/b"\n',
+     "host #1: host name 'a/b' must be letters, digits, '_.-', not starting with '.'"),
+    # a host named like the fleet's own record, or any hidden name, would overwrite it
+    ('[[host]]\nname = "fleet.json"\n',
+     "host #1: host name 'fleet.json' is the name of the fleet's own record"),
+    ('[[host]]\nname = ".hidden"\n',
+     "host #1: host name '.hidden' must be letters, digits, '_.-', not starting with '.'"),
+    ('[[host]]\nname = "a{n}"\ncount = true\n',
+     "host #1: 'count' must be a whole number from 1 to 10000"),
     ('[[host]]\nname = "a"\ncount = 2\n', "host #1: name 'a' must hold {n} to give 2 names"),
     ('[[host]]\nname = "a"\n[host.options]\nnvidia = 3\n',
      "host #1: 'options' must be tables of options per driver ([host.options.nvidia] …)"),
@@ -149,8 +158,8 @@ def test_up_twice_is_refused(tmp_path):
     with fleet.running(spec, tmp_path / "f"):
         with pytest.raises(UsageError) as refused:
             fleet.up(spec, tmp_path / "f")
-    assert str(refused.value) == (f"{tmp_path}/f: a fleet is up there (see {tmp_path}/f/"
-                                  f"fleet.json); `mdevfs fleet down {tmp_path}/f` first")
+    assert str(refused.value) == (f"{tmp_path}/f: exists (a fleet is up there; "
+                                  f"`mdevfs fleet down {tmp_path}/f` first)")
 
 
 # --- the planner's view ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 LAYERS = {
     "model": {"errors", "driver", "pci", "kernel", "model", "config"},
     "view": {"nodes", "attributes", "pci_sysfs", "tree"},
-    "system": {"runtime", "mounts", "readiness", "namespace"},
+    "system": {"runtime", "mounts", "readiness", "namespace", "beneath"},
     "serving": {"faults", "state", "control", "uevent", "fuse", "trace", "daemon"},
     "launching": {"process", "zygote"},
     "tools": {"__init__", "__main__", "cli", "cli_capture", "cli_fleet", "testing",

@@ -444,15 +444,20 @@ def test_a_malformed_state_file_is_named_with_its_problem(tmp_path, root, text, 
     ('[[parent]]\ndriver = "mtty"\noptions = 3', "parent #1: 'options' must be a table"),
     # item 13: paths that would point outside the mount, or at nothing
     *[(f'[[parent]]\ndriver = "mtty"\npath = "{p}"',
-       f"parent #1: 'path' '{p}' must be plain names between single slashes (no '', '.', "
-       f"'..' or NUL part)")
+       f"parent #1: 'path' '{p}' must be plain names between single slashes (no '', '.' or "
+       f"'..' part, no control characters)")
       for p in ("devices/../../etc", "devices/virtual/..", "devices//x", "devices/./x",
                 "devices/x/.")],
     ('[[parent]]\ndriver = "mtty"\npath = "devices/a\\u0000b"',
      "parent #1: 'path' 'devices/a\\x00b' must be plain names between single slashes"),
     *[(f'[[parent]]\ndriver = "mtty"\nname = "{n}"',
-       f"parent #1: 'name' '{n}' must be a file name: not '.' or '..', without '/' or NUL")
+       f"parent #1: 'name' '{n}' must be a file name: not '.' or '..', without '/' or "
+       f"control characters")
       for n in (".", "..", "a/b")],
+    # a line break in a name would break every line-oriented file it reaches (.umockdev)
+    ('[[parent]]\ndriver = "mtty"\nname = "a\\nb"',
+     "parent #1: 'name' 'a\\nb' must be a file name: not '.' or '..', without '/' or control "
+     "characters"),
 ])
 def test_a_malformed_topology_is_named_with_its_problem(tmp_path, root, text, problem):
     """Issue 12 items 11 and 13."""

@@ -277,7 +277,7 @@ def test_sriov_manage_stands_in_inside_mdevfs_run(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ("0000:41:00.0: 32 VFs enabled\n0000:81:00.0: 16 VFs enabled\n16\n"
                            "0000:41:00.0: 0 VFs enabled\nrefused 1\n")
-    assert done.stderr == "sriov-manage: 0000:99:00.0 is not an SR-IOV GPU\n"
+    assert done.stderr == "sriov-manage: 0000:99:00.0 is not an SR-IOV GPU bound to nvidia\n"
     assert os.path.exists("/usr/lib/nvidia/sriov-manage") == had
 
 

@@ -132,6 +132,7 @@ def _card(key: str, c: Mapping[str, Any]) -> CardModel:
 class NvidiaSriovGpu:
     """The ``nvidia`` PCI driver of one SR-IOV GPU (its PF and its VFs)."""
 
+    kind = "gpu"
     name = "nvidia"
     configures_sriov = True
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from .driver import Attribute, Migration
 from .errors import fail
+from .kernel import GROUP_TYPE_DMA_FQ, GROUP_TYPE_WRITABLE, MDEV_GROUP_NAMED, Kernel
 from .model import MdevDevice, MdevType, Parent
 from .nodes import Op
 
@@ -53,7 +54,9 @@ def props_text(props: dict[str, str]) -> bytes:
 
 def device_uevent(mdev: MdevDevice) -> dict[str, str]:
     """A device's ``uevent`` file, and the properties its events carry (mdevfs.uevent)."""
-    return {"DRIVER": mdev.parent.driver.mdev_driver} if mdev.binding is not None else {}
+    if mdev.binding is None:
+        return {}
+    return {"DRIVER": mdev.parent.host.mdev_driver_of(mdev.parent)}
 
 
 def parent_uevent(parent: Parent) -> dict[str, str]:
@@ -105,17 +108,55 @@ POWER_ASYNC = Op(show=lambda s: text(s[0]), store=_one_of("enabled", "disabled")
 #: iommu_group_store_type: a group without a default domain is EINVAL, and so is, in mdevfs,
 #: any change of a hardware group's domain (not emulated)
 _GROUP_TYPE_STORE = lambda g, buf: fail(errno.EINVAL)  # noqa: E731
-#: one made by vfio_register_emulated_iommu_dev() (an mdev): named, no domain
-NOIOMMU_GROUP_FILES = {
-    "name": Op(show=lambda g: b"vfio-noiommu\n"),
-    "reserved_regions": Op(show=lambda g: b""),
-    "type": Op(show=lambda g: b"unknown\n", store=_GROUP_TYPE_STORE),
-}
-#: a PCI function's, behind an x86 IOMMU in its default lazy DMA domain [rec]
-PCI_GROUP_FILES = {
-    "reserved_regions": Op(show=lambda g: b"0x00000000fee00000 0x00000000feefffff msi\n"),
-    "type": Op(show=lambda g: b"DMA-FQ\n", store=_GROUP_TYPE_STORE),
-}
+#: the reserved regions of a PCI function's group: the MSI window, and on AMD the HyperTransport
+#: range (amd_iommu_get_resv_regions)
+_RESERVED = {"intel": b"0x00000000fee00000 0x00000000feefffff msi\n",
+             "amd": b"0x00000000fee00000 0x00000000feefffff msi\n"
+                    b"0x000000fd00000000 0x000000ffffffffff reserved\n"}
+
+
+def group_files(kernel: Kernel, iommu: str | None) -> dict[str, Op]:
+    """An IOMMU group's files: one made by vfio_register_emulated_iommu_dev() for an mdev
+    (``iommu`` None: named vfio-noiommu from 5.16, no domain), or a PCI function's behind an
+    x86 IOMMU in its default lazy DMA domain (DMA-FQ from 5.15); ``type`` 0644 from 5.11."""
+    writable = kernel.has(GROUP_TYPE_WRITABLE)
+    if iommu is None:
+        kind, files = b"unknown\n", {"reserved_regions": Op(show=lambda g: b"")}
+        if kernel.has(MDEV_GROUP_NAMED):
+            files["name"] = Op(show=lambda g: b"vfio-noiommu\n")
+    else:
+        kind = b"DMA-FQ\n" if kernel.has(GROUP_TYPE_DMA_FQ) else b"DMA\n"
+        reserved = _RESERVED[iommu]
+        files = {"reserved_regions": Op(show=lambda g: reserved)}
+    files["type"] = Op(show=lambda g: kind, store=_GROUP_TYPE_STORE if writable else None)
+    return dict(sorted(files.items()))
+
+
+def _domains_used(host: Any) -> bytes:
+    """intel-iommu domains_used: the domain ids taken, 2 reserved ones (6.1's count) and one
+    for each PCI function's DMA domain."""
+    return text(2 + sum(fn.iommu_group is not None for fn in host.pci.values()))
+
+
+def iommu_unit_files(iommu: str) -> dict[str, dict[str, Op]]:
+    """An IOMMU unit's attribute group (intel/iommu.c intel_iommu_groups, amd/init.c
+    amd_iommu_groups). The register values are those of a typical server's unit (mdevfs's
+    choice: no kernel here shows one); ``domains_used`` follows the functions."""
+    if iommu == "intel":
+        return {"intel-iommu": {
+            "address": Op(show=lambda h: b"fbffc000\n"),
+            "cap": Op(show=lambda h: b"8d2078c106f0466\n"),
+            "domains_supported": Op(show=lambda h: b"65536\n"),
+            "domains_used": Op(show=_domains_used),
+            "ecap": Op(show=lambda h: b"f020df\n"),
+            "version": Op(show=lambda h: b"1:0\n"),
+        }}
+    return {"amd-iommu": {
+        "cap": Op(show=lambda h: b"190b64\n"),
+        "features": Op(show=lambda h: b"0:25bf732fa2295afe\n"),
+    }}
+
+
 EMPTY_UEVENT = Op(show=lambda o: b"", store=uevent_store)
 
 

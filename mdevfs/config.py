@@ -1,8 +1,13 @@
 """Topology files: which parents a host has, where, and which vendor driver owns each.
 
     [host]
-    iommu_group_base = 0            # first IOMMU group number handed to an mdev
+    iommu_group_base = 0            # first IOMMU group number handed out
     pm_advanced_debug = true        # CONFIG_PM_ADVANCED_DEBUG (Debian: y): 4 more power/ files
+    kernel = "7.3"                  # the kernel emulated, 5.10 to 7.3 (default: the newest)
+    iommu = "intel"                 # the IOMMU unit: "intel" (dmar0), "amd" (ivhd0), "none"
+    cpus = 2                        # CPUs and NUMA nodes (local_cpus, numa_node writes)
+    numa_nodes = 1
+    pci_drivers = ["vfio-pci", "pci-stub"]   # drivers without ids of their own on the bus
 
     [[parent]]
     driver = "mtty"                 # entry point, "module:factory" or "file.py[:factory]"
@@ -32,13 +37,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
+from attrs import Factory, frozen
 
 from .driver import GPU, PARENT, DriverLoadError, kind_of, load_factory, shape_problem
 from .errors import UsageError
+from .kernel import NEWEST, Kernel
 from .model import Host
+from .pci import GENERIC_DRIVERS, GenericDriver
 
-_HOST_KEYS = {"iommu_group_base", "pm_advanced_debug"}
+_HOST_KEYS = {"iommu_group_base", "pm_advanced_debug", "kernel", "iommu", "cpus", "numa_nodes",
+              "pci_drivers"}
 _PARENT_KEYS = {"driver", "name", "path", "options"}
 _DEVICE_KEYS = {"uuid", "parent", "type", "iommu_group", "bound", "vendor"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -70,6 +78,40 @@ def path_problem(path: object) -> str | None:
     if parts[0] != "devices" or len(parts) < 2:
         return "must lie under devices/"
     return None
+
+
+@frozen
+class Machine:
+    """What a ``[host]`` table says of the machine beyond its devices."""
+
+    kernel: Kernel = Factory(Kernel)
+    iommu: str = "intel"
+    cpus: int = 2
+    numa_nodes: int = 1
+    pci_drivers: tuple[str, ...] = tuple(GENERIC_DRIVERS)
+
+
+def _machine(host: Mapping[str, Any], bad: Any) -> Machine:
+    kernel = host.get("kernel", str(NEWEST))
+    if not isinstance(kernel, str):
+        raise bad("[host] kernel", "must be a version string such as \"5.10\"")
+    try:
+        parsed = Kernel.parse(kernel)
+    except ValueError as exc:
+        raise bad("[host] kernel", str(exc)) from None
+    iommu = host.get("iommu", "intel")
+    if iommu not in ("intel", "amd", "none"):
+        raise bad("[host] iommu", "must be \"intel\", \"amd\" or \"none\"")
+    numbers = {}
+    for key, top in (("cpus", 8192), ("numa_nodes", 1024)):
+        value = host.get(key, 2 if key == "cpus" else 1)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+            raise bad(f"[host] {key}", f"must be a whole number from 1 to {top}")
+        numbers[key] = value
+    drivers = host.get("pci_drivers", list(GENERIC_DRIVERS))
+    if not isinstance(drivers, list) or not set(drivers) <= set(GENERIC_DRIVERS):
+        raise bad("[host] pci_drivers", f"must be a list of {', '.join(GENERIC_DRIVERS)}")
+    return Machine(parsed, iommu, numbers["cpus"], numbers["numa_nodes"], tuple(drivers))
 
 
 @frozen
@@ -115,6 +157,7 @@ class Topology:
     pm_advanced_debug: bool = True
     gpus: tuple[GpuEntry, ...] = ()
     devices: tuple[DeviceEntry, ...] = ()
+    machine: Machine = Factory(lambda: Machine())
 
     @classmethod
     def default(cls) -> Topology:
@@ -162,6 +205,7 @@ class Topology:
         pm_debug = host.get("pm_advanced_debug", True)
         if not isinstance(pm_debug, bool):
             raise bad("[host] pm_advanced_debug", "must be true or false")
+        machine = _machine(host, bad)
         gpus = _gpus(doc.get("gpu", []), bad)
         parents = []
         for where, entry in _tables(doc.get("parent", []), "parent", _PARENT_KEYS, bad):
@@ -184,7 +228,7 @@ class Topology:
         if not (parents or gpus):
             raise bad("[[parent]]", "at least one parent (or [[gpu]]) is needed")
         return cls(source, base_dir, base, tuple(parents), pm_debug, gpus,
-                   _devices(doc.get("device", []), bad))
+                   _devices(doc.get("device", []), bad), machine)
 
     def build(self) -> Host:
         """Load every driver and register every GPU, parent and device; raises TopologyError."""
@@ -193,12 +237,19 @@ class Topology:
     def empty_host(self) -> Host:
         """The host of this topology before anything registers: a view (the sysfs tree) that
         must see every device observes it first, then :meth:`populate` fills it."""
+        m = self.machine
         return Host(iommu_group_base=self.iommu_group_base,
-                    pm_advanced_debug=self.pm_advanced_debug)
+                    pm_advanced_debug=self.pm_advanced_debug, kernel=m.kernel, iommu=m.iommu,
+                    cpus=m.cpus, numa_nodes=m.numa_nodes)
 
     def populate(self, host: Host, devices: bool = True) -> Host:
         """Register the topology's GPUs, parents and (unless told not to) devices, with fresh
         drivers, in ``host`` (an empty one: a new host, or one reset)."""
+        for name in self.machine.pci_drivers:
+            entry = host.pci_drivers.get(name)
+            if entry is None or not entry.instances:
+                module, vfio = GENERIC_DRIVERS[name]
+                host.register_pci_driver(GenericDriver(name, module, vfio))
         paths: set[str] = set()
         for i, gpu in enumerate(self.gpus):  # PCI devices first, as the kernel finds them at boot
             where = f"{self.source}: gpu #{i + 1} (driver {gpu.driver!r})"

@@ -103,8 +103,9 @@ class Control:
     def cmd_unplug(self, parent: str) -> None:
         """Hot-unplug: the parent's devices are destroyed, then the parent goes."""
         found = self._parent(parent)
+        on = self.host.pci.get(parent) if found.own_pci is None else None  # a VF it lives on
         self.host.remove_parent(parent)
-        self.unplugged[parent] = (found.path, found.driver, self.host.pci.get(parent))
+        self.unplugged[parent] = (found.path, found.driver, on)
 
     def cmd_plug(self, parent: str) -> None:
         """Plug an unplugged parent back: its types return, its devices do not."""
@@ -199,13 +200,19 @@ class Control:
     def cmd_reset(self) -> None:
         """The topology's initial state: no devices, no faults, fresh drivers, every GPU
         and parent as the topology gives them."""
-        for name in list(self.host.parents):
-            self.host.remove_parent(name)
-        for fn in reversed(list(self.host.pci.values())):  # VFs before their PF
-            self.host.remove_pci(fn)
+        host = self.host
+        for name in list(host.parents):
+            host.remove_parent(name)
+        for fn in reversed([f for f in host.pci.values() if not f.is_vf]):
+            host.remove_pci(fn)  # a PF's VFs first
+        for entry in host.pci_drivers.values():
+            entry.instances.clear()
+            entry.dynamic_ids.clear()
+        host.removed.clear()
+        host.pci_autoprobe = host.mdev_autoprobe = True
         self.unplugged.clear()
         self.faults.clear()
-        self.topology.populate(self.host)
+        self.topology.populate(host)
 
     # --- helpers ------------------------------------------------------------------------
 

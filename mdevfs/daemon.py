@@ -163,7 +163,8 @@ class Daemon:
             undone = self._undo(exc.changes) if undo else False
             if not undone:
                 self.state.resync()
-            what = ", ".join(f"{op} {mdev.uuid}" for op, mdev, _ in exc.changes)
+            what = ", ".join(f"{op} {getattr(obj, 'uuid', None) or obj.bdf}"
+                             for op, obj, _ in exc.changes)
             log.error("%s (%s); %s", exc.strerror, what,
                       "undone, the write fails with EIO" if undone else
                       "the file is rewritten whole at the next change")
@@ -173,24 +174,38 @@ class Daemon:
         """Take back changes that were not recorded, newest first; False if one cannot be."""
         assert self.state is not None
         with self.state.paused():
-            for op, mdev, before in reversed(changes):
+            for op, obj, before in reversed(changes):
                 try:
-                    if op == "add" and self.host.devices.get(mdev.uuid) is mdev:
-                        self.host.remove(mdev, b"1")
-                    elif (op == "remove" and before is not None
-                          and self.host.parents.get(mdev.parent.name) is mdev.parent):
-                        group, vendor = before  # the device as the file still has it
-                        self.host.restore(mdev.mdev_type, mdev.uuid, group, json.loads(vendor),
-                                          bound=group is not None)
-                    elif op == "vendor" and before is not None:
-                        mdev.vendor.clear()
-                        mdev.vendor.update(json.loads(before[1]))
-                    else:  # an unbind (the kernel never binds again), an unplugged parent
+                    if not self._undo_one(op, obj, before):
                         return False
                 except (OSError, ValueError):
-                    log.exception("cannot undo %s of %s", op, mdev.uuid)
+                    log.exception("cannot undo %s of %s", op, getattr(obj, "uuid", None) or obj)
                     return False
         return True
+
+    def _undo_one(self, op: str, obj: Any, before: Any) -> bool:
+        host = self.host
+        if op == "pci":  # a function's binding, or a PF's VFs: back to their record
+            if before is None or host.pci.get(obj.bdf) is not obj:
+                return False
+            self.state.undo_pci(obj, before)  # type: ignore[union-attr]
+            return True
+        if op == "add" and host.devices.get(obj.uuid) is obj:
+            host.remove(obj, b"1")
+            return True
+        parent = host.parents.get(obj.parent.name)
+        if op == "remove" and before is not None and parent is not None:
+            mtype = parent.types.get(obj.mdev_type.type_id)  # the parent may be registered anew
+            if mtype is None:
+                return False
+            group, vendor = before  # the device as the file still has it
+            host.restore(mtype, obj.uuid, group, json.loads(vendor), bound=group is not None)
+            return True
+        if op == "vendor" and before is not None:
+            obj.vendor.clear()
+            obj.vendor.update(json.loads(before[1]))
+            return True
+        return False  # an unbind (the kernel never binds again), an unplugged parent
 
     # --- serving ----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from attrs import frozen
 
 from .errors import fail
+from .kernel import Kernel
 
 if TYPE_CHECKING:
     from .model import MdevDevice, MdevType
@@ -117,6 +118,14 @@ class VendorDriver(Protocol):
         Refuse with OSError(errno) or ValueError (answered as EINVAL with its text).
         The types a parent offers must not change: they are read at registration."""
 
+    def parent_attributes(self) -> Sequence[Attribute]:
+        """Attributes of the parent device itself (``mdev_parent_ops.dev_attr_groups``,
+        before 5.19), for a parent that is a class device."""
+
+    #: the kernel the host runs (:class:`mdevfs.kernel.Kernel`), set by the host when it
+    #: registers the parent: a driver that behaves as the kernel's did in an era asks it
+    kernel: Kernel
+
 
 class BaseDriver:
     """Defaults for every optional part of :class:`VendorDriver`; subclass it."""
@@ -126,6 +135,7 @@ class BaseDriver:
     subsystem = ("class", "base")
     default_parent = "base"
     default_path = "devices/virtual/base/base"
+    kernel = Kernel()
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = dict(options or {})
@@ -159,6 +169,9 @@ class BaseDriver:
 
     def set_option(self, key: str, value: Any) -> None:
         fail(errno.EINVAL, f"driver {self.name} has no run-time option {key!r}")
+
+    def parent_attributes(self) -> Sequence[Attribute]:
+        return ()
 
 
 #: what a factory of the ``mdevfs.vendors`` group makes: an mdev parent's driver

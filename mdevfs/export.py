@@ -21,7 +21,7 @@ from attrs import frozen
 
 from .beneath import NewTree
 from .config import Topology
-from .nodes import Dir, File, Link
+from .nodes import PAGE_SIZE, Dir, File, Link
 from .tree import Tree
 
 
@@ -98,9 +98,9 @@ def walk_mount(root: Path, under: Iterable[str] = ("",)) -> list[Entry]:
 def _read_file(path: Path, rel: str, mode: int) -> Entry:
     if not mode & 0o444:
         return Entry(rel, "file", mode)
-    try:
-        with open(path, "rb") as f:
-            return Entry(rel, "file", mode, f.read())
+    try:  # at most a page, as sysfs shows: a BAR's file may stat with its size (GiBs)
+        with open(path, "rb", buffering=0) as f:
+            return Entry(rel, "file", mode, f.read(PAGE_SIZE))
     except OSError as exc:
         return Entry(rel, "file", mode, error=exc.errno)
 

@@ -78,11 +78,13 @@ AfterStore = Callable[[File], None]
 
 
 class _Handle:
-    __slots__ = ("node", "data")
+    __slots__ = ("node", "data", "privileged")
 
-    def __init__(self, node: File) -> None:
+    def __init__(self, node: File, privileged: bool) -> None:
         self.node = node
         self.data: bytes | None = None
+        #: opened by root (CAP_SYS_ADMIN): a PCI config file reads whole only then
+        self.privileged = privileged
 
 
 class _Listing:
@@ -154,7 +156,8 @@ class SysfsOperations(pyfuse3.Operations):
         attr.entry_timeout = 0 if node.volatile else ENTRY_TIMEOUT
         if isinstance(node, File):
             attr.st_mode = stat.S_IFREG | node.op.mode
-            attr.st_size = PAGE_SIZE  # as sysfs: every attribute stats with size 4096
+            # as sysfs: every attribute stats with size 4096, a binary one with its own
+            attr.st_size = PAGE_SIZE if node.op.size is None else node.op.size(node.obj)
             attr.st_nlink = 1
         elif isinstance(node, Dir):
             attr.st_mode = stat.S_IFDIR | 0o755
@@ -282,7 +285,9 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EACCES)
         if node.parent is None:
             raise pyfuse3.FUSEError(errno.ENODEV)
-        return pyfuse3.FileInfo(fh=self._new_fh(_Handle(node)), direct_io=True, keep_cache=False)
+        privileged = getattr(ctx, "uid", 0) == 0
+        return pyfuse3.FileInfo(fh=self._new_fh(_Handle(node, privileged)), direct_io=True,
+                                keep_cache=False)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -296,6 +301,9 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENODEV)  # kernfs_seq_start: node removed
         if handle.data is None:
             handle.data = handle.node.read()
+            limit = handle.node.op.unprivileged_limit
+            if limit is not None and not handle.privileged:
+                handle.data = handle.data[:limit]  # pci_read_config: 64 bytes for a user
         return handle.data[off:off + size]
 
     @handler

@@ -17,7 +17,23 @@ from attrs import Factory, define, evolve, field, frozen
 
 from .driver import MdevTypeSpec, VendorDriver
 from .errors import fail
-from .pci import NamedDriver, PciFunction, PciIds
+from .kernel import (
+    BIND_BOUND_EBUSY,
+    MDEV_CORE_COUNTER,
+    PCI_STORE_EINVAL,
+    PER_PARENT_MDEV_DRIVER,
+    Kernel,
+)
+from .pci import (
+    ANY_ID,
+    BasePciDriver,
+    Caps,
+    DriverEntry,
+    PciDriver,
+    PciFunction,
+    PciIds,
+    parse_dynamic_id,
+)
 
 UUID_STRING_LEN = 36
 _HEX = frozenset(string.hexdigits)
@@ -85,15 +101,16 @@ class MdevType:
         return self.parent.available(self)
 
 
-def parse_numvfs(buf: bytes) -> int:
+def parse_numvfs(buf: bytes, einval: bool = True) -> int:
     """``sriov_numvfs_store``'s ``kstrtou16(buf, 0)``: any failure, a value past 65535
-    too, is EINVAL (the store turns every parse error into EINVAL, as remove does)."""
+    too, is EINVAL (the store turns every parse error into EINVAL, as remove does); before
+    5.16 (``einval`` False) kstrtou16's own errno passes: ERANGE past 65535."""
     try:
         value = kstrtoul(buf)
-    except OSError:
-        fail(errno.EINVAL)
+    except OSError as exc:
+        fail(errno.EINVAL if einval else exc.errno or errno.EINVAL)
     if value > 0xFFFF:
-        fail(errno.EINVAL)
+        fail(errno.EINVAL if einval else errno.ERANGE)
     return value
 
 
@@ -107,8 +124,9 @@ def pci_ids(props: Mapping[str, str]) -> PciIds:
 @frozen
 class Binding:
     """What binding a device to its driver made: ``vfio_register_emulated_iommu_dev()``
-    gives it a new IOMMU group (named ``vfio-noiommu``), that group's ``/dev/vfio/<minor>``
-    and the ``vfio-dev/vfio<index>`` device. Each number comes from an ida of its own."""
+    gives it a new IOMMU group (named ``vfio-noiommu``), that group's vfio group (named, as
+    ``class/vfio/<N>`` and ``/dev/vfio/<N>``, after the IOMMU group) and the
+    ``vfio-dev/vfio<index>`` device (an ida of its own)."""
 
     iommu_group: int
     vfio_group: int
@@ -152,10 +170,12 @@ class Parent:
     own_pci: PciFunction | None = None
 
     def available(self, mtype: MdevType) -> int:
+        """available_instances: the driver's arithmetic or the core's counter; from 6.1 the
+        core prints it unsigned, before each driver printed its own (mtty's went negative)."""
         count = self.driver.available_instances(mtype)
         if count is None:
             count = self.driver.max_instances() - self.core_used
-        return max(count, 0)
+        return max(count, 0) if self.host.kernel.has(MDEV_CORE_COUNTER) else count
 
     def devices(self) -> list[MdevDevice]:
         return [d for t in self.types.values() for d in t.devices.values()]
@@ -168,53 +188,82 @@ class HostObserver:
     def parent_removed(self, parent: Parent) -> None: ...
     def device_added(self, mdev: MdevDevice) -> None: ...
     def device_removed(self, mdev: MdevDevice) -> None: ...
+    def device_bound(self, mdev: MdevDevice) -> None: ...
     def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None: ...
     def pci_added(self, fn: PciFunction) -> None: ...
     def pci_removed(self, fn: PciFunction) -> None: ...
+    def pci_bound(self, fn: PciFunction) -> None: ...
+    def pci_unbound(self, fn: PciFunction, driver: PciDriver) -> None: ...
+    def pci_driver_added(self, entry: DriverEntry) -> None: ...
+
+
+#: the mdev driver every mdev binds to before per-parent drivers (5.14)
+VFIO_MDEV = "vfio_mdev"
 
 
 @define(eq=False)
 class Host:
-    """The machine: registered parents, every mdev on the global list, IOMMU groups."""
+    """The machine: registered parents, every mdev on the global list, IOMMU groups, PCI
+    functions and the drivers on the PCI bus, and the kernel it runs."""
 
     iommu_group_base: int = 0
     #: CONFIG_PM_ADVANCED_DEBUG, as Debian builds it: four more files in every power/
     pm_advanced_debug: bool = True
+    kernel: Kernel = Factory(Kernel)
+    #: the IOMMU: "intel" (dmar0), "amd" (ivhd0) or "none"
+    iommu: str = "intel"
+    cpus: int = 2
+    numa_nodes: int = 1
     parents: dict[str, Parent] = Factory(dict)
     devices: dict[str, MdevDevice] = Factory(dict)
     #: every PCI function, by its address
     pci: dict[str, PciFunction] = Factory(dict)
+    #: the drivers on the PCI bus, by name, in registration order
+    pci_drivers: dict[str, DriverEntry] = Factory(dict)
+    #: bus/pci/drivers_autoprobe and bus/mdev/drivers_autoprobe
+    pci_autoprobe: bool = True
+    mdev_autoprobe: bool = True
+    #: functions removed through their ``remove`` file, for a rescan to find again
+    removed: list[PciFunction] = Factory(list)
     observers: list[HostObserver] = Factory(list)
     #: the address of every VF a PF may enable → that PF
     _vf_slots: dict[str, PciFunction] = field(init=False, factory=dict)
     _group_ids: Ida = field(init=False)
-    _vfio_groups: Ida = field(init=False)
     _vfio_devices: Ida = field(init=False)
+    _irqs: Ida = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._group_ids = Ida(self.iommu_group_base)
-        self._vfio_groups = Ida()
         self._vfio_devices = Ida()
+        self._irqs = Ida(16)
 
-    # --- PCI functions and SR-IOV ----------------------------------------------------------
+    def _tell(self, event: str, *args: Any) -> None:
+        for obs in self.observers:
+            getattr(obs, event)(*args)
 
-    def add_pci(self, fn: PciFunction, group: int | None = None) -> PciFunction:
-        """``pci_device_add()`` and the driver's probe: the function with its IOMMU group
-        (``group`` when given: a restored VF keeps its own), registered with VFIO when it is
-        a VF of a driver that does so."""
+    # --- the PCI bus: functions -------------------------------------------------------------
+
+    def add_pci(self, fn: PciFunction, group: int | None = None, probe: bool = True) -> PciFunction:
+        """``pci_device_add()``: the function with its IOMMU group (``group`` when given: a
+        restored VF keeps its own) and its interrupt line, then, with ``probe`` and the bus's
+        drivers_autoprobe, a driver (device_attach)."""
         if fn.bdf in self.pci:
             raise ValueError(f"PCI function {fn.bdf} is added twice")
+        fn.host = self
         owner = self._vf_slots.get(fn.bdf)
         if owner is not None and fn.physfn is not owner:
             raise ValueError(f"PCI function {fn.bdf} is the address of a VF of {owner.bdf}")
         if fn.sriov is not None:
             self._reserve_vfs(fn)
-        fn.iommu_group = self._alloc_group(group)
-        if fn.is_vf and fn.driver is not None and fn.driver.vfio_vfs:
-            fn.vfio = Binding(fn.iommu_group, self._vfio_groups.alloc(), self._vfio_devices.alloc())
+        if self.iommu != "none":
+            fn.iommu_group = self._alloc_group(group)
+        if not fn.is_vf:
+            fn.irq = self._irqs.alloc()
+        fn.d3cold_allowed = fn.caps.pm
         self.pci[fn.bdf] = fn
-        for obs in self.observers:
-            obs.pci_added(fn)
+        self._tell("pci_added", fn)
+        if probe and self.pci_autoprobe and self._may_probe(fn):
+            self.pci_attach(fn)
         return fn
 
     def _reserve_vfs(self, pf: PciFunction) -> None:
@@ -236,18 +285,173 @@ class Host:
         return self._vf_slots.get(bdf)
 
     def remove_pci(self, fn: PciFunction) -> None:
+        """``pci_stop_and_remove_bus_device()``: its VFs first, its driver detached, then it goes."""
+        if fn.sriov is not None and fn.sriov.vfs:
+            self._disable_vfs(fn)
+        if fn.driver is not None:
+            self._detach_pci(fn)
         del self.pci[fn.bdf]
         if fn.sriov is not None:
             for bdf in [b for b, pf in self._vf_slots.items() if pf is fn]:
                 del self._vf_slots[bdf]
-        if fn.vfio is not None:
-            self._vfio_groups.release(fn.vfio.vfio_group)
-            self._vfio_devices.release(fn.vfio.vfio_index)
-            fn.vfio = None
         if fn.iommu_group is not None:
             self._group_ids.release(fn.iommu_group)
-        for obs in self.observers:
-            obs.pci_removed(fn)
+        if not fn.is_vf:
+            self._irqs.release(fn.irq)
+        self._tell("pci_removed", fn)
+
+    def remove_store(self, fn: PciFunction, buf: bytes) -> int:
+        """A function's ``remove`` (pci-sysfs.c remove_store): kstrtoul, any failure EINVAL;
+        non-zero takes the function (and what hangs on it) off the bus until a rescan."""
+        if _parse_ulong(buf):
+            self.remove_pci(fn)
+            self.removed.append(fn)
+        return len(buf)
+
+    def rescan(self, buf: bytes, bus: int | None = None) -> int:
+        """``rescan`` of the bus (or of a function's bus): kstrtoul, any failure EINVAL;
+        non-zero finds every removed function (on that bus) again, as at boot."""
+        if _parse_ulong(buf):
+            for fn in [f for f in self.removed if bus is None or f.domain_bus[1] == bus]:
+                self.removed.remove(fn)
+                fresh = attrs_evolve_function(fn)
+                self.add_pci(fresh)
+        return len(buf)
+
+    # --- the PCI bus: drivers and binding ------------------------------------------------------
+
+    def register_pci_driver(self, driver: PciDriver) -> DriverEntry:
+        """A driver (or one more instance of a driver's name) on the bus; unbound functions
+        its id table takes are probed, as driver_register's driver_attach does."""
+        entry = self.pci_drivers.get(driver.name)
+        if entry is None:
+            entry = self.pci_drivers[driver.name] = DriverEntry(
+                driver.name, driver.module, driver.module_version)
+            self._tell("pci_driver_added", entry)
+        entry.instances.append(driver)
+        return entry
+
+    def unregister_pci_driver(self, driver: PciDriver) -> None:
+        entry = self.pci_drivers.get(driver.name)
+        if entry is not None and driver in entry.instances:
+            for fn in [f for f in self.pci.values() if f.driver is driver]:
+                self._detach_pci(fn)
+            entry.instances.remove(driver)
+
+    def _matching(self, fn: PciFunction, entry: DriverEntry) -> PciDriver | None:
+        """pci_match_device: with driver_override, only the driver it names takes the
+        function, whatever its ids; else a dynamic id of the driver's, or an instance's own
+        id table."""
+        if fn.driver_override is not None:
+            return entry.instances[0] if fn.driver_override == entry.name else None
+        if any(dyn.matches(fn) for dyn in entry.dynamic_ids):
+            return entry.instances[0]
+        return next((drv for drv in entry.instances if drv.matches(fn)), None)
+
+    def _may_probe(self, fn: PciFunction) -> bool:
+        """pci_device_can_probe: a VF probes only if its PF's sriov_drivers_autoprobe is on
+        or it has a driver_override."""
+        pf = fn.physfn
+        return (pf is None or pf.sriov is None or pf.sriov.drivers_autoprobe
+                or fn.driver_override is not None)
+
+    def pci_attach(self, fn: PciFunction) -> bool:
+        """``device_attach()``: the first driver that takes ``fn`` binds it; a probe that
+        refuses lets the next try. True when bound."""
+        if fn.driver is not None or not self._may_probe(fn):
+            return fn.driver is not None
+        for entry in list(self.pci_drivers.values()):
+            drv = self._matching(fn, entry)
+            if drv is None:
+                continue
+            try:
+                self._probe_pci(fn, drv)
+            except OSError:
+                continue
+            return True
+        return False
+
+    def pci_bind(self, fn: PciFunction, name: str) -> None:
+        """``bind_store``: the function must match the driver (else ENODEV) and have none (else
+        EBUSY; ENODEV before 5.14); a VF its PF may not autoprobe is ENODEV; the probe's own
+        errno passes."""
+        entry = self.pci_drivers[name]
+        if fn.driver is not None:
+            fail(errno.EBUSY if self.kernel.has(BIND_BOUND_EBUSY) else errno.ENODEV)
+        drv = self._matching(fn, entry)
+        if drv is None or not self._may_probe(fn):
+            fail(errno.ENODEV)
+        self._probe_pci(fn, drv)
+
+    def pci_unbind(self, fn: PciFunction, name: str) -> None:
+        """``unbind_store``: a function bound to this driver is detached (its driver's remove
+        cannot refuse), else ENODEV."""
+        if fn.driver is None or fn.driver.name != name:
+            fail(errno.ENODEV)
+        self._detach_pci(fn)
+
+    def drivers_probe(self, fn: PciFunction) -> None:
+        """``drivers_probe_store`` of one function: attach it if it has no driver."""
+        self.pci_attach(fn)
+
+    def new_id(self, name: str, buf: bytes) -> int:
+        """``new_id_store``: a dynamic id for the driver, then every unbound function it now
+        takes is probed. An id its table (or a dynamic id) already takes is EEXIST, when
+        given without driver data."""
+        entry = self.pci_drivers[name]
+        dyn, fields = parse_dynamic_id(buf)
+        probe_fn = PciFunction("ffff:ff:1f.7", "", PciIds(
+            dyn.vendor, dyn.device, dyn.subvendor, dyn.subdevice, dyn.klass))
+        if fields < 7 and self._matching(probe_fn, entry) is not None:
+            fail(errno.EEXIST)
+        if fields == 7:
+            fail(errno.EINVAL)  # driver_data must be one of the static table's: none here
+        entry.dynamic_ids.append(dyn)
+        for fn in list(self.pci.values()):
+            if fn.driver is None and dyn.matches(fn) and fn.driver_override is None:
+                self.pci_attach(fn)
+        return len(buf)
+
+    def remove_id(self, name: str, buf: bytes) -> int:
+        """``remove_id_store``: the first dynamic id equal to the one given goes, else ENODEV."""
+        entry = self.pci_drivers[name]
+        dyn, _ = parse_dynamic_id(buf)
+        for i, have in enumerate(entry.dynamic_ids):
+            if (have.vendor, have.device) == (dyn.vendor, dyn.device) and \
+                    dyn.subvendor in (ANY_ID, have.subvendor) and \
+                    dyn.subdevice in (ANY_ID, have.subdevice) and \
+                    not (dyn.klass ^ have.klass) & dyn.class_mask:
+                del entry.dynamic_ids[i]
+                return len(buf)
+        fail(errno.ENODEV)
+
+    def _probe_pci(self, fn: PciFunction, drv: PciDriver) -> None:
+        """really_probe: the driver's probe; then the function is its, registered with VFIO
+        if the driver does that."""
+        drv.probe(fn)
+        fn.driver, fn.powered = drv, True
+        if drv.enables:  # pci_enable_device and a 64-bit DMA mask, as a device driver does
+            fn.enable_cnt, fn.dma_bits = 1, 64
+        if drv.registers_vfio(fn):
+            group = fn.iommu_group if fn.iommu_group is not None else -1
+            fn.vfio = Binding(group, group, self._vfio_devices.alloc())
+            # vfio-pci lets a function nobody has opened runtime-suspend (to D3hot)
+            fn.suspended = fn.caps.pm and not drv.enables
+        self._tell("pci_bound", fn)
+
+    def _detach_pci(self, fn: PciFunction) -> None:
+        drv = fn.driver
+        assert drv is not None
+        if fn.sriov is not None and fn.sriov.vfs:
+            self._disable_vfs(fn)  # a PF driver's remove disables SR-IOV
+        drv.remove(fn)
+        if fn.vfio is not None:
+            self._vfio_devices.release(fn.vfio.vfio_index)
+            fn.vfio, fn.vfio_open = None, False
+        fn.driver, fn.enable_cnt, fn.dma_bits, fn.suspended = None, 0, 32, False
+        self._tell("pci_unbound", fn, drv)
+
+    # --- SR-IOV -------------------------------------------------------------------------------
 
     def set_numvfs(self, pf: PciFunction, buf: bytes,
                    groups: Sequence[int | None] = ()) -> int:
@@ -257,7 +461,7 @@ class Host:
         VFs exist before the write returns; ``groups`` (a restore) gives their IOMMU groups."""
         sriov = pf.sriov
         assert sriov is not None
-        count = parse_numvfs(buf)
+        count = parse_numvfs(buf, einval=self.kernel.has(PCI_STORE_EINVAL))
         if count > sriov.total_vfs:
             fail(errno.ERANGE)
         if count == sriov.num_vfs:
@@ -268,54 +472,91 @@ class Host:
             fail(errno.EBUSY)
         pf.driver.sriov_configure(pf, count)
         if count == 0:
-            for vf in reversed(sriov.vfs):
-                self.remove_pci(vf)
-            sriov.vfs.clear()
+            self._disable_vfs(pf)
             return len(buf)
         for i in range(count):
             vf = PciFunction(bdf=pf.vf_bdf(i), path=pf.vf_path(i), physfn=pf,
-                             ids=evolve(pf.ids, device=sriov.vf_device),
-                             driver=pf.driver if sriov.drivers_autoprobe else None,
-                             numa_node=pf.numa_node, bars=pf.bars[:1])
+                             ids=evolve(pf.ids, device=sriov.vf_device), numa_node=pf.numa_node,
+                             bars=pf.vf_bars(i), caps=Caps(link=pf.caps.link, pm=False,
+                                                           msix=True, resets=("flr",)),
+                             vfio_pci_refused=sriov.vf_vfio_pci_refused)
             sriov.vfs.append(vf)  # virtfn<i> is its place in this list
             self.add_pci(vf, groups[i] if i < len(groups) else None)
         pf.driver.vfs_added(pf)
         return len(buf)
 
+    def _disable_vfs(self, pf: PciFunction) -> None:
+        """pci_disable_sriov: every VF goes, the last first."""
+        assert pf.sriov is not None
+        for vf in reversed(pf.sriov.vfs):
+            self.remove_pci(vf)
+        pf.sriov.vfs.clear()
+
     # --- mdev parents -----------------------------------------------------------------------
 
     def add_parent(self, name: str, path: str, driver: VendorDriver) -> Parent:
-        """``mdev_register_parent()``: the parent and its types appear."""
+        """``mdev_register_parent()``: the parent and its types appear. A GPU given only as an
+        mdev parent (``[[parent]]`` on the PCI bus, with PCI ids) is a PCI function first,
+        whose driver registers the parent when it binds, and unregisters it when it unbinds."""
         if name in self.parents:
             raise ValueError(f"parent {name!r} is registered twice")
         owner = self._vf_slots.get(name)
         if owner is not None and name not in self.pci:
             raise ValueError(f"parent {name!r} has the address of a VF of {owner.bdf}")
-        parent = Parent(host=self, name=name, path=path.strip("/"), driver=driver)
         if driver.subsystem == ("bus", "pci") and name not in self.pci:
             props = driver.parent_uevent()
             if "PCI_ID" in props:  # the GPU the parent is: a PCI function of its own
-                parent.own_pci = self.add_pci(PciFunction(
-                    bdf=name, path=parent.path, ids=pci_ids(props),
-                    driver=NamedDriver(props.get("DRIVER", driver.name))))
+                pci_driver = ParentDriver(self, name, path.strip("/"), driver,
+                                          props.get("DRIVER", driver.name))
+                self.register_pci_driver(pci_driver)
+                fn = self.add_pci(PciFunction(
+                    bdf=name, path=path.strip("/"), ids=pci_ids(props),
+                    bars=tuple(getattr(driver, "pci_bars", ())),
+                    caps=getattr(driver, "pci_caps", Caps())))
+                if name not in self.parents:  # bus autoprobe is off: registered unbound
+                    return self._register_parent(name, path, driver)
+                self.parents[name].own_pci = fn
+                return self.parents[name]
+        return self._register_parent(name, path, driver)
+
+    def _register_parent(self, name: str, path: str, driver: VendorDriver) -> Parent:
+        parent = Parent(host=self, name=name, path=path.strip("/"), driver=driver)
+        if hasattr(driver, "kernel"):
+            driver.kernel = self.kernel  # type: ignore[attr-defined]
         for spec in driver.types():
             type_id = f"{driver.name}-{spec.sysfs_name}"
             parent.types[type_id] = MdevType(parent=parent, spec=spec, type_id=type_id)
         self.parents[name] = parent
-        for obs in self.observers:
-            obs.parent_added(parent)
+        self._tell("parent_added", parent)
         return parent
 
     def remove_parent(self, name: str) -> None:
-        """``mdev_unregister_parent()``: every device of the parent is destroyed first."""
+        """Hot-unplug: ``mdev_unregister_parent()`` (every device of the parent is destroyed
+        first); a GPU given as a parent leaves the bus with it."""
+        parent = self.parents[name]
+        fn = parent.own_pci
+        if fn is not None and fn.bdf in self.pci:
+            driver = fn.driver
+            self.remove_pci(fn)  # its driver's remove unregisters the parent
+            if isinstance(driver, ParentDriver):
+                self.unregister_pci_driver(driver)
+            if name not in self.parents:
+                return
+        self._unregister_parent(name)
+
+    def _unregister_parent(self, name: str) -> None:
         parent = self.parents[name]
         for mdev in parent.devices():
             self._destroy(mdev)
         del self.parents[name]
-        for obs in self.observers:
-            obs.parent_removed(parent)
-        if parent.own_pci is not None:
-            self.remove_pci(parent.own_pci)
+        self._tell("parent_removed", parent)
+
+    # --- mdev devices ------------------------------------------------------------------------
+
+    def mdev_driver_of(self, parent: Parent) -> str:
+        """The mdev driver a device of ``parent`` binds to: the parent's own from 5.14, before
+        that ``vfio_mdev``."""
+        return parent.driver.mdev_driver if self.kernel.has(PER_PARENT_MDEV_DRIVER) else VFIO_MDEV
 
     def create(self, mtype: MdevType, buf: bytes) -> int:
         """``create_store()``: checks in the kernel's order (spec §2.2); returns len(buf)."""
@@ -328,42 +569,58 @@ class Host:
         counted = parent.driver.available_instances(mtype) is None
         if counted and parent.available(mtype) <= 0:
             fail(errno.EUSERS)
-        self.restore(mtype, uuid)
+        # before 5.14 a new mdev is bound only if the bus autoprobes
+        bound = self.mdev_autoprobe or self.kernel.has(PER_PARENT_MDEV_DRIVER)
+        self.restore(mtype, uuid, bound=bound)
         return len(buf)
 
     def restore(self, mtype: MdevType, uuid: str, group: int | None = None,
                 vendor: Mapping[str, Any] | None = None, bound: bool = True) -> MdevDevice:
         """``mdev_device_create()`` of validated input: probe the driver (binding the
         device, in IOMMU group ``group`` when given) and register the device; an
-        unbound device (``bound=False``, from a state file) is registered unprobed."""
+        unbound device (``bound=False``, from a state file) is registered unprobed.
+        Before 5.14 the driver's create takes the resources whether the device binds or not."""
         mdev = MdevDevice(uuid=uuid, mdev_type=mtype, vendor=dict(vendor or {}))
         parent = mtype.parent
+        if not self.kernel.has(PER_PARENT_MDEV_DRIVER):
+            parent.driver.probe(mdev)  # mdev_parent_ops.create: held until remove
         if bound:
             mdev.binding = self._bind(mdev, group)
         if parent.driver.available_instances(mtype) is None:
             parent.core_used += 1
         self.devices[uuid] = mtype.devices[uuid] = mdev
-        for obs in self.observers:
-            obs.device_added(mdev)
+        self._tell("device_added", mdev)
         return mdev
 
     def _bind(self, mdev: MdevDevice, group: int | None) -> Binding:
-        """The driver's probe, then vfio's registration; on failure nothing is taken."""
+        """The driver's probe (from 5.14), then vfio's registration; on failure nothing is
+        taken."""
         iommu_group = self._alloc_group(group)
-        try:
-            mdev.parent.driver.probe(mdev)
-        except BaseException:
-            self._group_ids.release(iommu_group)
-            raise
-        return Binding(iommu_group, self._vfio_groups.alloc(), self._vfio_devices.alloc())
+        if self.kernel.has(PER_PARENT_MDEV_DRIVER):
+            try:
+                mdev.parent.driver.probe(mdev)
+            except BaseException:
+                self._group_ids.release(iommu_group)
+                raise
+        return Binding(iommu_group, iommu_group, self._vfio_devices.alloc())
+
+    def bind(self, mdev: MdevDevice) -> None:
+        """Bind an unbound mdev to vfio_mdev (``bind`` or ``drivers_probe``): before 5.14
+        only; from then on nothing matches an mdev (``mdev_match`` is 0): ENODEV."""
+        if self.kernel.has(PER_PARENT_MDEV_DRIVER) or mdev.binding is not None:
+            fail(errno.ENODEV)
+        mdev.binding = self._bind(mdev, None)
+        self._tell("device_bound", mdev)
 
     def unbind(self, mdev: MdevDevice) -> None:
-        """``device_driver_detach()``: the driver's remove (it cannot refuse), and the
-        IOMMU group and vfio device go; the device stays, driverless, until removed."""
-        try:
-            mdev.parent.driver.remove(mdev)
-        except OSError:
-            pass  # remove() is void in the kernel: detaching always succeeds
+        """``device_driver_detach()``: the driver's remove (it cannot refuse; from 5.14 only:
+        before, the resources stay with the device), and the IOMMU group and vfio device go;
+        the device stays, driverless, until removed."""
+        if self.kernel.has(PER_PARENT_MDEV_DRIVER):
+            try:
+                mdev.parent.driver.remove(mdev)
+            except OSError:
+                pass  # remove() is void in the kernel: detaching always succeeds
         self._detach(mdev)
 
     def _detach(self, mdev: MdevDevice) -> None:
@@ -371,10 +628,8 @@ class Host:
         assert binding is not None
         mdev.binding = None
         self._group_ids.release(binding.iommu_group)
-        self._vfio_groups.release(binding.vfio_group)
         self._vfio_devices.release(binding.vfio_index)
-        for obs in self.observers:
-            obs.device_unbound(mdev, binding)
+        self._tell("device_unbound", mdev, binding)
 
     def remove(self, mdev: MdevDevice, buf: bytes) -> int:
         """``remove_store()`` (spec §2.3): kstrtoul base 0, any failure EINVAL; 0 is a
@@ -387,7 +642,7 @@ class Host:
             return len(buf)
         if self.devices.get(mdev.uuid) is not mdev:
             fail(errno.ENODEV)
-        if mdev.binding is not None:
+        if mdev.binding is not None or not self.kernel.has(PER_PARENT_MDEV_DRIVER):
             mdev.parent.driver.remove(mdev)
         self._destroy(mdev, vendor_removed=True)
         return len(buf)
@@ -395,19 +650,19 @@ class Host:
     def _destroy(self, mdev: MdevDevice, vendor_removed: bool = False) -> None:
         """``mdev_device_remove()``: a bound device is detached from its driver first."""
         parent = mdev.parent
+        holds = mdev.binding is not None or not self.kernel.has(PER_PARENT_MDEV_DRIVER)
+        if holds and not vendor_removed:
+            try:
+                parent.driver.remove(mdev)
+            except OSError:
+                pass  # unregistering a parent destroys its devices regardless
         if mdev.binding is not None:
-            if not vendor_removed:
-                try:
-                    parent.driver.remove(mdev)
-                except OSError:
-                    pass  # unregistering a parent destroys its devices regardless
             self._detach(mdev)
         del self.devices[mdev.uuid]
         del mdev.mdev_type.devices[mdev.uuid]
         if parent.driver.available_instances(mdev.mdev_type) is None:
             parent.core_used -= 1
-        for obs in self.observers:
-            obs.device_removed(mdev)
+        self._tell("device_removed", mdev)
 
     def _alloc_group(self, wanted: int | None) -> int:
         """``iommu_group_alloc()``: the lowest free id (an ida), from the host's base."""
@@ -417,6 +672,46 @@ class Host:
         if not ids.take(wanted):
             raise ValueError(f"IOMMU group {wanted} is in use")
         return wanted
+
+
+class ParentDriver(BasePciDriver):
+    """The PCI driver of a GPU given only as an mdev parent (i915 under GVT-g, nvidia under a
+    Tesla P4): it takes that one function, and registers the parent when it binds it
+    (``mdev_register_parent`` in its probe) and unregisters it when it lets go."""
+
+    def __init__(self, host: Host, parent: str, path: str, vendor: VendorDriver,
+                 name: str) -> None:
+        self.host, self.parent, self.path, self.vendor = host, parent, path, vendor
+        self.name = name
+        self.module = getattr(vendor, "module", None) or name
+        self.module_version = getattr(vendor, "module_version", None)
+
+    def matches(self, fn: PciFunction) -> bool:
+        return fn.bdf == self.parent
+
+    def probe(self, fn: PciFunction) -> None:
+        self.host._register_parent(self.parent, self.path, self.vendor).own_pci = fn
+
+    def remove(self, fn: PciFunction) -> None:
+        if self.parent in self.host.parents:
+            self.host._unregister_parent(self.parent)
+
+
+def attrs_evolve_function(fn: PciFunction) -> PciFunction:
+    """A removed function as a rescan finds it again: its identity and capabilities, nothing
+    of what the kernel or a driver set on it."""
+    return PciFunction(bdf=fn.bdf, path=fn.path, ids=fn.ids, numa_node=fn.numa_node,
+                       bars=fn.bars, caps=fn.caps, physfn=fn.physfn,
+                       sriov=None if fn.sriov is None else evolve(fn.sriov, vfs=[],
+                                                                 drivers_autoprobe=True),
+                       vfio_pci_refused=fn.vfio_pci_refused)
+
+
+def _parse_ulong(buf: bytes) -> int:
+    try:
+        return kstrtoul(buf)
+    except OSError:
+        fail(errno.EINVAL)
 
 
 @define(eq=False)

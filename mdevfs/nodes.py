@@ -33,11 +33,20 @@ class Op:
 
     show: Callable[[Any], bytes] | None = None
     store: Callable[[Any, bytes], int] | None = None
-    #: the most show() may give before it is cut (sysfs: PAGE_SIZE - 1)
+    #: the most show() may give before it is cut (sysfs: PAGE_SIZE - 1; a binary attribute
+    #: its size)
     limit: int = PAGE_SIZE - 1
+    #: the mode, where it is not the one show and store make (resourceN 0600, remove 0220)
+    fixed_mode: int | None = None
+    #: what stat says of its size, given the object (a binary attribute's); else 4096
+    size: Callable[[Any], int] | None = None
+    #: the most a reader without CAP_SYS_ADMIN gets (PCI config: 64 bytes), if less
+    unprivileged_limit: int | None = None
 
     @property
     def mode(self) -> int:
+        if self.fixed_mode is not None:
+            return self.fixed_mode
         return (0o444 if self.show else 0) | (0o200 if self.store else 0)
 
 

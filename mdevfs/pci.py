@@ -1,20 +1,24 @@
-"""PCI functions and SR-IOV: the kernel objects a GPU is made of, pure and synchronous.
+"""PCI functions, their drivers and SR-IOV: the kernel objects a GPU is made of, pure and synchronous.
 
 A :class:`PciFunction` is one ``/sys/bus/pci/devices/<bdf>``: its identity (the ids of its
-configuration header), NUMA node, BARs, the PCI driver bound to it, its IOMMU group and,
-when the driver registers it with VFIO, its vfio group and ``vfio-dev/vfio<N>``
-(:class:`~mdevfs.model.Binding`). A physical function (PF) that has the SR-IOV capability
-carries :class:`Sriov`; enabling virtual functions (VFs) creates them as functions of
-their own, each with ``physfn`` and its own IOMMU group (drivers/pci/iov.c).
+configuration header), its capabilities (:class:`Caps`: PCI Express link, power management,
+reset methods), its BARs, NUMA node, the PCI driver bound to it, its IOMMU group and, when the
+driver registers it with VFIO, its ``vfio-dev/vfio<N>`` (:class:`~mdevfs.model.Binding`). A
+physical function (PF) that has the SR-IOV capability carries :class:`Sriov`; enabling virtual
+functions (VFs) creates them as functions of their own, each with ``physfn``, its own IOMMU
+group, and BARs carved from the PF's SR-IOV BARs (drivers/pci/iov.c).
 
-The PCI driver (:class:`PciDriver`) decides what ``sriov_configure`` does and which
-attributes a function has beyond the PCI core's (NVIDIA's ``nvidia/`` group on a VF);
-the sysfs view lives in :mod:`mdevfs.sysfs`, the host that owns every function in
-:class:`mdevfs.model.Host`.
+A PCI driver (:class:`PciDriver`) decides which functions it takes (its id table), what its
+probe and remove do, what ``sriov_configure`` does and which attributes a bound function has
+beyond the PCI core's (NVIDIA's ``nvidia/`` group on a VF). :class:`GenericDriver` is a driver
+with no id table of its own (``vfio-pci``, ``pci-stub``): it binds only what ``driver_override``
+or ``new_id`` hands it. The binding rules of ``drivers/base`` and ``pci-driver.c`` live in
+:class:`mdevfs.model.Host`; the sysfs view in :mod:`mdevfs.pci_sysfs` and :mod:`mdevfs.tree`.
 """
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,7 +28,16 @@ from .errors import fail
 
 if TYPE_CHECKING:
     from .driver import Attribute
-    from .model import Binding
+    from .model import Binding, Host
+
+#: PCI_ANY_ID: a dynamic id's field that matches anything
+ANY_ID = 0xFFFFFFFF
+#: the reset methods pci_init_reset_methods tries, in its order
+RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus")
+#: the PCI Express link speeds, by the code of LnkCap/LnkSta (pcie_link_speed[])
+LINK_SPEEDS = {1: "2.5 GT/s PCIe", 2: "5.0 GT/s PCIe", 3: "8.0 GT/s PCIe", 4: "16.0 GT/s PCIe",
+               5: "32.0 GT/s PCIe", 6: "64.0 GT/s PCIe"}
+
 
 @frozen
 class PciIds:
@@ -38,9 +51,14 @@ class PciIds:
     revision: int = 0xA1
 
 
+#: IORESOURCE_* flags of a BAR as resource_show prints them (include/linux/ioport.h, with the
+#: BAR's own low bits): 32-bit memory, 64-bit memory, 64-bit prefetchable memory
+MEM32, MEM64, MEM64_PREFETCH = 0x40200, 0x140204, 0x14220C
+
+
 @frozen
 class Bar:
-    """One line of the ``resource`` file: start, end and flags, as pci_dev->resource[]."""
+    """One resource of a function: start, size and IORESOURCE flags."""
 
     start: int
     size: int
@@ -50,23 +68,65 @@ class Bar:
     def end(self) -> int:
         return self.start + self.size - 1 if self.size else 0
 
+    @property
+    def prefetchable(self) -> bool:
+        return bool(self.flags & 0x2000)
+
+    @property
+    def wide(self) -> bool:
+        """A 64-bit BAR: it takes two BAR registers."""
+        return bool(self.flags & 0x100000)
+
+
+@frozen
+class Caps:
+    """The capabilities of a function that its sysfs files show: a PCI Express capability with
+    its link (None: a conventional PCI function), a PM capability, MSI-X, ARI, and the reset
+    methods pci_init_reset_methods finds."""
+
+    #: (max speed code, max width, current speed code, current width), None: not PCI Express
+    link: tuple[int, int, int, int] | None = (4, 16, 4, 16)
+    pm: bool = True
+    msix: bool = True
+    ari: bool = False
+    resets: tuple[str, ...] = ("flr", "bus")
+
 
 class PciDriver(Protocol):
-    """The driver bound to a PCI function (``bus/pci/drivers/<name>``)."""
+    """A driver on the PCI bus (``bus/pci/drivers/<name>``); one object may be one of several
+    instances of a name (one ``nvidia`` per GPU), each taking its own functions."""
 
     #: the driver's name, as the ``driver`` link and DRIVER= show it
     name: str
-    #: whether it registers each VF with VFIO (vfio-dev/vfioN, /dev/vfio/<group>)
-    vfio_vfs: bool
+    #: the module it is in (``module/<name>``), and that module's version file, if it has one
+    module: str
+    module_version: str | None
     #: whether it has ``sriov_configure`` (without it a write to sriov_numvfs is ENOENT)
     configures_sriov: bool
+    #: whether its probe enables the function (pci_enable_device, a 64-bit DMA mask): a device
+    #: driver does; vfio-pci and pci-stub leave that to whoever opens it
+    enables: bool
+    #: power/runtime_usage of a function it has bound (2: the probe's reference is kept)
+    runtime_usage: int
+
+    def matches(self, fn: PciFunction) -> bool:
+        """Whether its id table takes ``fn`` (driver_override and new_id aside)."""
+
+    def probe(self, fn: PciFunction) -> None:
+        """Take a function being bound, or refuse with OSError (its errno is bind's)."""
+
+    def remove(self, fn: PciFunction) -> None:
+        """Let go of a function being unbound (it cannot refuse): tear down what it built."""
+
+    def registers_vfio(self, fn: PciFunction) -> bool:
+        """Whether binding registers ``fn`` with VFIO (vfio-dev, a vfio group)."""
 
     def sriov_configure(self, pf: PciFunction, num_vfs: int) -> None:
         """Before the host makes ``num_vfs`` VFs, or (with 0) before it takes them all away:
         refuse with OSError, or tear down what the driver built on them."""
 
     def vfs_added(self, pf: PciFunction) -> None:
-        """The PF's VFs exist now: e.g. register each as an mdev parent."""
+        """The PF's VFs exist now (and are bound, where autoprobe did it)."""
 
     def function_attributes(self, fn: PciFunction) -> Sequence[Attribute]:
         """Attributes the driver adds to a function it is bound to (e.g. ``nvidia/…``)."""
@@ -76,14 +136,28 @@ class PciDriver(Protocol):
         raise ValueError, naming the problem, if this driver cannot hold it."""
 
 
-@define
-class NamedDriver:
-    """A PCI driver that only has a name (``i915`` under a GVT-g parent): no SR-IOV
-    configuration, no attributes of its own."""
+class BasePciDriver:
+    """Defaults for every part of :class:`PciDriver`; a driver that takes no function of its
+    own accord."""
 
-    name: str
-    vfio_vfs: bool = False
-    configures_sriov: bool = False
+    name = "base"
+    module = "base"
+    module_version: str | None = None
+    configures_sriov = False
+    enables = True
+    runtime_usage = 2
+
+    def matches(self, fn: PciFunction) -> bool:
+        return False
+
+    def probe(self, fn: PciFunction) -> None:
+        return None
+
+    def remove(self, fn: PciFunction) -> None:
+        return None
+
+    def registers_vfio(self, fn: PciFunction) -> bool:
+        return False
 
     def sriov_configure(self, pf: PciFunction, num_vfs: int) -> None:
         fail(errno.ENOENT)
@@ -99,6 +173,68 @@ class NamedDriver:
             raise ValueError(f"driver {self.name} keeps no state of its own")
 
 
+class GenericDriver(BasePciDriver):
+    """A driver without an id table, bound through ``driver_override`` or ``new_id``:
+    ``vfio-pci`` (which registers what it binds with VFIO) or ``pci-stub``."""
+
+    enables = False
+
+    def __init__(self, name: str, module: str, vfio: bool) -> None:
+        self.name, self.module, self.vfio = name, module, vfio
+        #: vfio-pci allows runtime PM and drops the probe's reference (usage 0)
+        self.runtime_usage = 0 if vfio else 2
+
+    def probe(self, fn: PciFunction) -> None:
+        if not self.vfio:
+            return
+        # vfio_pci_core_register_device: no IOMMU group (no unsafe no-IOMMU mode) is EINVAL,
+        # a PF with VFs enabled EBUSY; and a function whose own driver is its VFIO provider
+        # (an NVIDIA VF) is refused by its driver's rules
+        if fn.iommu_group is None:
+            fail(errno.EINVAL)
+        if fn.sriov is not None and fn.sriov.vfs:
+            fail(errno.EBUSY)
+        if fn.vfio_pci_refused is not None:
+            fail(fn.vfio_pci_refused)
+
+    def registers_vfio(self, fn: PciFunction) -> bool:
+        return self.vfio
+
+
+#: the generic drivers a host has unless its topology says otherwise
+GENERIC_DRIVERS = {"vfio-pci": ("vfio_pci", True), "pci-stub": ("pci_stub", False)}
+
+
+@frozen
+class DynamicId:
+    """An id given to a driver through ``new_id`` (``struct pci_dynid``)."""
+
+    vendor: int
+    device: int
+    subvendor: int = ANY_ID
+    subdevice: int = ANY_ID
+    klass: int = 0
+    class_mask: int = 0
+
+    def matches(self, fn: PciFunction) -> bool:
+        ids = fn.ids
+        return ((self.vendor in (ANY_ID, ids.vendor)) and (self.device in (ANY_ID, ids.device))
+                and self.subvendor in (ANY_ID, ids.subsystem_vendor)
+                and self.subdevice in (ANY_ID, ids.subsystem_device)
+                and not (self.klass ^ ids.klass) & self.class_mask)
+
+
+@define(eq=False)
+class DriverEntry:
+    """A driver name on the bus: its instances, in registration order, and its dynamic ids."""
+
+    name: str
+    module: str
+    module_version: str | None
+    instances: list[PciDriver] = Factory(list)
+    dynamic_ids: list[DynamicId] = Factory(list)
+
+
 @define(eq=False)
 class Sriov:
     """The SR-IOV capability of a PF (``pci_sriov``)."""
@@ -108,6 +244,10 @@ class Sriov:
     stride: int
     vf_device: int
     drivers_autoprobe: bool = True
+    #: the VF BARs the capability declares, each the size of one VF's (VF BAR0 … VF BAR5)
+    vf_bars: tuple[Bar | None, ...] = ()
+    #: the errno with which vfio-pci refuses its VFs (the PF's driver is their VFIO provider)
+    vf_vfio_pci_refused: int | None = None
     vfs: list[PciFunction] = Factory(list)
 
     @property
@@ -124,17 +264,42 @@ class PciFunction:
     ids: PciIds
     driver: PciDriver | None = None
     numa_node: int = -1
-    bars: tuple[Bar, ...] = ()
+    #: BAR0 … BAR5 as the resource file's first six lines (a 64-bit BAR leaves its upper
+    #: half's line empty); a VF's are slices of its PF's SR-IOV BARs
+    bars: tuple[Bar | None, ...] = ()
+    caps: Caps = Caps()
     physfn: PciFunction | None = None
     sriov: Sriov | None = None
     iommu_group: int | None = None
+    #: its legacy interrupt line (0: none, as every VF)
+    irq: int = 0
     #: set while the driver has it registered with VFIO
     vfio: Binding | None = None
     #: whether its VFIO device is open (a VM uses it): ``mdevfs ctl DIR open <bdf>``
     vfio_open: bool = False
+    #: the errno with which vfio-pci's probe refuses it (None: it may take it)
+    vfio_pci_refused: int | None = None
     #: the driver's own per-function state (JSON values: the state file keeps it), e.g.
     #: the vGPU type an NVIDIA VF holds
     vendor: dict[str, Any] = Factory(dict)
+    # --- what the PCI core keeps of it (pci-sysfs.c) ---
+    driver_override: str | None = None
+    enable_cnt: int = 0
+    broken_parity: bool = False
+    d3cold_allowed: bool = True
+    no_msi: bool = False
+    #: the reset methods in force (reset_method); ``caps.resets`` are those it supports
+    resets: tuple[str, ...] | None = None
+    #: whether it was ever enabled (its power state known: D0), or is now in D3hot (idle
+    #: under vfio-pci)
+    powered: bool = False
+    suspended: bool = False
+    #: the DMA mask its driver set (32 bits until a driver sets one)
+    dma_bits: int = 32
+    #: when it appeared (time.monotonic), for power/runtime_active_time
+    born: float = Factory(time.monotonic)
+    #: the host it is on, once added (its kernel, CPUs and NUMA nodes; its stores)
+    host: Host | None = None
 
     @property
     def domain_bus(self) -> tuple[int, int]:
@@ -150,6 +315,11 @@ class PciFunction:
     def is_vf(self) -> bool:
         return self.physfn is not None
 
+    @property
+    def reset_methods(self) -> tuple[str, ...]:
+        """The methods in force: those probed at boot until reset_method changed them."""
+        return self.caps.resets if self.resets is None else self.resets
+
     def vf_bdf(self, index: int) -> str:
         """The routing id of VF ``index``: PF + offset + index × stride (iov.c virtfn_bus,
         virtfn_devfn)."""
@@ -162,3 +332,55 @@ class PciFunction:
     def vf_path(self, index: int) -> str:
         """A VF sits beside its PF, under the same bridge."""
         return f"{self.path.rpartition('/')[0]}/{self.vf_bdf(index)}"
+
+    def iov_bars(self) -> list[Bar | None]:
+        """The PF's SR-IOV BARs (resource lines 7 to 12): each VF BAR times TotalVFs, placed
+        after the PF's own BARs."""
+        if self.sriov is None:
+            return []
+        top = max((b.start + b.size for b in self.bars if b is not None), default=0xF0000000)
+        out: list[Bar | None] = []
+        for bar in self.sriov.vf_bars:
+            if bar is None or not bar.size:
+                out.append(None)
+                continue
+            top = -(-top // bar.size) * bar.size  # aligned to its size
+            out.append(Bar(top, bar.size * self.sriov.total_vfs, bar.flags))
+            top += bar.size * self.sriov.total_vfs
+        return out
+
+    def vf_bars(self, index: int) -> tuple[Bar | None, ...]:
+        """VF ``index``'s BARs: slices of the PF's SR-IOV BARs (iov.c pci_iov_add_virtfn)."""
+        assert self.sriov is not None
+        return tuple(None if span is None else
+                     Bar(span.start + index * bar.size, bar.size, bar.flags)  # type: ignore[union-attr]
+                     for span, bar in zip(self.iov_bars(), self.sriov.vf_bars))
+
+    def link_state(self) -> tuple[int, int, int, int] | None:
+        """The PCI Express link it is on; a VF shares its PF's."""
+        fn = self.physfn or self
+        return fn.caps.link if self.caps.link is not None else None
+
+    def power_state(self, host: Host) -> str:
+        from .kernel import UNBOUND_POWER_D0
+
+        if self.suspended:
+            return "D3hot"
+        return "D0" if self.powered or host.kernel.has(UNBOUND_POWER_D0) else "unknown"
+
+
+def parse_dynamic_id(buf: bytes) -> tuple[DynamicId, int]:
+    """``new_id``/``remove_id``'s ``sscanf("%x %x %x %x %x %x %lx")``: the id and how many
+    fields were given; fewer than two is EINVAL."""
+    words = buf.split(b"\0", 1)[0].decode("latin-1").split()
+    values: list[int] = []
+    for word in words[:7]:
+        digits = word[2:] if word[:2].lower() == "0x" else word
+        if not digits or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            break
+        values.append(int(digits, 16) & (0xFFFFFFFF if len(values) < 6 else 2**64 - 1))
+    if len(values) < 2:
+        fail(errno.EINVAL)
+    fields = len(values)
+    values = values[:6] + [ANY_ID, ANY_ID, 0, 0][max(0, len(values) - 2):]
+    return DynamicId(*values[:6]), fields

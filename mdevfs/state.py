@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import pcistate
 from .errors import UsageError
 from .model import Host, HostObserver, MdevDevice, parse_uuid
 from .pci import PciFunction
@@ -53,7 +54,7 @@ FORMAT = "mdevfs-state"
 _OPS = ("add", "remove", "vendor", "unbind", "pci")
 VERSION = 2
 _KEYS = {"uuid", "parent", "type", "iommu_group", "vendor"}
-_HEADER_KEYS = {"format", "version", "devices", "gpus"}
+_HEADER_KEYS = {"format", "version", "devices", "gpus", "pci"}
 #: compact once the journal holds more change lines than this and than devices
 COMPACT_AFTER = 1000
 
@@ -95,9 +96,11 @@ class StateFile(HostObserver):
         self._pending: list[Change] = []
         #: PF address -> its VFs as the file has them (JSON text), and PFs whose VFs or
         #: their state may have changed since
+        #: each PCI function's record (pcistate) as the file has it, as JSON text, and the
+        #: functions whose record may have changed since
         self._pci_recorded: dict[str, str] = {}
         self._pci_touched: dict[str, PciFunction] = {}
-        self._gpus: dict[str, Any] = {}      # while loading: PF address -> its recorded VFs
+        self._pci: dict[str, Any] = {}       # while loading: function address -> its record
         self._lines = 0                      # change lines since the snapshot
         self._size = 0                       # bytes of whole records on disk
         self._broken = False                 # a write failed: compact at the next change
@@ -113,7 +116,7 @@ class StateFile(HostObserver):
         try:
             state._lock()
             records = state._load()
-            state._restore_gpus()  # VFs first: an mdev may live on one (Ampere)
+            state._restore_pci()  # VFs first: an mdev may live on one (Ampere)
             for i, record in enumerate(records):
                 state._restore(i, record)
             state._groups.clear()
@@ -258,10 +261,13 @@ class StateFile(HostObserver):
         if not isinstance(devices, list):
             raise self._bad("corrupt (\"devices\" is not a list)")
         self._extra = {k: v for k, v in doc.items() if k not in _HEADER_KEYS}
-        gpus = doc.get("gpus", {})
-        if not isinstance(gpus, dict):
-            raise self._bad("corrupt (\"gpus\" is not an object)")
-        self._gpus = dict(gpus)
+        gpus, pci = doc.get("gpus", {}), doc.get("pci", {})
+        if not isinstance(gpus, dict) or not isinstance(pci, dict):
+            raise self._bad("corrupt (\"pci\" is not an object)")
+        try:  # "gpus": each PF's VFs, as files written before "pci" were
+            self._pci = {**{bdf: pcistate.upgrade(vfs) for bdf, vfs in gpus.items()}, **pci}
+        except ValueError as exc:
+            raise self._bad(f"corrupt (\"gpus\": {exc})") from None
         return devices
 
     def _apply(self, by_uuid: dict[str, Any], change: Any, n: int) -> None:
@@ -270,10 +276,14 @@ class StateFile(HostObserver):
             raise self._bad(f"{where} corrupt (not a change: an object with \"op\" "
                             f"{', '.join(_OPS)})")
         op, uuid = change["op"], change.get("uuid")
-        if op == "pci":  # a PF's VFs and their state, whole
+        if op == "pci":  # a function's binding, and a PF's VFs and their state, whole
             if not isinstance(change.get("bdf"), str):
                 raise self._bad(f"{where} corrupt (\"bdf\" is not a string)")
-            self._gpus[change["bdf"]] = change.get("vfs")
+            try:
+                self._pci[change["bdf"]] = (change["pci"] if "pci" in change
+                                            else pcistate.upgrade(change.get("vfs")))
+            except ValueError as exc:
+                raise self._bad(f"{where} corrupt ({exc})") from None
             return
         if not isinstance(uuid, str):
             raise self._bad(f"{where} corrupt (\"uuid\" is not a string)")
@@ -341,45 +351,37 @@ class StateFile(HostObserver):
                             f"(the topology has no room for the recorded devices)", i, uuid) from exc
         self._recorded[uuid] = (mdev.iommu_group, _dumps(mdev.vendor))
 
-    def _restore_gpus(self) -> None:
-        """Enable the recorded VFs of each PF, with their IOMMU groups and driver state."""
-        for bdf, vfs in self._gpus.items():
-            pf = self.host.pci.get(bdf)
-            where = f"PCI device {bdf}:"
-            if pf is None or pf.sriov is None:
-                raise self._bad(f"{where} not an SR-IOV device of the topology")
-            if not isinstance(vfs, list) or not all(
-                    isinstance(v, dict) and set(v) == {"bdf", "iommu_group", "vendor"}
-                    and isinstance(v["vendor"], dict) for v in vfs):
-                raise self._bad(f"{where} corrupt (\"vfs\" is not a list of "
-                                f"{{bdf, iommu_group, vendor}})")
+    def _restore_pci(self) -> None:
+        """Each recorded function's driver and override, and each PF's VFs, with their IOMMU
+        groups, drivers and driver state, as the card and its driver allow them."""
+        for bdf, rec in self._pci.items():
+            fn = self.host.pci.get(bdf)
             try:
-                if pf.sriov.num_vfs != len(vfs):
-                    self.host.set_numvfs(pf, b"0")
-                    if vfs:
-                        self.host.set_numvfs(pf, str(len(vfs)).encode(),
-                                             [v["iommu_group"] for v in vfs])
-                for vf, rec in zip(pf.sriov.vfs, vfs):
-                    if vf.bdf != rec["bdf"]:
-                        raise ValueError(f"VF {rec['bdf']} is {vf.bdf} in this topology")
-                    if vf.driver is not None:
-                        vf.driver.restore_function(vf, rec["vendor"])
-                    elif rec["vendor"]:
-                        raise ValueError(f"VF {vf.bdf} has no driver to hold its state")
-                    vf.vendor = dict(rec["vendor"])
+                if fn is None:
+                    raise ValueError("not a PCI function of the topology")
+                pcistate.apply(self.host, fn, rec)
             except (OSError, ValueError) as exc:
-                raise self._bad(f"{where} its recorded VFs do not fit: "
-                                f"{getattr(exc, 'strerror', None) or exc}") from exc
-        self._gpus.clear()
-        for pf in self.host.pci.values():
-            if pf.sriov is not None:
-                self._pci_recorded[pf.bdf] = _dumps(_vfs(pf))
+                raise self._bad(f"PCI function {bdf}: {getattr(exc, 'strerror', None) or exc}") \
+                    from exc
+        self._pci.clear()
+        self._pci_recorded = {bdf: _dumps(rec) for bdf, rec in pcistate.records(self.host).items()}
+
+    def undo_pci(self, fn: PciFunction, before: str) -> None:
+        """Bring ``fn`` back to its record ``before`` (a change the disk refused)."""
+        pcistate.apply(self.host, fn, json.loads(before))
 
     # --- observing ----------------------------------------------------------------------
 
     def pci_added(self, fn: PciFunction) -> None:
-        if fn.physfn is not None and not self._paused:
-            self._pci_touched[fn.physfn.bdf] = fn.physfn
+        if not self._paused:
+            top = fn.physfn or fn
+            self._pci_touched[top.bdf] = top
+
+    def pci_bound(self, fn: PciFunction) -> None:
+        self.pci_added(fn)
+
+    def pci_unbound(self, fn: PciFunction, driver: Any) -> None:
+        self.pci_added(fn)
 
     pci_removed = pci_added
 
@@ -422,11 +424,12 @@ class StateFile(HostObserver):
             before = self._recorded.get(touched.uuid)
             if before is not None and _dumps(touched.vendor) != before[1]:
                 self._pending.append(("vendor", touched, before))
-        if isinstance(touched, PciFunction) and touched.physfn is not None:
-            self._pci_touched[touched.physfn.bdf] = touched.physfn
-        for bdf, pf in self._pci_touched.items():
-            if _dumps(_vfs(pf)) != self._pci_recorded.get(bdf):
-                self._pending.append(("pci", pf, None))  # type: ignore[arg-type]
+        if isinstance(touched, PciFunction):
+            self.pci_added(touched)
+        for bdf, fn in self._pci_touched.items():
+            if self.host.pci.get(bdf) is fn and \
+                    _dumps(pcistate.record(fn)) != self._pci_recorded.get(bdf):
+                self._pending.append(("pci", fn, self._pci_recorded.get(bdf)))  # type: ignore[arg-type]
         self._pci_touched.clear()
         if not self._pending:
             if self._broken:  # catch up when there is room again; nothing new to lose
@@ -451,7 +454,7 @@ class StateFile(HostObserver):
                                  f"{exc.strerror or exc}", changes) from exc
         for op, mdev, _ in changes:
             if op == "pci":
-                self._pci_recorded[mdev.bdf] = _dumps(_vfs(mdev))  # type: ignore[attr-defined]
+                self._pci_recorded[mdev.bdf] = _dumps(pcistate.record(mdev))  # type: ignore[arg-type]
             elif op == "remove":
                 self._recorded.pop(mdev.uuid, None)
             else:
@@ -477,7 +480,7 @@ class StateFile(HostObserver):
         """A fresh snapshot, renamed over the file; keeps its mode, owner, foreign keys."""
         old = os.fstat(self.fd)
         devices = [_record(d) for d in self.host.devices.values()]
-        fd = self._write_snapshot(devices, old, _gpus(self.host))
+        fd = self._write_snapshot(devices, old, pcistate.records(self.host))
         try:
             os.rename(self._tmp(), self.path)
         except OSError:
@@ -492,7 +495,7 @@ class StateFile(HostObserver):
         self._broken = False
 
     def _write_snapshot(self, devices: list[dict[str, Any]], like: os.stat_result | None,
-                        gpus: dict[str, Any] | None = None) -> int:
+                        pci: dict[str, Any] | None = None) -> int:
         tmp = self._tmp()
         _unlink(tmp)  # only the daemon holding the lock writes it; a leftover is stale
         try:
@@ -509,8 +512,8 @@ class StateFile(HostObserver):
                     os.fchown(fd, like.st_uid, like.st_gid)
                 os.fchmod(fd, stat.S_IMODE(like.st_mode))
             head = {"format": FORMAT, "version": VERSION, "devices": devices, **self._extra}
-            if gpus:
-                head["gpus"] = gpus
+            if pci:
+                head["pci"] = pci
             data = (_dumps(head) + "\n").encode()
             done = 0
             while done < len(data):
@@ -564,21 +567,9 @@ def _record(mdev: MdevDevice) -> dict[str, Any]:
             "iommu_group": mdev.iommu_group, "vendor": mdev.vendor}
 
 
-def _vfs(pf: PciFunction) -> list[dict[str, Any]]:
-    """A PF's VFs as the file records them."""
-    assert pf.sriov is not None
-    return [{"bdf": vf.bdf, "iommu_group": vf.iommu_group, "vendor": vf.vendor}
-            for vf in pf.sriov.vfs]
-
-
-def _gpus(host: Host) -> dict[str, Any]:
-    """Every SR-IOV PF with VFs enabled, and its VFs."""
-    return {fn.bdf: _vfs(fn) for fn in host.pci.values() if fn.sriov is not None and fn.sriov.vfs}
-
-
 def _change(op: str, mdev: MdevDevice) -> dict[str, Any]:
     if op == "pci":
-        return {"op": "pci", "bdf": mdev.bdf, "vfs": _vfs(mdev)}  # type: ignore[arg-type]
+        return {"op": "pci", "bdf": mdev.bdf, "pci": pcistate.record(mdev)}  # type: ignore[arg-type]
     if op == "add":
         return {"op": "add", **_record(mdev)}
     if op == "vendor":

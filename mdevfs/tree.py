@@ -1,10 +1,15 @@
 """The sysfs tree of a host: every node, made and dropped in step with the model.
 
 The tree follows ``docs/abi.md`` (the kernel's layout of ``class/mdev_bus``, ``bus/mdev``,
-``kernel/iommu_groups``, ``class/vfio*`` and the PCI functions) and is kept in step with the
-model as a :class:`~mdevfs.model.HostObserver`. It is built of :mod:`mdevfs.nodes`; the files
-in it take their behaviour from the tables of :mod:`mdevfs.attributes` and
-:mod:`mdevfs.pci_sysfs`.
+``kernel/iommu_groups``, ``class/vfio*``, the PCI functions, ``bus/pci`` and the IOMMU unit)
+and is kept in step with the model as a :class:`~mdevfs.model.HostObserver`. It is built of
+:mod:`mdevfs.nodes`; the files in it take their behaviour from the tables of
+:mod:`mdevfs.attributes` and :mod:`mdevfs.pci_sysfs`. What the kernel a host runs changes
+(:mod:`mdevfs.kernel`) is asked of ``host.kernel`` here and nowhere else in the view.
+
+The tree keeps, for each model object, the nodes it made for it (keyed by the object: a
+parent, a device, a PCI function, a driver), so that taking an object away drops exactly
+those.
 """
 from __future__ import annotations
 
@@ -20,10 +25,8 @@ from .attributes import (
     DEVICE_REMOVE,
     DEVICE_UEVENT,
     EMPTY_UEVENT,
-    NOIOMMU_GROUP_FILES,
     PARENT_DEV,
     PARENT_UEVENT,
-    PCI_GROUP_FILES,
     POWER_ASYNC,
     POWER_AUTOSUSPEND,
     POWER_CONTROL,
@@ -35,14 +38,16 @@ from .attributes import (
     TYPE_DESCRIPTION,
     TYPE_DEVICE_API,
     TYPE_NAME,
+    group_files,
+    iommu_unit_files,
     migration_op,
-    set_autoprobe,
     text,
     uevent_store,
     vendor_op,
 )
 from .errors import fail
-from .model import Binding, Host, HostObserver, MdevDevice, MdevType, Parent
+from .kernel import NO_VFIO_MDEV_DRIVER, PER_PARENT_MDEV_DRIVER, VFIO_DEV_CLASS
+from .model import VFIO_MDEV, Binding, Host, HostObserver, MdevDevice, MdevType, Parent
 from .nodes import (
     ROOT_INODE,
     Dir,
@@ -56,8 +61,8 @@ from .nodes import (
     VolatileLazyDir,
     VolatileLink,
 )
-from .pci import PciFunction
-from .pci_sysfs import PCI_FILES, SRIOV_FILES
+from .pci import DriverEntry, PciDriver, PciFunction
+from .pci_sysfs import PCI_POWER_FILES, function_files
 
 
 class Tree(HostObserver):
@@ -74,31 +79,44 @@ class Tree(HostObserver):
         self.recounted: set[int] | None = None
         #: counts every change of any directory's entries (a listing is rebuilt when it moved)
         self.generation = 0
-        #: what each device added: all of it, and the part that goes when it is unbound
+        #: what each object added: all of it, and what goes when it is unbound
+        self._parent_nodes: dict[Parent, list[Node]] = {}
         self._device_nodes: dict[MdevDevice, list[Node]] = {}
         self._bound_nodes: dict[MdevDevice, list[Node]] = {}
+        self._pci_dirs: dict[PciFunction, Dir] = {}
         self._pci_nodes: dict[PciFunction, list[Node]] = {}
-        self._numvfs = Op(show=lambda fn: text(fn.sriov.num_vfs), store=host.set_numvfs)
+        self._pci_bound_nodes: dict[PciFunction, list[Node]] = {}
+        #: each type's directory, for the devices made of it; each driver's directory
+        self._type_dirs: dict[MdevType, Dir] = {}
+        self._mdev_drivers: dict[str, Dir] = {}
+        self._pci_drivers: dict[str, Dir] = {}
         self._next_inode = ROOT_INODE
         self.root = self._register(Dir(""))
         for path in ("class/mdev_bus", "bus/mdev/devices", "bus/mdev/drivers",
-                     "kernel/iommu_groups", "devices/virtual/vfio", "class/vfio", "class/vfio-dev"):
+                     "kernel/iommu_groups", "devices/virtual/vfio", "class/vfio"):
             self.mkdirs(path)
+        if host.kernel.has(VFIO_DEV_CLASS):
+            self.mkdirs("class/vfio-dev")
         bus = self.mkdirs("bus/mdev")
-        self._file(bus, "drivers_autoprobe",
-                   Op(show=lambda s: text(s[0]), store=set_autoprobe), [1])
-        self._file(bus, "drivers_probe", Op(store=self._drivers_probe))
+        self._file(bus, "drivers_autoprobe", MDEV_AUTOPROBE, host)
+        self._file(bus, "drivers_probe", Op(store=self._mdev_drivers_probe))
         self._file(bus, "uevent", BUS_UEVENT)
         # the directories every device links into, found once
         self.iommu_groups = self._dir_at("kernel/iommu_groups")
-        self.bus_mdev = self._dir_at("bus/mdev")
+        self.bus_mdev = bus
         self.bus_devices = self._dir_at("bus/mdev/devices")
         self.class_vfio = self._dir_at("class/vfio")
-        self.class_vfio_dev = self._dir_at("class/vfio-dev")
+        self.class_vfio_dev: Dir | None = (self._dir_at("class/vfio-dev")
+                                           if host.kernel.has(VFIO_DEV_CLASS) else None)
         self.virtual_vfio = self._dir_at("devices/virtual/vfio")
-        #: each type's directory, for the devices made of it
-        self._type_dirs: dict[MdevType, Dir] = {}
+        if not host.kernel.has(NO_VFIO_MDEV_DRIVER):  # vfio_mdev: every mdev's until 5.14
+            self._mdev_driver_dir(VFIO_MDEV, VFIO_MDEV if not host.kernel.has(
+                PER_PARENT_MDEV_DRIVER) else "mdev")
+        self._pci_bus()
+        self.iommu_unit: Dir | None = self._iommu_unit()
         host.observers.append(self)
+        for entry in host.pci_drivers.values():
+            self.pci_driver_added(entry)
         for fn in host.pci.values():
             self.pci_added(fn)
         for parent in host.parents.values():
@@ -154,6 +172,10 @@ class Tree(HostObserver):
             elif isinstance(cur, Dir) and not (isinstance(cur, LazyDir) and cur.build):
                 stack.extend(cur.children.values())
 
+    def _drop_all(self, nodes: list[Node]) -> None:
+        for node in nodes:
+            self._drop(node)
+
     def resolve(self, path: str) -> Node | None:
         node: Node | None = self.root
         for part in filter(None, path.split("/")):
@@ -173,11 +195,6 @@ class Tree(HostObserver):
         where, name = posixpath.split(at)
         return self._attach(self.mkdirs(where), kind(name, self.mkdirs(to)))
 
-    def unlink(self, path: str) -> None:
-        node = self.resolve(path)
-        if node is not None:
-            self._drop(node)
-
     def walk(self, node: Node | None = None) -> Iterator[Node]:
         stack = [node or self.root]
         while stack:
@@ -186,119 +203,29 @@ class Tree(HostObserver):
             if isinstance(cur, Dir):
                 stack.extend(reversed(list(cur.children.values())))
 
-    # --- the model's changes --------------------------------------------------------------
+    def _dir_at(self, path: str) -> Dir:
+        node = self.resolve(path)
+        assert isinstance(node, Dir), path
+        return node
 
-    def parent_added(self, parent: Parent) -> None:
-        driver = parent.driver
-        pdir = self.mkdirs(parent.path)
-        if parent.name not in self.host.pci:  # a class device: its own files are the parent's
-            props = driver.parent_uevent()
-            if "MAJOR" in props and "MINOR" in props:
-                self._file(pdir, "dev", PARENT_DEV, parent)
-            kind, subsys = driver.subsystem
-            self.link(f"{parent.path}/subsystem", f"{kind}/{subsys}")
-            self.link(f"class/{subsys}/{parent.name}" if kind == "class"
-                      else f"{kind}/{subsys}/devices/{parent.name}", parent.path)
-            self._file(pdir, "uevent", PARENT_UEVENT, parent)
-            self._power(pdir)
-        types = self._dir(pdir, "mdev_supported_types")
-        for mtype in parent.types.values():
-            self._type_dir(types, mtype)
-        self._driver_dir(driver)
-        self.link(f"class/mdev_bus/{parent.name}", parent.path)
+    def _vendor_files(self, directory: Dir, attrs: Any, obj: Any) -> list[Node]:
+        """A driver's attributes in ``directory`` (``group/name`` makes the group); returns
+        the entries made directly in ``directory``."""
+        made = []
+        for attr in attrs:
+            group, _, name = attr.name.rpartition("/")
+            where = directory
+            for part in filter(None, group.split("/")):
+                if where is directory and part not in where.children:
+                    made.append(self._dir(where, part))
+                where = self._dir(where, part)
+            node = self._file(where, name, vendor_op(attr), obj)
+            if where is directory:
+                made.append(node)
+        return made
 
-    def pci_added(self, fn: PciFunction) -> None:
-        """A PCI function: pci-sysfs.c's files, its links, its IOMMU group and, when its
-        driver registered it with VFIO, vfio-dev; a PF's SR-IOV files, a VF's physfn."""
-        where, name = posixpath.split(fn.path)
-        fdir = self._attach(self.mkdirs(where), (VolatileDir if fn.is_vf else Dir)(name))
-        for file, op in PCI_FILES.items():
-            self._file(fdir, file, op, fn)
-        self._power(fdir)
-        self._attach(fdir, Link("subsystem", self.mkdirs("bus/pci")))
-        nodes: list[Node] = [fdir, self._attach(self.mkdirs("bus/pci/devices"),
-                                                VolatileLink(fn.bdf, fdir))]
-        group = self._iommu_group(fdir, fn.iommu_group, PCI_GROUP_FILES)
-        self._attach(fdir, Link("iommu_group", group))
-        nodes.append(group)
-        if fn.driver is not None:
-            drvdir = self._pci_driver_dir(fn.driver.name)
-            self._attach(fdir, Link("driver", drvdir))
-            nodes.append(self._attach(drvdir, VolatileLink(fn.bdf, fdir)))
-            self._vendor_files(fdir, fn.driver.function_attributes(fn), fn)
-        if fn.vfio is not None:
-            self._vfio_dev(fdir, fn.vfio)
-            nodes += self._vfio_group(fdir, fn.vfio)
-        if fn.sriov is not None:
-            for file, op in SRIOV_FILES.items():
-                self._file(fdir, file, op, fn)
-            self._file(fdir, "sriov_numvfs", self._numvfs, fn)
-        if fn.physfn is not None:
-            pf = self._dir_at(fn.physfn.path)
-            self._attach(fdir, Link("physfn", pf))
-            index = fn.physfn.sriov.vfs.index(fn)
-            nodes.append(self._attach(pf, VolatileLink(f"virtfn{index}", fdir)))
-        self._pci_nodes[fn] = nodes
-
-    def pci_removed(self, fn: PciFunction) -> None:
-        for node in self._pci_nodes.pop(fn, []):
-            self._drop(node)
-
-    def _pci_driver_dir(self, name: str) -> Dir:
-        drivers = self.mkdirs("bus/pci/drivers")
-        if name not in drivers.children:
-            ddir = self._dir(drivers, name)
-            self._file(ddir, "bind", Op(store=self._pci_bind))
-            self._file(ddir, "unbind", Op(store=functools.partial(self._pci_unbind, name)))
-            self._file(ddir, "uevent", BUS_UEVENT)
-        return self._dir_at(f"bus/pci/drivers/{name}")
-
-    def _pci_function_named(self, buf: bytes) -> PciFunction:
-        fn = self.host.pci.get(buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n"))
-        if fn is None:
-            fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
-        return fn
-
-    def _pci_bind(self, _obj: Any, buf: bytes) -> int:
-        """bind_store: every emulated function is bound (device_driver_attach: EBUSY)."""
-        fn = self._pci_function_named(buf)
-        fail(errno.EBUSY if fn.driver is not None else errno.ENODEV)
-
-    def _pci_unbind(self, driver: str, _obj: Any, buf: bytes) -> int:
-        """unbind_store: ENODEV unless bound to this driver; detaching a GPU from its driver
-        is not emulated (EBUSY), so its VFs and vGPUs stay as they are."""
-        fn = self._pci_function_named(buf)
-        fail(errno.EBUSY if fn.driver is not None and fn.driver.name == driver
-             else errno.ENODEV)
-
-    def _type_dir(self, types: Dir, mtype: MdevType) -> None:
-        tdir = self._type_dirs[mtype] = self._dir(types, mtype.type_id)
-        self._file(tdir, "create", TYPE_CREATE, mtype)
-        self._file(tdir, "name", TYPE_NAME, mtype)
-        self._file(tdir, "device_api", TYPE_DEVICE_API, mtype)
-        self._file(tdir, "available_instances", TYPE_AVAILABLE, mtype)
-        if mtype.spec.description is not None:
-            self._file(tdir, "description", TYPE_DESCRIPTION, mtype)
-        self._vendor_files(tdir, mtype.parent.driver.type_attributes(mtype), mtype)
-        self._migration(tdir, mtype)
-        self._dir(tdir, "devices")
-
-    def _driver_dir(self, driver: Any) -> None:
-        """``bus/mdev/drivers/<name>`` with its ``module`` link (``module/<module>``)."""
-        name = driver.mdev_driver
-        drivers = self._dir_at("bus/mdev/drivers")
-        if name in drivers.children:
-            return
-        ddir = self._dir(drivers, name)
-        self._file(ddir, "bind", Op(store=self._bind))
-        self._file(ddir, "unbind", Op(store=functools.partial(self._unbind, name)))
-        self._file(ddir, "uevent", BUS_UEVENT)
-        module = getattr(driver, "module", None) or name.replace("-", "_")
-        self.link(f"module/{module}/drivers/mdev:{name}", ddir.path)
-        self.link(f"{ddir.path}/module", f"module/{module}")
-
-    def _power(self, directory: Dir) -> None:
-        self._attach(directory, LazyDir("power", self._power_files))
+    def _power(self, directory: Dir) -> Dir:
+        return self._attach(directory, LazyDir("power", self._power_files))
 
     def _power_files(self, power: Dir) -> None:
         self._file(power, "control", POWER_CONTROL, ["auto"])
@@ -312,31 +239,88 @@ class Tree(HostObserver):
             self._file(power, "runtime_enabled", POWER_DISABLED)
             self._file(power, "runtime_usage", POWER_TIME)
 
-    def _vendor_files(self, directory: Dir, attrs: Any, obj: Any) -> None:
-        for attr in attrs:
-            group, _, name = attr.name.rpartition("/")
-            where = directory
-            for part in filter(None, group.split("/")):
-                where = self._dir(where, part)
-            self._file(where, name, vendor_op(attr), obj)
+    def _pci_power(self, fn: PciFunction, power: Dir) -> None:
+        """A PCI function's power/: runtime PM as pci_pm_init leaves it (forbidden, active),
+        or, under vfio-pci, allowed and suspended."""
+        self._file(power, "control", PCI_POWER_FILES["control"], fn)
+        self._file(power, "runtime_status", PCI_POWER_FILES["runtime_status"], fn)
+        self._file(power, "runtime_active_time", PCI_POWER_FILES["runtime_active_time"], fn)
+        self._file(power, "runtime_suspended_time", PCI_POWER_FILES["runtime_suspended_time"],
+                   fn)
+        self._file(power, "autosuspend_delay_ms", POWER_AUTOSUSPEND)
+        if self.host.pm_advanced_debug:
+            self._file(power, "async", PCI_POWER_FILES["async"], fn)
+            self._file(power, "runtime_active_kids", POWER_TIME)
+            self._file(power, "runtime_enabled", PCI_POWER_FILES["runtime_enabled"], fn)
+            self._file(power, "runtime_usage", PCI_POWER_FILES["runtime_usage"], fn)
 
-    def _migration(self, directory: Dir, target: MdevType | MdevDevice) -> None:
-        migration = target.parent.driver.migration(target)
-        if migration is not None:
-            self._file(directory, "migration_version",
-                       migration_op(migration, target.parent.driver.name), target)
+    # --- mdev parents and types -------------------------------------------------------------
+
+    def parent_added(self, parent: Parent) -> None:
+        driver = parent.driver
+        pdir = self.mkdirs(parent.path)
+        nodes: list[Node] = []
+        if parent.own_pci is None and parent.name not in self.host.pci:
+            # a class device: its own files are the parent's
+            props = driver.parent_uevent()
+            if "MAJOR" in props and "MINOR" in props:
+                self._file(pdir, "dev", PARENT_DEV, parent)
+            kind, subsys = driver.subsystem
+            self.link(f"{parent.path}/subsystem", f"{kind}/{subsys}")
+            nodes.append(self.link(f"class/{subsys}/{parent.name}" if kind == "class"
+                                   else f"{kind}/{subsys}/devices/{parent.name}", parent.path))
+            self._file(pdir, "uevent", PARENT_UEVENT, parent)
+            self._power(pdir)
+            self._vendor_files(pdir, getattr(driver, "parent_attributes", lambda: ())(), parent)
+            nodes.append(pdir)
+        types = self._dir(pdir, "mdev_supported_types")
+        if pdir not in nodes:
+            nodes.append(types)
+        for mtype in parent.types.values():
+            self._type_dir(types, mtype)
+        name = self.host.mdev_driver_of(parent)
+        if name not in self._mdev_drivers:
+            module = (getattr(driver, "module", None) or name.replace("-", "_")
+                      if name != VFIO_MDEV else VFIO_MDEV)
+            self._mdev_driver_dir(name, module)
+        nodes.append(self.link(f"class/mdev_bus/{parent.name}", parent.path))
+        self._parent_nodes[parent] = nodes
 
     def parent_removed(self, parent: Parent) -> None:
         for mtype in parent.types.values():
             self._type_dirs.pop(mtype, None)
-        self.unlink(f"class/mdev_bus/{parent.name}")
-        if parent.name in self.host.pci:  # the PCI function stays (or goes by itself)
-            self.unlink(f"{parent.path}/mdev_supported_types")
-            return
-        kind, subsys = parent.driver.subsystem
-        self.unlink(f"class/{subsys}/{parent.name}" if kind == "class"
-                    else f"{kind}/{subsys}/devices/{parent.name}")
-        self.unlink(parent.path)
+        self._drop_all(self._parent_nodes.pop(parent, []))
+
+    def _type_dir(self, types: Dir, mtype: MdevType) -> None:
+        tdir = self._type_dirs[mtype] = self._dir(types, mtype.type_id)
+        self._file(tdir, "create", TYPE_CREATE, mtype)
+        self._file(tdir, "name", TYPE_NAME, mtype)
+        self._file(tdir, "device_api", TYPE_DEVICE_API, mtype)
+        self._file(tdir, "available_instances", TYPE_AVAILABLE, mtype)
+        if mtype.spec.description is not None:
+            self._file(tdir, "description", TYPE_DESCRIPTION, mtype)
+        self._vendor_files(tdir, mtype.parent.driver.type_attributes(mtype), mtype)
+        self._migration(tdir, mtype)
+        self._dir(tdir, "devices")
+
+    def _mdev_driver_dir(self, name: str, module: str) -> Dir:
+        """``bus/mdev/drivers/<name>`` with its ``module`` link (``module/<module>``)."""
+        ddir = self._mdev_drivers[name] = self._dir(self._dir_at("bus/mdev/drivers"), name)
+        self._file(ddir, "bind", Op(store=functools.partial(self._mdev_bind, name)))
+        self._file(ddir, "unbind", Op(store=functools.partial(self._mdev_unbind, name)))
+        self._file(ddir, "uevent", BUS_UEVENT)
+        self.link(f"module/{module}/drivers/mdev:{name}", ddir.path)
+        self.link(f"{ddir.path}/module", f"module/{module}")
+        return ddir
+
+    def _migration(self, directory: Dir, target: MdevType | MdevDevice) -> list[Node]:
+        migration = target.parent.driver.migration(target)
+        if migration is None:
+            return []
+        return [self._file(directory, "migration_version",
+                           migration_op(migration, target.parent.driver.name), target)]
+
+    # --- mdev devices -----------------------------------------------------------------------
 
     def device_added(self, mdev: MdevDevice) -> None:
         """``device_add()``: the device directory exists before any link to it appears; its
@@ -345,8 +329,9 @@ class Tree(HostObserver):
         the names that lead to the device, a third of its nodes."""
         uuid = sys.intern(mdev.uuid)  # names several entries: one string for all
         tdir = self._type_dirs[mdev.mdev_type]
+        subdirs = 1 + (0 if self._per_parent else self._vendor_subdirs(mdev))  # power/
         ddir = VolatileLazyDir(uuid, functools.partial(self._device_entries, mdev),
-                               subdirs=1)  # power/
+                               subdirs=subdirs)
         self._attach(tdir.parent.parent, ddir)  # <parent>/mdev_supported_types/<type>
         nodes: list[Node] = [ddir]
         for where in (tdir.children["devices"], self.bus_devices):
@@ -355,12 +340,19 @@ class Tree(HostObserver):
         if mdev.binding is not None:
             self._bound(mdev, ddir, mdev.binding)
 
+    @property
+    def _per_parent(self) -> bool:
+        return self.host.kernel.has(PER_PARENT_MDEV_DRIVER)
+
     def _device_entries(self, mdev: MdevDevice, ddir: Dir) -> None:
         self._file(ddir, "remove", DEVICE_REMOVE, mdev)
         self._attach(ddir, Link("mdev_type", self._type_dirs[mdev.mdev_type]))
         self._attach(ddir, Link("subsystem", self.bus_mdev))
         self._file(ddir, "uevent", DEVICE_UEVENT, mdev)
         self._power(ddir)
+        if not self._per_parent:  # before 5.14 the vendor's files come with the device
+            self._vendor_files(ddir, mdev.parent.driver.device_attributes(mdev), mdev)
+            self._migration(ddir, mdev)
         if mdev.binding is not None:
             self._bound_entries(mdev, ddir, mdev.binding)
 
@@ -368,7 +360,7 @@ class Tree(HostObserver):
         """What the driver's probe and ``vfio_register_emulated_iommu_dev()`` add: outside
         the device directory now, inside it with the rest of its entries."""
         drvdir = self._driver_of(mdev)
-        group = self._iommu_group(ddir, binding.iommu_group, NOIOMMU_GROUP_FILES)
+        group = self._iommu_group(ddir, binding.iommu_group, None)
         self._bound_nodes[mdev] = [group, *self._vfio_group(ddir, binding),
                                    self._attach(drvdir, VolatileLink(ddir.name, ddir))]
         if isinstance(ddir, LazyDir) and ddir.build is not None:
@@ -377,68 +369,34 @@ class Tree(HostObserver):
             self._bound_entries(mdev, ddir, binding)
 
     def _driver_of(self, mdev: MdevDevice) -> Dir:
-        return self.bus_mdev.children["drivers"].children[mdev.parent.driver.mdev_driver]
+        return self._mdev_drivers[self.host.mdev_driver_of(mdev.parent)]
+
+    def _vendor_subdirs(self, mdev: MdevDevice) -> int:
+        attrs = mdev.parent.driver.device_attributes(mdev)
+        return len({attr.name.split("/", 1)[0] for attr in attrs if "/" in attr.name})
 
     def _bound_subdirs(self, mdev: MdevDevice) -> int:
-        """The directories binding adds inside a device: ``vfio-dev`` and the vendor's
-        attribute groups."""
-        attrs = mdev.parent.driver.device_attributes(mdev)
-        return 1 + len({attr.name.split("/", 1)[0] for attr in attrs if "/" in attr.name})
+        """The directories binding adds inside a device: ``vfio-dev`` (from 6.1) and, from
+        5.14, the vendor's attribute groups."""
+        return (int(self.host.kernel.has(VFIO_DEV_CLASS))
+                + (self._vendor_subdirs(mdev) if self._per_parent else 0))
 
     def _bound_entries(self, mdev: MdevDevice, ddir: Dir, binding: Binding) -> None:
-        before = set(ddir.children)
-        self._attach(ddir, Link("iommu_group",
-                                self.iommu_groups.children[str(binding.iommu_group)]))
-        self._attach(ddir, Link("driver", self._driver_of(mdev)))
-        self._vendor_files(ddir, mdev.parent.driver.device_attributes(mdev), mdev)
-        self._migration(ddir, mdev)
-        self._vfio_dev(ddir, binding)
-        self._bound_nodes[mdev] += [ddir.children[name] for name in ddir.children
-                                    if name not in before]
+        nodes = self._bound_nodes[mdev]
+        nodes.append(self._attach(ddir, Link(
+            "iommu_group", self.iommu_groups.children[str(binding.iommu_group)])))
+        nodes.append(self._attach(ddir, Link("driver", self._driver_of(mdev))))
+        if self._per_parent:
+            nodes += self._vendor_files(ddir, mdev.parent.driver.device_attributes(mdev), mdev)
+            nodes += self._migration(ddir, mdev)
+        nodes += self._vfio_dev(ddir, binding)
 
-    def _iommu_group(self, ddir: Dir, number: int, files: dict[str, Op]) -> Dir:
-        """``kernel/iommu_groups/<number>`` holding ``ddir``; ddir's ``iommu_group`` link
-        is the caller's to make."""
-
-        def build(group: Dir) -> None:
-            for name, op in files.items():
-                self._file(group, name, op)
-            self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
-
-        return self._attach(self.iommu_groups, VolatileLazyDir(str(number), build, subdirs=1))
-
-    def _vfio_dev(self, ddir: Dir, binding: Binding) -> None:
-        """``vfio-dev/vfio<index>`` in ``ddir``, its entries made when first looked at."""
-        self._attach(self._dir(ddir, "vfio-dev"),
-                     LazyDir(f"vfio{binding.vfio_index}",
-                             functools.partial(self._vfio_device, ddir), subdirs=1))
-
-    def _vfio_device(self, ddir: Dir, vfio: Dir) -> None:
-        self._attach(vfio, Link("device", ddir))
-        self._attach(vfio, Link("subsystem", self.class_vfio_dev))
-        self._file(vfio, "uevent", EMPTY_UEVENT)
-        self._power(vfio)
-
-    def _vfio_group(self, ddir: Dir, binding: Binding) -> list[Node]:
-        """The vfio group's ``class/vfio/<minor>``, and the ``class/vfio-dev`` link to the
-        device's ``vfio-dev/vfio<index>``; returns them."""
-        minor = str(binding.vfio_group)
-
-        def build_group(vgroup: Dir) -> None:
-            self._attach(vgroup, Link("subsystem", self.class_vfio))
-            self._file(vgroup, "uevent", Op(show=lambda _: f"DEVNAME=vfio/{minor}\n".encode(),
-                                            store=uevent_store))
-            self._power(vgroup)
-
-        vfio = f"vfio{binding.vfio_index}"
-        vgroup = self._attach(self.virtual_vfio, VolatileLazyDir(minor, build_group, subdirs=1))
-        return [vgroup,
-                self._attach(self.class_vfio_dev, InnerLink(vfio, ddir, ("vfio-dev", vfio))),
-                self._attach(self.class_vfio, VolatileLink(minor, vgroup))]
+    def device_bound(self, mdev: MdevDevice) -> None:
+        assert mdev.binding is not None
+        self._bound(mdev, self._device_nodes[mdev][0], mdev.binding)  # type: ignore[arg-type]
 
     def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None:
-        for node in self._bound_nodes.pop(mdev, ()):
-            self._drop(node)
+        self._drop_all(self._bound_nodes.pop(mdev, []))
         ddir = self._device_nodes[mdev][0]
         if isinstance(ddir, LazyDir) and ddir.build is not None:
             self._recount(ddir, -self._bound_subdirs(mdev))  # it will not hold them now
@@ -451,15 +409,59 @@ class Tree(HostObserver):
             # reaches them once the directory (never cached) is gone.
             ddir = nodes[0].inode
             self.dropped = [entry for entry in self.dropped if entry[0] != ddir]
-        for node in self._bound_nodes.pop(mdev, []) + nodes:
-            self._drop(node)
+        self._drop_all(self._bound_nodes.pop(mdev, []) + nodes)
 
-    def _dir_at(self, path: str) -> Dir:
-        node = self.resolve(path)
-        assert isinstance(node, Dir), path
-        return node
+    # --- IOMMU groups and VFIO ------------------------------------------------------------------
 
-    # --- bus files ------------------------------------------------------------------------
+    def _iommu_group(self, ddir: Dir, number: int, iommu: str | None) -> Dir:
+        """``kernel/iommu_groups/<number>`` holding ``ddir`` (an mdev's emulated group when
+        ``iommu`` is None); ddir's ``iommu_group`` link is the caller's to make."""
+        files = group_files(self.host.kernel, iommu)
+
+        def build(group: Dir) -> None:
+            for name, op in files.items():
+                self._file(group, name, op)
+            self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
+
+        return self._attach(self.iommu_groups, VolatileLazyDir(str(number), build, subdirs=1))
+
+    def _vfio_dev(self, ddir: Dir, binding: Binding) -> list[Node]:
+        """``vfio-dev/vfio<index>`` in ``ddir`` (from 6.1), its entries made when first looked
+        at; returns ``vfio-dev``."""
+        if self.class_vfio_dev is None:
+            return []
+        vfio_dev = self._dir(ddir, "vfio-dev")
+        self._attach(vfio_dev, LazyDir(f"vfio{binding.vfio_index}",
+                                       functools.partial(self._vfio_device, ddir), subdirs=1))
+        return [vfio_dev]
+
+    def _vfio_device(self, ddir: Dir, vfio: Dir) -> None:
+        self._attach(vfio, Link("device", ddir))
+        self._attach(vfio, Link("subsystem", self.class_vfio_dev))
+        self._file(vfio, "uevent", EMPTY_UEVENT)
+        self._power(vfio)
+
+    def _vfio_group(self, ddir: Dir, binding: Binding) -> list[Node]:
+        """The vfio group, named after the IOMMU group (``devices/virtual/vfio/<N>``,
+        ``class/vfio/<N>``), and the ``class/vfio-dev`` link to the device's
+        ``vfio-dev/vfio<index>``; returns them."""
+        name = str(binding.vfio_group)
+
+        def build_group(vgroup: Dir) -> None:
+            self._attach(vgroup, Link("subsystem", self.class_vfio))
+            self._file(vgroup, "uevent", Op(show=lambda _: f"DEVNAME=vfio/{name}\n".encode(),
+                                            store=uevent_store))
+            self._power(vgroup)
+
+        vgroup = self._attach(self.virtual_vfio, VolatileLazyDir(name, build_group, subdirs=1))
+        nodes = [vgroup, self._attach(self.class_vfio, VolatileLink(name, vgroup))]
+        if self.class_vfio_dev is not None:
+            vfio = f"vfio{binding.vfio_index}"
+            nodes.append(self._attach(self.class_vfio_dev,
+                                      InnerLink(vfio, ddir, ("vfio-dev", vfio))))
+        return nodes
+
+    # --- the mdev bus's files ------------------------------------------------------------------
 
     def _device_named(self, buf: bytes) -> MdevDevice:
         name = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
@@ -468,19 +470,191 @@ class Tree(HostObserver):
             fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
         return mdev
 
-    def _drivers_probe(self, _obj: Any, buf: bytes) -> int:
-        self._device_named(buf)  # already bound: bus_rescan_devices_helper has nothing to do
+    def _mdev_drivers_probe(self, _obj: Any, buf: bytes) -> int:
+        """``drivers_probe``: an unbound device is offered to the drivers; from 5.14 none
+        takes it (``mdev_match`` is 0), before vfio_mdev does."""
+        mdev = self._device_named(buf)
+        if mdev.binding is None and not self._per_parent:
+            self.host.bind(mdev)
         return len(buf)
 
-    def _bind(self, _obj: Any, buf: bytes) -> int:
-        """``bind_store``: no mdev ever matches a driver (``mdev_match`` is 0): ENODEV."""
-        self._device_named(buf)
-        fail(errno.ENODEV)
+    def _mdev_bind(self, driver: str, _obj: Any, buf: bytes) -> int:
+        """``bind_store``: from 5.14 no mdev ever matches a driver: ENODEV; before, vfio_mdev
+        takes an unbound device."""
+        mdev = self._device_named(buf)
+        if driver != VFIO_MDEV:
+            fail(errno.ENODEV)
+        self.host.bind(mdev)
+        return len(buf)
 
-    def _unbind(self, driver: str, _obj: Any, buf: bytes) -> int:
+    def _mdev_unbind(self, driver: str, _obj: Any, buf: bytes) -> int:
         """``unbind_store``: a device bound to this driver is detached, else ENODEV."""
         mdev = self._device_named(buf)
-        if mdev.binding is None or mdev.parent.driver.mdev_driver != driver:
+        if mdev.binding is None or self.host.mdev_driver_of(mdev.parent) != driver:
             fail(errno.ENODEV)
         self.host.unbind(mdev)
         return len(buf)
+
+    # --- PCI functions --------------------------------------------------------------------------
+
+    def _pci_bus(self) -> None:
+        """``bus/pci`` (drivers/base/bus.c, pci-sysfs.c): devices, drivers, slots and the bus
+        files."""
+        self.bus_pci = self.mkdirs("bus/pci")
+        self.bus_pci_devices = self._dir(self.bus_pci, "devices")
+        self._dir(self.bus_pci, "drivers")
+        self._dir(self.bus_pci, "slots")
+        self._file(self.bus_pci, "drivers_autoprobe", PCI_AUTOPROBE, self.host)
+        self._file(self.bus_pci, "drivers_probe", Op(store=self._pci_drivers_probe))
+        self._file(self.bus_pci, "rescan", Op(store=lambda _o, buf: self.host.rescan(buf)))
+        self._file(self.bus_pci, "resource_alignment", RESOURCE_ALIGNMENT, [""])
+        self._file(self.bus_pci, "uevent", BUS_UEVENT)
+
+    def _iommu_unit(self) -> Dir | None:
+        """The IOMMU every PCI function sits behind (iommu-sysfs.c): Intel's ``dmar0``, a
+        virtual device, or AMD's ``ivhd0`` below the IOMMU's own PCI function (whose PCI files
+        mdevfs does not give); ``class/iommu/<unit>``, and a link in its ``devices/`` for each
+        function. None without an IOMMU."""
+        if self.host.iommu == "none":
+            return None
+        name, path = (("dmar0", "devices/virtual/iommu/dmar0") if self.host.iommu == "intel"
+                      else ("ivhd0", "devices/pci0000:00/0000:00:00.2/iommu/ivhd0"))
+        unit = self.mkdirs(path)
+        self._dir(unit, "devices")
+        for group, files in iommu_unit_files(self.host.iommu).items():
+            gdir = self._dir(unit, group)
+            for file, op in files.items():
+                self._file(gdir, file, op, self.host)
+        self._power(unit)
+        self.link(f"{path}/subsystem", "class/iommu")
+        self._file(unit, "uevent", EMPTY_UEVENT)
+        self.link(f"class/iommu/{name}", path)
+        return unit
+
+    def pci_added(self, fn: PciFunction) -> None:
+        """A PCI function: pci-sysfs.c's files, its links, its IOMMU group and unit; a PF's
+        SR-IOV files, a VF's physfn; then, if a driver has it, what binding adds."""
+        where, name = posixpath.split(fn.path)
+        fdir = self._attach(self.mkdirs(where), (VolatileDir if fn.is_vf else Dir)(name))
+        self._pci_dirs[fn] = fdir
+        for file, op in function_files(fn).items():
+            self._file(fdir, file, op, fn)
+        self._attach(fdir, LazyDir("power", functools.partial(self._pci_power, fn)))
+        self._attach(fdir, Link("subsystem", self.bus_pci))
+        nodes: list[Node] = [fdir, self._attach(self.bus_pci_devices, VolatileLink(fn.bdf, fdir))]
+        if fn.iommu_group is not None:
+            group = self._iommu_group(fdir, fn.iommu_group, self.host.iommu)
+            self._attach(fdir, Link("iommu_group", group))
+            nodes.append(group)
+        if self.iommu_unit is not None:
+            self._attach(fdir, Link("iommu", self.iommu_unit))
+            nodes.append(self._attach(self.iommu_unit.children["devices"],
+                                      VolatileLink(fn.bdf, fdir)))
+        if fn.physfn is not None:
+            pf = self._pci_dirs[fn.physfn]
+            self._attach(fdir, Link("physfn", pf))
+            index = fn.physfn.sriov.vfs.index(fn)  # type: ignore[union-attr]
+            nodes.append(self._attach(pf, VolatileLink(f"virtfn{index}", fdir)))
+        self._pci_nodes[fn] = nodes
+        if fn.driver is not None:
+            self.pci_bound(fn)
+
+    def pci_removed(self, fn: PciFunction) -> None:
+        self._drop_all(self._pci_bound_nodes.pop(fn, []) + self._pci_nodes.pop(fn, []))
+        self._pci_dirs.pop(fn, None)
+
+    def pci_bound(self, fn: PciFunction) -> None:
+        """What binding adds: the ``driver`` link and the driver's link back, the driver's
+        attributes (``nvidia/``), and, when the driver registers the function with VFIO,
+        ``vfio-dev`` and the vfio group."""
+        driver = fn.driver
+        assert driver is not None
+        fdir, ddir = self._pci_dirs[fn], self._pci_drivers[driver.name]
+        nodes = [self._attach(fdir, Link("driver", ddir)),
+                 self._attach(ddir, VolatileLink(fn.bdf, fdir))]
+        nodes += self._vendor_files(fdir, driver.function_attributes(fn), fn)
+        if fn.vfio is not None:
+            nodes += self._vfio_dev(fdir, fn.vfio) + self._vfio_group(fdir, fn.vfio)
+        self._pci_bound_nodes[fn] = nodes
+
+    def pci_unbound(self, fn: PciFunction, driver: PciDriver) -> None:
+        self._drop_all(self._pci_bound_nodes.pop(fn, []))
+
+    def pci_driver_added(self, entry: DriverEntry) -> None:
+        """``bus/pci/drivers/<name>``: bind, unbind, new_id, remove_id, uevent and the
+        ``module`` link; ``module/<module>`` with its files and ``drivers/pci:<name>``."""
+        ddir = self._pci_drivers[entry.name] = self._dir(self._dir_at("bus/pci/drivers"),
+                                                         entry.name)
+        self._file(ddir, "bind", Op(store=self._pci_bind), entry)
+        self._file(ddir, "unbind", Op(store=self._pci_unbind), entry)
+        self._file(ddir, "new_id", Op(store=lambda e, buf: self.host.new_id(e.name, buf)), entry)
+        self._file(ddir, "remove_id", Op(store=lambda e, buf: self.host.remove_id(e.name, buf)),
+                   entry)
+        self._file(ddir, "uevent", BUS_UEVENT)
+        module = self.mkdirs(f"module/{entry.module}")
+        if "initstate" not in module.children:
+            self._module_files(module, entry)
+        self.link(f"module/{entry.module}/drivers/pci:{entry.name}", ddir.path)
+        self.link(f"{ddir.path}/module", f"module/{entry.module}")
+
+    def _module_files(self, module: Dir, entry: DriverEntry) -> None:
+        """A loaded module's files (kernel/module/sysfs.c): its state, reference count and
+        taint, and ``version`` where the module has one (nvidia: the driver release)."""
+        for name, op in MODULE_FILES.items():
+            self._file(module, name, op, entry)
+        if entry.module_version is not None:
+            self._file(module, "version", MODULE_VERSION, entry)
+        for sub in ("holders", "notes", "sections"):
+            self._dir(module, sub)
+
+    def _function_named(self, buf: bytes) -> PciFunction:
+        fn = self.host.pci.get(buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n"))
+        if fn is None:
+            fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
+        return fn
+
+    def _pci_bind(self, entry: DriverEntry, buf: bytes) -> int:
+        self.host.pci_bind(self._function_named(buf), entry.name)
+        return len(buf)
+
+    def _pci_unbind(self, entry: DriverEntry, buf: bytes) -> int:
+        self.host.pci_unbind(self._function_named(buf), entry.name)
+        return len(buf)
+
+    def _pci_drivers_probe(self, _obj: Any, buf: bytes) -> int:
+        self.host.drivers_probe(self._function_named(buf))
+        return len(buf)
+
+
+def _set_autoprobe(what: str) -> Op:
+    """A bus's ``drivers_autoprobe``: '0' as the first character turns it off, anything else
+    on (bus.c drivers_autoprobe_store)."""
+    def store(host: Host, buf: bytes) -> int:
+        setattr(host, what, buf[:1] != b"0")
+        return len(buf)
+
+    return Op(show=lambda host: text(int(getattr(host, what))), store=store)
+
+
+MDEV_AUTOPROBE = _set_autoprobe("mdev_autoprobe")
+PCI_AUTOPROBE = _set_autoprobe("pci_autoprobe")
+
+
+def _alignment_store(state: list[str], buf: bytes) -> int:
+    state[0] = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
+    return len(buf)
+
+
+#: pci.c resource_alignment: the pci=resource_alignment= parameter, empty unless given
+RESOURCE_ALIGNMENT = Op(show=lambda s: text(s[0]) if s[0] else b"", store=_alignment_store)
+MODULE_FILES = {
+    "coresize": Op(show=lambda e: b"65536\n"),
+    "initsize": Op(show=lambda e: b"0\n"),
+    "initstate": Op(show=lambda e: b"live\n"),
+    "refcnt": Op(show=lambda e: b"0\n"),
+    "taint": Op(show=lambda e: b"OE\n" if e.module_version else b"\n"),
+    "uevent": BUS_UEVENT,
+}
+MODULE_VERSION = Op(show=lambda e: text(e.module_version))
+
+__all__ = ["Tree"]

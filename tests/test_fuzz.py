@@ -33,20 +33,37 @@ ERRNOS: dict[str, set[int]] = {
     # §2.2: parse EINVAL, duplicate EEXIST, counter EUSERS; drivers (§3, §4): mtty/mbochs/
     # GVT ENOSPC, NVIDIA EBUSY (the GPU runs another type) and ENOSPC
     "create": {E.EINVAL, E.EEXIST, E.EUSERS, E.ENOSPC, E.EBUSY},
-    "remove": {E.EINVAL},                                 # §2.3 kstrtoul, even past ULONG_MAX
-    "uevent": {E.EINVAL},                                 # kobject_synth_uevent
+    "remove": {E.EINVAL},                                 # §2.3 kstrtoul, even past ULONG_MAX;
+                                                          # a PCI function's remove_store too
+    "uevent": {E.EINVAL, E.ENOMEM},                       # kobject_synth_uevent
     "control": {E.EINVAL},                                # power/control: auto or on
     "autosuspend_delay_ms": {E.EIO},                      # runtime PM without autosuspend
     "drivers_autoprobe": set(),                           # any byte sets or clears it
     "drivers_probe": {E.ENODEV},                          # no device of that name
-    "bind": {E.ENODEV, E.EBUSY},                          # no mdev matches a driver; a PCI
-                                                          # function is bound already
-    "unbind": {E.ENODEV, E.EBUSY},                        # not bound to this driver; a GPU's
-                                                          # detaching is not emulated
-    "sriov_numvfs": {E.EINVAL, E.ERANGE, E.EBUSY},        # iov.c sriov_numvfs_store
+    # no mdev matches a driver; a PCI function bound already, or not the driver's; vfio-pci's
+    # probe refuses an NVIDIA VF or a PF with VFs
+    "bind": {E.ENODEV, E.EBUSY, E.EINVAL},
+    "unbind": {E.ENODEV},                                 # not bound to this driver
+    "new_id": {E.EINVAL, E.EEXIST},                       # pci-driver.c new_id_store
+    "remove_id": {E.EINVAL, E.ENODEV},                    # remove_id_store
+    "rescan": {E.EINVAL},                                 # kstrtoul
+    "resource_alignment": set(),                          # any text is kept
+    "sriov_numvfs": {E.EINVAL, E.ERANGE, E.EBUSY, E.ENOENT},  # iov.c sriov_numvfs_store
     "sriov_drivers_autoprobe": {E.EINVAL},                # kstrtobool
     "async": {E.EINVAL},                                  # power/async: enabled or disabled
     "type": {E.EINVAL},                                   # iommu group without a domain
+    # pci-sysfs.c: kstrtoul/kstrtoint stores, and what they check
+    "broken_parity_status": {E.EINVAL},
+    "d3cold_allowed": {E.EINVAL},
+    "msi_bus": {E.EINVAL},
+    "numa_node": {E.EINVAL},
+    "enable": {E.EINVAL, E.EBUSY, E.EIO},                 # bound: EBUSY; 0 while disabled: EIO
+    "driver_override": {E.EINVAL},                        # PAGE_SIZE - 1 bytes or more
+    "reset": {E.EINVAL, E.ENOTTY},                        # only 1; no reset method in force
+    "reset_method": {E.EINVAL},                           # an unknown or unsupported method
+    "config": set(),                                      # a write is taken (and not kept)
+    # a BAR's file has no read or write, only mmap
+    **{f"resource{i}{wc}": {E.EIO} for i in range(6) for wc in ("", "_wc")},
     # §5.2/§5.3: non-ASCII or mismatch EINVAL, GVT unsupported ENODEV, NVIDIA other branch
     # EPROTONOSUPPORT
     "migration_version": {E.EINVAL, E.ENODEV, E.EPROTONOSUPPORT},
@@ -80,6 +97,9 @@ class Host:
             os.path.relpath(os.path.join(d, f), m.root)
             for d, _, names in os.walk(m.root) for f in names
             if stat.S_IMODE(os.lstat(os.path.join(d, f)).st_mode) & 0o222)
+        #: the PCI bus as the topology has it: its functions and their driver links
+        self.pci = os.listdir(m.root / "bus/pci/devices")
+        self.drivers = [f"bus/pci/devices/{bdf}/driver" for bdf in self.pci]
         undocumented = sorted({f for f in self.files if documented(f) is None})
         assert not undocumented, f"document these files' errnos in ERRNOS: {undocumented}"
         # resolved once: a path through the class/mdev_bus links costs a lookup per part
@@ -98,7 +118,12 @@ class Host:
             return False
 
     def restore(self) -> None:
-        """Back to exactly the base devices (a fuzzed remove or create may have changed them)."""
+        """Back to exactly the base devices (a fuzzed remove or create may have changed them),
+        on a PCI bus as the topology has it (a fuzzed PCI remove, unbind or sriov_numvfs may
+        have changed that)."""
+        if os.listdir(self.m.root / "bus/pci/devices") != self.pci or \
+                any(not (self.m.root / f).exists() for f in self.drivers):
+            self.m.control.reset()
         devices = self.m.root / "bus/mdev/devices"
         for u in set(os.listdir(devices)) - set(self.base):
             self.m.remove(u)
@@ -112,7 +137,8 @@ class Host:
         assert self.m.alive(), self.m.log()
         root = self.m.root
         for tdir in self.types:
-            assert re.fullmatch(rb"\d+\n", (tdir / "available_instances").read_bytes())
+            if tdir.exists():  # a fuzzed PCI remove or unbind takes a GPU's types away
+                assert re.fullmatch(rb"\d+\n", (tdir / "available_instances").read_bytes())
         devices = root / "bus/mdev/devices"
         found = sorted(os.listdir(devices))
         bound = [u for u in found if os.path.lexists(devices / u / "driver")]

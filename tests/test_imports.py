@@ -20,7 +20,7 @@ LAYERS = {
     "model": {"errors", "driver", "pci", "kernel", "model", "config"},
     "view": {"nodes", "attributes", "pci_sysfs", "tree"},
     "system": {"runtime", "mounts", "readiness", "namespace", "beneath"},
-    "serving": {"faults", "state", "control", "uevent", "fuse", "trace", "daemon"},
+    "serving": {"faults", "state", "pcistate", "control", "uevent", "fuse", "trace", "daemon"},
     "launching": {"process", "zygote"},
     "tools": {"__init__", "__main__", "cli", "cli_capture", "cli_fleet", "testing",
               "pytest_plugin", "migration", "planner", "fleet", "record", "infer", "export",

@@ -32,8 +32,13 @@ def mdevfs(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
                           **kwargs)
 
 
+#: files whose value is a clock (a PCI function's runtime-PM times, in ms since it appeared)
+CLOCKS = ("/power/runtime_active_time", "/power/runtime_suspended_time")
+
+
 def lines(root: Path) -> list[str]:
-    return [e.line() for e in walk_mount(root)]
+    return [e.line().rsplit("|", 1)[0] if e.path.endswith(CLOCKS) else e.line()
+            for e in walk_mount(root)]
 
 
 def populate(m) -> None:

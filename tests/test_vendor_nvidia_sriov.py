@@ -96,11 +96,18 @@ def test_vfs_exist_when_the_write_returns_each_with_its_own_group(m):
     assert len(groups) == 3
     assert sorted(os.listdir(m.path("bus/pci/drivers/nvidia"))) == [
         "0000:41:00.0", "0000:41:00.4", "0000:41:00.5", "0000:41:00.6", "0000:81:00.0", "bind",
-        "uevent", "unbind"]
+        "module", "new_id", "remove_id", "uevent", "unbind"]
     drivers = "bus/pci/drivers/nvidia"
     assert errno_of(write, m, f"{drivers}/bind", "0000:41:00.4") == errno.EBUSY  # bound already
     assert errno_of(write, m, f"{drivers}/bind", "0000:99:00.0") == errno.ENODEV
-    assert errno_of(write, m, f"{drivers}/unbind", "0000:41:00.4\n") == errno.EBUSY  # not emulated
+    # unbind_store: the VF leaves nvidia, and with it its nvidia/ group and VFIO device;
+    # bind gives them back
+    assert write(m, f"{drivers}/unbind", "0000:41:00.4\n") == 13
+    assert sorted(set(os.listdir(m.path(VF[0]))) & {"driver", "nvidia", "vfio-dev"}) == []
+    assert errno_of(write, m, f"{drivers}/unbind", "0000:41:00.4") == errno.ENODEV
+    assert write(m, f"{drivers}/bind", "0000:41:00.4") == 12
+    assert os.readlink(m.path(f"{VF[0]}/driver")) == "../../../../bus/pci/drivers/nvidia"
+    assert m.read(f"{VF[0]}/nvidia/current_vgpu_type") == "0\n"
 
 
 def test_current_vgpu_type_and_the_catalog_shrinking_across_siblings(m):

@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Migration
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
+from mdevfs.pci import MEM64, MEM64_PREFETCH, Bar, Caps
 
 from ._options import known, whole
 
@@ -71,6 +72,10 @@ class Gvt(BaseDriver):
     subsystem = ("bus", "pci")
     default_parent = "0000:00:02.0"
     default_path = "devices/pci0000:00/0000:00:02.0"
+    #: an integrated GPU on the root bus: no PCI Express link of its own, FLR; its GTT/MMIO
+    #: and aperture BARs (sizes as lspci shows a Skylake GT2)
+    pci_caps = Caps(link=None, resets=("flr",))
+    pci_bars = (Bar(0xDE000000, 16 << 20, MEM64), None, Bar(0xC0000000, 256 << 20, MEM64_PREFETCH))
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)

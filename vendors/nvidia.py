@@ -63,6 +63,7 @@ from attrs import frozen
 from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Migration
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
+from mdevfs.pci import MEM32, MEM64_PREFETCH, Bar, Caps
 
 from ._options import known, text
 
@@ -110,6 +111,11 @@ class NvidiaVgpu(BaseDriver):
     subsystem = ("bus", "pci")
     default_parent = "0000:41:00.0"
     default_path = "devices/pci0000:40/0000:40:01.1/0000:41:00.0"
+    #: the GPU as a PCI function: a Tesla P4 is PCIe Gen3 x16 with registers, frame buffer
+    #: and BAR3 windows (sizes as lspci shows a P4)
+    pci_caps = Caps(link=(3, 16, 3, 16), resets=("bus",))
+    pci_bars = (Bar(0xF8000000, 16 << 20, MEM32), Bar(0x38400000000, 256 << 20, MEM64_PREFETCH),
+                None, Bar(0x38410000000, 32 << 20, MEM64_PREFETCH))
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
@@ -127,6 +133,8 @@ class NvidiaVgpu(BaseDriver):
         if match is None:
             raise ValueError(f"option 'manager' must look like 535.129.03, not {version!r}")
         self.branch, self.minor = int(match[1]), int(match[2])
+        #: nvidia.ko's version (module/nvidia/version): the manager release
+        self.module_version = version
 
     def set_option(self, key: str, value: object) -> None:
         """Run-time options (``mdevfs ctl DIR set-option``): only ``manager``."""

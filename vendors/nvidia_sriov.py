@@ -59,7 +59,7 @@ from attrs import frozen
 from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
 from mdevfs.errors import fail
 from mdevfs.model import Host, MdevDevice, MdevType, kstrtoul
-from mdevfs.pci import Bar, PciFunction, PciIds, Sriov
+from mdevfs.pci import MEM32, MEM64_PREFETCH, Bar, Caps, PciFunction, PciIds, Sriov
 
 from ._options import known, text, whole
 
@@ -68,8 +68,15 @@ HEADER = "ID    : vGPU Name"
 #: BAR0 (16 MiB registers), BAR1 (the frame buffer aperture), BAR3 (32 MiB), as lspci shows
 #: a data-centre GPU; flags are IORESOURCE_MEM (| 64-bit | prefetch). The addresses are
 #: illustrations.
-_BARS = (Bar(0xF2000000, 16 << 20, 0x40200), Bar(0x38000000000, 64 << 30, 0x14220C),
-         Bar(0, 0, 0), Bar(0x38800000000, 32 << 20, 0x14220C))
+_BARS = (Bar(0xF2000000, 16 << 20, MEM32), Bar(0x38000000000, 64 << 30, MEM64_PREFETCH),
+         None, Bar(0x38800000000, 32 << 20, MEM64_PREFETCH))
+#: each VF's BARs, as the SR-IOV capability declares them: registers, a frame buffer window
+#: and a 64-bit BAR3 (mdevfs's choice of sizes: no dump of an NVIDIA VF's resources was found)
+_VF_BARS = (Bar(0, 16 << 20, MEM32), Bar(0, 128 << 20, MEM64_PREFETCH), None,
+            Bar(0, 32 << 20, MEM64_PREFETCH), None, None)
+#: the vGPU manager release a GPU runs unless its options name one (vGPU 17, the first with
+#: the vendor-specific VFIO framework, is the 550 branch)
+DEFAULT_MANAGER = "550.127.06"
 
 
 @frozen
@@ -94,6 +101,8 @@ class CardModel:
     sriov_stride: int
     framebuffer_mib: int
     types: tuple[VgpuType, ...]
+    #: its PCI Express link: (max speed code, max width, current speed code, current width)
+    link: tuple[int, int, int, int] = (4, 16, 4, 16)
 
     @property
     def vendor_vfio(self) -> bool:
@@ -134,12 +143,17 @@ class NvidiaSriovGpu:
 
     kind = "gpu"
     name = "nvidia"
+    module = "nvidia"
     configures_sriov = True
+    enables = True
+    #: power/runtime_usage of a bound function: the probe's reference kept (mdevfs's choice:
+    #: how nvidia.ko leaves runtime PM is not known)
+    runtime_usage = 2
 
     def __init__(self, options: Mapping[str, Any] | None = None,
                  base_dir: Path | None = None) -> None:
         options = dict(options or {})
-        known(options, ["model", "vfs", "mode", "catalog", "numa_node"])
+        known(options, ["model", "vfs", "mode", "catalog", "numa_node", "manager"])
         catalog = dict(load_catalog())
         if "catalog" in options:
             own = Path(text(options, "catalog", ""))
@@ -152,7 +166,8 @@ class NvidiaSriovGpu:
         self.homogeneous = text(options, "mode", "homogeneous",
                                 allowed=("homogeneous", "heterogeneous")) == "homogeneous"
         self.numa_node = whole(options, "numa_node", -1, minimum=-1)
-        self.vfio_vfs = self.card.vendor_vfio
+        #: the vGPU manager release: nvidia.ko's version (module/nvidia/version)
+        self.module_version = text(options, "manager", DEFAULT_MANAGER)
         #: the frame buffer heterogeneous mode shares out: the most the types can take
         #: (nominal sizes: an L40S-48Q is the whole card)
         self.capacity_mib = max((t.framebuffer_mib * t.max_instance for t in self.card.types),
@@ -165,38 +180,54 @@ class NvidiaSriovGpu:
     # --- plugging the GPU into a host -----------------------------------------------------
 
     def plug(self, host: Host, address: str, path: str) -> PciFunction:
-        """Register the PF (and enable the VFs the options ask for)."""
+        """The PF on the bus, bound to this driver (and the VFs the options ask for)."""
         card = self.card
         self.host = host
-        pf = self.pf = host.add_pci(PciFunction(
-            bdf=address, path=path, driver=self, numa_node=self.numa_node, bars=_BARS,
+        host.register_pci_driver(self)
+        pf = self.pf = PciFunction(
+            bdf=address, path=path, numa_node=self.numa_node, bars=_BARS,
+            caps=Caps(link=card.link, pm=True, msix=True, ari=True, resets=("flr", "bus")),
             ids=PciIds(NVIDIA, card.pci_device, NVIDIA, card.subsystem_device, card.klass),
             sriov=Sriov(card.sriov_totalvfs, card.sriov_offset, card.sriov_stride,
-                        card.vf_device)))
-        if self.start_vfs:
+                        card.vf_device, vf_bars=_VF_BARS,
+                        # vfio-pci's probe refuses NVIDIA VFs (kubevirt#17642)
+                        vf_vfio_pci_refused=errno.EINVAL))
+        host.add_pci(pf)  # probed: this driver's table takes it
+        if self.start_vfs and pf.driver is self:
             host.set_numvfs(pf, str(self.start_vfs).encode())
         return pf
 
     # --- the PCI driver (mdevfs.pci.PciDriver) ------------------------------------------
 
+    def matches(self, fn: PciFunction) -> bool:
+        """Its own PF, and that PF's VFs."""
+        return fn is self.pf or (fn.physfn is not None and fn.physfn is self.pf)
+
+    def probe(self, fn: PciFunction) -> None:
+        """An Ampere VF becomes an mdev parent when nvidia takes it."""
+        if fn.physfn is not None and not self.card.vendor_vfio:
+            assert self.host is not None
+            self.host.add_parent(fn.bdf, fn.path, AmpereVf(self, fn))
+
+    def remove(self, fn: PciFunction) -> None:
+        """A VF let go loses its vGPU (Ada: its type; Ampere: its mdev parent and devices)."""
+        assert self.host is not None
+        fn.vendor.clear()
+        if fn.bdf in self.host.parents:
+            self.host.remove_parent(fn.bdf)
+
+    def registers_vfio(self, fn: PciFunction) -> bool:
+        """Ada and later: nvidia is each VF's VFIO provider (vfio-dev, a vfio group)."""
+        return fn.physfn is not None and self.card.vendor_vfio
+
     def sriov_configure(self, pf: PciFunction, num_vfs: int) -> None:
+        """Disabling the VFs destroys their vGPUs first; a VF a VM holds open is EBUSY."""
         assert pf.sriov is not None and self.host is not None
-        if num_vfs:
-            return
-        vfs = pf.sriov.vfs
-        if any(vf.vfio_open for vf in vfs):
+        if not num_vfs and any(vf.vfio_open for vf in pf.sriov.vfs):
             fail(errno.EBUSY)
-        for vf in vfs:
-            vf.vendor.clear()
-            if vf.bdf in self.host.parents:
-                self.host.remove_parent(vf.bdf)
 
     def vfs_added(self, pf: PciFunction) -> None:
-        assert pf.sriov is not None and self.host is not None
-        if not self.card.vendor_vfio:
-            for vf in pf.sriov.vfs:
-                if vf.driver is self:  # not one left unprobed (sriov_drivers_autoprobe 0)
-                    self.host.add_parent(vf.bdf, vf.path, AmpereVf(self, vf))
+        return None
 
     def restore_function(self, fn: PciFunction, vendor: Mapping[str, Any]) -> None:
         if not vendor:

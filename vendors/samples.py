@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
 from mdevfs.errors import fail
+from mdevfs.kernel import MBOCHS_ENOSPC, MDEV_CORE_COUNTER, MTTY_ENFORCES_PORTS, NO_MTTY_PARENT_GROUP
 from mdevfs.model import MdevDevice, MdevType
 
 from ._options import known, whole
@@ -16,9 +17,10 @@ class Mtty(BaseDriver):
 
     ``mtty-1`` takes one port, ``mtty-2`` two; available_instances is
     ``avail_ports / nr_ports`` (24 and 12 at first); a create that does not fit
-    is ENOSPC (since "vfio/mtty: Enforce available_instances", 2021). No
-    description file. Each device has ``vendor/sample_mdev_dev``.
-    Option: ``ports`` (default 24) resizes the pool.
+    is ENOSPC (from 5.14, "vfio/mtty: Enforce available_instances"; before, every
+    create succeeded and the count went negative, divided as C divides). No
+    description file. Each device has ``vendor/sample_mdev_dev``; before 5.19 the parent
+    has ``mtty_dev/sample_mtty_dev``. Option: ``ports`` (default 24) resizes the pool.
     """
 
     name = "mtty"
@@ -43,13 +45,18 @@ class Mtty(BaseDriver):
         return int(mtype.spec.sysfs_name)
 
     def available_instances(self, mtype: MdevType) -> int:
-        return self.avail_ports // self._ports(mtype)
+        return int(self.avail_ports / self._ports(mtype))  # as C divides: toward zero
 
     def probe(self, mdev: MdevDevice) -> None:
         ports = self._ports(mdev.mdev_type)
-        if ports > self.avail_ports:
+        if ports > self.avail_ports and self.kernel.has(MTTY_ENFORCES_PORTS):
             fail(errno.ENOSPC)
         self.avail_ports -= ports
+
+    def parent_attributes(self) -> Sequence[Attribute]:
+        if self.kernel.has(NO_MTTY_PARENT_GROUP):
+            return ()
+        return (Attribute("mtty_dev/sample_mtty_dev", show=lambda: "This is phy device"),)
 
     def remove(self, mdev: MdevDevice) -> None:
         self.avail_ports += self._ports(mdev.mdev_type)
@@ -65,9 +72,9 @@ class Mdpy(BaseDriver):
     1920x1080), named after their type id, described as ``virtual display, WxH
     framebuffer``. The 6.1+ driver has no ``get_available``: the core's counter,
     ``max_instances`` = module param ``count`` (default 4), is shared by the three
-    types and a create past it fails with EUSERS. (Up to 6.0 the driver counted
-    itself and answered ENOMEM; not emulated.) Each device has ``vendor/resolution``.
-    Option: ``count``.
+    types and a create past it fails with EUSERS. Up to 6.0 the driver counts itself (from
+    create to remove, or before 5.14 from probe to remove) and answers ENOMEM. Each device
+    has ``vendor/resolution``. Option: ``count``.
     """
 
     name = "mdpy"
@@ -82,6 +89,7 @@ class Mdpy(BaseDriver):
         super().__init__(options)
         known(self.options, ["count"])
         self.count = whole(self.options, "count", 4)
+        self.used = 0  # before 6.1: the devices mdpy counts itself
 
     def types(self) -> Sequence[MdevTypeSpec]:
         return tuple(MdevTypeSpec(t, pretty_name=f"mdpy-{t}",
@@ -90,6 +98,21 @@ class Mdpy(BaseDriver):
 
     def max_instances(self) -> int:
         return self.count
+
+    def available_instances(self, mtype: MdevType) -> int | None:
+        if self.kernel.has(MDEV_CORE_COUNTER):
+            return None  # the core counts
+        return self.count - self.used
+
+    def probe(self, mdev: MdevDevice) -> None:
+        if not self.kernel.has(MDEV_CORE_COUNTER):
+            if self.used >= self.count:
+                fail(errno.ENOMEM)
+            self.used += 1
+
+    def remove(self, mdev: MdevDevice) -> None:
+        if not self.kernel.has(MDEV_CORE_COUNTER):
+            self.used -= 1
 
     def device_attributes(self, mdev: MdevDevice) -> Sequence[Attribute]:
         width, height = self._SIZES[mdev.mdev_type.spec.sysfs_name]
@@ -138,8 +161,8 @@ class Mbochs(BaseDriver):
 
     def probe(self, mdev: MdevDevice) -> None:
         mbytes = self._mbytes(mdev.mdev_type)
-        if mbytes > self.avail_mbytes:
-            fail(errno.ENOSPC)
+        if mbytes > self.avail_mbytes:  # ENOMEM before 5.15
+            fail(errno.ENOSPC if self.kernel.has(MBOCHS_ENOSPC) else errno.ENOMEM)
         self.avail_mbytes -= mbytes
 
     def remove(self, mdev: MdevDevice) -> None:

@@ -1,0 +1,159 @@
+"""The kernel a host runs: every behaviour mdevfs emulates that changed between 5.10 and 7.3.
+
+    kernel = Kernel.parse("5.10")
+    kernel.has(PER_PARENT_MDEV_DRIVER)      # False: every mdev binds to vfio_mdev
+
+Each change is in :data:`CHANGES`, once: the first mainline release with the newer behaviour,
+what it is, and the commit and source it comes from. A version between two known ones has what
+the table says of it. The dumps of real Debian kernels in ``tests/conformance/golden`` (5.10,
+6.1, 6.12, 7.3) check the ends; releases in between follow the commits (``docs/kernels.md``).
+The model, the tree and the vendor drivers ask :meth:`Kernel.has`; nothing else compares
+versions.
+"""
+from __future__ import annotations
+
+import re
+
+from attrs import frozen
+
+
+@frozen(order=True)
+class Version:
+    major: int
+    minor: int
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        """``"5.10"`` (or ``"5.10.0-46-amd64"``: the release's first two numbers)."""
+        match = re.match(r"(\d+)\.(\d+)", text.strip())
+        if match is None:
+            raise ValueError(f"a kernel version looks like 6.1, not {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+@frozen
+class Change:
+    """A behaviour the kernel changed: ``since`` is the first release that has the new one."""
+
+    since: Version
+    what: str
+    source: str
+
+
+def _change(since: str, what: str, source: str) -> Change:
+    return Change(Version.parse(since), what, source)
+
+
+# --- the table: one row per change, oldest first ----------------------------------------------
+GROUP_TYPE_WRITABLE = "group_type_writable"
+VF_MSIX_FILES = "vf_msix_files"
+PER_PARENT_MDEV_DRIVER = "per_parent_mdev_driver"
+BIND_BOUND_EBUSY = "bind_bound_ebusy"
+MTTY_ENFORCES_PORTS = "mtty_enforces_ports"
+MBOCHS_ENOSPC = "mbochs_enospc"
+GROUP_TYPE_DMA_FQ = "group_type_dma_fq"
+RESET_METHOD = "reset_method"
+MDEV_GROUP_NAMED = "mdev_group_named"
+PCI_STORE_EINVAL = "pci_store_einval"
+NO_VFIO_MDEV_DRIVER = "no_vfio_mdev_driver"
+NO_MTTY_PARENT_GROUP = "no_mtty_parent_group"
+KSTRTOBOOL_TRUE_FALSE = "kstrtobool_true_false"
+VFIO_DEV_CLASS = "vfio_dev_class"
+MDEV_CORE_COUNTER = "mdev_core_counter"
+UNBOUND_POWER_D0 = "unbound_power_d0"
+
+CHANGES: dict[str, Change] = {
+    GROUP_TYPE_WRITABLE: _change(
+        "5.11", "an IOMMU group's type file is 0644 (0444 before)",
+        "08a27c1c3ecf iommu: Add support to change default domain of an iommu group; "
+        "drivers/iommu/iommu.c iommu_group_store_type"),
+    VF_MSIX_FILES: _change(
+        "5.13", "a PF has sriov_vf_total_msix and each VF sriov_vf_msix_count",
+        "c3d5c2d96d69 PCI/IOV: Add sysfs MSI-X vector assignment interface; drivers/pci/iov.c"),
+    PER_PARENT_MDEV_DRIVER: _change(
+        "5.14", "an mdev binds to its parent's own mdev driver when it is created, which owns "
+                "its resources: unbind frees them, bind is ENODEV, drivers_autoprobe does not "
+                "matter (before: every mdev binds to vfio_mdev, resources belong to the device "
+                "from create to remove, and a new mdev stays unbound while drivers_autoprobe is 0)",
+        "88a21f265ce5 vfio/mdev: Allow the mdev_parent_ops to specify the device driver to "
+        "bind; drivers/vfio/mdev/mdev_core.c mdev_device_create, mdev_driver.c mdev_match"),
+    BIND_BOUND_EBUSY: _change(
+        "5.14", "bind of a device that has a driver is EBUSY (ENODEV before)",
+        "driver core: Pull required checks into driver_probe_device(); "
+        "drivers/base/dd.c __driver_probe_device (version from the series, not pinned)"),
+    MTTY_ENFORCES_PORTS: _change(
+        "5.14", "mtty refuses a create past its ports with ENOSPC (before, available_instances "
+                "went negative)",
+        "97d0a6874478 vfio/mtty: Enforce available_instances; samples/vfio-mdev/mtty.c"),
+    MBOCHS_ENOSPC: _change(
+        "5.15", "mbochs refuses a create past its memory with ENOSPC (ENOMEM before)",
+        "de5494af4815 vfio/mbochs: Fix missing error unwind of mbochs_used_mbytes; "
+        "samples/vfio-mdev/mbochs.c"),
+    GROUP_TYPE_DMA_FQ: _change(
+        "5.15", "a PCI function's IOMMU group type reads DMA-FQ in the default lazy mode (DMA "
+                "before)", "26225bea1d84 iommu: Expose DMA domain strictness via sysfs"),
+    RESET_METHOD: _change(
+        "5.15", "every function that can be reset has reset_method",
+        "d88f521da3ef PCI: Allow userspace to query and set device reset mechanism; "
+        "drivers/pci/pci.c reset_method_show/store"),
+    MDEV_GROUP_NAMED: _change(
+        "5.16", "an mdev's IOMMU group has name = vfio-noiommu",
+        "c04ac34078a4 vfio: simplify iommu group allocation for mediated devices; "
+        "drivers/vfio/vfio.c vfio_noiommu_group_alloc"),
+    PCI_STORE_EINVAL: _change(
+        "5.16", "PCI stores answer EINVAL for every parse error: sriov_numvfs 65536, enable "
+                "past ULONG_MAX (kstrto*'s own ERANGE before)",
+        "36f354ec7bf9 PCI/sysfs: Return -EINVAL consistently from \"store\" functions; "
+        "drivers/pci/iov.c sriov_numvfs_store"),
+    NO_VFIO_MDEV_DRIVER: _change(
+        "5.19", "bus/mdev/drivers no longer holds vfio_mdev",
+        "6c7f98b334a3 vfio/mdev: Remove vfio_mdev.c"),
+    NO_MTTY_PARENT_GROUP: _change(
+        "5.19", "mtty's parent has no mtty_dev/sample_mtty_dev",
+        "e6486939d8ea vfio/mdev: Remove mdev_parent_ops dev_attr_groups"),
+    KSTRTOBOOL_TRUE_FALSE: _change(
+        "5.19", "kstrtobool takes true and false (t, f)",
+        "lib/kstrtox.c: Add \"false\"/\"true\" support to kstrtobool() (patch of 2022-04; "
+        "the release is not pinned)"),
+    VFIO_DEV_CLASS: _change(
+        "6.1", "a VFIO device has vfio-dev/vfio<N> and class/vfio-dev",
+        "3c28a76124b2 vfio: Add struct device to vfio_device; drivers/vfio/vfio_main.c"),
+    MDEV_CORE_COUNTER: _change(
+        "6.1", "the mdev core counts a parent's instances for drivers that do not (EUSERS past "
+               "max_instances); mdpy uses it (ENOMEM from mdpy itself before)",
+        "9c799c224d6e vfio/mdev: add mdev available instance checking to the core"),
+    UNBOUND_POWER_D0: _change(
+        "6.16", "a PCI function without a driver reads power_state D0 (unknown before)",
+        "4d4c10f763d7 PCI: Explicitly put devices into D0 when initializing (2025-04)"),
+}
+
+#: the kernels whose dumps tests/conformance keeps; the default is the newest
+KNOWN = ("5.10", "6.1", "6.12", "7.3")
+NEWEST = Version.parse(KNOWN[-1])
+OLDEST = Version.parse(KNOWN[0])
+
+
+@frozen
+class Kernel:
+    """The kernel version a host emulates."""
+
+    version: Version = NEWEST
+
+    @classmethod
+    def parse(cls, text: str) -> Kernel:
+        """A kernel from ``"X.Y"``; ValueError for one mdevfs cannot emulate (before 5.10 or
+        after the newest it knows)."""
+        version = Version.parse(text)
+        if not OLDEST <= version <= NEWEST:
+            raise ValueError(f"kernel {text}: mdevfs emulates {OLDEST} to {NEWEST}")
+        return cls(version)
+
+    def has(self, change: str) -> bool:
+        """Whether this kernel has the newer behaviour of ``change`` (a key of CHANGES)."""
+        return self.version >= CHANGES[change].since
+
+    def __str__(self) -> str:
+        return str(self.version)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import cli_capture, cli_fleet, control, daemon, mounts, namespace, process, runtime
-from .config import Topology
 from .errors import ControlRefused, MdevfsError, MountError, NamespaceError, UsageError
 
 log = logging.getLogger("mdevfs")
@@ -25,16 +24,13 @@ log = logging.getLogger("mdevfs")
 __all__ = ["UsageError", "build_parser", "main"]
 
 
-def _topology(config: str | None) -> Topology:
-    return Topology.from_toml(config) if config else Topology.default()
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
     directory = Path(os.path.abspath(args.dir))
     control_path = (Path(os.path.abspath(args.control)) if args.control
                     else runtime.default_control(directory))
     if args.foreground:
-        daemon.run(directory, config=args.config, state=args.state, control_path=control_path,
+        daemon.run(directory, config=args.config, kernel=args.kernel, state=args.state,
+                   control_path=control_path,
                    uevents_path=args.uevents, allow_other=args.allow_other,
                    trace=args.verbose)
         return 0
@@ -52,6 +48,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                                  config=args.config, state=args.state,
                                  uevents=Path(args.uevents) if args.uevents else None,
                                  allow_other=args.allow_other, timeout=args.ready_timeout,
+                                 extra=_kernel_args(args),
                                  verbose=args.verbose, entry=daemon_entry(),
                                  progress=progress if sys.stderr.isatty() else None)
     finally:
@@ -60,6 +57,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
     print(f"mdevfs: {directory} mounted (pid {launched.proc.pid}, log {log_file}, "
           f"control {control_path})")
     return 0
+
+
+def _kernel_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The daemon's ``--kernel`` option, when the command was given one."""
+    return ("--kernel", args.kernel) if args.kernel else ()
 
 
 def daemon_entry() -> process.Entry:
@@ -218,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # As on a real host, a command that drops privileges (qemu under libvirt) may still
     # read /sys; the sysfs modes keep it from writing. The mount itself lies in a
     # directory only root may enter.
-    extra = ("--allow-other",) if os.geteuid() == 0 else ()
+    extra = ("--allow-other",) * (os.geteuid() == 0) + _kernel_args(args)
     try:
         with process.temporary_mount(args.config, args=extra, state=args.state, record=True,
                                      timeout=args.ready_timeout,
@@ -311,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "it returns once the mount answers and the daemon logs to a file.")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--config", metavar="FILE", help="topology file (default: the embedded one)")
+    p.add_argument("--kernel", metavar="X.Y",
+                   help="the kernel emulated, 5.10 to 7.3 (default: the topology's [host] "
+                   "kernel, else the newest)")
     p.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users in (sysfs modes are enforced)")
@@ -369,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "status: COMMAND's (128+N if signal N killed it); 125 if the namespace "
                        "could not be set up.")
     p.add_argument("--config", metavar="FILE", help="topology file (default: the embedded one)")
+    p.add_argument("--kernel", metavar="X.Y",
+                   help="the kernel emulated, 5.10 to 7.3 (default: the topology's [host] "
+                   "kernel, else the newest)")
     p.add_argument("--mdevctl-dir", metavar="DIR",
                    help="bind DIR at /etc/mdevctl.d to keep mdevctl's definitions "
                    "(default: an empty private one)")

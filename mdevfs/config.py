@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from attrs import Factory, frozen
+from attrs import Factory, evolve, frozen
 
 from .driver import GPU, PARENT, DriverLoadError, kind_of, load_factory, shape_problem
 from .errors import UsageError
@@ -158,6 +158,17 @@ class Topology:
     gpus: tuple[GpuEntry, ...] = ()
     devices: tuple[DeviceEntry, ...] = ()
     machine: Machine = Factory(lambda: Machine())
+
+    def on_kernel(self, version: str | None) -> Topology:
+        """This topology on kernel ``version`` (``--kernel``: it overrides ``[host] kernel``);
+        itself for None. TopologyError for a version mdevfs does not know."""
+        if version is None:
+            return self
+        try:
+            kernel = Kernel.parse(version)
+        except ValueError as exc:
+            raise TopologyError(f"--kernel {version!r}: {exc}") from None
+        return evolve(self, machine=evolve(self.machine, kernel=kernel))
 
     @classmethod
     def default(cls) -> Topology:

@@ -308,17 +308,18 @@ def _listening(path: str | os.PathLike[str], what: str, hint: str = "") -> Itera
 
 
 def run(directory: str | os.PathLike[str], *, config: str | None = None,
-        state: str | None = None, control_path: str | os.PathLike[str] | None = None,
+        kernel: str | None = None, state: str | None = None,
+        control_path: str | os.PathLike[str] | None = None,
         uevents_path: str | os.PathLike[str] | None = None, allow_other: bool = False,
         ready_fd: int | None = None, stop_with_client: bool = False,
         trace: bool = False) -> None:
-    """Prepare and serve the topology ``config`` (default: the embedded one) on
-    ``directory``: everything that can fail on bad input fails before the mount. A failure
-    is reported on ``ready_fd`` (:mod:`mdevfs.readiness`) as well as raised."""
+    """Prepare and serve the topology ``config`` (default: the embedded one), on ``kernel``
+    when given, on ``directory``: everything that can fail on bad input fails before the
+    mount. A failure is reported on ``ready_fd`` (:mod:`mdevfs.readiness`) as well as raised."""
     reporter = Reporter(ready_fd) if ready_fd is not None else None
     try:
         topology = Topology.from_toml(config) if config else Topology.default()
-        daemon = Daemon.prepare(topology, state)
+        daemon = Daemon.prepare(topology.on_kernel(kernel), state)
         check_mountpoint(Path(directory))
         log.info("mounting %s (%s parents, %d devices restored) at %s; control socket %s",
                  topology.source, len(daemon.host.parents), len(daemon.host.devices),
@@ -334,7 +335,7 @@ def run(directory: str | os.PathLike[str], *, config: str | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     """A daemon process: ``python -P -m mdevfs.daemon [--debug] --control PATH [--ready-fd
-    FD] [--config FILE] [--state FILE] [--uevents SOCKET] [--allow-other]
+    FD] [--config FILE] [--kernel X.Y] [--state FILE] [--uevents SOCKET] [--allow-other]
     [--stop-with-client] DIR``, the command line :func:`mdevfs.process.daemon_argv` builds.
     Returns the exit status of :mod:`mdevfs.errors`, having printed the error."""
     import argparse
@@ -345,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", required=True)
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--config")
+    parser.add_argument("--kernel")
     parser.add_argument("--state")
     parser.add_argument("--uevents")
     parser.add_argument("--allow-other", action="store_true")
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
-        run(os.path.abspath(args.dir), config=args.config, state=args.state,
+        run(os.path.abspath(args.dir), config=args.config, kernel=args.kernel, state=args.state,
             control_path=args.control, uevents_path=args.uevents,
             allow_other=args.allow_other, ready_fd=args.ready_fd,
             stop_with_client=args.stop_with_client, trace=args.debug)

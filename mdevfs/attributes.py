@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,12 +41,81 @@ TYPE_CREATE = Op(store=lambda t, buf: t.parent.host.create(t, buf))
 DEVICE_REMOVE = Op(store=lambda d, buf: d.parent.host.remove(d, buf))
 
 
-def uevent_store(obj: Any, buf: bytes) -> int:
-    """``kobject_synth_uevent``: a known action word, else EINVAL."""
-    action = buf.split(b"\0", 1)[0].decode("latin-1").split(" ", 1)[0].rstrip("\n")
-    if action not in UEVENT_ACTIONS:
+#: lib/kobject_uevent.c: an event's environment holds at most 64 variables in 2048 bytes
+UEVENT_NUM_ENVP, UEVENT_BUFFER_SIZE = 64, 2048
+#: the SEQNUM= of a synthetic event: its length counts against the buffer (a number of a busy
+#: host's order)
+_SEQNUM = "SEQNUM=2000"
+UUID_STRING_LEN = 36
+
+
+class _Env:
+    """``struct kobj_uevent_env``: add_uevent_var fails once 64 variables or 2048 bytes are
+    taken."""
+
+    def __init__(self) -> None:
+        self.count = self.size = 0
+
+    def add(self, var: str) -> bool:
+        size = len(var.encode("latin-1")) + 1
+        if self.count >= UEVENT_NUM_ENVP or self.size + size > UEVENT_BUFFER_SIZE:
+            return False
+        self.count, self.size = self.count + 1, self.size + size
+        return True
+
+
+def synth_uevent(buf: bytes, devpath: str, subsystem: str, props: dict[str, str]) -> int:
+    """``kobject_synth_uevent``: a write to a ``uevent`` file. One trailing newline or NUL
+    goes; the text up to the first space must be an action word exactly (else EINVAL); after
+    a space, a UUID and then `` KEY=VALUE`` pairs of letters and digits only, one space
+    before each (else EINVAL; so is an argument list past 64 variables or 2048 bytes). The
+    event then made (ACTION, DEVPATH, SUBSYSTEM, the arguments, the object's own properties
+    and SEQNUM) must fit the same limits, else ENOMEM."""
+    text = buf.decode("latin-1")
+    stripped = text[:-1] if text[-1:] in ("\n", "\0") else text
+    word, space, _ = stripped.partition(" ")
+    if not stripped or word not in UEVENT_ACTIONS:
         fail(errno.EINVAL)
+    # the arguments are what follows the space in the whole buffer: kobject_action_args drops
+    # one trailing newline of its own
+    synth = _synth_args(text[len(word) + 1:]) if space else ["SYNTH_UUID=0"]
+    env = _Env()
+    for var in [f"ACTION={word}", f"DEVPATH={devpath}", f"SUBSYSTEM={subsystem}", *synth,
+                *(f"{k}={v}" for k, v in props.items()), _SEQNUM]:
+        if not env.add(var):
+            fail(errno.ENOMEM)
     return len(buf)
+
+
+def _synth_args(args: str) -> list[str]:
+    """``kobject_action_args``: the UUID, then the `` KEY=VALUE`` pairs; EINVAL for anything
+    else, or for more than fits its own environment."""
+    if args[-1:] in ("\n", "\0"):
+        args = args[:-1]
+    uuid = args[:UUID_STRING_LEN]
+    if len(args) < UUID_STRING_LEN or not _UUID_TEXT.fullmatch(uuid):
+        fail(errno.EINVAL)
+    out, env = [f"SYNTH_UUID={uuid}"], _Env()
+    env.add(out[0])
+    rest = args[UUID_STRING_LEN:]
+    while rest:
+        match = _PAIR.match(rest)
+        if match is None or not env.add(f"SYNTH_ARG_{match[1]}={match[2]}"):
+            fail(errno.EINVAL)
+        out.append(f"SYNTH_ARG_{match[1]}={match[2]}")
+        rest = rest[match.end():]
+    return out
+
+
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                        r"[0-9a-fA-F]{12}")
+#: one space, a key and a value of letters and digits (isalnum, in the C locale)
+_PAIR = re.compile(r" ([0-9A-Za-z]+)=([0-9A-Za-z]+)(?= |$)")
+
+
+def uevent_store(obj: Any, buf: bytes) -> int:
+    """A ``uevent`` write to an object with no properties of its own (a bus, a driver)."""
+    return synth_uevent(buf, "/bus", "bus", {})
 
 
 def props_text(props: dict[str, str]) -> bytes:
@@ -63,8 +133,10 @@ def parent_uevent(parent: Parent) -> dict[str, str]:
     return dict(parent.driver.parent_uevent())
 
 
-DEVICE_UEVENT = Op(show=lambda d: props_text(device_uevent(d)), store=uevent_store)
-PARENT_UEVENT = Op(show=lambda p: props_text(parent_uevent(p)), store=uevent_store)
+DEVICE_UEVENT = Op(show=lambda d: props_text(device_uevent(d)), store=lambda d, buf: synth_uevent(
+    buf, f"/{d.parent.path}/{d.uuid}", "mdev", device_uevent(d)))
+PARENT_UEVENT = Op(show=lambda p: props_text(parent_uevent(p)), store=lambda p, buf: synth_uevent(
+    buf, f"/{p.path}", p.driver.subsystem[1], parent_uevent(p)))
 PARENT_DEV = Op(show=lambda p: text("{MAJOR}:{MINOR}".format_map(p.driver.parent_uevent())))
 BUS_UEVENT = Op(store=uevent_store)
 

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from .nodes import PAGE_SIZE, Dir, File, IAttr, Link, Node
+from .kernel import REMOVED_NLINK_ZERO
+from .nodes import PAGE_SIZE, ROOT_INODE, Dir, File, IAttr, Link, Node
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,13 @@ class SysfsOperations(pyfuse3.Operations):
         self.after_store = after_store
         tree.dropped = []
         tree.recounted = set()
+        tree.graveyard = []
+        #: inodes the kernel holds (looked up, or listed with their attributes) until it
+        #: forgets them; a removed one stays in ``dead``, where a held descriptor finds it
+        self.known: set[int] = set()
+        self.dead: dict[int, Node] = {}
+        #: a removed node's link count: 1 for a file and 2 for a directory, 0 from 7.0
+        self._dead_nlink = 0 if tree.host.kernel.has(REMOVED_NLINK_ZERO) else None
         self._handles: dict[int, Any] = {}
         self._next_fh = 1
         self._time_ns = time.time_ns()
@@ -134,10 +142,23 @@ class SysfsOperations(pyfuse3.Operations):
     # --- helpers ------------------------------------------------------------------------
 
     def _node(self, inode: int) -> Node:
-        node = self.tree.nodes.get(inode)
+        node = self.tree.nodes.get(inode) or self.dead.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
+
+    def _bury(self) -> None:
+        """Keep the removed nodes the kernel knows: a descriptor held across a removal still
+        stats and chmods (kernfs keeps the node), though it reads nothing."""
+        graveyard = self.tree.graveyard
+        if graveyard:
+            known, dead, recounted = self.known, self.dead, self.tree.recounted
+            for node in graveyard:
+                if node.inode in known:
+                    dead[node.inode] = node
+                    if recounted is not None:
+                        recounted.add(node.inode)  # its link count is that of a removed node
+            graveyard.clear()
 
     def _new_fh(self, value: Any) -> int:
         fh = self._next_fh
@@ -167,6 +188,10 @@ class SysfsOperations(pyfuse3.Operations):
             attr.st_mode = stat.S_IFLNK | 0o777
             attr.st_size = 0  # as kernfs: a symlink stats with size 0
             attr.st_nlink = 1
+        if node.parent is None and node.inode != ROOT_INODE:  # removed, held open
+            attr = _copy_attributes(attr)
+            attr.st_nlink = (self._dead_nlink if self._dead_nlink is not None
+                             else 2 if isinstance(node, Dir) else 1)
         iattr = node.iattr
         if iattr is not None:  # what root set (kernfs_setattr), on a fresh copy
             attr = _copy_attributes(attr)
@@ -192,6 +217,7 @@ class SysfsOperations(pyfuse3.Operations):
         lock that a queued request needs), so a worker thread calls it while this
         request waits and trio serves the others.
         """
+        self._bury()
         recounted = self.tree.recounted
         if recounted:
             # a directory's link count changed: only its cached attributes go, which
@@ -217,8 +243,9 @@ class SysfsOperations(pyfuse3.Operations):
         if text == "..":
             return self.entry_attributes(parent.parent or self.tree.root)
         child = parent.children.get(text)
-        if child is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        if child is None or (parent.parent is None and parent is not self.tree.root):
+            raise pyfuse3.FUSEError(errno.ENOENT)  # a removed directory has no children
+        self.known.add(child.inode)
         return self.entry_attributes(child)
 
     @handler
@@ -356,8 +383,10 @@ class SysfsOperations(pyfuse3.Operations):
             listing.inodes = [n.inode for n in listing.entries]
         entries = listing.entries
         reused = self._fresh_attributes()
+        known = self.known
         for i in range(bisect_right(listing.inodes, start_id - 2), len(entries)):
             node = entries[i]
+            known.add(node.inode)
             attr = self.entry_attributes(node, reused)
             if not pyfuse3.readdir_reply(token, os.fsencode(node.name), attr, node.inode + 2):
                 break
@@ -375,7 +404,10 @@ class SysfsOperations(pyfuse3.Operations):
 
     @handler
     async def forget(self, inode_list: Any) -> None:
-        return None
+        """The kernel let go of these inodes: a removed one is gone for good now."""
+        for inode, _ in inode_list:
+            self.known.discard(inode)
+            self.dead.pop(inode, None)
 
 
 def _invalidate_entries(entries: list[tuple[int, str]]) -> None:

@@ -64,6 +64,7 @@ KSTRTOBOOL_TRUE_FALSE = "kstrtobool_true_false"
 VFIO_DEV_CLASS = "vfio_dev_class"
 MDEV_CORE_COUNTER = "mdev_core_counter"
 UNBOUND_POWER_D0 = "unbound_power_d0"
+REMOVED_NLINK_ZERO = "removed_nlink_zero"
 
 CHANGES: dict[str, Change] = {
     GROUP_TYPE_WRITABLE: _change(
@@ -128,6 +129,10 @@ CHANGES: dict[str, Change] = {
     UNBOUND_POWER_D0: _change(
         "6.16", "a PCI function without a driver reads power_state D0 (unknown before)",
         "4d4c10f763d7 PCI: Explicitly put devices into D0 when initializing (2025-04)"),
+    REMOVED_NLINK_ZERO: _change(
+        "7.0", "a removed node held open stats with nlink 0 (before: a file 1, a directory 2)",
+        "fs/kernfs/dir.c kernfs_clear_inode_nlink, for fsnotify's delete events (present in "
+        "7.3, absent in 6.12; the release in between is not pinned)"),
 }
 
 #: the kernels whose dumps tests/conformance keeps; the default is the newest

@@ -125,12 +125,13 @@ def pci_ids(props: Mapping[str, str]) -> PciIds:
 class Binding:
     """What binding a device to its driver made: ``vfio_register_emulated_iommu_dev()``
     gives it a new IOMMU group (named ``vfio-noiommu``), that group's vfio group (named, as
-    ``class/vfio/<N>`` and ``/dev/vfio/<N>``, after the IOMMU group) and the
-    ``vfio-dev/vfio<index>`` device (an ida of its own)."""
+    ``class/vfio/<N>`` and ``/dev/vfio/<N>``, after the IOMMU group; its character device's
+    minor from vfio's group ida) and the ``vfio-dev/vfio<index>`` device (an ida of its own)."""
 
     iommu_group: int
     vfio_group: int
     vfio_index: int
+    vfio_minor: int = 0
 
 
 @define(eq=False)
@@ -230,11 +231,12 @@ class Host:
     _vf_slots: dict[str, PciFunction] = field(init=False, factory=dict)
     _group_ids: Ida = field(init=False)
     _vfio_devices: Ida = field(init=False)
+    _vfio_minors: Ida = field(init=False)
     _irqs: Ida = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._group_ids = Ida(self.iommu_group_base)
-        self._vfio_devices = Ida()
+        self._vfio_devices, self._vfio_minors = Ida(), Ida()
         self._irqs = Ida(16)
 
     def _tell(self, event: str, *args: Any) -> None:
@@ -257,8 +259,9 @@ class Host:
             self._reserve_vfs(fn)
         if self.iommu != "none":
             fn.iommu_group = self._alloc_group(group)
-        if not fn.is_vf:
-            fn.irq = self._irqs.alloc()
+        if not fn.is_vf:  # the firmware's line where the function names one (lines are shared)
+            fn.irq = fn.irq or self._irqs.alloc()
+            self._irqs.take(fn.irq)
         fn.d3cold_allowed = fn.caps.pm
         self.pci[fn.bdf] = fn
         self._tell("pci_added", fn)
@@ -296,7 +299,7 @@ class Host:
                 del self._vf_slots[bdf]
         if fn.iommu_group is not None:
             self._group_ids.release(fn.iommu_group)
-        if not fn.is_vf:
+        if not fn.is_vf and all(f.irq != fn.irq for f in self.pci.values()):
             self._irqs.release(fn.irq)
         self._tell("pci_removed", fn)
 
@@ -434,9 +437,9 @@ class Host:
             fn.enable_cnt, fn.dma_bits = 1, 64
         if drv.registers_vfio(fn):
             group = fn.iommu_group if fn.iommu_group is not None else -1
-            fn.vfio = Binding(group, group, self._vfio_devices.alloc())
-            # vfio-pci lets a function nobody has opened runtime-suspend (to D3hot)
-            fn.suspended = fn.caps.pm and not drv.enables
+            fn.vfio = self._vfio_register(group)
+            if not drv.enables:  # vfio-pci allows runtime PM: idle, it suspends to D3hot
+                fn.runtime_allowed = True
         self._tell("pci_bound", fn)
 
     def _detach_pci(self, fn: PciFunction) -> None:
@@ -445,10 +448,14 @@ class Host:
         if fn.sriov is not None and fn.sriov.vfs:
             self._disable_vfs(fn)  # a PF driver's remove disables SR-IOV
         drv.remove(fn)
+        if fn.sriov is not None:
+            fn.sriov.driver_max = None  # pci_iov_remove: the capability's TotalVFs again
         if fn.vfio is not None:
-            self._vfio_devices.release(fn.vfio.vfio_index)
+            self._vfio_unregister(fn.vfio)
             fn.vfio, fn.vfio_open = None, False
-        fn.driver, fn.enable_cnt, fn.dma_bits, fn.suspended = None, 0, 32, False
+            if not drv.enables:  # vfio-pci forbids runtime PM again as it lets go
+                fn.runtime_allowed = False
+        fn.driver, fn.enable_cnt, fn.dma_bits = None, 0, 32
         self._tell("pci_unbound", fn, drv)
 
     # --- SR-IOV -------------------------------------------------------------------------------
@@ -462,7 +469,7 @@ class Host:
         sriov = pf.sriov
         assert sriov is not None
         count = parse_numvfs(buf, einval=self.kernel.has(PCI_STORE_EINVAL))
-        if count > sriov.total_vfs:
+        if count > sriov.limit:
             fail(errno.ERANGE)
         if count == sriov.num_vfs:
             return len(buf)
@@ -602,7 +609,16 @@ class Host:
             except BaseException:
                 self._group_ids.release(iommu_group)
                 raise
-        return Binding(iommu_group, iommu_group, self._vfio_devices.alloc())
+        return self._vfio_register(iommu_group)
+
+    def _vfio_register(self, group: int) -> Binding:
+        """vfio's registration of a device in IOMMU group ``group``: its vfio group (a
+        minor of vfio's) and its vfio-dev index."""
+        return Binding(group, group, self._vfio_devices.alloc(), self._vfio_minors.alloc())
+
+    def _vfio_unregister(self, binding: Binding) -> None:
+        self._vfio_devices.release(binding.vfio_index)
+        self._vfio_minors.release(binding.vfio_minor)
 
     def bind(self, mdev: MdevDevice) -> None:
         """Bind an unbound mdev to vfio_mdev (``bind`` or ``drivers_probe``): before 5.14
@@ -628,7 +644,7 @@ class Host:
         assert binding is not None
         mdev.binding = None
         self._group_ids.release(binding.iommu_group)
-        self._vfio_devices.release(binding.vfio_index)
+        self._vfio_unregister(binding)
         self._tell("device_unbound", mdev, binding)
 
     def remove(self, mdev: MdevDevice, buf: bytes) -> int:

@@ -201,17 +201,26 @@ def _link_target(root: Path, rel: str) -> str:
 def grafted_paths(root: Path) -> list[str]:
     """What the tree adds to /sys: the mdev and vfio roots, the PCI bus when the tree has
     PCI functions (the host's are hidden in the namespace), each PCI function (an SR-IOV PF
-    with the directory its VFs will appear in), each other parent and its class link."""
-    paths = ["class/mdev_bus", "bus/mdev", "kernel/iommu_groups", "class/vfio", "class/vfio-dev",
-             "devices/virtual/vfio"]
-    if (root / "bus/pci/devices").is_dir():
+    with the directory its VFs will appear in), the IOMMU unit and its class, the modules of
+    the tree's drivers (``driver/module/version``), each other parent and its class link."""
+    paths = [p for p in ("class/mdev_bus", "bus/mdev", "kernel/iommu_groups", "class/vfio",
+                         "class/vfio-dev", "devices/virtual/vfio", "class/iommu")
+             if (root / p).is_dir()]
+    for unit in sorted(os.listdir(root / "class/iommu")) if (root / "class/iommu").is_dir() else []:
+        paths.append(_link_target(root, f"class/iommu/{unit}"))
+    if (root / "module").is_dir():
+        paths += [f"module/{name}" for name in sorted(os.listdir(root / "module"))]
+    functions = sorted(os.listdir(root / "bus/pci/devices")) if (root / "bus/pci/devices").is_dir() else []
+    if functions:
         paths.append("bus/pci")
-        for bdf in sorted(os.listdir(root / "bus/pci/devices")):
+        for bdf in functions:
             function = _link_target(root, f"bus/pci/devices/{bdf}")
             if (root / function / "physfn").is_symlink():
                 continue  # a VF lies beside its PF, in the directory grafted for it
             sriov = (root / function / "sriov_totalvfs").exists()
-            paths.append(function.rpartition("/")[0] if sriov else function)
+            where = function.rpartition("/")[0] if sriov else function
+            if where not in paths:
+                paths.append(where)
     for name in sorted(os.listdir(root / "class/mdev_bus")):
         parent = _link_target(root, f"class/mdev_bus/{name}")
         subsystem = _link_target(root, f"{parent}/subsystem")  # "class/mtty" or "bus/pci"

@@ -106,7 +106,8 @@ class PciDriver(Protocol):
     #: whether its probe enables the function (pci_enable_device, a 64-bit DMA mask): a device
     #: driver does; vfio-pci and pci-stub leave that to whoever opens it
     enables: bool
-    #: power/runtime_usage of a function it has bound (2: the probe's reference is kept)
+    #: power/runtime_usage of a function it has bound while runtime PM is forbidden (2: the
+    #: probe's reference is kept, 1: dropped)
     runtime_usage: int
 
     def matches(self, fn: PciFunction) -> bool:
@@ -181,8 +182,8 @@ class GenericDriver(BasePciDriver):
 
     def __init__(self, name: str, module: str, vfio: bool) -> None:
         self.name, self.module, self.vfio = name, module, vfio
-        #: vfio-pci allows runtime PM and drops the probe's reference (usage 0)
-        self.runtime_usage = 0 if vfio else 2
+        #: vfio-pci drops the probe's reference (and allows runtime PM: usage 0)
+        self.runtime_usage = 1 if vfio else 2
 
     def probe(self, fn: PciFunction) -> None:
         if not self.vfio:
@@ -249,10 +250,17 @@ class Sriov:
     #: the errno with which vfio-pci refuses its VFs (the PF's driver is their VFIO provider)
     vf_vfio_pci_refused: int | None = None
     vfs: list[PciFunction] = Factory(list)
+    #: the most VFs the bound driver allows (pci_sriov_set_totalvfs), until it unbinds
+    driver_max: int | None = None
 
     @property
     def num_vfs(self) -> int:
         return len(self.vfs)
+
+    @property
+    def limit(self) -> int:
+        """``sriov_totalvfs``: pci_sriov_get_totalvfs, the driver's limit or the capability's."""
+        return self.total_vfs if self.driver_max is None else self.driver_max
 
 
 @define(eq=False)
@@ -271,7 +279,8 @@ class PciFunction:
     physfn: PciFunction | None = None
     sriov: Sriov | None = None
     iommu_group: int | None = None
-    #: its legacy interrupt line (0: none, as every VF)
+    #: its legacy interrupt line, as the firmware routed it (0 on a PF: the next free line
+    #: from 16; every VF has none)
     irq: int = 0
     #: set while the driver has it registered with VFIO
     vfio: Binding | None = None
@@ -290,10 +299,12 @@ class PciFunction:
     no_msi: bool = False
     #: the reset methods in force (reset_method); ``caps.resets`` are those it supports
     resets: tuple[str, ...] | None = None
-    #: whether it was ever enabled (its power state known: D0), or is now in D3hot (idle
-    #: under vfio-pci)
+    #: whether it was ever enabled (its power state known: D0)
     powered: bool = False
-    suspended: bool = False
+    #: power/control: ``auto`` (pm_runtime_allow) or ``on`` (forbidden, as pci_pm_init leaves
+    #: it); power/async: asynchronous suspend (pci_pm_init enables it)
+    runtime_allowed: bool = False
+    async_suspend: bool = True
     #: the DMA mask its driver set (32 bits until a driver sets one)
     dma_bits: int = 32
     #: when it appeared (time.monotonic), for power/runtime_active_time
@@ -314,6 +325,18 @@ class PciFunction:
     @property
     def is_vf(self) -> bool:
         return self.physfn is not None
+
+    @property
+    def runtime_usage(self) -> int:
+        """power/runtime_usage: the reference a forbidden runtime PM holds, the driver's own
+        (its probe's, unless it dropped it), and an open VFIO device's (a VM uses it)."""
+        held = 1 if self.driver is None else self.driver.runtime_usage
+        return held - self.runtime_allowed + self.vfio_open
+
+    @property
+    def suspended(self) -> bool:
+        """Runtime-suspended (D3hot): allowed, and nothing holds it."""
+        return self.caps.pm and self.runtime_allowed and self.runtime_usage == 0
 
     @property
     def reset_methods(self) -> tuple[str, ...]:
@@ -344,7 +367,9 @@ class PciFunction:
             if bar is None or not bar.size:
                 out.append(None)
                 continue
-            top = -(-top // bar.size) * bar.size  # aligned to its size
+            # where the firmware placed the span (a VF BAR given with a start), else after
+            # the PF's own BARs, aligned to its size
+            top = bar.start or -(-top // bar.size) * bar.size
             out.append(Bar(top, bar.size * self.sriov.total_vfs, bar.flags))
             top += bar.size * self.sriov.total_vfs
         return out

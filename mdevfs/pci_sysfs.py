@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .attributes import props_text, text, uevent_store
+from .attributes import props_text, synth_uevent, text
 from .errors import fail
 from .kernel import KSTRTOBOOL_TRUE_FALSE, PCI_STORE_EINVAL, RESET_METHOD, VF_MSIX_FILES
 from .model import kstrtoul
@@ -240,14 +240,14 @@ def _resource(fn: PciFunction) -> bytes:
                    f"0x{b.flags if b else 0:016x}\n" for b in bars).encode()
 
 
-def _no_read(fn: Any, buf: bytes = b"") -> Any:
-    fail(errno.EIO)  # sysfs_kf_bin_read/write: a memory BAR has only mmap
-
-
 def _resource_file(index: int) -> Op:
-    """``resource<N>``: mode 0600, the BAR's size; a memory BAR is mapped, never read (EIO)."""
-    return Op(show=_no_read, store=_no_read, fixed_mode=0o600,
-              size=lambda fn: fn.bars[index].size)
+    """``resource<N>``: mode 0600, the BAR's size; a memory BAR is mapped, never read or
+    written (EIO: sysfs_kf_bin_read has no read); an I/O BAR takes only 1-, 2- or 4-byte port
+    accesses (EINVAL for any other: mdevfs gives no port I/O)."""
+    def refuse(fn: PciFunction, buf: bytes = b"") -> Any:
+        fail(errno.EINVAL if fn.bars[index].flags & 0x100 else errno.EIO)
+
+    return Op(show=refuse, store=refuse, fixed_mode=0o600, size=lambda fn: fn.bars[index].size)
 
 
 def _power_state(fn: PciFunction) -> bytes:
@@ -288,7 +288,8 @@ PCI_FILES = {
     "revision": _hex(2, lambda fn: fn.ids.revision),
     "subsystem_device": _hex(4, lambda fn: fn.ids.subsystem_device),
     "subsystem_vendor": _hex(4, lambda fn: fn.ids.subsystem_vendor),
-    "uevent": Op(show=lambda fn: props_text(pci_uevent(fn)), store=uevent_store),
+    "uevent": Op(show=lambda fn: props_text(pci_uevent(fn)), store=lambda fn, buf: synth_uevent(
+        buf, f"/{fn.path}", "pci", pci_uevent(fn))),
     "vendor": _hex(4, lambda fn: fn.ids.vendor),
 }
 #: a PCI Express function's link files (pcie_dev_attrs)
@@ -320,7 +321,7 @@ def _set_vf_autoprobe(fn: PciFunction, buf: bytes) -> int:
 SRIOV_FILES = {
     "sriov_numvfs": Op(show=lambda fn: text(fn.sriov.num_vfs),
                        store=lambda fn, buf: fn.host.set_numvfs(fn, buf)),
-    "sriov_totalvfs": Op(show=lambda fn: text(fn.sriov.total_vfs)),
+    "sriov_totalvfs": Op(show=lambda fn: text(fn.sriov.limit)),
     "sriov_offset": Op(show=lambda fn: text(fn.sriov.offset)),
     "sriov_stride": Op(show=lambda fn: text(fn.sriov.stride)),
     "sriov_vf_device": Op(show=lambda fn: f"{fn.sriov.vf_device:x}\n".encode()),
@@ -363,18 +364,24 @@ def function_files(fn: PciFunction) -> dict[str, Op]:
 
 # --- power/ of a PCI function (drivers/base/power/sysfs.c, as pci_pm_init leaves it) ---------
 
-def _pm_control(fn: PciFunction) -> bytes:
-    return b"auto\n" if fn.suspended or _vfio_pci(fn) else b"on\n"
+def _pm_control_store(fn: PciFunction, buf: bytes) -> int:
+    """control_store: ``auto`` allows runtime PM, ``on`` forbids it, else EINVAL."""
+    fn.runtime_allowed = _word(buf, {"auto": True, "on": False})
+    return len(buf)
 
 
-def _vfio_pci(fn: PciFunction) -> bool:
-    return fn.driver is not None and not fn.driver.enables and fn.vfio is not None
+def _async_store(fn: PciFunction, buf: bytes) -> int:
+    fn.async_suspend = _word(buf, {"enabled": True, "disabled": False})
+    return len(buf)
 
 
-def _runtime_usage(fn: PciFunction) -> bytes:
-    """pci_pm_init's pm_runtime_forbid (1), the probe's reference while a driver holds it (2;
-    vfio-pci allows runtime PM and drops both: 0)."""
-    return text(1 if fn.driver is None else fn.driver.runtime_usage)
+def _word(buf: bytes, words: dict[str, bool]) -> bool:
+    """The value of the word ``buf`` is (sysfs_streq: one trailing newline allowed), else
+    EINVAL."""
+    word = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
+    if word not in words:
+        fail(errno.EINVAL)
+    return words[word]
 
 
 def _active_ms(fn: PciFunction) -> bytes:
@@ -386,13 +393,15 @@ def _suspended_ms(fn: PciFunction) -> bytes:
 
 
 PCI_POWER_FILES = {
-    "async": Op(show=lambda fn: b"enabled\n"),  # pci_pm_init: device_enable_async_suspend
-    "control": Op(show=_pm_control),
+    "async": Op(show=lambda fn: b"enabled\n" if fn.async_suspend else b"disabled\n",
+                store=_async_store),
+    "control": Op(show=lambda fn: b"auto\n" if fn.runtime_allowed else b"on\n",
+                  store=_pm_control_store),
     "runtime_active_time": Op(show=_active_ms),
-    "runtime_enabled": Op(show=lambda fn: b"enabled\n" if _vfio_pci(fn) else b"forbidden\n"),
+    "runtime_enabled": Op(show=lambda fn: b"enabled\n" if fn.runtime_allowed else b"forbidden\n"),
     "runtime_status": Op(show=lambda fn: b"suspended\n" if fn.suspended else b"active\n"),
     "runtime_suspended_time": Op(show=_suspended_ms),
-    "runtime_usage": Op(show=_runtime_usage),
+    "runtime_usage": Op(show=lambda fn: text(fn.runtime_usage)),
 }
 
 

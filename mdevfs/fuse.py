@@ -127,9 +127,11 @@ class SysfsOperations(pyfuse3.Operations):
         tree.dropped = []
         tree.recounted = set()
         tree.graveyard = []
-        #: inodes the kernel holds (looked up, or listed with their attributes) until it
-        #: forgets them; a removed one stays in ``dead``, where a held descriptor finds it
-        self.known: set[int] = set()
+        #: the inodes the kernel holds, with its lookup count of each (every entry given by
+        #: lookup or readdirplus counts one; forget takes its count back: the kernel may
+        #: forget one lookup, of a revalidation that found a new inode, while it still holds
+        #: the next); a removed one stays in ``dead`` while held, for a held descriptor
+        self.known: dict[int, int] = {}
         self.dead: dict[int, Node] = {}
         #: a removed node's link count: 1 for a file and 2 for a directory, 0 from 7.0
         self._dead_nlink = 0 if tree.host.kernel.has(REMOVED_NLINK_ZERO) else None
@@ -245,7 +247,7 @@ class SysfsOperations(pyfuse3.Operations):
         child = parent.children.get(text)
         if child is None or (parent.parent is None and parent is not self.tree.root):
             raise pyfuse3.FUSEError(errno.ENOENT)  # a removed directory has no children
-        self.known.add(child.inode)
+        self.known[child.inode] = self.known.get(child.inode, 0) + 1
         return self.entry_attributes(child)
 
     @handler
@@ -386,10 +388,10 @@ class SysfsOperations(pyfuse3.Operations):
         known = self.known
         for i in range(bisect_right(listing.inodes, start_id - 2), len(entries)):
             node = entries[i]
-            known.add(node.inode)
             attr = self.entry_attributes(node, reused)
             if not pyfuse3.readdir_reply(token, os.fsencode(node.name), attr, node.inode + 2):
                 break
+            known[node.inode] = known.get(node.inode, 0) + 1  # an entry given: one lookup
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -404,10 +406,16 @@ class SysfsOperations(pyfuse3.Operations):
 
     @handler
     async def forget(self, inode_list: Any) -> None:
-        """The kernel let go of these inodes: a removed one is gone for good now."""
-        for inode, _ in inode_list:
-            self.known.discard(inode)
-            self.dead.pop(inode, None)
+        """The kernel gave back lookups: an inode whose count reaches 0 is gone from its
+        cache, and a removed one for good."""
+        known = self.known
+        for inode, nlookup in inode_list:
+            left = known.get(inode, 0) - nlookup
+            if left > 0:
+                known[inode] = left
+            else:
+                known.pop(inode, None)
+                self.dead.pop(inode, None)
 
 
 def _invalidate_entries(entries: list[tuple[int, str]]) -> None:

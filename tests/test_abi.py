@@ -514,3 +514,23 @@ def test_a_device_counts_its_subdirectories_before_it_is_first_looked_at():
                 assert before == os.stat(dev).st_nlink == 2 + len(subdirs), (parent, subdirs)
                 assert ("vfio-dev" in subdirs) is not unbind
     assert len(drivers_seen) >= 4
+
+
+def test_a_group_directory_held_across_removals_stays_a_removed_directory(mtty):
+    """kernfs keeps a removed node while a descriptor holds it: fstat gives a removed
+    directory, fchmod works. The group number is reused at every create, so the kernel's
+    cached name revalidates to a new inode each time; the lookup it then gives back must
+    not make mdevfs forget the inode the descriptor holds (it did, one time in three)."""
+    for i in range(30):
+        uuid = f"eeeeeeee-0f{i:02d}-4000-8000-0000000000{i:02d}"
+        mtty.create("mtty-1", uuid)
+        fd = os.open(mtty.root / MTTY / uuid / "iommu_group", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert os.fstat(fd).st_nlink == 3  # with devices/
+            mtty.remove(uuid)
+            assert os.fstat(fd).st_nlink == 0
+            os.fchmod(fd, 0o700)
+            assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o700
+            assert errno_of(os.stat, f"/proc/self/fd/{fd}/devices") == errno.ENOENT
+        finally:
+            os.close(fd)

@@ -61,6 +61,7 @@ PCI_STORE_EINVAL = "pci_store_einval"
 NO_VFIO_MDEV_DRIVER = "no_vfio_mdev_driver"
 NO_MTTY_PARENT_GROUP = "no_mtty_parent_group"
 KSTRTOBOOL_TRUE_FALSE = "kstrtobool_true_false"
+KSTRTOBOOL_ENABLED_DISABLED = "kstrtobool_enabled_disabled"
 VFIO_DEV_CLASS = "vfio_dev_class"
 MDEV_CORE_COUNTER = "mdev_core_counter"
 UNBOUND_POWER_D0 = "unbound_power_d0"
@@ -83,8 +84,8 @@ CHANGES: dict[str, Change] = {
         "bind; drivers/vfio/mdev/mdev_core.c mdev_device_create, mdev_driver.c mdev_match"),
     BIND_BOUND_EBUSY: _change(
         "5.14", "bind of a device that has a driver is EBUSY (ENODEV before)",
-        "driver core: Pull required checks into driver_probe_device(); "
-        "drivers/base/dd.c __driver_probe_device (version from the series, not pinned)"),
+        "204db60c8357 driver core: Pull required checks into driver_probe_device(); "
+        "drivers/base/bus.c bind_store, drivers/base/dd.c driver_probe_device"),
     MTTY_ENFORCES_PORTS: _change(
         "5.14", "mtty refuses a create past its ports with ENOSPC (before, available_instances "
                 "went negative)",
@@ -116,9 +117,8 @@ CHANGES: dict[str, Change] = {
         "5.19", "mtty's parent has no mtty_dev/sample_mtty_dev",
         "e6486939d8ea vfio/mdev: Remove mdev_parent_ops dev_attr_groups"),
     KSTRTOBOOL_TRUE_FALSE: _change(
-        "5.19", "kstrtobool takes true and false (t, f)",
-        "lib/kstrtox.c: Add \"false\"/\"true\" support to kstrtobool() (patch of 2022-04; "
-        "the release is not pinned)"),
+        "5.19", "kstrtobool takes true and false (a first character t or f)",
+        "0d6ea3ac94ca lib/kstrtox.c: add \"false\"/\"true\" support to kstrtobool()"),
     VFIO_DEV_CLASS: _change(
         "6.1", "a VFIO device has vfio-dev/vfio<N> and class/vfio-dev",
         "3c28a76124b2 vfio: Add struct device to vfio_device; drivers/vfio/vfio_main.c"),
@@ -127,12 +127,17 @@ CHANGES: dict[str, Change] = {
                "max_instances); mdpy uses it (ENOMEM from mdpy itself before)",
         "9c799c224d6e vfio/mdev: add mdev available instance checking to the core"),
     UNBOUND_POWER_D0: _change(
-        "6.16", "a PCI function without a driver reads power_state D0 (unknown before)",
-        "4d4c10f763d7 PCI: Explicitly put devices into D0 when initializing (2025-04)"),
+        "6.16", "a PCI function no driver ever enabled reads power_state D0 (unknown before)",
+        "4d4c10f763d7 PCI: Explicitly put devices into D0 when initializing; drivers/pci/pci.c "
+        "pci_pm_init"),
+    KSTRTOBOOL_ENABLED_DISABLED: _change(
+        "6.16", "kstrtobool takes enabled and disabled (a first character e or d)",
+        "ae5b3500856f kstrtox: add support for enabled and disabled in kstrtobool() (absent "
+        "from 6.12, present in 7.3; 6.16 is the release the series points to, not pinned)"),
     REMOVED_NLINK_ZERO: _change(
-        "7.0", "a removed node held open stats with nlink 0 (before: a file 1, a directory 2)",
-        "fs/kernfs/dir.c kernfs_clear_inode_nlink, for fsnotify's delete events (present in "
-        "7.3, absent in 6.12; the release in between is not pinned)"),
+        "7.1", "a removed node held open stats with nlink 0 (before: a file 1, a directory 2)",
+        "eea5d2bb34ba kernfs: Send IN_DELETE_SELF and IN_IGNORED, 507d8ce13f5b kernfs: Don't "
+        "set_nlink for directories being removed; fs/kernfs/dir.c kernfs_clear_inode_nlink"),
 }
 
 #: the kernels whose dumps tests/conformance keeps; the default is the newest

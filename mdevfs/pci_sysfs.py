@@ -17,7 +17,14 @@ from typing import Any
 
 from .attributes import props_text, synth_uevent, text
 from .errors import fail
-from .kernel import KSTRTOBOOL_TRUE_FALSE, PCI_STORE_EINVAL, RESET_METHOD, VF_MSIX_FILES
+from .kernel import (
+    KSTRTOBOOL_ENABLED_DISABLED,
+    KSTRTOBOOL_TRUE_FALSE,
+    PCI_STORE_EINVAL,
+    RESET_METHOD,
+    VF_MSIX_FILES,
+    Kernel,
+)
 from .model import kstrtoul
 from .nodes import PAGE_SIZE, Op
 from .pci import LINK_SPEEDS, RESET_METHODS, PciFunction
@@ -70,12 +77,14 @@ def kstrtoint(buf: bytes) -> int:
 
 
 def kstrtobool(fn: PciFunction, buf: bytes) -> bool:
-    """kstrtobool: its first character (y, t, 1 / n, f, 0), or ``on``/``off``; else EINVAL.
-    Before 5.19, t and f were not words it knew."""
+    """kstrtobool: its first character (y, t, e, 1 / n, f, d, 0), or ``on``/``off``; else
+    EINVAL. t and f count from 5.19, e and d from 6.16."""
     first = buf[:1].lower()
-    known = b"yn10" + (b"tf" if fn.host is None or fn.host.kernel.has(KSTRTOBOOL_TRUE_FALSE) else b"")
+    kernel = fn.host.kernel if fn.host is not None else Kernel()
+    known = b"yn10" + b"tf" * kernel.has(KSTRTOBOOL_TRUE_FALSE) + \
+        b"ed" * kernel.has(KSTRTOBOOL_ENABLED_DISABLED)
     if first and first in known:
-        return first in b"yt1"
+        return first in b"yte1"
     if first == b"o" and buf[1:2].lower() in (b"n", b"f"):
         return buf[1:2].lower() == b"n"
     fail(errno.EINVAL)

@@ -7,6 +7,7 @@
     [[host]]
     name = "old-{n:02}"           # with count: old-01 … old-50 ({n} counts from 1)
     count = 50
+    kernel = "5.10"               # optional: the kernel they run (default: the topology's)
     gpus = 4                      # optional: the number of discrete GPUs (see below)
     [host.options.nvidia]         # optional: merged into the options of every [[parent]]
     manager = "535.54.03"         # and [[gpu]] of driver "nvidia"
@@ -56,7 +57,7 @@ from .errors import MountError, UsageError
 from .mounts import mountpoints
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_HOST_KEYS = {"name", "count", "topology", "gpus", "options", "state"}
+_HOST_KEYS = {"name", "count", "topology", "gpus", "options", "state", "kernel"}
 _FLEET_KEYS = {"topology", "state_dir"}
 RECORD = "fleet.json"
 #: daemons started at once; each spends most of its start in Python's imports (CPU)
@@ -120,7 +121,7 @@ def _hosts(entry: Any, where: str, base: Path, shared: Path | None,
     if count and len(set(names)) != count:
         raise UsageError(f"{where}: name {pattern!r} must hold {{n}} to give {count} names")
     topology = base / entry["topology"] if "topology" in entry else shared
-    overrides = {k: entry[k] for k in ("gpus", "options") if k in entry}
+    overrides = {k: entry[k] for k in ("gpus", "options", "kernel") if k in entry}
     text = rewrite(topology, overrides, where) if overrides else None
     hosts = []
     for name in names:
@@ -139,8 +140,8 @@ def _hosts(entry: Any, where: str, base: Path, shared: Path | None,
 # --- a shared topology with overrides ----------------------------------------------------
 
 def rewrite(topology: Path | None, overrides: Mapping[str, Any], where: str) -> str:
-    """The topology's text with ``options`` merged per driver and ``gpus`` applied;
-    checked as a topology file is (TopologyError names ``where``)."""
+    """The topology's text with ``options`` merged per driver, ``gpus`` applied and
+    ``kernel`` set; checked as a topology file is (TopologyError names ``where``)."""
     if topology is None:
         import importlib.resources
 
@@ -158,6 +159,8 @@ def rewrite(topology: Path | None, overrides: Mapping[str, Any], where: str) -> 
             driver = entry.get("driver", "nvidia-sriov" if kind == "gpu" else "")
             entry["options"] = {**entry.get("options", {}), **options.get(driver, {})}
             _absolute(entry, base)
+    if "kernel" in overrides:
+        doc.setdefault("host", {})["kernel"] = overrides["kernel"]
     if "gpus" in overrides:
         gpus = overrides["gpus"]
         if not isinstance(gpus, int) or isinstance(gpus, bool) or not 0 <= gpus <= 64:

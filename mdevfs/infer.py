@@ -17,8 +17,9 @@ import tomli_w
 
 from .config import Topology, TopologyError, device_entry
 from .driver import load_factory
+from .kernel import Kernel
 from .model import Host
-from .record import RecDevice, RecGpu, Recording, RecParent, comment, device_order
+from .record import RecDevice, RecGpu, Recording, RecParent, comment, device_order, kernel_of
 
 Candidate = tuple[str, dict[str, Any]]
 
@@ -32,17 +33,21 @@ def topology_text(rec: Recording, source: str = "") -> str:
     are left out, and said so). Written by a TOML library, every name from the recording in a
     TOML string or escaped in a comment: nothing the recorded tree holds can add a table."""
     notes: list[str] = []
+    kernel, why = kernel_of(rec)
+    era = Kernel.parse(kernel) if kernel is not None else Kernel()
     blocks = [b for gpu in rec.gpus if (b := _gpu_block(gpu, notes)) is not None]
     parents = sorted(rec.parents, key=lambda p: (p.iommu_group is not None,
                                                   p.iommu_group or 0, p.name))
     vendors: dict[str, dict[str, Any]] = {}  # each device's [[device]] vendor table
-    blocks += [_parent_block(p, vendors) for p in parents]
+    blocks += [_parent_block(p, vendors, era) for p in parents]
     devices = sorted(((p, d) for p in parents for d in p.devices if d.type_id != "?"),
                      key=lambda pd: device_order(pd[1]))
     groups = [g for g in [x.iommu_group for x in [*rec.gpus, *parents]]
               + [d.iommu_group for _, d in devices] if g is not None]
-    head = {"iommu_group_base": min(groups, default=0),
-            "pm_advanced_debug": rec.pm_advanced_debug}
+    head: dict[str, Any] = {"iommu_group_base": min(groups, default=0),
+                            "pm_advanced_debug": rec.pm_advanced_debug}
+    if kernel is not None:
+        head["kernel"] = kernel
     entries = [_device_entry(p, d, vendors.get(d.uuid)) for p, d in devices]
     kept, host = _buildable(head, blocks, entries, notes)
     if host is not None:
@@ -50,7 +55,8 @@ def topology_text(rec: Recording, source: str = "") -> str:
     header = [f"mdevfs record of {source or rec.root}, "
               f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
               "Mount it: mdevfs mount --config THIS_FILE DIR (the devices below exist at start,",
-              "and again after a reset)."]
+              "and again after a reset).",
+              f"Kernel: {kernel or 'the newest mdevfs knows'} ({why})."]
     if rec.problems:
         header += ["", "Read problems (these parts are missing from the replay):"]
         header += [f"  {p}" for p in rec.problems]
@@ -121,11 +127,13 @@ def _differences(host: Host, parents: list[RecParent]) -> list[str]:
 
 # --- parents -----------------------------------------------------------------------------
 
-def _parent_block(parent: RecParent, vendors: dict[str, dict[str, Any]]) -> Block:
-    """The parent's entry; fills ``vendors`` with its devices' per-device driver state."""
+def _parent_block(parent: RecParent, vendors: dict[str, dict[str, Any]],
+                  kernel: Kernel) -> Block:
+    """The parent's entry, as the driver shows it on ``kernel``; fills ``vendors`` with its
+    devices' per-device driver state."""
     tried = []
     for driver, options in candidates(parent):
-        problem = mismatch(driver, options, parent, vendors)
+        problem = mismatch(driver, options, parent, vendors, kernel)
         if problem is None:
             lines = [f"{parent.name}: the {driver} driver, with options inferred from the "
                      f"recording, shows what was recorded (types, names, counts, attributes)."]
@@ -231,13 +239,14 @@ def _nvidia_options(parent: RecParent) -> dict[str, Any]:
 
 
 def mismatch(driver: str, options: dict[str, Any], parent: RecParent,
-             vendors: dict[str, dict[str, Any]]) -> str | None:
-    """Why ``driver`` with ``options`` does not show what ``parent`` recorded, or None; then
+             vendors: dict[str, dict[str, Any]], kernel: Kernel) -> str | None:
+    """Why ``driver`` with ``options`` does not show on ``kernel`` what ``parent`` recorded,
+    or None; then
     ``vendors`` gets each device's driver state, once the recorded values of its writable
     attributes (e.g. NVIDIA's vgpu_params) are written back."""
     try:
         drv = load_factory(driver)(options)
-        host = Host()
+        host = Host(kernel=kernel)
         made = host.add_parent(parent.name, parent.path, drv)
         for dev in sorted(parent.devices, key=device_order):
             mdev = host.restore(made.types[dev.type_id], dev.uuid, dev.iommu_group,
@@ -289,8 +298,8 @@ def _compare_devices(host: Host, parent: RecParent) -> str | None:
         drv = mdev.parent.driver
         if dev.mdev_driver is None:
             continue
-        if dev.mdev_driver != drv.mdev_driver:
-            return f"devices bind to {drv.mdev_driver}, recorded {dev.mdev_driver}"
+        if dev.mdev_driver != host.mdev_driver_of(mdev.parent):
+            return f"devices bind to {host.mdev_driver_of(mdev.parent)}, recorded {dev.mdev_driver}"
         shown = {a.name: _safe(a.show) or "" for a in drv.device_attributes(mdev)}
         if shown != {k: v for k, (v, _) in dev.attrs.items()}:
             return f"device {dev.uuid} would have {shown}"

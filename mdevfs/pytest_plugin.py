@@ -13,12 +13,16 @@ Registered through the ``pytest11`` entry point, so installing mdevfs is enough:
   each test by removing every device through sysfs, so that a suite of hundreds
   of tests pays for one mount. Definitions that ``run()`` lets mdevctl write go
   to a per-test ``/etc/mdevctl.d``.
-* ``mdevfs_factory(config)``: a fresh mount of another topology file, unmounted
-  when the test ends.
+* ``mdevfs_factory(config, kernel=None)``: a fresh mount of another topology file (on
+  another kernel, ``"5.10"``, when given), unmounted when the test ends.
 * ``mdevfs_session``: the shared mount itself, without the reset.
 * ``mdevfs_fleet(fleet_file)``: every host of a ``fleet.toml`` mounted for this test
   (``mdevfs fleet up``), taken down when it ends; a :class:`Fleet` whose ``hosts`` are
   mounts by name and whose ``plan()`` is ``mdevfs fleet matrix``'s.
+
+**One test on several kernels**: ``@pytest.mark.mdevfs_kernels("5.10", "6.1", "7.3")`` runs a
+test that asks for ``mdevfs`` once per kernel (ids ``[kernel-5.10]`` …), each on a session
+mount of that kernel; ``mdevfs_kernel`` is the one a test runs on (None: the topology's own).
 
 Each yields a :class:`mdevfs.testing.Mount`: ``root``, ``read``, ``write``,
 ``create``, ``remove``, ``devices``, ``reset`` and ``run``. A test skips, with
@@ -110,6 +114,15 @@ def pytest_configure(config: pytest.Config) -> None:
     _strict = strict_from_env() or bool(config.getini("mdevfs_strict"))
     config.addinivalue_line("markers", "mdevfs_readonly: the test only reads the mdevfs tree; "
                             "where FUSE is unavailable it runs on an exported static tree")
+    config.addinivalue_line("markers", "mdevfs_kernels(*versions): run the test once per "
+                            "kernel, its mdevfs fixture a mount of that kernel")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("mdevfs_kernels")
+    if marker is not None and "mdevfs" in metafunc.fixturenames:
+        metafunc.parametrize("mdevfs_kernel", marker.args,
+                             ids=[f"kernel-{v}" for v in marker.args])
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -121,24 +134,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @contextlib.contextmanager
-def _mounted(config: str | os.PathLike[str] | None) -> Iterator[MdevfsMount]:
+def _mounted(config: str | os.PathLike[str] | None,
+             kernel: str | None = None) -> Iterator[MdevfsMount]:
     reason = testing.unavailable()
     if reason:
         _cannot(f"mdevfs: {reason}")
+    args = ("--kernel", kernel) if kernel else ()
     with contextlib.ExitStack() as stack:
         try:
-            mount = stack.enter_context(testing.mounted(config, handle=MdevfsMount))
+            mount = stack.enter_context(testing.mounted(config, args=args, handle=MdevfsMount))
         except MountNotPermitted as exc:  # e.g. a container without CAP_SYS_ADMIN
             _cannot(f"mdevfs: mounting FUSE is not permitted here: {exc}")
         yield mount  # type: ignore[misc]
 
 
 @pytest.fixture(scope="session")
-def mdevfs_session(pytestconfig: pytest.Config) -> Iterator[MdevfsMount]:
-    """The session's mount of the ``mdevfs_config`` topology, shared and never reset."""
+def _mdevfs_mounts(pytestconfig: pytest.Config) -> Iterator[Callable[[str | None], MdevfsMount]]:
+    """The session's mounts of the ``mdevfs_config`` topology, one per kernel asked for,
+    each made when first needed."""
     name = pytestconfig.getini("mdevfs_config")
-    with _mounted(pytestconfig.rootpath / name if name else None) as mount:
-        yield mount
+    mounts: dict[str | None, MdevfsMount] = {}
+    with contextlib.ExitStack() as stack:
+        def get(kernel: str | None) -> MdevfsMount:
+            if kernel not in mounts:
+                mounts[kernel] = stack.enter_context(
+                    _mounted(pytestconfig.rootpath / name if name else None, kernel))
+            return mounts[kernel]
+
+        yield get
+
+
+@pytest.fixture
+def mdevfs_kernel() -> str | None:
+    """The kernel the test's ``mdevfs`` runs (``mdevfs_kernels`` marker); None: the
+    topology's own."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def mdevfs_session(_mdevfs_mounts: Callable[[str | None], MdevfsMount]) -> MdevfsMount:
+    """The session's mount of the ``mdevfs_config`` topology, shared and never reset."""
+    return _mdevfs_mounts(None)
 
 
 @pytest.fixture(scope="session")
@@ -161,7 +197,8 @@ def mdevfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MdevfsMou
             and testing.unavailable()):
         yield request.getfixturevalue("mdevfs_static")
         return
-    mdevfs_session: MdevfsMount = request.getfixturevalue("mdevfs_session")
+    kernel = request.getfixturevalue("mdevfs_kernel")
+    mdevfs_session: MdevfsMount = request.getfixturevalue("_mdevfs_mounts")(kernel)
     mdevfs_session.reset()
     mdevfs_session.mdevctl_dir = tmp_path / "mdevctl.d"
     mdevfs_session.mdevctl_dir.mkdir()
@@ -171,10 +208,12 @@ def mdevfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MdevfsMou
 
 @pytest.fixture
 def mdevfs_factory() -> Iterator[Callable[..., MdevfsMount]]:
-    """``mdevfs_factory(config)`` mounts the topology file ``config`` for this test."""
+    """``mdevfs_factory(config, kernel=None)`` mounts the topology file ``config`` (on
+    ``kernel``, when given) for this test."""
     with contextlib.ExitStack() as stack:
-        def factory(config: str | os.PathLike[str] | None = None) -> MdevfsMount:
-            return stack.enter_context(_mounted(config))
+        def factory(config: str | os.PathLike[str] | None = None,
+                    kernel: str | None = None) -> MdevfsMount:
+            return stack.enter_context(_mounted(config, kernel))
 
         yield factory
 

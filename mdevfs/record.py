@@ -26,6 +26,17 @@ from attrs import Factory, define, field
 
 from .beneath import Root
 from .config import name_problem, path_problem
+from .kernel import (
+    CHANGES,
+    KNOWN,
+    MDEV_GROUP_NAMED,
+    NEWEST,
+    NO_VFIO_MDEV_DRIVER,
+    OLDEST,
+    PER_PARENT_MDEV_DRIVER,
+    VFIO_DEV_CLASS,
+    Version,
+)
 
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: files of a type directory the core makes; the rest are the driver's
@@ -94,6 +105,9 @@ class Recording:
     problems: list[str] = Factory(list)
     #: CONFIG_PM_ADVANCED_DEBUG: a parent's power/ has ``async`` (true with no parent)
     pm_advanced_debug: bool = True
+    #: what the tree tells of the kernel's era: (change, whether it has it, what showed it),
+    #: a change being a key of :data:`mdevfs.kernel.CHANGES`
+    era: list[tuple[str, bool, str]] = Factory(list)
     #: the tree, read from below its root (:class:`mdevfs.beneath.Root`); None once closed
     tree: Root | None = field(default=None, repr=False)
 
@@ -195,6 +209,47 @@ def _scan(rec: Recording) -> None:
         gpu = _gpu(rec, address)
         if gpu is not None:
             rec.gpus.append(gpu)
+    _era(rec)
+
+
+def _era(rec: Recording) -> None:
+    """The kernel's era, from what only some kernels show: which driver an mdev is bound to
+    (vfio_mdev before 5.14), whether vfio_mdev is on the bus (before 5.19), whether a bound
+    mdev has vfio-dev (from 6.1) and whether its IOMMU group has a name (from 5.16)."""
+    bound = [(p, d) for p in rec.parents for d in p.devices if d.mdev_driver is not None]
+    for _, dev in bound[:1]:  # said without its UUID: --anonymize leaves none in the file
+        rec.era.append((PER_PARENT_MDEV_DRIVER, dev.mdev_driver != "vfio_mdev",
+                        f"a bound mdev's driver is {dev.mdev_driver}"))
+        rec.era.append((VFIO_DEV_CLASS, dev.vfio_index is not None,
+                        f"it has {'a' if dev.vfio_index is not None else 'no'} vfio-dev"))
+        if dev.iommu_group is not None:
+            named = rec.exists(f"kernel/iommu_groups/{dev.iommu_group}/name")
+            rec.era.append((MDEV_GROUP_NAMED, named, f"its IOMMU group has {'a' if named else 'no'}"
+                            f" name"))
+    if rec.exists("bus/mdev/drivers/vfio_mdev"):
+        rec.era.append((NO_VFIO_MDEV_DRIVER, False, "bus/mdev/drivers has vfio_mdev"))
+
+
+def kernel_of(rec: Recording) -> tuple[str | None, str]:
+    """The kernel a replay of ``rec`` emulates (None: the newest, nothing says otherwise) and
+    why: the newest of the kernels mdevfs knows best (kernel.KNOWN) that agrees with every sign
+    of the era, else the oldest release that does."""
+    lo, hi = OLDEST, NEWEST
+    for change, has, _ in rec.era:
+        since = CHANGES[change].since
+        if has:
+            lo = max(lo, since)
+        else:
+            hi = min(hi, Version(since.major, since.minor - 1) if since.minor else
+                     Version(since.major - 1, 99))
+    if not rec.era:
+        return None, "nothing recorded tells the kernel's era"
+    signs = "; ".join(why for _, _, why in rec.era)
+    if lo > hi:
+        return None, f"the signs of the era disagree ({signs})"
+    fits = [v for v in map(Version.parse, KNOWN) if lo <= v <= hi]
+    chosen = fits[-1] if fits else lo
+    return str(chosen), f"{signs}: a kernel from {lo} to {hi if hi < NEWEST else 'now'}"
 
 
 def _parent(rec: Recording, name: str, path: str) -> RecParent:

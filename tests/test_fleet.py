@@ -69,7 +69,7 @@ def test_overrides_merge_driver_options_and_set_the_gpu_count(tmp_path):
     ('[[host]]\nname = "a"\n[[host]]\nname = "a"\n', "host name(s) used twice: a"),
     ('[[host]]\nname = "a"\ngpus = -1\n', "host #1: 'gpus' must be a whole number from 0 to 64"),
     ('[[host]]\nname = "a"\ncolour = 1\n',
-     "host #1: keys are count, gpus, name, options, state, topology"),
+     "host #1: keys are count, gpus, kernel, name, options, state, topology"),
     ('[[host]]\nname = "a/b"\n',
      "host #1: host name 'a/b' must be letters, digits, '_.-', not starting with '.'"),
     # a host named like the fleet's own record, or any hidden name, would overwrite it
@@ -139,6 +139,22 @@ def test_hosts_are_separate_and_keep_their_state_files(tmp_path):
     with fleet.running(spec, tmp_path / "f") as (h1, h2):
         assert (os.listdir(h1.root / "bus/mdev/devices"),
                 os.listdir(h2.root / "bus/mdev/devices")) == ([uuid], [])
+
+
+def test_hosts_run_the_kernels_their_entries_name(tmp_path):
+    """kernel = "5.10" on one [[host]] entry: that host's mdevs bind to vfio_mdev, the other
+    host's to their parent's driver; a kernel mdevfs does not know is refused by name."""
+    spec = shared(tmp_path, '[[host]]\nname = "old"\nkernel = "5.10"\n[[host]]\nname = "new"\n')
+    with fleet.running(spec, tmp_path / "f") as (old, new):
+        for host in (old, new):
+            (host.root / P4 / "create").write_text("11111111-2222-3333-4444-555555555555")
+        driver = "bus/mdev/devices/11111111-2222-3333-4444-555555555555/driver"
+        assert (os.readlink(old.root / driver).rsplit("/", 1)[1],
+                os.readlink(new.root / driver).rsplit("/", 1)[1]) == ("vfio_mdev",
+                                                                     "nvidia-vgpu-vfio")
+    bad = shared(tmp_path, '[[host]]\nname = "a"\nkernel = "4.19"\n')
+    with pytest.raises(UsageError, match="kernel 4.19: mdevfs emulates 5.10 to 7.3"):
+        fleet.load(bad)
 
 
 def test_a_host_that_cannot_mount_takes_the_others_down(tmp_path):

@@ -60,6 +60,35 @@ def test_the_factory_and_the_ini_option_mount_other_topologies(pytester):
     pytester.runpytest_subprocess().assert_outcomes(passed=2)
 
 
+def test_one_test_runs_on_every_kernel_its_marker_names(pytester):
+    """mdevfs_kernels: one run per kernel, each on its own session mount: on 5.10 every mdev
+    binds to vfio_mdev and has no vfio-dev, on 7.3 it binds to its parent's driver; the
+    factory takes a kernel too."""
+    pytester.makepyfile('''
+        import os
+        import pytest
+
+        @pytest.mark.mdevfs_kernels("5.10", "7.3")
+        def test_driver(mdevfs, mdevfs_kernel):
+            uuid = mdevfs.create("mtty-1")
+            driver = os.readlink(mdevfs.root / f"bus/mdev/devices/{uuid}/driver")
+            assert driver.endswith({"5.10": "/vfio_mdev", "7.3": "/mtty"}[mdevfs_kernel])
+            vfio_dev = (mdevfs.root / f"bus/mdev/devices/{uuid}/vfio-dev").exists()
+            assert vfio_dev == (mdevfs_kernel == "7.3")
+
+        def test_unmarked(mdevfs, mdevfs_kernel):
+            assert mdevfs_kernel is None
+
+        def test_factory(mdevfs_factory):
+            old = mdevfs_factory(None, "5.10")
+            assert os.listdir(old.root / "bus/mdev/drivers") == ["vfio_mdev"]
+    ''')
+    result = pytester.runpytest_subprocess("-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*test_driver?kernel-5.10? PASSED*",
+                                 "*test_driver?kernel-7.3? PASSED*"])
+
+
 def test_every_mount_is_gone_after_its_test_even_when_the_test_fails(pytester, tmp_path):
     record = tmp_path / "mounts"
     pytester.makepyfile(f'''

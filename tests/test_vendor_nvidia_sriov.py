@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 
@@ -301,3 +302,44 @@ def test_sriov_drivers_autoprobe_is_kstrtobool_and_unbound_vfs_have_no_driver(m)
     write(m, f"{PF}/sriov_numvfs", "0")
     assert write(m, autoprobe, "Yes") == 3
     assert m.read(autoprobe) == "1\n"
+
+
+def test_mig_mode_decides_between_time_sliced_and_mig_backed_types(tmp_path):
+    """A GPU in MIG mode offers only MIG-backed types (H100-<slices>-<size>C), one out of it
+    only time-sliced ones (NVIDIA's vGPU user guide: a MIG-backed vGPU needs MIG mode); a
+    type of the other mode is refused with EINVAL (mdevfs's choice), EBUSY as an Ampere mdev
+    create. A MIG-backed vGPU reads its slot as gpu_instance_id, a time-sliced one -1."""
+    topology = write_topology(tmp_path, """
+[[gpu]]
+address = "0000:41:00.0"
+options = { model = "H100", vfs = 2, mig = true }
+[[gpu]]
+address = "0000:81:00.0"
+options = { model = "H100", vfs = 1 }
+[[gpu]]
+address = "0000:a1:00.0"
+options = { model = "A100", vfs = 1 }
+""")
+    with mounted(topology) as m:
+        on = m.read("bus/pci/devices/0000:41:00.4/nvidia/creatable_vgpu_types").splitlines()
+        off = m.read("bus/pci/devices/0000:81:00.4/nvidia/creatable_vgpu_types").splitlines()
+        assert on[0] == off[0] == HEADER.strip()
+        assert on[1:] and all(re.search(r"-\d+-\d+C(?:ME)?$", line) for line in on[1:])
+        assert off[1:] and not any(re.search(r"-\d+-\d+C(?:ME)?$", line) for line in off[1:])
+        mig_id, sliced_id = on[1].split()[0], off[1].split()[0]
+        assert errno_of(m.write, "bus/pci/devices/0000:81:00.4/nvidia/current_vgpu_type",
+                        mig_id) == errno.EINVAL
+        m.write("bus/pci/devices/0000:41:00.5/nvidia/current_vgpu_type", mig_id)
+        assert m.read("bus/pci/devices/0000:41:00.5/nvidia/gpu_instance_id") == "1\n"
+        m.write("bus/pci/devices/0000:81:00.4/nvidia/current_vgpu_type", sliced_id)
+        assert m.read("bus/pci/devices/0000:81:00.4/nvidia/gpu_instance_id") == "-1\n"
+        types = "class/mdev_bus/0000:a1:00.4/mdev_supported_types"
+        assert m.read(f"{types}/nvidia-474/name") == "GRID A100-1-5C\n"
+        assert m.read(f"{types}/nvidia-474/available_instances") == "0\n"
+        assert errno_of(m.create, "nvidia-474", None, "0000:a1:00.4") == errno.EBUSY
+    bad = write_topology(tmp_path, '[[gpu]]\naddress = "0000:41:00.0"\n'
+                         'options = { model = "L40S", mig = true }\n', "bad.toml")
+    from mdevfs.config import TopologyError
+    with pytest.raises(TopologyError, match="L40S has no MIG-backed type"):
+        with mounted(bad):
+            pass

@@ -33,3 +33,11 @@ def known(options: Mapping[str, Any], keys: Sequence[str]) -> None:
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} "
                          f"(known: {', '.join(keys)})")
+
+
+def flag(options: Mapping[str, Any], key: str, default: bool) -> bool:
+    """The true-or-false option ``key``."""
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"option {key!r} must be true or false, not {value!r}")
+    return value

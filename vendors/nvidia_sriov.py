@@ -49,6 +49,7 @@ from __future__ import annotations
 import errno
 import functools
 import importlib.resources
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,7 +62,7 @@ from mdevfs.errors import fail
 from mdevfs.model import Host, MdevDevice, MdevType, kstrtoul
 from mdevfs.pci import MEM32, MEM64_PREFETCH, Bar, Caps, PciFunction, PciIds, Sriov
 
-from ._options import known, text, whole
+from ._options import flag, known, text, whole
 
 NVIDIA = 0x10DE
 HEADER = "ID    : vGPU Name"
@@ -77,6 +78,8 @@ _VF_BARS = (Bar(0, 16 << 20, MEM32), Bar(0, 128 << 20, MEM64_PREFETCH), None,
 #: the vGPU manager release a GPU runs unless its options name one (vGPU 17, the first with
 #: the vendor-specific VFIO framework, is the 550 branch)
 DEFAULT_MANAGER = "550.127.06"
+#: the name of a MIG-backed type ends in <slices>-<size>C, or CME with the media engines
+MIG_TYPE = re.compile(r"-\d+-\d+C(?:ME)?$")
 
 
 @frozen
@@ -85,6 +88,12 @@ class VgpuType:
     name: str
     max_instance: int
     framebuffer_mib: int = 0
+
+    @property
+    def mig(self) -> bool:
+        """A MIG-backed type (``H100-1-10C``: a slice count, then the size), made on a GPU
+        instance of a GPU in MIG mode; the others are time-sliced."""
+        return MIG_TYPE.search(self.name) is not None
 
 
 @frozen
@@ -153,7 +162,7 @@ class NvidiaSriovGpu:
     def __init__(self, options: Mapping[str, Any] | None = None,
                  base_dir: Path | None = None) -> None:
         options = dict(options or {})
-        known(options, ["model", "vfs", "mode", "catalog", "numa_node", "manager"])
+        known(options, ["model", "vfs", "mode", "catalog", "numa_node", "manager", "mig"])
         catalog = dict(load_catalog())
         if "catalog" in options:
             own = Path(text(options, "catalog", ""))
@@ -166,6 +175,11 @@ class NvidiaSriovGpu:
         self.homogeneous = text(options, "mode", "homogeneous",
                                 allowed=("homogeneous", "heterogeneous")) == "homogeneous"
         self.numa_node = whole(options, "numa_node", -1, minimum=-1)
+        #: MIG mode (nvidia-smi -mig 1): only MIG-backed types then, only time-sliced ones
+        #: without; a card that has no MIG-backed type cannot have it on
+        self.mig = flag(options, "mig", False)
+        if self.mig and not any(t.mig for t in self.card.types):
+            raise ValueError(f"option 'mig': the {self.card.key} has no MIG-backed type")
         #: the vGPU manager release: nvidia.ko's version (module/nvidia/version)
         self.module_version = text(options, "manager", DEFAULT_MANAGER)
         #: the frame buffer heterogeneous mode shares out: the most the types can take
@@ -246,7 +260,8 @@ class NvidiaSriovGpu:
             Attribute("nvidia/creatable_vgpu_types", show=lambda: self._creatable(fn)),
             Attribute("nvidia/current_vgpu_type", show=lambda: str(self._current(fn)),
                       store=lambda buf: self._set_type(fn, buf)),
-            Attribute("nvidia/gpu_instance_id", show=lambda: self._vgpu(fn) and "-1"),
+            Attribute("nvidia/gpu_instance_id", show=lambda: self._vgpu(fn) and str(
+                self._slot(fn) if self.types[fn.vendor["vgpu_type"]].mig else -1)),
             Attribute("nvidia/placement_id", show=lambda: self._vgpu(fn) and str(self._slot(fn))),
             Attribute("nvidia/vgpu_params", show=lambda: self._vgpu(fn)["vgpu_params"],
                       store=lambda buf: self._set_params(fn, buf)),
@@ -264,8 +279,11 @@ class NvidiaSriovGpu:
         return held
 
     def refusal(self, vtype: VgpuType) -> int | None:
-        """Why one more vGPU of ``vtype`` cannot be made on the card: EINVAL (homogeneous
-        mode, another type runs), ENOSPC (no room), or None."""
+        """Why one more vGPU of ``vtype`` cannot be made on the card: EINVAL (a type of
+        the other MIG mode; homogeneous mode and another type runs), ENOSPC (no room), or
+        None."""
+        if vtype.mig != self.mig:
+            return errno.EINVAL  # a MIG-backed type needs MIG mode, a time-sliced one not
         held = self.running()
         if self.homogeneous and any(t.id != vtype.id for t in held):
             return errno.EINVAL

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -280,13 +281,143 @@ static void report(int rc, const char *step)
 		printf("OK\n");
 }
 
+/* A stat result as one comma-separated field: type,mode,size,nNLINK,uid:gid */
+static const char *sfmt(const struct stat *st)
+{
+	static char bufs[4][96];
+	static int i;
+	char *b = bufs[i++ & 3];
+	snprintf(b, 96, "%s,%04o,%lld,n%lu,%u:%u", ftype(st->st_mode), (unsigned)(st->st_mode & 07777),
+		 (long long)st->st_size, (unsigned long)st->st_nlink, st->st_uid, st->st_gid);
+	return b;
+}
+
+/* " KEY=" and then the stat result of rc/st, or !ERRNO (errno read right after the call) */
+static void pstat(const char *key, int rc, const struct stat *st)
+{
+	if (rc < 0)
+		printf(" %s=!%s", key, en(errno));
+	else
+		printf(" %s=%s", key, sfmt(st));
+}
+
+/* write DATA to REL through a descriptor of its own; returns "OK" or "!ERRNO" */
+static const char *poke(const char *rel, const char *data)
+{
+	static char r[40];
+	int fd = open(full(rel), O_WRONLY);
+	if (fd < 0 || write(fd, data, strlen(data)) < 0)
+		snprintf(r, sizeof r, "!%s", en(errno));
+	else
+		snprintf(r, sizeof r, "OK");
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+/* holdstat KIND TARGET REMOVE [CREATE UUID]: a descriptor held across the removal of its device.
+ * KIND: file (O_RDONLY), wfile (O_WRONLY) or dir:CHILD (O_RDONLY|O_DIRECTORY; CHILD is looked up
+ * through it). Opens TARGET and fstats it, writes "1" to REMOVE (and, with CREATE, UUID to CREATE:
+ * the same device again), then asks the held descriptor: fstat, fstatat(fd, "", AT_EMPTY_PATH),
+ * lstat of TARGET's name (and whether it names the same inode), for a directory fstatat of ".",
+ * "..", CHILD and openat CHILD and a listing from offset 0 (getdents64), for a file a pread
+ * from 0 (or a pwrite of "1" and ftruncate for wfile); then fchmod (0600, a directory 0700) and
+ * fstat again; the mode is put back before close. One line: KEY=VALUE fields. */
+static void holdstat(const char *kind, const char *target, const char *remove, const char *create,
+		     const char *uuid)
+{
+	int dir = !strncmp(kind, "dir", 3), wr = !strcmp(kind, "wfile");
+	const char *child = dir && kind[3] == ':' ? kind + 4 : "uevent";
+	char tpath[PATH_MAX];
+	snprintf(tpath, sizeof tpath, "%s", full(target));
+	int fd = open(tpath, dir ? O_RDONLY | O_DIRECTORY : wr ? O_WRONLY : O_RDONLY);
+	if (fd < 0) {
+		printf("!%s@open\n", en(errno));
+		return;
+	}
+	struct stat st0, st;
+	if (fstat(fd, &st0) < 0) {
+		printf("!%s@fstat\n", en(errno));
+		close(fd);
+		return;
+	}
+	printf("before=%s", sfmt(&st0));
+	printf(" remove=%s", poke(remove, "1"));
+	if (create && uuid)
+		printf(" create=%s", poke(create, uuid));
+	pstat("fstat", fstat(fd, &st), &st);
+	pstat("at-empty", fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), &st);
+	if (lstat(tpath, &st) < 0)
+		printf(" path=!%s", en(errno));
+	else
+		printf(" path=%s,%s", sfmt(&st), st.st_ino == st0.st_ino ? "same-inode" : "other-inode");
+	static char buf[1 << 16];
+	if (dir) {
+		pstat("at-dot", fstatat(fd, ".", &st, AT_SYMLINK_NOFOLLOW), &st);
+		pstat("at-dotdot", fstatat(fd, "..", &st, AT_SYMLINK_NOFOLLOW), &st);
+		pstat("at-child", fstatat(fd, child, &st, AT_SYMLINK_NOFOLLOW), &st);
+		int cf = openat(fd, child, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+		if (cf < 0 && errno == ELOOP)
+			cf = openat(fd, child, O_RDONLY | O_NONBLOCK);
+		printf(" openat-child=%s%s", cf < 0 ? "!" : "", cf < 0 ? en(errno) : "OK");
+		if (cf >= 0)
+			close(cf);
+		if (lseek(fd, 0, SEEK_SET) < 0) {
+			printf(" list=!%s@lseek", en(errno));
+		} else {
+			int cnt = 0, dots = 0;
+			long r;
+			while ((r = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0) {
+				for (long off = 0; off < r;) {
+					unsigned short reclen = *(unsigned short *)(buf + off + 16);
+					const char *name = buf + off + 19;
+					if (!strcmp(name, ".") || !strcmp(name, ".."))
+						dots++;
+					else
+						cnt++;
+					off += reclen;
+				}
+			}
+			if (r < 0)
+				printf(" list=!%s", en(errno));
+			else
+				printf(" list=OK:%d+%ddots", cnt, dots);
+		}
+	} else if (wr) {
+		ssize_t r = pwrite(fd, "1", 1, 0);
+		if (r < 0)
+			printf(" write=!%s", en(errno));
+		else
+			printf(" write=OK:%zd", r);
+		{
+			int t = ftruncate(fd, 0);
+			printf(" ftruncate=%s%s", t < 0 ? "!" : "", t < 0 ? en(errno) : "OK");
+		}
+	} else {
+		ssize_t r = pread(fd, buf, sizeof buf, 0);
+		if (r < 0)
+			printf(" read=!%s", en(errno));
+		else {
+			printf(" read=OK:");
+			pcontent(buf, r);
+		}
+	}
+	int c = fchmod(fd, dir ? 0700 : 0600);
+	printf(" fchmod=%s%s", c < 0 ? "!" : "", c < 0 ? en(errno) : "OK");
+	pstat("fstat-after-fchmod", fstat(fd, &st), &st);
+	fchmod(fd, st0.st_mode & 07777);
+	c = close(fd);
+	printf(" close=%s%s\n", c < 0 ? "!" : "", c < 0 ? en(errno) : "OK");
+}
+
 static int usage(void)
 {
 	fprintf(stderr, "usage: mdevop walk STATE REL... | stat REL | read REL | readchunks REL N |\n"
 			"  pread REL OFF LEN | write REL DATA | pwrite REL OFF DATA | writerw REL DATA |\n"
 			"  open REL rdonly|wronly|rdwr|creat|trunc | ls REL | realpath REL |\n"
 			"  holdread FILE REMOVE | holdwrite REMOVE | holddir DIR REMOVE | rewind DIR CREATE UUID |\n"
-			"  mkdir REL | rmdir REL | unlink REL | rename A B | symlink TARGET REL | chmod REL OCT\n");
+			"  mkdir REL | rmdir REL | unlink REL | rename A B | symlink TARGET REL | chmod REL OCT |\n"
+			"  holdstat file|wfile|dir[:CHILD] TARGET REMOVE [CREATE UUID]\n");
 	return 2;
 }
 
@@ -483,6 +614,8 @@ int main(int argc, char **argv)
 		}
 		printf("before=%d after=%d dots=%d\n", before, after, dots);
 		closedir(d);
+	} else if (!strcmp(cmd, "holdstat") && argc > 4) {
+		holdstat(argv[2], argv[3], argv[4], argc > 6 ? argv[5] : NULL, argc > 6 ? argv[6] : NULL);
 	} else if (!strcmp(cmd, "mkdir")) {
 		report(mkdir(full(argv[2]), 0755), "mkdir");
 	} else if (!strcmp(cmd, "rmdir")) {

@@ -1,5 +1,5 @@
 #!/bin/sh
-# probe.sh SYSROOT MDEVOP: mdevfs's conformance probe (grown from the kernel oracle's, shared/tools). POSIX sh (busybox sh in the VM, also on the host).
+# probe.sh SYSROOT MDEVOP: mdevfs's conformance probe of the mdev surface. POSIX sh (busybox sh in the VM, also on the host).
 # Prints a canonical dump on stdout:
 #   T|state|path|type|mode|size|nlink|uid:gid|link target|=content or !ERRNO@step   (tree walk)
 #   E|id|operation and arguments|result                                            (errno matrix)

@@ -1,0 +1,236 @@
+"""The PCI bus through a real mount, as passthrough tools use it: the files Proxmox VE and Incus
+read, a function handed to vfio-pci as libvirt's nodedev-detach and KubeVirt do, dynamic ids,
+a PF unbound with its VFs, and the PCI core's writable files. (Every file and errno of the
+generic PCI core is also compared with real kernels: test_conformance.py.)"""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from conftest import errno_of, needs_fuse
+
+from mdevfs.testing import mounted
+
+pytestmark = needs_fuse
+
+PCI = "bus/pci/devices"
+GPU = f"{PCI}/0000:41:00.0"  # the default topology's nvidia GPU: an mdev parent
+PF = f"{PCI}/0000:c1:00.0"  # its L40S: an SR-IOV PF
+
+
+@pytest.fixture(scope="module")
+def mount():
+    with mounted() as m:
+        yield m
+
+
+@pytest.fixture
+def m(mount):
+    mount.reset()  # every function on its own driver, no VF, no dynamic id
+    yield mount
+    assert mount.alive(), mount.log()
+
+
+def link(m, rel: str) -> str:
+    return os.readlink(m.path(rel))
+
+
+def test_what_proxmox_reads_to_start_a_vm_on_a_gpu(m):
+    """PVE::SysFSTools::pci_device_info reads irq; check_iommu_support needs an IOMMU unit
+    in class/iommu; the unit's devices/ links every function behind it."""
+    assert m.read(f"{GPU}/irq") == "18\n"  # lines from 16, in bus order
+    assert os.listdir(m.path("class/iommu")) == ["dmar0"]
+    assert link(m, f"{GPU}/iommu") == "../../../virtual/iommu/dmar0"
+    assert sorted(os.listdir(m.path("class/iommu/dmar0/devices"))) == [
+        "0000:00:02.0", "0000:41:00.0", "0000:c1:00.0"]
+    assert link(m, "class/iommu/dmar0/devices/0000:41:00.0") == \
+        "../../../../pci0000:40/0000:40:01.1/0000:41:00.0"
+
+
+def test_what_incus_reads_for_the_driver_version(m):
+    """Incus reads driver/module/version: the vGPU manager release."""
+    assert link(m, "bus/pci/drivers/nvidia/module") == "../../../../module/nvidia"
+    assert m.read(f"{PF}/driver/module/version") == "550.127.06\n"
+    assert not m.path("module/vfio_pci/version").exists()  # an in-tree module has none
+
+
+def test_a_gpu_handed_to_vfio_pci_as_nodedev_detach_does(m):
+    """driver_override, unbind, drivers_probe: the GPU is vfio-pci's, its mdev parent gone,
+    its vfio group named after its IOMMU group; and back again."""
+    group = os.path.basename(link(m, f"{GPU}/iommu_group"))
+    assert m.write(f"{GPU}/driver_override", "vfio-pci\n") == 9
+    assert m.write(f"{GPU}/driver/unbind", "0000:41:00.0") == 12
+    assert not m.path("class/mdev_bus/0000:41:00.0").exists()
+    assert not m.path(f"{GPU}/driver").exists()
+    assert m.write("bus/pci/drivers_probe", "0000:41:00.0") == 12
+    assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/vfio-pci"
+    assert os.listdir(m.path("class/vfio")) == [group]
+    assert m.read(f"class/vfio/{group}/dev") == "246:0\n"
+    assert m.read(f"class/vfio/{group}/uevent") == f"MAJOR=246\nMINOR=0\nDEVNAME=vfio/{group}\n"
+    assert os.listdir(m.path(f"{GPU}/vfio-dev")) == ["vfio0"]
+    # vfio-pci allows runtime PM: idle, the GPU suspends
+    assert (m.read(f"{GPU}/power/control"), m.read(f"{GPU}/power/runtime_status"),
+            m.read(f"{GPU}/power_state")) == ("auto\n", "suspended\n", "D3hot\n")
+    # back: unbind from vfio-pci, clear the override, probe again
+    m.write("bus/pci/drivers/vfio-pci/unbind", "0000:41:00.0")
+    assert os.listdir(m.path("class/vfio")) == []
+    m.write(f"{GPU}/driver_override", "\n")
+    assert m.read(f"{GPU}/driver_override") == "(null)\n"
+    m.write("bus/pci/drivers_probe", "0000:41:00.0")
+    assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/nvidia"
+    assert m.path("class/mdev_bus/0000:41:00.0/mdev_supported_types").is_dir()
+    assert m.read(f"{GPU}/power/control") == "on\n"
+
+
+def test_bind_and_unbind_refuse_as_the_driver_core_does(m):
+    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:41:00.0") == errno.EBUSY
+    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/unbind", "0000:41:00.0") == errno.ENODEV
+    assert errno_of(m.write, "bus/pci/drivers/nvidia/unbind", "0000:99:00.0") == errno.ENODEV
+    m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
+    # vfio-pci has no id table: without an override or a dynamic id it takes nothing
+    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:41:00.0") == errno.ENODEV
+    m.write("bus/pci/drivers/nvidia/bind", "0000:41:00.0")
+    assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/nvidia"
+
+
+def test_a_dynamic_id_binds_every_unbound_function_it_matches(m):
+    """new_id, as driverctl and older libvirt did: the unbound GPU is probed at once; the same
+    id again is EEXIST; remove_id takes it back, a second time ENODEV; fewer than two
+    fields EINVAL."""
+    m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
+    ids = f"{m.read(f'{GPU}/vendor')[2:6]} {m.read(f'{GPU}/device')[2:6]}"
+    assert m.write("bus/pci/drivers/vfio-pci/new_id", ids) == len(ids)
+    assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/vfio-pci"
+    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/new_id", ids) == errno.EEXIST
+    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/new_id", "10de") == errno.EINVAL
+    assert m.write("bus/pci/drivers/vfio-pci/remove_id", ids) == len(ids)
+    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/remove_id", ids) == errno.ENODEV
+    assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/vfio-pci"  # stays bound
+
+
+def test_unbinding_a_pf_lets_its_driver_take_the_vfs_down(m):
+    """The PF's driver disables SR-IOV as it goes: the VFs and their groups vanish; without a
+    driver sriov_numvfs is ENOENT, and the driver's own limit on VFs is lifted."""
+    m.write(f"{PF}/sriov_numvfs", "2")
+    assert [n for n in os.listdir(m.path(PF)) if n.startswith("virtfn")] == ["virtfn0",
+                                                                            "virtfn1"]
+    m.write(f"{PF}/driver/unbind", "0000:c1:00.0")
+    assert [n for n in os.listdir(m.path(PF)) if n.startswith("virtfn")] == []
+    assert not m.path(f"{PCI}/0000:c1:00.4").exists()
+    assert m.read(f"{PF}/sriov_numvfs") == "0\n"
+    assert errno_of(m.write, f"{PF}/sriov_numvfs", "1") == errno.ENOENT
+    m.write("bus/pci/drivers_probe", "0000:c1:00.0")
+    assert m.read(f"{PF}/sriov_numvfs") == "0\n"
+    m.write(f"{PF}/sriov_numvfs", "1")
+    assert m.read(f"{PCI}/0000:c1:00.4/vendor") == "0x10de\n"
+
+
+def test_a_vf_made_without_autoprobe_goes_to_vfio_pci_through_its_override(m):
+    """What KubeVirt and the NVIDIA GPU operator do with a VF of a NIC; an NVIDIA VF is its
+    own VFIO device (the nvidia driver is its provider): vfio-pci refuses it (EINVAL from
+    its probe, so drivers_probe leaves it driverless)."""
+    m.write(f"{PF}/sriov_drivers_autoprobe", "0")
+    m.write(f"{PF}/sriov_numvfs", "1")
+    vf = f"{PCI}/0000:c1:00.4"
+    assert not m.path(f"{vf}/driver").exists()
+    assert m.read(f"{vf}/power/runtime_usage") == "1\n"
+    m.write(f"{vf}/driver_override", "vfio-pci")
+    assert m.write("bus/pci/drivers_probe", "0000:c1:00.4") == 12
+    assert not m.path(f"{vf}/driver").exists()
+    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:c1:00.4") == errno.EINVAL
+    m.write(f"{vf}/driver_override", "\n")
+    m.write("bus/pci/drivers_probe", "0000:c1:00.4")  # autoprobe is off: still nothing
+    assert not m.path(f"{vf}/driver").exists()
+    m.write(f"{PF}/sriov_drivers_autoprobe", "1")
+    m.write("bus/pci/drivers_probe", "0000:c1:00.4")
+    assert link(m, f"{vf}/driver") == "../../../../bus/pci/drivers/nvidia"
+
+
+@pytest.mark.parametrize(("name", "data", "answer"), [
+    ("power/control", "auto\n", None), ("power/control", "on", None),
+    ("power/control", "Auto", errno.EINVAL), ("power/control", "auto\n\n", errno.EINVAL),
+    ("power/async", "disabled", None), ("power/async", "off", errno.EINVAL),
+    ("numa_node", "0", None), ("numa_node", "1", errno.EINVAL), ("numa_node", "-2", errno.EINVAL),
+    ("numa_node", "x", errno.EINVAL),
+    ("reset_method", "bus", None), ("reset_method", "flr", errno.EINVAL),
+    ("reset_method", "\n", None), ("reset_method", "default", None),
+    ("reset", "1", None), ("reset", "2", errno.EINVAL),
+    ("enable", "1", errno.EBUSY),  # a function with a driver
+    ("d3cold_allowed", "0", None), ("d3cold_allowed", "y", errno.EINVAL),
+    ("broken_parity_status", "1", None), ("msi_bus", "0", None),
+    ("remove", "0", None), ("rescan", "0", None), ("remove", "x", errno.EINVAL),
+])
+def test_the_pci_cores_writable_files_answer_as_pci_sysfs(m, name, data, answer):
+    if answer is None:
+        assert m.write(f"{GPU}/{name}", data) == len(data)
+    else:
+        assert errno_of(m.write, f"{GPU}/{name}", data) == answer
+
+
+def test_runtime_pm_follows_power_control(m):
+    """control_store: auto allows runtime PM (the usage count drops by the forbid's
+    reference), on forbids it again."""
+    read = lambda name: m.read(f"{GPU}/power/{name}")  # noqa: E731
+    assert (read("control"), read("runtime_enabled"), read("runtime_usage")) == \
+        ("on\n", "forbidden\n", "2\n")
+    m.write(f"{GPU}/power/control", "auto")
+    assert (read("control"), read("runtime_enabled"), read("runtime_usage"),
+            read("runtime_status")) == ("auto\n", "enabled\n", "1\n", "active\n")
+    m.write(f"{GPU}/power/control", "on")
+    assert (read("control"), read("runtime_usage")) == ("on\n", "2\n")
+
+
+def test_reset_method_chooses_among_the_supported_methods(m):
+    """The P4 has no FLR (a bus reset only, as Pascal boards); "" turns every method off, and
+    then a reset is ENOTTY; "default" brings back what was probed."""
+    assert m.read(f"{GPU}/reset_method") == "bus\n"
+    assert m.read(f"{PF}/reset_method") == "flr bus\n"
+    assert errno_of(m.write, f"{GPU}/reset_method", "flr") == errno.EINVAL
+    m.write(f"{PF}/reset_method", "bus")
+    assert m.read(f"{PF}/reset_method") == "bus\n"
+    m.write(f"{GPU}/reset_method", "\n")  # what echo writes; an empty write reaches no one
+    assert m.read(f"{GPU}/reset_method") == ""
+    assert errno_of(m.write, f"{GPU}/reset", "1") == errno.ENOTTY
+    m.write(f"{GPU}/reset_method", "default")
+    assert m.read(f"{GPU}/reset_method") == "bus\n"
+
+
+def test_remove_then_rescan_finds_the_function_again(m):
+    m.write(f"{GPU}/remove", "1")
+    assert not m.path(GPU).exists()
+    assert not m.path("class/mdev_bus/0000:41:00.0").exists()
+    assert m.write("bus/pci/rescan", "1") == 1
+    assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/nvidia"
+    assert m.path("class/mdev_bus/0000:41:00.0/mdev_supported_types").is_dir()
+
+
+def test_config_is_readable_in_full_only_by_root(m):
+    """pci_read_config: 4096 bytes of a PCI Express function's space for root; the first 64
+    (the header) for anyone else (tested as nobody in test_permissions)."""
+    with open(m.path(f"{GPU}/config"), "rb") as f:
+        data = f.read()
+    assert len(data) == 4096 and data[:4] == bytes.fromhex("de10") + data[2:4]
+    assert data[0x34] != 0  # a capability list
+
+
+def test_an_unknown_kernel_is_refused_by_mount(tmp_path):
+    from mdevfs.config import TopologyError
+
+    with pytest.raises(TopologyError, match="--kernel '4.19'"):
+        with mounted(args=("--kernel", "4.19")):
+            pass
+
+
+@pytest.mark.parametrize(("kernel", "word", "answer"), [
+    ("5.10", "true", errno.EINVAL), ("5.19", "true", "1\n"), ("6.12", "disabled", errno.EINVAL),
+    ("6.16", "disabled", "0\n"), ("7.3", "enabled", "1\n")])
+def test_sriov_drivers_autoprobe_takes_the_words_of_its_kernels_kstrtobool(kernel, word, answer):
+    """kstrtobool: t/f from 5.19 (0d6ea3ac94ca), e/d from 6.16 (ae5b3500856f)."""
+    with mounted(args=("--kernel", kernel)) as m:
+        m.write(f"{PF}/sriov_drivers_autoprobe", "0" if answer == "1\n" else "1")
+        if isinstance(answer, int):
+            assert errno_of(m.write, f"{PF}/sriov_drivers_autoprobe", word) == answer
+        else:
+            m.write(f"{PF}/sriov_drivers_autoprobe", word)
+            assert m.read(f"{PF}/sriov_drivers_autoprobe") == answer

@@ -1,7 +1,7 @@
 """The capture-and-replay commands' library side: ``mdevfs record``, ``import``, ``export``.
 
-    text, rec = record("/sys", anonymize=True)        # a host as a topology file
-    text, rec = import_umockdev("host.umockdev")      # a umockdev recording, the same way
+    made = record("/sys", anonymize=True)        # a host as a topology file (made.text)
+    made = import_umockdev("host.umockdev")      # a umockdev recording, the same way
     export(None, mount=Path("/tmp/sys"), tree=Path("tree"), umockdev=None)
 """
 from __future__ import annotations
@@ -15,26 +15,26 @@ from .beneath import read_regular
 from .config import Topology
 from .errors import UsageError
 from .export import Entry, walk_mount, walk_topology, write_tree
-from .infer import topology_text
-from .record import Recording, anonymize, scan
+from .infer import Replay, replay
+from .record import anonymize, scan
 from .umockdev import UmockdevError, read_umockdev, write_umockdev
 
 
 def record(root: str | os.PathLike[str], anonymized: bool = False,
-           source: str = "") -> tuple[str, Recording]:
-    """``mdevfs record``: the topology text of the sysfs root ``root`` and what was read."""
+           source: str = "") -> Replay:
+    """``mdevfs record``: the topology of the sysfs root ``root``, and what it kept."""
     if not Path(root).is_dir():
         raise UsageError(f"record: {os.fspath(root)} is not a directory (a sysfs root)")
     rec = scan(root)
-    if not (rec.parents or rec.gpus):
-        raise UsageError(f"record: no mdev parent and no NVIDIA SR-IOV GPU under "
+    if not (rec.parents or rec.functions):
+        raise UsageError(f"record: no mdev parent and no SR-IOV PCI function under "
                          f"{os.fspath(root)} ({'; '.join(rec.problems) or 'nothing to record'})")
     if anonymized:
         anonymize(rec)
-    return topology_text(rec, source or os.fspath(root)), rec
+    return replay(rec, source or os.fspath(root))
 
 
-def import_umockdev(path: str | os.PathLike[str], anonymized: bool = False) -> tuple[str, Recording]:
+def import_umockdev(path: str | os.PathLike[str], anonymized: bool = False) -> Replay:
     """``mdevfs import``: a umockdev recording, laid out as a tree in a temporary directory
     and recorded from there. Raises UsageError for a file that cannot be read or parsed, or
     whose entries reach through a link of its own (an ``A:`` line below an ``L:`` line)."""

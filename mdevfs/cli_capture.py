@@ -10,32 +10,30 @@ from .beneath import write_new
 from .errors import UsageError
 
 
-def _write_topology(text: str, rec: Any, output: str | None) -> int:
+def _write_topology(made: Any, output: str | None) -> int:
+    """Write a :class:`mdevfs.infer.Replay`'s topology and say what it kept."""
     if output is None:
-        sys.stdout.write(text)
+        sys.stdout.write(made.text)
     else:
         try:
-            write_new(output, text.encode())
+            write_new(output, made.text.encode())
         except OSError as exc:
             raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
-    parents = ", ".join(p.name for p in rec.parents) or "none"
-    print(f"mdevfs: recorded {len(rec.parents)} parent(s) ({parents}), "
-          f"{sum(len(p.devices) for p in rec.parents)} device(s), {len(rec.gpus)} SR-IOV GPU(s)"
-          + (f"; {len(rec.problems)} read problem(s), listed in the file" if rec.problems else "")
-          + (f"; wrote {output}" if output else ""), file=sys.stderr)
+    print(f"mdevfs: recorded {made.summary()}" + (f"; wrote {output}" if output else ""),
+          file=sys.stderr)
     return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     from . import capture
 
-    return _write_topology(*capture.record(args.root, args.anonymize), args.output)
+    return _write_topology(capture.record(args.root, args.anonymize), args.output)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from . import capture
 
-    return _write_topology(*capture.import_umockdev(args.file, args.anonymize), args.output)
+    return _write_topology(capture.import_umockdev(args.file, args.anonymize), args.output)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

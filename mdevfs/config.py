@@ -13,8 +13,15 @@
     driver = "mtty"                 # entry point, "module:factory" or "file.py[:factory]"
     name = "mtty"                   # dev_name, the /sys/class/mdev_bus link (default: driver's)
     path = "devices/virtual/mtty/mtty"   # under the sysfs root (default: driver's)
-    [parent.options]                # handed to the driver factory as they are
+    [parent.options]                # checked against what the driver declares, then handed over
     ports = 24
+
+    [[gpu]]                         # a PCI device given whole (an SR-IOV GPU), before parents
+    driver = "nvidia-sriov"         # a driver that makes gpu devices (mdevfs drivers lists them)
+    address = "0000:41:00.0"
+    path = "devices/pci0000:40/0000:40:01.1/0000:41:00.0"   # default: devices/pci<dom>:00/<addr>
+    [gpu.options]
+    model = "L40S"
 
     [[device]]                      # a device that exists at start (mdevfs record writes them)
     uuid = "…"                      # lower case
@@ -39,7 +46,7 @@ from typing import Any
 
 from attrs import Factory, evolve, frozen
 
-from .driver import GPU, PARENT, DriverLoadError, kind_of, load_factory, shape_problem
+from .driver import GPU, PARENT, DriverLoadError, build, installed, kind_of, load_factory, shape_problem
 from .errors import UsageError
 from .kernel import NEWEST, Kernel
 from .model import Host
@@ -255,13 +262,27 @@ class Topology:
 
     def populate(self, host: Host, devices: bool = True) -> Host:
         """Register the topology's GPUs, parents and (unless told not to) devices, with fresh
-        drivers, in ``host`` (an empty one: a new host, or one reset)."""
+        drivers, in ``host`` (an empty one: a new host, or one reset). The devices' own IOMMU
+        groups are kept from the functions and VFs made first."""
+        held = [d.iommu_group for d in self.devices if d.iommu_group is not None]
+        with host.groups_held(held):
+            plugged = self._plug(host)
+            for device in plugged:  # VFs are made once the bus is enumerated, as at boot
+                after_boot = getattr(device, "after_boot", None)
+                if after_boot is not None:
+                    after_boot(host)
+        return self.add_devices(host) if devices else host
+
+    def _plug(self, host: Host) -> list[Any]:
+        """Every GPU and parent on the bus, as the kernel finds them at boot; the GPUs'
+        devices (whose ``after_boot`` comes next)."""
         for name in self.machine.pci_drivers:
             entry = host.pci_drivers.get(name)
             if entry is None or not entry.instances:
                 module, vfio = GENERIC_DRIVERS[name]
                 host.register_pci_driver(GenericDriver(name, module, vfio))
         paths: set[str] = set()
+        plugged = []
         for i, gpu in enumerate(self.gpus):  # PCI devices first, as the kernel finds them at boot
             where = f"{self.source}: gpu #{i + 1} (driver {gpu.driver!r})"
             if gpu.address in host.pci:
@@ -272,6 +293,7 @@ class Topology:
             except Exception as exc:
                 raise TopologyError(f"{where}: {type(exc).__name__}: {exc}") from exc
             paths.add(gpu.path)
+            plugged.append(device)
         for i, entry in enumerate(self.parents):
             where = f"{self.source}: parent #{i + 1} (driver {entry.driver!r})"
             driver = self._make(PARENT, entry.driver, where, entry.options)
@@ -291,7 +313,7 @@ class Topology:
                 host.add_parent(name, path, driver)
             except Exception as exc:
                 raise TopologyError(f"{where}: {type(exc).__name__}: {exc}") from exc
-        return self.add_devices(host) if devices else host
+        return plugged
 
     def _make(self, kind: str, spec: str, where: str, *args: Any) -> Any:
         """A fresh driver (``kind`` "parent") or device ("gpu") from the factory ``spec``,
@@ -305,7 +327,7 @@ class Topology:
             raise TopologyError(f"{where}: driver {spec!r} makes {made}, not "
                                 f"{'[[gpu]]' if kind == GPU else '[[parent]]'} entries")
         try:
-            made_obj = factory(*args)
+            made_obj = build(factory, *args)
         except Exception as exc:
             raise TopologyError(f"{where}: the driver refused its options: "
                                 f"{type(exc).__name__}: {exc}") from exc
@@ -336,13 +358,15 @@ class Topology:
 
 
 def _gpus(raw: Any, bad: Any) -> tuple[GpuEntry, ...]:
-    """The ``[[gpu]]`` entries: a driver (default ``nvidia-sriov``), a PCI address, the
-    device's path (default ``devices/pci<domain>:00/<address>``) and its options."""
+    """The ``[[gpu]]`` entries: a driver (an installed factory of gpu devices), a PCI
+    address, the device's path (default ``devices/pci<domain>:00/<address>``) and its
+    options."""
     gpus = []
     for where, entry in _tables(raw, "gpu", _GPU_KEYS, bad):
-        driver, address = entry.get("driver", "nvidia-sriov"), entry.get("address")
+        driver, address = entry.get("driver"), entry.get("address")
         if not isinstance(driver, str) or not driver:
-            raise bad(where, "'driver' must be a non-empty string")
+            made = ", ".join(name for name, _ in installed(GPU)) or "none installed"
+            raise bad(where, f"'driver' must name the driver of the device ({made})")
         if not isinstance(address, str) or not _BDF.fullmatch(address):
             raise bad(where, f"'address' {address!r} must be a PCI address like 0000:41:00.0")
         path = entry.get("path", f"devices/pci{address[:4]}:00/{address}")

@@ -6,6 +6,24 @@ entry-point group (or, for prototyping, by ``module:attr`` or a Python file
 path in the topology). The entry point names a factory called as
 ``factory(options)`` with the parent's ``[parent.options]`` table.
 
+A factory declares (docs/drivers.md has the whole contract):
+
+* ``kind``: ``"parent"`` (the default: an mdev parent's driver, a ``[[parent]]`` entry) or
+  ``"gpu"`` (a PCI device given whole, a ``[[gpu]]`` entry: ``factory(options, base_dir)``
+  makes an object with ``plug(host, address, path)``);
+* ``OPTIONS``: the :class:`Option` s it takes; :func:`build` refuses any other name, or a
+  value of another type, naming the valid ones, before the factory runs (the factory checks
+  ranges and what depends on other options);
+* ``from_recording(found)`` (optional): whether the driver made what ``mdevfs record``
+  found, and with which options: for a parent factory ``found`` is a
+  :class:`mdevfs.record.RecParent`, for a gpu factory a :class:`mdevfs.record.RecFunction`;
+  it returns the options (a gpu factory: the options and lines saying what the replay
+  keeps), or None. ``record`` then checks the driver shows what was recorded;
+* ``discrete_gpu`` (a parent factory): the parent is a discrete GPU, which a fleet's
+  ``gpus = N`` counts;
+* a gpu device's ``after_boot(host)`` (optional) runs once every GPU and parent of the
+  topology is on the bus: where it enables VFs, as a host's boot scripts do.
+
 Errors: a driver refuses an operation by raising ``OSError(errno, ...)``
 (use :func:`mdevfs.errors.fail`); the errno reaches the user's ``write(2)``
 or ``read(2)`` unchanged, as the kernel passes a driver's return through.
@@ -29,6 +47,64 @@ if TYPE_CHECKING:
     from .model import MdevDevice, MdevType
 
 ENTRY_POINT_GROUP = "mdevfs.vendors"
+
+#: the TOML types an option may have, by name
+_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,), "bool": (bool,),
+                                       "table": (dict,), "list": (list,)}
+
+
+@frozen
+class Option:
+    """One option a factory takes: its name, TOML type (``int``, ``str``, ``bool``,
+    ``table``, ``list``, or two of them: ``int|str``), the value it has when not given
+    (None: none, or one the factory works out: ``doc`` says how) and what it does;
+    ``example``, a value ``mdevfs drivers`` shows where the default alone would not make a
+    parent (a required option)."""
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    example: Any = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` cannot be this option's, or None."""
+        types = tuple(t for kind in self.kind.split("|") for t in _KINDS[kind])
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            what = " or ".join(self.kind.split("|"))
+            return f"option {self.name!r} must be {'an' if what[0] == 'i' else 'a'} {what}, " \
+                   f"not {value!r}"
+        return None
+
+
+def options_of(factory: Callable[..., Any]) -> tuple[Option, ...] | None:
+    """The options ``factory`` declares (None: it declares none, as an older plugin)."""
+    declared = getattr(factory, "OPTIONS", None)
+    return tuple(declared) if declared is not None else None
+
+
+def check_options(factory: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Refuse, with a ValueError naming the valid ones, an option ``factory`` does not
+    declare or a value of the wrong type. A factory that declares nothing is not checked."""
+    declared = options_of(factory)
+    if declared is None:
+        return
+    by_name = {o.name: o for o in declared}
+    unknown = sorted(set(options) - set(by_name))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} (known: "
+                         f"{', '.join(by_name) or 'none'})")
+    for name, value in options.items():
+        problem = by_name[name].problem(value)
+        if problem:
+            raise ValueError(problem)
+
+
+def build(factory: Callable[..., Any], options: Mapping[str, Any] | None, *args: Any) -> Any:
+    """``factory(options, *args)``, its options checked first (:func:`check_options`)."""
+    options = dict(options or {})
+    check_options(factory, options)
+    return factory(options, *args)
 
 
 @frozen
@@ -214,6 +290,20 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     import importlib.metadata
 
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def installed(kind: str) -> list[tuple[str, Callable[..., Any]]]:
+    """The installed factories (``mdevfs.vendors`` entry points) that make ``kind``
+    entries, by name; one that cannot be loaded is left out (``mdevfs drivers`` says why)."""
+    found = []
+    for name in sorted(_entry_points()):
+        try:
+            factory = load_factory(name)
+        except DriverLoadError:
+            continue
+        if kind_of(factory) == kind:
+            found.append((name, factory))
+    return found
 
 
 @functools.cache

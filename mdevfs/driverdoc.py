@@ -1,46 +1,31 @@
 """What each installed vendor driver models and which options it takes (``mdevfs drivers``).
 
 Everything comes from the drivers themselves: the entry points of the ``mdevfs.vendors``
-group, the docstrings of each factory and of its module (where the shipped drivers state
-their options, defaults and what they model), and the option names the factory accepts,
-which it says when handed one it does not know (``_options.known``). Nothing is kept in
-a second list that could drift from the code.
+group, each factory's kind and declared options (:class:`mdevfs.driver.Option`: name, type,
+default, what it does), and the docstrings of the factory and its module. The example entry
+a driver's page ends with is built from the same declarations, and mounts as it is.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import inspect
-import re
 import sys
 from typing import Any
 
+import tomli_w
 from attrs import frozen
 
-from .driver import ENTRY_POINT_GROUP
-
-_PROBE = "\x00mdevfs-drivers-probe"  # an option name no driver knows
+from .driver import ENTRY_POINT_GROUP, GPU, Option, kind_of, options_of
 
 
 @frozen
 class DriverDoc:
     name: str
     target: str
+    kind: str
     summary: str
-    options: tuple[str, ...] | None  # None: the factory did not say
+    options: tuple[Option, ...] | None  # None: the factory declares none
     text: str
-
-
-def _options(factory: Any) -> tuple[str, ...] | None:
-    """The option names ``factory`` accepts, from its refusal of an unknown one."""
-    try:
-        factory({_PROBE: 1})
-    except ValueError as exc:
-        found = re.search(r"\(known: ([^)]*)\)", str(exc))
-        if found:
-            return tuple(name.strip() for name in found.group(1).split(",") if name.strip())
-    except Exception:  # a driver that needs something else first: say nothing of it
-        return None
-    return None
 
 
 def _docs(factory: Any, shared: bool) -> list[str]:
@@ -61,13 +46,20 @@ def drivers() -> list[DriverDoc]:
         try:
             factory = ep.load()
         except Exception as exc:  # a broken third-party plugin must not hide the others
-            found.append(DriverDoc(ep.name, ep.value, f"cannot be loaded: {exc!r}", None, ""))
+            found.append(DriverDoc(ep.name, ep.value, "parent", f"cannot be loaded: {exc!r}",
+                                   None, ""))
             continue
         docs = _docs(factory, modules.count(ep.value.partition(":")[0]) > 1)
         summary = docs[0].splitlines()[0] if docs else ""
-        found.append(DriverDoc(ep.name, ep.value, summary, _options(factory),
-                               "\n\n".join(docs)))
+        found.append(DriverDoc(ep.name, ep.value, kind_of(factory), summary,
+                               options_of(factory), "\n\n".join(docs)))
     return found
+
+
+def _names(doc: DriverDoc) -> str:
+    if doc.options is None:
+        return "(not declared)"
+    return ", ".join(o.name for o in doc.options) or "(none)"
 
 
 def render_list(docs: list[DriverDoc]) -> str:
@@ -75,15 +67,39 @@ def render_list(docs: list[DriverDoc]) -> str:
     lines = []
     for d in docs:
         lines.append(f"{d.name:<{width}}  {d.summary}")
-        opts = ", ".join(d.options) if d.options else "(none)" if d.options == () else "?"
-        lines.append(f"{'':<{width}}  options: {opts}")
+        lines.append(f"{'':<{width}}  [[{d.kind}]]; options: {_names(d)}")
     lines.append("")
     lines.append("`mdevfs drivers NAME` shows what a driver models, its options and their defaults.")
     return "\n".join(lines) + "\n"
 
 
+def example(doc: DriverDoc) -> str:
+    """The driver's entry in a topology, with every option that has a plain default set to
+    it: a file that mounts as it is (mdevfs's own test mounts each shipped driver's)."""
+    entry: dict[str, Any] = {"driver": doc.name}
+    if doc.kind == GPU:
+        entry["address"] = "0000:41:00.0"
+    text = f"[[{doc.kind}]]\n" + tomli_w.dumps(entry)
+    options = {o.name: o.example if o.example is not None else o.default
+               for o in doc.options or ()
+               if o.example is not None or o.default not in (None, [], {})}
+    if options:
+        text += f"[{doc.kind}.options]\n" + tomli_w.dumps(options)
+    return text
+
+
 def render_one(doc: DriverDoc) -> str:
-    opts = ", ".join(doc.options) if doc.options else "(none)" if doc.options == () else "?"
-    return (f"{doc.name} ({doc.target})\noptions: {opts}\n\n{doc.text}\n\n"
-            f"In a topology:\n\n    [[parent]]\n    driver = \"{doc.name}\"\n"
-            f"    [parent.options]      # any of: {opts}\n")
+    lines = [f"{doc.name} ({doc.target}): a [[{doc.kind}]] entry", ""]
+    if doc.options is None:
+        lines.append("options: not declared by the driver (it checks them itself)")
+    elif not doc.options:
+        lines.append("options: none")
+    else:
+        lines.append("options:")
+        width = max(len(o.name) for o in doc.options)
+        for o in doc.options:
+            default = "(none)" if o.default is None else repr(o.default)
+            lines.append(f"  {o.name:<{width}}  {o.kind:<5}  default {default}: {o.doc}")
+    lines += ["", doc.text, "", "In a topology (every option at its default):", ""]
+    lines += ["    " + line for line in example(doc).splitlines()]
+    return "\n".join(lines) + "\n"

@@ -9,8 +9,8 @@
     count = 50
     kernel = "5.10"               # optional: the kernel they run (default: the topology's)
     gpus = 4                      # optional: the number of discrete GPUs (see below)
-    [host.options.nvidia]         # optional: merged into the options of every [[parent]]
-    manager = "535.54.03"         # and [[gpu]] of driver "nvidia"
+    [host.options.DRIVER]         # optional: merged into the options of every [[parent]]
+    manager = "535.54.03"         # and [[gpu]] of that driver
 
     [[host]]
     name = "lab"
@@ -18,7 +18,8 @@
     state = "lab.json"            # optional, relative to the fleet file
 
 Relative paths are the fleet file's. A host's discrete GPUs are its topology's ``[[gpu]]``
-entries and ``[[parent]]`` entries of the ``nvidia`` driver, in file order; ``gpus = N``
+entries and ``[[parent]]`` entries of a driver that says it is one (``discrete_gpu``), in
+file order; ``gpus = N``
 keeps the first N, or copies the last one onto the next free PCI buses (``0000:42:00.0``,
 ``0000:43:00.0``, …) until there are N. A host with overrides mounts a topology written
 into its directory, with driver files and catalogs made absolute.
@@ -153,10 +154,10 @@ def rewrite(topology: Path | None, overrides: Mapping[str, Any], where: str) -> 
     options = overrides.get("options", {})
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise UsageError(f"{where}: 'options' must be tables of options per driver "
-                         f"([host.options.nvidia] …)")
+                         f"([host.options.DRIVER] …)")
     for kind in ("parent", "gpu"):
         for entry in doc.get(kind, []):
-            driver = entry.get("driver", "nvidia-sriov" if kind == "gpu" else "")
+            driver = entry.get("driver", "")
             entry["options"] = {**entry.get("options", {}), **options.get(driver, {})}
             _absolute(entry, base)
     if "kernel" in overrides:
@@ -184,13 +185,22 @@ def _absolute(entry: dict[str, Any], base: Path | None) -> None:
 
 
 def _is_gpu(kind: str, entry: Mapping[str, Any]) -> bool:
-    return kind == "gpu" or entry.get("driver") == "nvidia"
+    """A ``[[gpu]]``, or a parent whose driver says it is a discrete GPU."""
+    if kind == "gpu":
+        return True
+    from .driver import DriverLoadError, load_factory
+
+    try:
+        return bool(getattr(load_factory(entry.get("driver", "")), "discrete_gpu", False))
+    except DriverLoadError:
+        return False  # the topology check names it
 
 
 def _set_gpus(doc: dict[str, Any], count: int, where: str) -> None:
     gpus = [(k, e) for k in ("gpu", "parent") for e in doc.get(k, []) if _is_gpu(k, e)]
     if not gpus:
-        raise UsageError(f"{where}: 'gpus' but the topology has no [[gpu]] or nvidia parent")
+        raise UsageError(f"{where}: 'gpus' but the topology has no [[gpu]] or discrete GPU "
+                         f"parent")
     keep = {id(e) for _, e in gpus[:count]}
     for kind in ("gpu", "parent"):
         doc[kind] = [e for e in doc.get(kind, []) if not _is_gpu(kind, e) or id(e) in keep]

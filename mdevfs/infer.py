@@ -8,18 +8,17 @@ is returned; what it does not reproduce (vfio numbers, IOMMU groups) is said in 
 from __future__ import annotations
 
 import datetime
-import importlib
-import re
 from collections.abc import Callable
 from typing import Any
 
 import tomli_w
+from attrs import frozen
 
 from .config import Topology, TopologyError, device_entry
-from .driver import load_factory
+from .driver import GPU, PARENT, installed, load_factory
 from .kernel import Kernel
 from .model import Host
-from .record import RecDevice, RecGpu, Recording, RecParent, comment, device_order, kernel_of
+from .record import RecDevice, RecFunction, Recording, RecParent, comment, device_order, kernel_of
 
 Candidate = tuple[str, dict[str, Any]]
 
@@ -28,21 +27,43 @@ Candidate = tuple[str, dict[str, Any]]
 Block = tuple[list[str], str, dict[str, Any]]
 
 
-def topology_text(rec: Recording, source: str = "") -> str:
+@frozen
+class Replay:
+    """A recording as a topology: its text, and what it kept of what was recorded."""
+
+    text: str
+    parents: tuple[str, ...]
+    devices: int
+    recorded_devices: int
+    gpus: int
+    problems: int
+
+    def summary(self) -> str:
+        left = self.recorded_devices - self.devices
+        return (f"{len(self.parents)} parent(s) ({', '.join(self.parents) or 'none'}), "
+                f"{self.devices} device(s)"
+                + (f" of {self.recorded_devices} ({left} left out, said why in the file)"
+                   if left else "")
+                + f", {self.gpus} [[gpu]] device(s)"
+                + (f"; {self.problems} read problem(s), listed in the file"
+                   if self.problems else ""))
+
+
+def replay(rec: Recording, source: str = "") -> Replay:
     """The topology of ``rec``, with comments; always one that builds (devices that do not fit
     are left out, and said so). Written by a TOML library, every name from the recording in a
     TOML string or escaped in a comment: nothing the recorded tree holds can add a table."""
     notes: list[str] = []
     kernel, why = kernel_of(rec)
     era = Kernel.parse(kernel) if kernel is not None else Kernel()
-    blocks = [b for gpu in rec.gpus if (b := _gpu_block(gpu, notes)) is not None]
+    blocks = [b for fn in rec.functions if (b := _function_block(fn, notes)) is not None]
     parents = sorted(rec.parents, key=lambda p: (p.iommu_group is not None,
                                                   p.iommu_group or 0, p.name))
     vendors: dict[str, dict[str, Any]] = {}  # each device's [[device]] vendor table
     blocks += [_parent_block(p, vendors, era) for p in parents]
     devices = sorted(((p, d) for p in parents for d in p.devices if d.type_id != "?"),
                      key=lambda pd: device_order(pd[1]))
-    groups = [g for g in [x.iommu_group for x in [*rec.gpus, *parents]]
+    groups = [g for g in [x.iommu_group for x in [*rec.functions, *parents]]
               + [d.iommu_group for _, d in devices] if g is not None]
     head: dict[str, Any] = {"iommu_group_base": min(groups, default=0),
                             "pm_advanced_debug": rec.pm_advanced_debug}
@@ -65,7 +86,10 @@ def topology_text(rec: Recording, source: str = "") -> str:
     header += ["", "How each GPU and parent is replayed:"]
     for lines, _, _ in blocks:
         header += [f"  {lines[0]}", *(f"    {line}" for line in lines[1:])]
-    return comment(header) + "\n" + _render(head, blocks, kept)
+    return Replay(comment(header) + "\n" + _render(head, blocks, kept),
+                  tuple(entry["name"] for _, kind, entry in blocks if kind == "parent"),
+                  len(kept), len(entries), sum(kind == "gpu" for _, kind, _ in blocks),
+                  len(rec.problems))
 
 
 def _render(head: dict[str, Any], blocks: list[Block], devices: list[dict[str, Any]]) -> str:
@@ -86,9 +110,9 @@ def _buildable(head: dict[str, Any], blocks: list[Block], devices: list[dict[str
     out, noted), and the host of the whole file, parsed back and built: the file is checked
     as a user's mount will read it, with exactly the drivers chosen here."""
     chosen = {entry["driver"] for _, _, entry in blocks}
-    try:
-        topology = Topology.from_text(_render(head, blocks, []), "<recording>")
-        host = topology.build()
+    try:  # with every device in the file, so that their groups are kept for them
+        topology = Topology.from_text(_render(head, blocks, devices), "<recording>")
+        host = topology.populate(topology.empty_host(), devices=False)
     except TopologyError as exc:
         notes.append(f"the file does not build: {exc}")
         return [], None
@@ -185,57 +209,17 @@ def _device_templates(parent: RecParent) -> dict[str, dict[str, str]]:
 # --- known drivers -----------------------------------------------------------------------
 
 def candidates(parent: RecParent) -> list[Candidate]:
-    """The known drivers that may have made ``parent``, with options from the recording."""
-    avail = {t.type_id: t.available for t in parent.types}
-    bound = _bound_counts(parent)
-    ids = set(avail)
-    if None in avail.values():
+    """The installed drivers that recognise ``parent`` (their ``from_recording``), with the
+    options each inferred; none where a type's available_instances could not be read."""
+    if None in parent.available().values():
         return []
     found: list[Candidate] = []
-    if ids == {"mtty-1", "mtty-2"}:
-        found.append(("mtty", {"ports": avail["mtty-1"] + bound["mtty-1"] + 2 * bound["mtty-2"]}))
-    if ids == {"mdpy-vga", "mdpy-xga", "mdpy-hd"}:
-        found.append(("mdpy", {"count": avail["mdpy-vga"] + len(parent.devices)}))
-    if ids == {"mbochs-small", "mbochs-medium", "mbochs-large"}:
-        used = 4 * bound["mbochs-small"] + 16 * bound["mbochs-medium"] + 64 * bound["mbochs-large"]
-        found.append(("mbochs", {"count": 4 * avail["mbochs-small"] + used}))
-    if ids and all(i.startswith("i915-GVTg_V") for i in ids):
-        found.append(("gvt", _gvt_options(parent)))
-    if ids and all(i.startswith("nvidia-") for i in ids) and parent.subsystem == ("bus", "pci"):
-        found.append(("nvidia", _nvidia_options(parent)))
+    for name, factory in installed(PARENT):
+        recognise = getattr(factory, "from_recording", None)
+        options = recognise(parent) if recognise is not None else None
+        if options is not None:
+            found.append((name, dict(options)))
     return found
-
-
-def _bound_counts(parent: RecParent) -> dict[str, int]:
-    counts = {t.type_id: 0 for t in parent.types}
-    for dev in parent.devices:
-        if dev.mdev_driver is not None and dev.type_id in counts:
-            counts[dev.type_id] += 1
-    return counts
-
-
-def _gvt_options(parent: RecParent) -> dict[str, Any]:
-    options: dict[str, Any] = {"gen": 8 if any("_V4_" in t.type_id for t in parent.types) else 9}
-    if "device" in parent.pci:
-        options["device_id"] = int(parent.pci["device"], 16)
-    versions = [t.migration for t in parent.types if t.migration]
-    if versions and re.fullmatch(r".*-[0-9a-f]{8}", versions[0]):
-        options["software_version"] = int(versions[0].rsplit("-", 1)[1], 16)
-    return options
-
-
-def _nvidia_options(parent: RecParent) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    names = [t.name or "" for t in parent.types]
-    if names and all(n.startswith("NVIDIA ") for n in names):
-        options["prefix"] = "NVIDIA"
-    versions = [t.migration for t in parent.types if t.migration]
-    match = re.fullmatch(r"NVIDIA-vGPU:(\d+\.\d+):.*", versions[0]) if versions else None
-    if match:
-        options["manager"] = match[1]
-    elif not versions:
-        options["migration"] = False
-    return options
 
 
 def mismatch(driver: str, options: dict[str, Any], parent: RecParent,
@@ -385,7 +369,7 @@ def pool(parent: RecParent) -> tuple[int | None, dict[str, int], list[str]]:
     cost c with F // c = its available_instances); else a count per type. Returns the pool
     (None: per type), each type's cost or capacity, and the reasoning as comment lines."""
     avail = {t.type_id: t.available or 0 for t in parent.types}
-    bound = _bound_counts(parent)
+    bound = parent.bound()
     free = max(avail.values(), default=0)
     costs = {}
     for type_id, count in avail.items():
@@ -413,18 +397,15 @@ def pool(parent: RecParent) -> tuple[int | None, dict[str, int], list[str]]:
 
 # --- SR-IOV GPUs ---------------------------------------------------------------------------
 
-def _gpu_block(gpu: RecGpu, notes: list[str]) -> Block | None:
-    catalog = importlib.import_module("mdevfs_vendors.nvidia_sriov").load_catalog()
-    models = [key for key, card in catalog.items() if card.pci_device == gpu.device]
-    if not models:
-        notes.append(f"GPU {gpu.address}: device 10de:{gpu.device:04x} is in no catalog; "
-                     f"left out (give it a catalog and a [[gpu]] entry by hand)")
-        return None
-    lines = [f"GPU {gpu.address}: an NVIDIA {models[0]} (device 10de:{gpu.device:04x}) with "
-             f"{gpu.num_vfs} VFs enabled.",
-             "Not replayed: the vGPU each VF holds (current_vgpu_type), nor VFs opened by VMs."]
-    options: dict[str, Any] = {"model": models[0], "vfs": gpu.num_vfs}
-    if gpu.numa_node != -1:
-        options["numa_node"] = gpu.numa_node
-    return lines, "gpu", {"driver": "nvidia-sriov", "address": gpu.address, "path": gpu.path,
-                          "options": options}
+def _function_block(fn: RecFunction, notes: list[str]) -> Block | None:
+    """The ``[[gpu]]`` entry of the first installed driver that recognises ``fn``."""
+    for name, factory in installed(GPU):
+        recognise = getattr(factory, "from_recording", None)
+        found = recognise(fn) if recognise is not None else None
+        if found is not None:
+            options, lines = found
+            return (lines, "gpu", {"driver": name, "address": fn.address, "path": fn.path,
+                                   "options": dict(options)})
+    notes.append(f"PCI function {fn.address} ({fn.vendor:04x}:{fn.device:04x}, SR-IOV, "
+                 f"{fn.num_vfs} VFs): no installed driver recognises it; left out")
+    return None

@@ -6,11 +6,12 @@ sysfs view of these objects lives in :mod:`mdevfs.sysfs`.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from attrs import Factory, define, evolve, field, frozen
@@ -679,6 +680,18 @@ class Host:
         if parent.driver.available_instances(mdev.mdev_type) is None:
             parent.core_used -= 1
         self._tell("device_removed", mdev)
+
+    @contextlib.contextmanager
+    def groups_held(self, numbers: Sequence[int]) -> Iterator[None]:
+        """Keep IOMMU group ``numbers`` from everything made meanwhile: a topology's devices
+        keep the groups they were recorded with though the VFs and functions made before
+        them (at boot) take the lowest free ones."""
+        held = [n for n in dict.fromkeys(numbers) if self._group_ids.take(n)]
+        try:
+            yield
+        finally:
+            for number in held:
+                self._group_ids.release(number)
 
     def _alloc_group(self, wanted: int | None) -> int:
         """``iommu_group_alloc()``: the lowest free id (an ida), from the host's base."""

@@ -1,16 +1,17 @@
 """``mdevfs record``: a live host's (or any sysfs root's) mdev tree as a topology file.
 
     recording = scan(Path("/sys"))           # what the tree shows; problems noted, never raised
-    text = topology_text(recording)          # the TOML: known drivers where they reproduce it
+    made = infer.replay(recording)           # the TOML: known drivers where they reproduce it
 
-A parent is given to the vendor driver mdevfs knows (mtty, mdpy, mbochs, GVT-g, NVIDIA) when
-that driver, with options inferred from the recording, shows the same types, names,
-descriptions, device APIs, available_instances, vendor attributes and migration versions
-(checked on a scratch host, no mount). Otherwise it is given to the ``recorded`` driver
-(``vendors/recorded.py``), with pool arithmetic inferred from the one snapshot and comments
-saying what was inferred and what a recording cannot show. SR-IOV NVIDIA GPUs become
-``[[gpu]]`` entries; existing devices ``[[device]]`` entries, in IOMMU group order so that
-their vfio numbers come out as recorded. Read errors, missing files and links that leave
+A parent is given to an installed vendor driver that recognises it (its factory's
+``from_recording``) when that driver, with the options it inferred, shows the same types,
+names, descriptions, device APIs, available_instances, vendor attributes and migration
+versions (checked on a scratch host, no mount). Otherwise it is given to the ``recorded``
+driver (``vendors/recorded.py``), with pool arithmetic inferred from the one snapshot and
+comments saying what was inferred and what a recording cannot show. A PCI function with
+SR-IOV that is not an mdev parent (an NVIDIA GPU whose VFs hold vGPUs) becomes a ``[[gpu]]``
+entry of the driver that recognises it; existing devices ``[[device]]`` entries, in IOMMU
+group order so that their vfio numbers come out as recorded. Read errors, missing files and links that leave
 the root are listed in the file's header and in :attr:`Recording.problems`.
 """
 from __future__ import annotations
@@ -45,7 +46,6 @@ _TYPE_CORE = {"available_instances", "create", "description", "device_api", "dev
 #: entries of a device directory the core, vfio and the PM core make
 _DEVICE_CORE = {"driver", "iommu_group", "mdev_type", "power", "remove", "subsystem", "uevent",
                 "vfio-dev", "migration_version"}
-PCI_VENDOR_NVIDIA = 0x10DE
 
 
 @define
@@ -74,6 +74,8 @@ class RecDevice:
 
 @define
 class RecParent:
+    """An mdev parent as recorded: what a driver's ``from_recording`` is asked about."""
+
     name: str
     path: str
     subsystem: tuple[str, str] | None = None
@@ -84,13 +86,30 @@ class RecParent:
     types: list[RecType] = Factory(list)
     devices: list[RecDevice] = Factory(list)
 
+    def type_ids(self) -> set[str]:
+        return {t.type_id for t in self.types}
+
+    def available(self) -> dict[str, int | None]:
+        """Each type's available_instances, as read (None: unreadable)."""
+        return {t.type_id: t.available for t in self.types}
+
+    def bound(self) -> dict[str, int]:
+        """Each type's devices that are bound to a driver (holding its resources)."""
+        counts = {t.type_id: 0 for t in self.types}
+        for dev in self.devices:
+            if dev.mdev_driver is not None and dev.type_id in counts:
+                counts[dev.type_id] += 1
+        return counts
+
 
 @define
-class RecGpu:
-    """An SR-IOV PF of NVIDIA's: what a ``[[gpu]]`` entry needs."""
+class RecFunction:
+    """A PCI function with the SR-IOV capability that is not an mdev parent: what a
+    ``[[gpu]]`` entry of a driver that recognises it needs."""
 
     address: str
     path: str
+    vendor: int
     device: int
     num_vfs: int
     numa_node: int
@@ -101,7 +120,8 @@ class RecGpu:
 class Recording:
     root: Path
     parents: list[RecParent] = Factory(list)
-    gpus: list[RecGpu] = Factory(list)
+    #: the SR-IOV functions that are not mdev parents
+    functions: list[RecFunction] = Factory(list)
     problems: list[str] = Factory(list)
     #: CONFIG_PM_ADVANCED_DEBUG: a parent's power/ has ``async`` (true with no parent)
     pm_advanced_debug: bool = True
@@ -206,9 +226,9 @@ def _scan(rec: Recording) -> None:
     if rec.parents:
         rec.pm_advanced_debug = any(rec.exists(f"{p.path}/power/async") for p in rec.parents)
     for address in rec.listdir("bus/pci/devices"):
-        gpu = _gpu(rec, address)
-        if gpu is not None:
-            rec.gpus.append(gpu)
+        fn = _function(rec, address)
+        if fn is not None:
+            rec.functions.append(fn)
     _era(rec)
 
 
@@ -313,18 +333,17 @@ def _device(rec: Recording, ddir: str) -> RecDevice:
     return dev
 
 
-def _gpu(rec: Recording, address: str) -> RecGpu | None:
+def _function(rec: Recording, address: str) -> RecFunction | None:
     path = rec.link(f"bus/pci/devices/{address}")
     if path is None:
         return None
     if not rec.exists(f"{path}/sriov_totalvfs") or rec.exists(f"{path}/mdev_supported_types"):
         return None
-    if rec.number(f"{path}/vendor", 16) != PCI_VENDOR_NVIDIA:
-        return None
     numa = rec.number(f"{path}/numa_node", missing_ok=True)
-    return RecGpu(address, path, rec.number(f"{path}/device", 16) or 0,
-                  rec.number(f"{path}/sriov_numvfs") or 0, -1 if numa is None else numa,
-                  _group(rec, path))
+    return RecFunction(address, path, rec.number(f"{path}/vendor", 16) or 0,
+                       rec.number(f"{path}/device", 16) or 0,
+                       rec.number(f"{path}/sriov_numvfs") or 0, -1 if numa is None else numa,
+                       _group(rec, path))
 
 
 def _group(rec: Recording, directory: str) -> int | None:

@@ -81,7 +81,7 @@ def test_overrides_merge_driver_options_and_set_the_gpu_count(tmp_path):
      "host #1: 'count' must be a whole number from 1 to 10000"),
     ('[[host]]\nname = "a"\ncount = 2\n', "host #1: name 'a' must hold {n} to give 2 names"),
     ('[[host]]\nname = "a"\n[host.options]\nnvidia = 3\n',
-     "host #1: 'options' must be tables of options per driver ([host.options.nvidia] …)"),
+     "host #1: 'options' must be tables of options per driver ([host.options.DRIVER] …)"),
 ])
 def test_a_bad_fleet_file_is_refused_naming_the_entry(tmp_path, hosts, problem):
     spec = shared(tmp_path, hosts)

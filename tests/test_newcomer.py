@@ -59,15 +59,20 @@ def test_drivers_lists_every_entry_point_with_its_options():
     mtty = lines.index(next(x for x in lines if x.startswith("mtty ")))
     assert lines[mtty].split(None, 1)[1] == ("mtty.c: a virtual serial card with MAX_MTTYS = 24 "
                                              "ports in one pool.")
-    assert lines[mtty + 1].strip() == "options: ports"
+    assert lines[mtty + 1].strip() == "[[parent]]; options: ports"
+    sriov = lines.index(next(x for x in lines if x.startswith("nvidia-sriov ")))
+    assert lines[sriov + 1].strip().startswith("[[gpu]]; options: model, vfs,")
 
 
 def test_drivers_name_shows_the_drivers_own_documentation():
     out = mdevfs("drivers", "mtty")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("mtty (mdevfs_vendors.samples:Mtty)\noptions: ports\n\n")
+    assert out.stdout.startswith(
+        "mtty (mdevfs_vendors.samples:Mtty): a [[parent]] entry\n\noptions:\n"
+        "  ports  int    default 24: the serial ports the types share (MAX_MTTYS)\n\n")
     assert "Option: ``ports`` (default 24) resizes the pool." in out.stdout
-    assert out.stdout.endswith('    driver = "mtty"\n    [parent.options]      # any of: ports\n')
+    assert out.stdout.endswith('    [[parent]]\n    driver = "mtty"\n'
+                               '    [parent.options]\n    ports = 24\n')
 
 
 def test_drivers_unknown_name_is_bad_input():
@@ -283,7 +288,7 @@ def test_wheel_installed_in_a_fresh_venv_mounts_and_runs(wheel, tmp_path):
                           cwd=tmp_path).stdout == f"mdevfs {importlib.metadata.version('mdevfs')}\n"
     drivers = subprocess.run([str(exe), "drivers", "nvidia-sriov"], capture_output=True, text=True,
                              cwd=tmp_path)
-    assert drivers.returncode == 0 and "options: model, vfs, mode, catalog, numa_node" in drivers.stdout
+    assert drivers.returncode == 0 and "a [[gpu]] entry" in drivers.stdout
     root = tmp_path / "sys"
     root.mkdir()
     mounted = subprocess.run([str(exe), "mount", "--log-file", str(tmp_path / "log"), str(root)],

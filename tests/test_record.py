@@ -68,7 +68,8 @@ def test_a_recorded_mount_of_every_default_parent_mounts_identically(tmp_path):
         assert f'driver = "{driver}"\n' in text
     assert 'driver = "recorded"' not in text and "Not reproduced" not in text, text
     assert "[[gpu]]" in text and 'model = "L40S"' in text
-    assert done.stderr.endswith(f"6 device(s), 1 SR-IOV GPU(s); wrote {host}\n")
+    assert done.stderr == ("mdevfs: recorded 5 parent(s) (mbochs, mdpy, mtty, 0000:00:02.0, "
+                           f"0000:41:00.0), 6 device(s), 1 [[gpu]] device(s); wrote {host}\n")
     with mounted(host) as replay:
         after = lines(replay.root)
         assert replay.read(f"bus/mdev/devices/{UA}/vendor/sample_mdev_dev") == f"This is MDEV {UA}\n"
@@ -261,7 +262,7 @@ def test_record_of_a_broken_tree_reports_what_it_could_not_read(tmp_path):
 def test_record_of_a_root_without_mdev_says_so(tmp_path):
     done = mdevfs("record", "--root", str(tmp_path))
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == (f"mdevfs: record: no mdev parent and no NVIDIA SR-IOV GPU under "
+    assert done.stderr == (f"mdevfs: record: no mdev parent and no SR-IOV PCI function under "
                            f"{tmp_path} (class/mdev_bus: missing (no mdev parent, or not a "
                            f"sysfs root))\n")
 
@@ -367,3 +368,24 @@ def test_a_readonly_test_runs_on_an_exported_tree_where_fuse_is_unavailable(pyte
     result.stdout.fnmatch_lines(["*mdevfs: create needs a mount; this test is marked "
                                  "mdevfs_readonly and runs on a static tree here*",
                                  "*SKIPPED*mdevfs: /nonexistent/fuse is missing*"])
+
+
+def test_devices_made_before_vfs_keep_their_groups_in_the_replay(tmp_path):
+    """Devices made, then VFs enabled, then another device: every device comes back with its
+    IOMMU group (the VFs, made after boot, take the lowest groups the devices leave), and the
+    summary counts what the file kept."""
+    host = tmp_path / "host.toml"
+    with mounted() as m:
+        for type_id in ("mtty-1", "mdpy-vga", "mbochs-small"):
+            m.create(type_id)
+        m.write("bus/pci/devices/0000:c1:00.0/sriov_numvfs", "2")
+        m.create("mtty-2")
+        groups = {u: os.readlink(m.root / f"bus/mdev/devices/{u}/iommu_group")
+                  for u in m.devices()}
+        done = mdevfs("record", "--root", str(m.root), "-o", str(host))
+    assert done.returncode == 0 and ", 4 device(s), 1 [[gpu]]" in done.stderr, done.stderr
+    assert "left out" not in host.read_text()
+    with mounted(host) as replay:
+        assert {u: os.readlink(replay.root / f"bus/mdev/devices/{u}/iommu_group")
+                for u in replay.devices()} == groups
+        assert replay.read("bus/pci/devices/0000:c1:00.0/sriov_numvfs") == "2\n"

@@ -274,11 +274,13 @@ def test_an_unbound_device_is_restored_unbound(topology, tmp_path):
 
 GPUS = """
 [[gpu]]
+driver = "nvidia-sriov"
 address = "0000:41:00.0"
 [gpu.options]
 model = "L40S"
 
 [[gpu]]
+driver = "nvidia-sriov"
 address = "0000:81:00.0"
 [gpu.options]
 model = "A100"

@@ -155,9 +155,9 @@ def test_record_is_linear_in_the_devices(tmp_path, monkeypatch):
     original = Host.restore
     monkeypatch.setattr(Host, "restore", lambda self, *a, **k: (calls.append(1),
                                                                original(self, *a, **k))[1])
-    text, rec = capture.record(tmp_path / "sys")
-    assert sum(len(p.devices) for p in rec.parents) == 400
-    assert text.count("[[device]]") == 400
+    made = capture.record(tmp_path / "sys")
+    assert (made.devices, made.recorded_devices) == (400, 400)
+    assert made.text.count("[[device]]") == 400
     assert len(calls) <= 4 * 400
 
 
@@ -346,7 +346,8 @@ def test_the_zygote_dies_with_the_process_that_started_it():
 def test_gpus_whose_vfs_would_share_addresses_are_refused(tmp_path):
     """An L40S's 32 VFs take 0000:c1:00.4 to 0000:c1:04.3; a second GPU at 0000:c1:02.0
     lies among them."""
-    text = ('[[gpu]]\naddress = "0000:c1:00.0"\n[[gpu]]\naddress = "0000:c1:02.0"\n')
+    text = ('[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:c1:00.0"\n'
+            '[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:c1:02.0"\n')
     config = write_topology(tmp_path, text)
     with pytest.raises(TopologyError) as refused:
         Topology.from_toml(config).build()
@@ -355,7 +356,7 @@ def test_gpus_whose_vfs_would_share_addresses_are_refused(tmp_path):
 
 
 def test_a_parent_at_the_address_of_a_vf_is_refused(tmp_path):
-    text = ('[[gpu]]\naddress = "0000:c1:00.0"\n[[parent]]\ndriver = "nvidia"\n'
+    text = ('[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:c1:00.0"\n[[parent]]\ndriver = "nvidia"\n'
             'name = "0000:c1:00.5"\npath = "devices/pci0000:c0/0000:c1:00.5"\n')
     config = write_topology(tmp_path, text)
     with pytest.raises(TopologyError) as refused:
@@ -423,7 +424,7 @@ def test_a_disk_too_full_for_a_snapshot_still_takes_an_append(tmp_path, monkeypa
 
 
 def test_an_ampere_vf_parent_cannot_be_plugged_back_once_its_vf_is_gone(tmp_path):
-    config = write_topology(tmp_path, '[[gpu]]\naddress = "0000:41:00.0"\n'
+    config = write_topology(tmp_path, '[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:41:00.0"\n'
                             '[gpu.options]\nmodel = "A100"\nvfs = 2\n')
     saved = tmp_path / "state.json"
     with mounted(config, state=saved) as m:

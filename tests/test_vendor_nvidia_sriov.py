@@ -18,6 +18,7 @@ pytestmark = needs_fuse
 
 TOPOLOGY = """
 [[gpu]]
+driver = "nvidia-sriov"
 address = "0000:41:00.0"
 path = "devices/pci0000:40/0000:40:01.1/0000:41:00.0"
 [gpu.options]
@@ -25,6 +26,7 @@ model = "L40S"
 numa_node = 0
 
 [[gpu]]
+driver = "nvidia-sriov"
 address = "0000:81:00.0"
 path = "devices/pci0000:80/0000:80:01.0/0000:81:00.0"
 [gpu.options]
@@ -239,7 +241,7 @@ def test_a_topology_brings_its_own_catalog_and_heterogeneous_mode(tmp_path):
     """Types of different sizes share the card's frame buffer (2 × 2048 MiB here); VFs
     enabled at start (vfs = 3) are there at mount and again after a reset."""
     (tmp_path / "toy.toml").write_text(OWN_CATALOG)
-    topology = write_topology(tmp_path, '[[gpu]]\naddress = "0000:41:00.0"\n'
+    topology = write_topology(tmp_path, '[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:41:00.0"\n'
                               '[gpu.options]\nmodel = "TOY"\ncatalog = "toy.toml"\n'
                               'mode = "heterogeneous"\nvfs = 3\n')
     with mounted(topology) as m:
@@ -311,12 +313,15 @@ def test_mig_mode_decides_between_time_sliced_and_mig_backed_types(tmp_path):
     create. A MIG-backed vGPU reads its slot as gpu_instance_id, a time-sliced one -1."""
     topology = write_topology(tmp_path, """
 [[gpu]]
+driver = "nvidia-sriov"
 address = "0000:41:00.0"
 options = { model = "H100", vfs = 2, mig = true }
 [[gpu]]
+driver = "nvidia-sriov"
 address = "0000:81:00.0"
 options = { model = "H100", vfs = 1 }
 [[gpu]]
+driver = "nvidia-sriov"
 address = "0000:a1:00.0"
 options = { model = "A100", vfs = 1 }
 """)
@@ -337,7 +342,7 @@ options = { model = "A100", vfs = 1 }
         assert m.read(f"{types}/nvidia-474/name") == "GRID A100-1-5C\n"
         assert m.read(f"{types}/nvidia-474/available_instances") == "0\n"
         assert errno_of(m.create, "nvidia-474", None, "0000:a1:00.4") == errno.EBUSY
-    bad = write_topology(tmp_path, '[[gpu]]\naddress = "0000:41:00.0"\n'
+    bad = write_topology(tmp_path, '[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:41:00.0"\n'
                          'options = { model = "L40S", mig = true }\n', "bad.toml")
     from mdevfs.config import TopologyError
     with pytest.raises(TopologyError, match="L40S has no MIG-backed type"):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mdevfs_vendors.scheme import Scheme, SchemeDriver
 
 from mdevfs.config import Topology, TopologyError
+from mdevfs.driver import build
 
 HOSTS = """
 [[parent]]
@@ -220,7 +221,7 @@ GOOD = {"format": "v{major}-{type}", "fields": {"major": 1}, "types": [{"name": 
 def test_bad_options_are_refused_by_name(change, named):
     """Topology files: a bad scheme option is a ValueError naming it, so TopologyError."""
     with pytest.raises(ValueError) as info:
-        SchemeDriver({**GOOD, **change})
+        build(SchemeDriver, {**GOOD, **change})
     assert named in str(info.value)
 
 

@@ -38,13 +38,14 @@ import errno
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Migration
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Migration, Option
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
 from mdevfs.pci import MEM64, MEM64_PREFETCH, Bar, Caps
 
-from ._options import known, whole
+from ._options import whole
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,31 @@ class Gvt(BaseDriver):
     pci_caps = Caps(link=None, resets=("flr",))
     pci_bars = (Bar(0xDE000000, 16 << 20, MEM64), None, Bar(0xC0000000, 256 << 20, MEM64_PREFETCH))
 
+    OPTIONS = (Option("gen", "int", 9, "the GPU's generation: 8 (Broadwell) or 9 (Skylake)"),
+               Option("device_id", "int", None, "its PCI device id (0x1616 on gen 8, else 0x1912)"),
+               Option("software_version", "int", 1, "the migration software version "
+                      "(0xffffffff: migration unsupported); also at run time"),
+               Option("aperture_mb", "int", 1024, "the aperture (low graphics memory), MB"),
+               Option("ggtt_mb", "int", 4096, "the whole graphics translation table, MB"),
+               Option("fences", "int", 32, "the fence registers"))
+
+    @staticmethod
+    def from_recording(parent: Any) -> dict[str, Any] | None:
+        """GVT-g types (i915-GVTg_V<gen>_<n>): the generation, the device id and the
+        software version its migration_version strings carry."""
+        ids = parent.type_ids()
+        if not ids or not all(i.startswith("i915-GVTg_V") for i in ids):
+            return None
+        options: dict[str, Any] = {"gen": 8 if any("_V4_" in i for i in ids) else 9}
+        if "device" in parent.pci:
+            options["device_id"] = int(parent.pci["device"], 16)
+        versions = [t.migration for t in parent.types if t.migration]
+        if versions and re.fullmatch(r".*-[0-9a-f]{8}", versions[0]):
+            options["software_version"] = int(versions[0].rsplit("-", 1)[1], 16)
+        return options
+
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        known(self.options, ["gen", "device_id", "software_version", "aperture_mb",
-                             "ggtt_mb", "fences"])
         self.gen = whole(self.options, "gen", 9, minimum=1)
         self.device_id = whole(self.options, "device_id", DEFAULT_DEVICE.get(self.gen, 0x1912),
                                maximum=0xFFFF)

@@ -56,16 +56,16 @@ import errno
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from attrs import frozen
 
-from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Migration
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Migration, Option
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
 from mdevfs.pci import MEM32, MEM64_PREFETCH, Bar, Caps
 
-from ._options import known, text
+from ._options import flag, text
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,37 @@ class NvidiaVgpu(BaseDriver):
     pci_bars = (Bar(0xF8000000, 16 << 20, MEM32), Bar(0x38400000000, 256 << 20, MEM64_PREFETCH),
                 None, Bar(0x38410000000, 32 << 20, MEM64_PREFETCH))
 
+    OPTIONS = (Option("prefix", "str", "GRID", "the type names' prefix: GRID or NVIDIA"),
+               Option("manager", "str", "535.129.03", "the vGPU manager release (its "
+                      "migration_version and module version); also at run time"),
+               Option("migration", "bool", True, "whether the types have migration_version"))
+    discrete_gpu = True
+
+    @staticmethod
+    def from_recording(parent: Any) -> dict[str, Any] | None:
+        """nvidia-<id> types on a PCI function: the prefix of their names and the manager
+        release their migration_version strings carry (none: migration off)."""
+        ids = parent.type_ids()
+        if not ids or not all(i.startswith("nvidia-") for i in ids) or \
+                parent.subsystem != ("bus", "pci"):
+            return None
+        options: dict[str, Any] = {}
+        names = [t.name or "" for t in parent.types]
+        if names and all(n.startswith("NVIDIA ") for n in names):
+            options["prefix"] = "NVIDIA"
+        versions = [t.migration for t in parent.types if t.migration]
+        match = re.fullmatch(r"NVIDIA-vGPU:(\d+\.\d+):.*", versions[0]) if versions else None
+        if match:
+            options["manager"] = match[1]
+        elif not versions:
+            options["migration"] = False
+        return options
+
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
-        known(self.options, ["prefix", "manager", "migration"])
         self.prefix = text(self.options, "prefix", "GRID", allowed=("GRID", "NVIDIA"))
         self.set_manager(text(self.options, "manager", "535.129.03"))
-        self.migratable = self.options.get("migration", True)
-        if not isinstance(self.migratable, bool):
-            raise ValueError(f"option 'migration' must be true or false, not {self.migratable!r}")
+        self.migratable = flag(self.options, "migration", True)
         self.profiles = {str(p.type_id): p for p in TESLA_P4}
 
     def set_manager(self, version: str) -> None:

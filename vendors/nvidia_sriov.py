@@ -57,12 +57,12 @@ from typing import Any
 
 from attrs import frozen
 
-from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Option
 from mdevfs.errors import fail
 from mdevfs.model import Host, MdevDevice, MdevType, kstrtoul
 from mdevfs.pci import MEM32, MEM64_PREFETCH, Bar, Caps, PciFunction, PciIds, Sriov
 
-from ._options import flag, known, text, whole
+from ._options import flag, text, whole
 
 NVIDIA = 0x10DE
 HEADER = "ID    : vGPU Name"
@@ -154,15 +154,41 @@ class NvidiaSriovGpu:
     name = "nvidia"
     module = "nvidia"
     configures_sriov = True
+    OPTIONS = (Option("model", "str", "L40S", "the card: a key of the catalogs (L40S, L4, H100, "
+                      "H200, A100, A100_80GB, A16, A10, …)"),
+               Option("vfs", "int", 0, "the VFs enabled at start"),
+               Option("mode", "str", "homogeneous", "homogeneous (one type per card) or "
+                      "heterogeneous (types share the frame buffer)"),
+               Option("catalog", "str", None, "a TOML file of cards in the shipped format, "
+                      "relative to the topology, replacing or adding to the shipped ones"),
+               Option("numa_node", "int", -1, "the NUMA node of the card"),
+               Option("manager", "str", DEFAULT_MANAGER, "the vGPU manager release (nvidia.ko's "
+                      "version)"),
+               Option("mig", "bool", False, "MIG mode: only MIG-backed types, none else"))
     enables = True
     #: power/runtime_usage of a bound function: the probe's reference kept (mdevfs's choice:
     #: how nvidia.ko leaves runtime PM is not known)
     runtime_usage = 2
 
+    @staticmethod
+    def from_recording(fn: Any) -> tuple[dict[str, Any], list[str]] | None:
+        """An NVIDIA PF whose device id a shipped catalog has: that card, its VFs enabled."""
+        if fn.vendor != NVIDIA:
+            return None
+        models = [key for key, card in load_catalog().items() if card.pci_device == fn.device]
+        if not models:
+            return None
+        options: dict[str, Any] = {"model": models[0], "vfs": fn.num_vfs}
+        if fn.numa_node != -1:
+            options["numa_node"] = fn.numa_node
+        return options, [f"GPU {fn.address}: an NVIDIA {models[0]} (device 10de:{fn.device:04x}) "
+                         f"with {fn.num_vfs} VFs enabled.",
+                         "Not replayed: the vGPU each VF holds (current_vgpu_type), nor VFs "
+                         "opened by VMs."]
+
     def __init__(self, options: Mapping[str, Any] | None = None,
                  base_dir: Path | None = None) -> None:
         options = dict(options or {})
-        known(options, ["model", "vfs", "mode", "catalog", "numa_node", "manager", "mig"])
         catalog = dict(load_catalog())
         if "catalog" in options:
             own = Path(text(options, "catalog", ""))
@@ -207,9 +233,14 @@ class NvidiaSriovGpu:
                         # vfio-pci's probe refuses NVIDIA VFs (kubevirt#17642)
                         vf_vfio_pci_refused=errno.EINVAL))
         host.add_pci(pf)  # probed: this driver's table takes it
-        if self.start_vfs and pf.driver is self:
-            host.set_numvfs(pf, str(self.start_vfs).encode())
         return pf
+
+    def after_boot(self, host: Host) -> None:
+        """The VFs the options ask for, made once every function is on the bus (as
+        sriov-manage does after boot: their IOMMU groups come after the functions')."""
+        assert self.pf is not None
+        if self.start_vfs and self.pf.driver is self:
+            host.set_numvfs(self.pf, str(self.start_vfs).encode())
 
     # --- the PCI driver (mdevfs.pci.PciDriver) ------------------------------------------
 

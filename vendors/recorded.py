@@ -35,7 +35,7 @@ import errno
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Option
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
 
@@ -63,9 +63,17 @@ class StaticVersion:
 class Recorded(BaseDriver):
     """One recorded parent."""
 
+    OPTIONS = (Option("prefix", "str", "recorded", "the type-id prefix (the driver's name)"),
+               Option("mdev_driver", "str", "vfio_mdev", "the mdev driver devices bind to"),
+               Option("subsystem", "str", "class/recorded", "class/<name> or bus/<name>"),
+               Option("uevent", "table", {}, "the parent's uevent properties"),
+               Option("pool", "int", -1, "one pool the types share (-1: a count per type)"),
+               Option("type", "list", [], "the types: tables of id, name, description, "
+                      "device_api, cost or capacity, migration, attributes, "
+                      "device_attributes"))
+
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
-        known(self.options, ["prefix", "mdev_driver", "subsystem", "uevent", "pool", "type"])
         self.name = text(self.options, "prefix", "recorded")
         self.mdev_driver = text(self.options, "mdev_driver", "vfio_mdev")
         kind, _, sub = text(self.options, "subsystem", "class/recorded").partition("/")

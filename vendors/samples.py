@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
+from typing import Any
 
-from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
+from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Option
 from mdevfs.errors import fail
 from mdevfs.kernel import MBOCHS_ENOSPC, MDEV_CORE_COUNTER, MTTY_ENFORCES_PORTS, NO_MTTY_PARENT_GROUP
 from mdevfs.model import MdevDevice, MdevType
 
-from ._options import known, whole
+from ._options import whole
 
 
 class Mtty(BaseDriver):
@@ -31,10 +32,18 @@ class Mtty(BaseDriver):
 
     _TYPES = (MdevTypeSpec("1", pretty_name="Single port serial"),
               MdevTypeSpec("2", pretty_name="Dual port serial"))
+    OPTIONS = (Option("ports", "int", 24, "the serial ports the types share (MAX_MTTYS)"),)
+
+    @staticmethod
+    def from_recording(parent: Any) -> dict[str, Any] | None:
+        """The pool: what is left and what the bound devices hold."""
+        if parent.type_ids() != {"mtty-1", "mtty-2"}:
+            return None
+        avail, bound = parent.available(), parent.bound()
+        return {"ports": avail["mtty-1"] + bound["mtty-1"] + 2 * bound["mtty-2"]}
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        known(self.options, ["ports"])
         self.avail_ports = whole(self.options, "ports", 24)
 
     def types(self) -> Sequence[MdevTypeSpec]:
@@ -84,10 +93,16 @@ class Mdpy(BaseDriver):
     default_path = "devices/virtual/mdpy/mdpy"
 
     _SIZES = {"vga": (640, 480), "xga": (1024, 768), "hd": (1920, 1080)}
+    OPTIONS = (Option("count", "int", 4, "the devices the parent holds (mdpy's max_devices)"),)
+
+    @staticmethod
+    def from_recording(parent: Any) -> dict[str, Any] | None:
+        if parent.type_ids() != {"mdpy-vga", "mdpy-xga", "mdpy-hd"}:
+            return None
+        return {"count": parent.available()["mdpy-vga"] + len(parent.devices)}
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        known(self.options, ["count"])
         self.count = whole(self.options, "count", 4)
         self.used = 0  # before 6.1: the devices mdpy counts itself
 
@@ -139,10 +154,21 @@ class Mbochs(BaseDriver):
     default_path = "devices/virtual/mbochs/mbochs"
 
     _MBYTES = {"small": 4, "medium": 16, "large": 64}
+    OPTIONS = (Option("count", "int", 256, "the memory pool in MB (the module parameter's "
+                      "registered name)"),
+               Option("mem", "int", None, "the same, by the name its description gives; "
+                      "not with count"))
+
+    @classmethod
+    def from_recording(cls, parent: Any) -> dict[str, Any] | None:
+        if parent.type_ids() != {f"mbochs-{t}" for t in cls._MBYTES}:
+            return None
+        bound = parent.bound()
+        used = sum(mb * bound[f"mbochs-{t}"] for t, mb in cls._MBYTES.items())
+        return {"count": 4 * parent.available()["mbochs-small"] + used}
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        known(self.options, ["count", "mem"])
         if "count" in self.options and "mem" in self.options:
             raise ValueError("give the pool size as 'count' or 'mem', not both")
         key = "mem" if "mem" in self.options else "count"

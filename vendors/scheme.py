@@ -54,7 +54,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from mdevfs.driver import BaseDriver, MdevTypeSpec, Migration
+from mdevfs.driver import BaseDriver, MdevTypeSpec, Migration, Option
 from mdevfs.errors import fail
 from mdevfs.model import MdevDevice, MdevType
 
@@ -80,9 +80,25 @@ _ORDERED = ("target>=source", "target<=source")
 _DOTTED = re.compile(r"\d+(?:\.\d+)+")
 _INT_SPEC = re.compile(r"(0?\d+)?([dxX]?)")
 MODES = ("supported", "unsupported", "absent")
-_OPTIONS = ("name", "max_instances", "format", "fields", "rules", "unsupported_errno",
-            "incompatible_errno", "migration", "types", "ranges", "cold_rules", "limits",
-            "exclude")
+OPTIONS = (
+    Option("name", "str", "scheme", "the type-id prefix, class and parent name"),
+    Option("max_instances", "int", 16, "the core's counter the types share (EUSERS past it)"),
+    Option("format", "str", "{type}", "the migration_version string: str.format over the "
+           "fields and {type}"),
+    Option("fields", "table", {}, "the format's fields: whole numbers ≥ 0 or strings"),
+    Option("rules", "table", {}, "per field, how a target compares to a source: equal (the "
+           "default), any, target>=source, target<=source, same-major-minor>="),
+    Option("unsupported_errno", "int|str", "ENODEV", "a read where migration is unsupported: "
+           "an errno, by name or number"),
+    Option("incompatible_errno", "int|str", "EINVAL", "a write of an incompatible string"),
+    Option("migration", "str", "supported", "the types' default: supported, unsupported, "
+           "absent"),
+    Option("types", "list", None, "the types (at least one): tables of name, pretty_name, "
+           "description, device_api, migration", example=[{"name": "small"}]),
+    Option("ranges", "table", {}, "graded answers: the range a source's field may lie in"),
+    Option("cold_rules", "table", {}, "graded answers: what a restart allows (default: rules)"),
+    Option("limits", "table", {}, "graded answers: the component each field stands for"),
+    Option("exclude", "list", [], "graded answers: pairs of field values never compatible"))
 _TYPE_KEYS = ("name", "pretty_name", "description", "device_api", "migration")
 
 
@@ -295,9 +311,10 @@ class Grading:
 class SchemeDriver(BaseDriver):
     """A parent whose types and migration_version scheme come from its options."""
 
+    OPTIONS = OPTIONS
+
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
-        known(self.options, _OPTIONS)
         self.name = text(self.options, "name", "scheme")
         if not re.fullmatch(r"[\w.:-]+", self.name):
             raise ValueError(f"option 'name' {self.name!r} must be a plain word")

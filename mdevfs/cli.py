@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import cli_capture, cli_fleet, control, daemon, mounts, namespace, process, runtime
+from .driver import service_environment
 from .errors import ControlRefused, MdevfsError, MountError, NamespaceError, UsageError
 
 log = logging.getLogger("mdevfs")
@@ -225,8 +226,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         with process.temporary_mount(args.config, args=extra, state=args.state, record=True,
                                      timeout=args.ready_timeout,
                                      verbose=args.verbose, entry=daemon_entry()) as daemon:
+            env = dict(os.environ, **service_environment(os.fspath(daemon.control)))
             proc = process.Forked(namespace.spawn(daemon.root, command, args.mdevctl_dir,
-                                                  daemon.root.parent / "uevents.sock"))
+                                                  daemon.root.parent / "uevents.sock", env))
             status = namespace.wait(proc)
             if status != 0:
                 _explain_failure(daemon, status)

@@ -17,7 +17,9 @@ PCI function's VFIO device held open, as by a VM); ``clear`` (path,
 optional: without it every fault goes); ``set-option`` (parent, key, value);
 ``reset``; ``reasons`` (since, path: both optional): the refusal reasons the
 drivers logged during recent shows and stores (:class:`mdevfs.daemon.Refusals`);
-``grade`` (path of a migration_version, source): none, cold or live, and the limit.
+``grade`` (path of a migration_version, source): none, cold or live, and the limit;
+``service`` (name, call, args): a call of an installed service (``nvml``), answered from
+the host; ``service-files``: the /proc files the services show.
 Each command runs whole between two FUSE requests, as they do.
 :class:`Client` speaks it from Python; ``mdevfs ctl DIR COMMAND`` from a shell.
 """
@@ -39,7 +41,7 @@ from typing import Any
 from attrs import Factory, define
 
 from .config import Topology
-from .driver import VendorDriver
+from .driver import VendorDriver, load_service, service_names
 from .errors import fail
 from .faults import READ, WRITE, Faults
 from .model import Host
@@ -74,6 +76,10 @@ class Control:
     #: awaited after each command: the FUSE adapter drops the kernel's cached entries of
     #: the names a command removed (:meth:`mdevfs.fuse.SysfsOperations.invalidate_dropped`)
     settle: Callable[[], Awaitable[None]] | None = None
+    #: the control socket's path: what tells this host from another (a service's UUIDs)
+    identity: str = ""
+    #: the installed services (``mdevfs.services``), each made when first asked
+    services: dict[str, Any] = Factory(dict)
 
     def execute(self, request: Any) -> Any:
         """Run one request; raises OSError (or ValueError for bad arguments)."""
@@ -196,6 +202,29 @@ class Control:
             return {"result": "none", "limit": "other",
                     "reason": exc.strerror or os.strerror(exc.errno or errno.EIO)}
         return {"result": "live", "limit": "none", "reason": "the seed's check accepts it"}
+
+    def cmd_service(self, name: str, call: str, args: list[Any] | None = None) -> Any:
+        """One call of a service (``nvml``: NVIDIA's management library), answered from
+        the host as it is now."""
+        if not isinstance(call, str) or not isinstance(args or [], list):
+            fail(errno.EINVAL, "call must be a string and args a list")
+        return self._service(name).answer(call, [str(a) for a in args or []])
+
+    def cmd_service_files(self) -> dict[str, str]:
+        """The files every service shows under /proc (``mdevfs run`` puts them there)."""
+        files: dict[str, str] = {}
+        for name in service_names():
+            files.update(self._service(name).files())
+        return files
+
+    def _service(self, name: str) -> Any:
+        if name not in self.services:
+            factory = load_service(name)
+            if factory is None:
+                fail(errno.ENOENT, f"no service {name!r} (installed: "
+                                   f"{', '.join(service_names()) or 'none'})")
+            self.services[name] = factory(self.host, self.identity)
+        return self.services[name]
 
     def cmd_reset(self) -> None:
         """The topology's initial state: no devices, no faults, fresh drivers, every GPU

@@ -249,7 +249,8 @@ class Daemon:
                                                         "; give another with --control PATH"))
                 ctl = control.Control(self.host, self.tree, self.topology, self.faults,
                                       after=self.save if self.state is not None else None,
-                                      refusals=self.refusals, settle=ops.invalidate_dropped)
+                                      refusals=self.refusals, settle=ops.invalidate_dropped,
+                                      identity=os.path.abspath(control_path))
                 tasks.append(functools.partial(ctl.serve, sock))
             if uevents_path is not None:
                 sock = sockets.enter_context(_listening(uevents_path, "uevent socket"))

@@ -47,6 +47,11 @@ if TYPE_CHECKING:
     from .model import MdevDevice, MdevType
 
 ENTRY_POINT_GROUP = "mdevfs.vendors"
+#: interfaces beside sysfs that a vendor's software speaks (NVIDIA's NVML): ``factory(host,
+#: identity)`` makes an object with ``answer(call, args) -> list`` and ``files() -> dict``
+#: (what it shows under /proc); its module's ``environment(control)`` is what a process
+#: needs to use it (``mdevfs run`` sets it)
+SERVICE_GROUP = "mdevfs.services"
 
 #: the TOML types an option may have, by name
 _KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,), "bool": (bool,),
@@ -290,6 +295,43 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     import importlib.metadata
 
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+@functools.cache
+def _service_points() -> dict[str, Any]:
+    import importlib.metadata
+
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=SERVICE_GROUP)}
+
+
+def service_names() -> list[str]:
+    return sorted(_service_points())
+
+
+def load_service(name: str) -> Callable[..., Any] | None:
+    """The factory of installed service ``name``, None if there is none (or it is broken)."""
+    point = _service_points().get(name)
+    try:
+        return point.load() if point is not None else None
+    except Exception:  # a broken third-party plugin: as if not installed
+        return None
+
+
+def service_environment(control: str) -> dict[str, str]:
+    """What a process needs to use every installed service through the daemon whose control
+    socket is ``control`` (a service that cannot be set up here is left out)."""
+    env: dict[str, str] = {}
+    for name in service_names():
+        factory = load_service(name)
+        module = importlib.import_module(factory.__module__) if factory is not None else None
+        setup = getattr(module, "environment", None)
+        if setup is None:
+            continue
+        try:
+            env.update(setup(control))
+        except OSError:
+            continue  # e.g. no C compiler for NVML's library: the rest still works
+    return env
 
 
 def installed(kind: str) -> list[tuple[str, Callable[..., Any]]]:

@@ -713,7 +713,10 @@ class ParentDriver(BasePciDriver):
         self.host, self.parent, self.path, self.vendor = host, parent, path, vendor
         self.name = name
         self.module = getattr(vendor, "module", None) or name
-        self.module_version = getattr(vendor, "module_version", None)
+
+    @property
+    def module_version(self) -> str | None:  # type: ignore[override]
+        return getattr(self.vendor, "module_version", None)
 
     def matches(self, fn: PciFunction) -> bool:
         return fn.bdf == self.parent

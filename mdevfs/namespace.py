@@ -35,6 +35,7 @@ import argparse
 import ctypes
 import fcntl
 import functools
+import json
 import os
 import posixpath
 import shutil
@@ -45,7 +46,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
@@ -55,6 +56,8 @@ if __package__:  # imported as mdevfs.namespace; run as a script, only the stdli
 SYS = Path("/sys")
 MDEVCTL_DIR = Path("/etc/mdevctl.d")
 VFIO_DIR = Path("/dev/vfio")
+#: where the services' /proc files go (NVIDIA's /proc/driver/nvidia)
+PROC_DRIVER = Path("/proc/driver")
 SRIOV_MANAGE = Path("/usr/lib/nvidia/sriov-manage")
 #: NVIDIA's sriov-manage, as far as management software uses it: -e enables every VF a GPU
 #: offers, -d disables them, on one PF or ALL; it writes the same files the real one does
@@ -324,12 +327,46 @@ class Grafter:
             SRIOV_MANAGE.touch()
         _mount(script, SRIOV_MANAGE, flags=_MS_BIND)
 
+    def proc_files(self, files: dict[str, str]) -> None:
+        """The files the daemon's services show under /proc (NVIDIA's driver/nvidia/…), on a
+        tmpfs over /proc/driver; where /proc/driver cannot be covered, none."""
+        if not files or not PROC_DRIVER.is_dir():
+            return
+        try:
+            _mount("tmpfs", PROC_DRIVER, "tmpfs", 0, "mode=0555")
+        except OSError:
+            return  # e.g. a user namespace may not cover procfs: the rest still works
+        for rel, text in sorted(files.items()):
+            parts = Path(rel).parts
+            if len(parts) < 2 or parts[0] != "driver" or ".." in parts:
+                continue
+            target = PROC_DRIVER.joinpath(*parts[1:])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            target.chmod(0o444)
+
     def private_vfio(self) -> None:
         """An empty tmpfs over the host's /dev/vfio, if it has one. /dev itself stays the
         host's devtmpfs: libudev (systemd >= 248) disables its udev monitors unless /dev
         is a devtmpfs or /run/udev/control exists."""
         if VFIO_DIR.is_dir():
             _mount("tmpfs", VFIO_DIR, "tmpfs", 0, "mode=0755")
+
+
+def _service_files(control: str) -> dict[str, str]:
+    """The daemon's ``service-files`` (its control socket's protocol, spoken here with the
+    standard library alone); none when it cannot say."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(5)
+            conn.connect(control)
+            conn.sendall(b'{"command": "service-files"}\n')
+            reply = json.loads(conn.makefile("rb").readline())
+    except (OSError, ValueError):
+        return {}
+    files = reply.get("result") if isinstance(reply, dict) and reply.get("ok") else None
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(files, dict) else {}
 
 
 def _loopback_up() -> None:
@@ -388,9 +425,12 @@ def _fail(message: str) -> NoReturn:
 
 
 def enter(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None,
-          uevents: str | None = None, parent: int | None = None) -> NoReturn:
+          uevents: str | None = None, parent: int | None = None,
+          env: Mapping[str, str] | None = None) -> NoReturn:
     """In a fresh mount namespace only: graft the mount at ``root`` onto /sys, hand the
-    daemon at ``uevents`` a uevent socket, and exec ``command``."""
+    daemon at ``uevents`` a uevent socket, and exec ``command`` with ``env`` (the services'
+    variables: with ``MDEVFS_CONTROL``, the daemon's /proc files are shown too)."""
+    env = dict(os.environ if env is None else env)
     if not _fresh_namespace():  # never graft onto the caller's own /sys
         _fail("the namespace helper works only in a new mount namespace; use mdevfs run")
     try:
@@ -400,6 +440,8 @@ def enter(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None,
         grafter.mdevctl_dir(mdevctl_dir)
         grafter.sriov_manage()
         grafter.private_vfio()
+        if env.get("MDEVFS_CONTROL"):
+            grafter.proc_files(_service_files(env["MDEVFS_CONTROL"]))
         _loopback_up()
     except OSError as exc:
         _fail(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
@@ -407,7 +449,7 @@ def enter(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None,
         hand_over(uevents)  # without it the command still runs, without events
     if parent is not None:
         _die_with(parent)
-    env = dict(os.environ, SYSTEMD_DEVICE_VERIFY_SYSFS="0", MDEVFS_ROOT=str(root))
+    env.update(SYSTEMD_DEVICE_VERIFY_SYSFS="0", MDEVFS_ROOT=str(root))
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; COMMAND must not
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -422,7 +464,7 @@ _MS_PRIVATE = 1 << 18
 
 
 def spawn(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None,
-          uevents: Path | None = None) -> int:
+          uevents: Path | None = None, env: Mapping[str, str] | None = None) -> int:
     """What :func:`command_line` under unshare(1) does, forked from this process instead
     of a new Python: ``mdevfs run``, which has imported this module, starts COMMAND in a
     tenth of the time. The child makes its namespaces as ``unshare --mount --net
@@ -439,7 +481,7 @@ def spawn(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None,
     try:
         _unshare_here()
         enter(root, command, mdevctl_dir, None if uevents is None else os.fspath(uevents),
-              parent)
+              parent, env)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else SETUP_FAILED
     except BaseException as exc:

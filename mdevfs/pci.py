@@ -231,9 +231,18 @@ class DriverEntry:
 
     name: str
     module: str
-    module_version: str | None
+    #: the module's version as it was when the driver registered (None: no version file)
+    registered_version: str | None
     instances: list[PciDriver] = Factory(list)
     dynamic_ids: list[DynamicId] = Factory(list)
+
+    @property
+    def module_version(self) -> str | None:
+        """module/<name>/version: the first instance's, as it is now (a vGPU manager
+        upgraded at run time), while one is registered."""
+        if self.instances:
+            return self.instances[0].module_version
+        return self.registered_version
 
 
 @define(eq=False)

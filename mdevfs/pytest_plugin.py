@@ -25,7 +25,10 @@ test that asks for ``mdevfs`` once per kernel (ids ``[kernel-5.10]`` …), each 
 mount of that kernel; ``mdevfs_kernel`` is the one a test runs on (None: the topology's own).
 
 Each yields a :class:`mdevfs.testing.Mount`: ``root``, ``read``, ``write``,
-``create``, ``remove``, ``devices``, ``reset`` and ``run``. A test skips, with
+``create``, ``remove``, ``devices``, ``reset``, ``run`` and ``environment()``: the variables
+a process needs to use the mount's services (NVIDIA's NVML through mdevfs's
+``libnvidia-ml.so.1``); ``run`` sets them, so ``mdevfs.run(["nvidia-smi-like-tool"])`` sees
+the mount's GPUs through NVML as through sysfs. A test skips, with
 the reason, where FUSE cannot be mounted; ``run()`` skips where no private mount
 namespace can be made. Every mount is unmounted in teardown, also after a failure.
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import namespace, process
 from .control import Client
+from .driver import service_environment
 
 #: the device a FUSE mount needs (a module constant so that a test can pretend it is missing)
 FUSE_DEVICE = "/dev/fuse"
@@ -103,7 +104,16 @@ class Mount:
         kwargs.setdefault("text", True)
         kwargs.setdefault("mdevctl_dir", self.mdevctl_dir)
         kwargs.setdefault("uevents", self.uevents)
+        if self.control is not None and "env" not in kwargs:
+            kwargs["env"] = {**os.environ, **self.environment()}
         return namespace.run(self.root, command, **kwargs)
+
+    def environment(self) -> dict[str, str]:
+        """What a process needs to use the services of this mount (NVIDIA's NVML: the
+        library's directory in LD_LIBRARY_PATH, the control socket in MDEVFS_CONTROL);
+        :meth:`run` sets it."""
+        assert self.control is not None, "mounted() gives every mount a control socket"
+        return service_environment(os.fspath(self.control.path))
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")

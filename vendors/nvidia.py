@@ -232,27 +232,42 @@ class NvidiaMigration:
     def grade(self, source: str) -> dict[str, str]:
         """``{"result": none|cold|live, "limit": none|host_driver|guest_driver|gpu,
         "reason"}``: how ``source`` may come here, by the rules in the module's docstring."""
-        match = _VERSION.fullmatch(source)
-        if match is None:
-            return _grade("none", "other", "not an NVIDIA vGPU migration version")
-        branch, minor, profile = int(match[1]), int(match[2]), match[3]
-        here = f"{self.gpu.branch}.{self.gpu.minor}"
-        if profile != self.profile:
-            return _grade("none", "gpu", f"vGPU type {profile} is not {self.profile}")
-        if branch == self.gpu.branch and minor <= self.gpu.minor:
-            return _grade("live", "none", f"release {branch}.{minor} may go live to {here}")
-        if branch == self.gpu.branch:
-            return _grade("cold", "host_driver", f"source release {branch}.{minor} is newer "
-                          f"than this {here}: live is refused, a restart here is not")
-        if branch < self.gpu.branch:
-            return _grade("cold", "host_driver", f"branch R{branch} is older than this "
-                          f"manager's R{self.gpu.branch}: no live migration across branches")
-        return _grade("none", "guest_driver", f"the guest's branch R{branch} is newer than this "
-                      f"manager's R{self.gpu.branch}")
+        return grade(source, self.gpu.branch, self.gpu.minor, self.profile)
 
     def _refuse(self, code: int, reason: str, source: str) -> NoReturn:
         log.error("vGPU migration from %r refused: %s", source, reason)
         fail(code)
+
+
+def version_string(manager: str, profile: str) -> str:
+    """The migration_version of a vGPU of ``profile`` under vGPU manager ``manager``."""
+    match = _MANAGER.fullmatch(manager)
+    if match is None:
+        raise ValueError(f"manager {manager!r} is not a release such as 535.129.03")
+    return f"NVIDIA-vGPU:{match[1]}.{match[2]}:{profile}"
+
+
+def grade(source: str, branch: int, minor: int, profile: str) -> dict[str, str]:
+    """The graded answer of the module's docstring: how a vGPU whose migration_version is
+    ``source`` may come to a GPU of manager ``branch``.``minor`` that offers ``profile``
+    (every NVIDIA driver of mdevfs's, and NVML's compatibility, answer by it)."""
+    match = _VERSION.fullmatch(source)
+    if match is None:
+        return _grade("none", "other", "not an NVIDIA vGPU migration version")
+    src_branch, src_minor, src_profile = int(match[1]), int(match[2]), match[3]
+    here = f"{branch}.{minor}"
+    if src_profile != profile:
+        return _grade("none", "gpu", f"vGPU type {src_profile} is not {profile}")
+    if src_branch == branch and src_minor <= minor:
+        return _grade("live", "none", f"release {src_branch}.{src_minor} may go live to {here}")
+    if src_branch == branch:
+        return _grade("cold", "host_driver", f"source release {src_branch}.{src_minor} is newer "
+                      f"than this {here}: live is refused, a restart here is not")
+    if src_branch < branch:
+        return _grade("cold", "host_driver", f"branch R{src_branch} is older than this "
+                      f"manager's R{branch}: no live migration across branches")
+    return _grade("none", "guest_driver", f"the guest's branch R{src_branch} is newer than this "
+                  f"manager's R{branch}")
 
 
 def _grade(result: str, limit: str, reason: str) -> dict[str, str]:

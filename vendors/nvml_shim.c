@@ -179,6 +179,15 @@ static nvmlReturn_t ask(struct reply *r, const char *call, int argc, const char 
 	return ask_at(NULL, r, call, argc, argv);
 }
 
+/* a call whose one argument is a number: a device index, a type, an instance */
+static nvmlReturn_t ask_number(struct reply *r, const char *call, unsigned long long n)
+{
+	char arg[24];
+	snprintf(arg, sizeof arg, "%llu", n);
+	const char *argv[] = { arg };
+	return ask(r, call, 1, argv);
+}
+
 static unsigned long long num(const struct reply *r, int i)
 {
 	return i <= r->n ? strtoull(r->f[i], NULL, 10) : 0;
@@ -392,10 +401,7 @@ static nvmlReturn_t device_facts(nvmlDevice_t device, struct reply *r)
 	int index = index_of(device);
 	if (index < 0)
 		return INVALID_ARGUMENT;
-	char arg[16];
-	snprintf(arg, sizeof arg, "%d", index);
-	const char *argv[] = { arg };
-	return ask(r, "device", 1, argv);
+	return ask_number(r, "device", (unsigned long long)index);
 }
 
 NVML_API nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length)
@@ -566,11 +572,8 @@ static nvmlReturn_t device_list(const char *call, nvmlDevice_t device, unsigned 
 	int index = index_of(device);
 	if (index < 0 || !count)
 		return INVALID_ARGUMENT;
-	char arg[16];
-	snprintf(arg, sizeof arg, "%d", index);
-	const char *argv[] = { arg };
 	struct reply r;
-	nvmlReturn_t code = ask(&r, call, 1, argv);
+	nvmlReturn_t code = ask_number(&r, call, (unsigned long long)index);
 	if (code)
 		return code;
 	unsigned int need = (unsigned int)r.n;
@@ -611,10 +614,7 @@ static nvmlReturn_t type_facts(unsigned int type, struct reply *r)
 	NEED_INIT;
 	if (!type)
 		return INVALID_ARGUMENT;
-	char arg[16];
-	snprintf(arg, sizeof arg, "%u", type);
-	const char *argv[] = { arg };
-	return ask(r, "type", 1, argv);
+	return ask_number(r, "type", (unsigned long long)type);
 }
 
 static nvmlReturn_t type_text(unsigned int type, int field, char *out, unsigned int *size)
@@ -750,10 +750,7 @@ static nvmlReturn_t instance_facts(unsigned int instance, struct reply *r)
 	NEED_INIT;
 	if (!instance)
 		return INVALID_ARGUMENT;
-	char arg[16];
-	snprintf(arg, sizeof arg, "%u", instance);
-	const char *argv[] = { arg };
-	return ask(r, "instance", 1, argv);
+	return ask_number(r, "instance", (unsigned long long)instance);
 }
 
 NVML_API nvmlReturn_t nvmlVgpuInstanceGetUUID(unsigned int instance, char *uuid, unsigned int size)
@@ -856,11 +853,8 @@ NVML_API nvmlReturn_t nvmlVgpuInstanceGetMetadata(unsigned int instance, struct 
 	NEED_INIT;
 	if (!instance || !size)
 		return INVALID_ARGUMENT;
-	char arg[16];
-	snprintf(arg, sizeof arg, "%u", instance);
-	const char *argv[] = { arg };
 	struct reply r;
-	nvmlReturn_t code = ask(&r, "instance_metadata", 1, argv);
+	nvmlReturn_t code = ask_number(&r, "instance_metadata", (unsigned long long)instance);
 	if (code)
 		return code;
 	size_t opaque = strlen(text(&r, 3));
@@ -884,11 +878,8 @@ NVML_API nvmlReturn_t nvmlDeviceGetVgpuMetadata(nvmlDevice_t device, struct pgpu
 	int index = index_of(device);
 	if (index < 0 || !size)
 		return INVALID_ARGUMENT;
-	char arg[16];
-	snprintf(arg, sizeof arg, "%d", index);
-	const char *argv[] = { arg };
 	struct reply r;
-	nvmlReturn_t code = ask(&r, "pgpu_metadata", 1, argv);
+	nvmlReturn_t code = ask_number(&r, "pgpu_metadata", (unsigned long long)index);
 	if (code)
 		return code;
 	size_t opaque = strlen(text(&r, 5));

@@ -284,3 +284,42 @@ def _describe(obj: Any) -> str:
     if isinstance(obj, MdevType):
         return f"type {obj.type_id} of {obj.parent.name}"
     return repr(obj)
+
+
+# --- buses, modules, vfio groups ----------------------------------------------------------
+
+def _set_autoprobe(what: str) -> Op:
+    """A bus's ``drivers_autoprobe``: '0' as the first character turns it off, anything else
+    on (bus.c drivers_autoprobe_store)."""
+    def store(host: Any, buf: bytes) -> int:
+        setattr(host, what, buf[:1] != b"0")
+        return len(buf)
+
+    return Op(show=lambda host: text(int(getattr(host, what))), store=store)
+
+
+MDEV_AUTOPROBE = _set_autoprobe("mdev_autoprobe")
+PCI_AUTOPROBE = _set_autoprobe("pci_autoprobe")
+
+
+def _alignment_store(state: list[str], buf: bytes) -> int:
+    state[0] = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
+    return len(buf)
+
+
+#: pci.c resource_alignment: the pci=resource_alignment= parameter, empty unless given
+RESOURCE_ALIGNMENT = Op(show=lambda s: text(s[0]) if s[0] else b"", store=_alignment_store)
+MODULE_FILES = {
+    "coresize": Op(show=lambda e: b"65536\n"),
+    "initsize": Op(show=lambda e: b"0\n"),
+    "initstate": Op(show=lambda e: b"live\n"),
+    "refcnt": Op(show=lambda e: b"0\n"),
+    "taint": Op(show=lambda e: b"OE\n" if e.module_version else b"\n"),
+    "uevent": BUS_UEVENT,
+}
+MODULE_VERSION = Op(show=lambda e: text(e.module_version))
+
+#: the major of vfio's group character devices (/dev/vfio/<N>): alloc_chrdev_region gives
+#: whatever is free when vfio loads (244 to 248 on the Debian VMs of tests/conformance);
+#: mdevfs's choice is 6.1's
+VFIO_GROUP_MAJOR = 246

@@ -15,7 +15,8 @@ from attrs import Factory, define
 
 from .attributes import DEVICE_REMOVE
 from .errors import fail
-from .model import MdevDevice, kstrtoul
+from .kparse import kstrtoul
+from .model import MdevDevice
 from .nodes import File
 
 READ, WRITE = "read", "write"

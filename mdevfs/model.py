@@ -9,83 +9,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import heapq
-import re
-import string
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from attrs import Factory, define, evolve, field, frozen
+from attrs import Factory, define, field, frozen
 
 from .driver import MdevTypeSpec, VendorDriver
 from .errors import fail
 from .kernel import (
-    BIND_BOUND_EBUSY,
     MDEV_CORE_COUNTER,
-    PCI_STORE_EINVAL,
     PER_PARENT_MDEV_DRIVER,
     Kernel,
 )
+from .kparse import kstrtoul, parse_uuid
 from .pci import (
-    ANY_ID,
     BasePciDriver,
     Caps,
     DriverEntry,
     PciDriver,
     PciFunction,
     PciIds,
-    parse_dynamic_id,
 )
-
-UUID_STRING_LEN = 36
-_HEX = frozenset(string.hexdigits)
-_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_ULONG_MAX = 2**64 - 1
-
-
-def parse_uuid(buf: bytes) -> str:
-    """``create_store`` input → the canonical lower-case UUID (spec §2.2 rows 1 and 3).
-
-    36 or 37 bytes; ``uuid_is_valid()`` checks only the first 36: hyphens at
-    8, 13, 18, 23 and hex digits (either case) elsewhere. The 37th byte is not
-    looked at, so ``"<uuid>\\n"`` and ``"<uuid>X"`` both pass.
-    """
-    if not UUID_STRING_LEN <= len(buf) <= UUID_STRING_LEN + 1:
-        fail(errno.EINVAL)
-    head = buf[:UUID_STRING_LEN]
-    if _UUID.fullmatch(head) is None:
-        fail(errno.EINVAL)
-    return head.decode("ascii").lower()
-
-
-def kstrtoul(buf: bytes, base: int = 0) -> int:
-    """The kernel's ``kstrtoul(buf, base, &val)`` on a sysfs store buffer.
-
-    sysfs NUL-terminates the buffer, so parsing stops at the first NUL. An optional
-    ``+``; base 0 means ``0x`` hex when a hex digit follows, leading ``0`` octal, else
-    decimal (base 16 also takes a ``0x`` prefix); one trailing newline. Anything else is
-    EINVAL, a value past ULONG_MAX is ERANGE (lib/kstrtox.c ``_kstrtoull``); callers that,
-    like ``remove_store``, turn every failure into EINVAL catch it.
-    """
-    s = buf.split(b"\0", 1)[0].decode("latin-1")
-    if s.startswith("+"):
-        s = s[1:]
-    if base in (0, 16) and s[:2] in ("0x", "0X") and s[2:3] and s[2:3] in _HEX:
-        base, s = 16, s[2:]
-    elif base == 0:
-        base = 8 if s.startswith("0") else 10
-    if s.endswith("\n"):
-        s = s[:-1]
-    if not s:
-        fail(errno.EINVAL)
-    value = 0
-    for ch in s:
-        digit = int(ch, 16) if ch in _HEX else 99
-        if digit >= base:
-            fail(errno.EINVAL)
-        value = value * base + digit
-        if value > _ULONG_MAX:
-            fail(errno.ERANGE)
-    return value
+from .pcibus import PciBus
 
 
 @define(eq=False)
@@ -100,19 +45,6 @@ class MdevType:
     @property
     def available_instances(self) -> int:
         return self.parent.available(self)
-
-
-def parse_numvfs(buf: bytes, einval: bool = True) -> int:
-    """``sriov_numvfs_store``'s ``kstrtou16(buf, 0)``: any failure, a value past 65535
-    too, is EINVAL (the store turns every parse error into EINVAL, as remove does); before
-    5.16 (``einval`` False) kstrtou16's own errno passes: ERANGE past 65535."""
-    try:
-        value = kstrtoul(buf)
-    except OSError as exc:
-        fail(errno.EINVAL if einval else exc.errno or errno.EINVAL)
-    if value > 0xFFFF:
-        fail(errno.EINVAL if einval else errno.ERANGE)
-    return value
 
 
 def pci_ids(props: Mapping[str, str]) -> PciIds:
@@ -204,7 +136,7 @@ VFIO_MDEV = "vfio_mdev"
 
 
 @define(eq=False)
-class Host:
+class Host(PciBus):
     """The machine: registered parents, every mdev on the global list, IOMMU groups, PCI
     functions and the drivers on the PCI bus, and the kernel it runs."""
 
@@ -243,262 +175,6 @@ class Host:
     def _tell(self, event: str, *args: Any) -> None:
         for obs in self.observers:
             getattr(obs, event)(*args)
-
-    # --- the PCI bus: functions -------------------------------------------------------------
-
-    def add_pci(self, fn: PciFunction, group: int | None = None, probe: bool = True) -> PciFunction:
-        """``pci_device_add()``: the function with its IOMMU group (``group`` when given: a
-        restored VF keeps its own) and its interrupt line, then, with ``probe`` and the bus's
-        drivers_autoprobe, a driver (device_attach)."""
-        if fn.bdf in self.pci:
-            raise ValueError(f"PCI function {fn.bdf} is added twice")
-        fn.host = self
-        owner = self._vf_slots.get(fn.bdf)
-        if owner is not None and fn.physfn is not owner:
-            raise ValueError(f"PCI function {fn.bdf} is the address of a VF of {owner.bdf}")
-        if fn.sriov is not None:
-            self._reserve_vfs(fn)
-        if self.iommu != "none":
-            fn.iommu_group = self._alloc_group(group)
-        if not fn.is_vf:  # the firmware's line where the function names one (lines are shared)
-            fn.irq = fn.irq or self._irqs.alloc()
-            self._irqs.take(fn.irq)
-        fn.d3cold_allowed = fn.caps.pm
-        self.pci[fn.bdf] = fn
-        self._tell("pci_added", fn)
-        if probe and self.pci_autoprobe and self._may_probe(fn):
-            self.pci_attach(fn)
-        return fn
-
-    def _reserve_vfs(self, pf: PciFunction) -> None:
-        """A PF owns the addresses and paths of every VF it may enable (iov.c computes them
-        from the offset and stride): another function there is a topology's mistake."""
-        assert pf.sriov is not None
-        slots = [pf.vf_bdf(i) for i in range(pf.sriov.total_vfs)]
-        for bdf in slots:
-            if int(bdf.split(":")[1], 16) > 0xFF:
-                raise ValueError(f"the VFs of {pf.bdf} would need bus numbers past ff")
-            clash = self.pci.get(bdf) or self._vf_slots.get(bdf)
-            if clash is not None or bdf == pf.bdf:
-                raise ValueError(f"VF {bdf} of {pf.bdf} would have the address of "
-                                 f"{(clash or pf).bdf}" + ("'s VFs" if bdf in self._vf_slots else ""))
-        self._vf_slots.update(dict.fromkeys(slots, pf))
-
-    def vf_owner(self, bdf: str) -> PciFunction | None:
-        """The PF whose VF would have address ``bdf``, if any."""
-        return self._vf_slots.get(bdf)
-
-    def remove_pci(self, fn: PciFunction) -> None:
-        """``pci_stop_and_remove_bus_device()``: its VFs first, its driver detached, then it goes."""
-        if fn.sriov is not None and fn.sriov.vfs:
-            self._disable_vfs(fn)
-        if fn.driver is not None:
-            self._detach_pci(fn)
-        del self.pci[fn.bdf]
-        if fn.sriov is not None:
-            for bdf in [b for b, pf in self._vf_slots.items() if pf is fn]:
-                del self._vf_slots[bdf]
-        if fn.iommu_group is not None:
-            self._group_ids.release(fn.iommu_group)
-        if not fn.is_vf and all(f.irq != fn.irq for f in self.pci.values()):
-            self._irqs.release(fn.irq)
-        self._tell("pci_removed", fn)
-
-    def remove_store(self, fn: PciFunction, buf: bytes) -> int:
-        """A function's ``remove`` (pci-sysfs.c remove_store): kstrtoul, any failure EINVAL;
-        non-zero takes the function (and what hangs on it) off the bus until a rescan."""
-        if _parse_ulong(buf):
-            self.remove_pci(fn)
-            self.removed.append(fn)
-        return len(buf)
-
-    def rescan(self, buf: bytes, bus: int | None = None) -> int:
-        """``rescan`` of the bus (or of a function's bus): kstrtoul, any failure EINVAL;
-        non-zero finds every removed function (on that bus) again, as at boot."""
-        if _parse_ulong(buf):
-            for fn in [f for f in self.removed if bus is None or f.domain_bus[1] == bus]:
-                self.removed.remove(fn)
-                fresh = attrs_evolve_function(fn)
-                self.add_pci(fresh)
-        return len(buf)
-
-    # --- the PCI bus: drivers and binding ------------------------------------------------------
-
-    def register_pci_driver(self, driver: PciDriver) -> DriverEntry:
-        """A driver (or one more instance of a driver's name) on the bus; unbound functions
-        its id table takes are probed, as driver_register's driver_attach does."""
-        entry = self.pci_drivers.get(driver.name)
-        if entry is None:
-            entry = self.pci_drivers[driver.name] = DriverEntry(
-                driver.name, driver.module, driver.module_version)
-            self._tell("pci_driver_added", entry)
-        entry.instances.append(driver)
-        return entry
-
-    def unregister_pci_driver(self, driver: PciDriver) -> None:
-        entry = self.pci_drivers.get(driver.name)
-        if entry is not None and driver in entry.instances:
-            for fn in [f for f in self.pci.values() if f.driver is driver]:
-                self._detach_pci(fn)
-            entry.instances.remove(driver)
-
-    def _matching(self, fn: PciFunction, entry: DriverEntry) -> PciDriver | None:
-        """pci_match_device: with driver_override, only the driver it names takes the
-        function, whatever its ids; else a dynamic id of the driver's, or an instance's own
-        id table."""
-        if fn.driver_override is not None:
-            return entry.instances[0] if fn.driver_override == entry.name else None
-        if any(dyn.matches(fn) for dyn in entry.dynamic_ids):
-            return entry.instances[0]
-        return next((drv for drv in entry.instances if drv.matches(fn)), None)
-
-    def _may_probe(self, fn: PciFunction) -> bool:
-        """pci_device_can_probe: a VF probes only if its PF's sriov_drivers_autoprobe is on
-        or it has a driver_override."""
-        pf = fn.physfn
-        return (pf is None or pf.sriov is None or pf.sriov.drivers_autoprobe
-                or fn.driver_override is not None)
-
-    def pci_attach(self, fn: PciFunction) -> bool:
-        """``device_attach()``: the first driver that takes ``fn`` binds it; a probe that
-        refuses lets the next try. True when bound."""
-        if fn.driver is not None or not self._may_probe(fn):
-            return fn.driver is not None
-        for entry in list(self.pci_drivers.values()):
-            drv = self._matching(fn, entry)
-            if drv is None:
-                continue
-            try:
-                self._probe_pci(fn, drv)
-            except OSError:
-                continue
-            return True
-        return False
-
-    def pci_bind(self, fn: PciFunction, name: str) -> None:
-        """``bind_store``: the function must match the driver (else ENODEV) and have none (else
-        EBUSY; ENODEV before 5.14); a VF its PF may not autoprobe is ENODEV; the probe's own
-        errno passes."""
-        entry = self.pci_drivers[name]
-        if fn.driver is not None:
-            fail(errno.EBUSY if self.kernel.has(BIND_BOUND_EBUSY) else errno.ENODEV)
-        drv = self._matching(fn, entry)
-        if drv is None or not self._may_probe(fn):
-            fail(errno.ENODEV)
-        self._probe_pci(fn, drv)
-
-    def pci_unbind(self, fn: PciFunction, name: str) -> None:
-        """``unbind_store``: a function bound to this driver is detached (its driver's remove
-        cannot refuse), else ENODEV."""
-        if fn.driver is None or fn.driver.name != name:
-            fail(errno.ENODEV)
-        self._detach_pci(fn)
-
-    def drivers_probe(self, fn: PciFunction) -> None:
-        """``drivers_probe_store`` of one function: attach it if it has no driver."""
-        self.pci_attach(fn)
-
-    def new_id(self, name: str, buf: bytes) -> int:
-        """``new_id_store``: a dynamic id for the driver, then every unbound function it now
-        takes is probed. An id its table (or a dynamic id) already takes is EEXIST, when
-        given without driver data."""
-        entry = self.pci_drivers[name]
-        dyn, fields = parse_dynamic_id(buf)
-        probe_fn = PciFunction("ffff:ff:1f.7", "", PciIds(
-            dyn.vendor, dyn.device, dyn.subvendor, dyn.subdevice, dyn.klass))
-        if fields < 7 and self._matching(probe_fn, entry) is not None:
-            fail(errno.EEXIST)
-        if fields == 7:
-            fail(errno.EINVAL)  # driver_data must be one of the static table's: none here
-        entry.dynamic_ids.append(dyn)
-        for fn in list(self.pci.values()):
-            if fn.driver is None and dyn.matches(fn) and fn.driver_override is None:
-                self.pci_attach(fn)
-        return len(buf)
-
-    def remove_id(self, name: str, buf: bytes) -> int:
-        """``remove_id_store``: the first dynamic id equal to the one given goes, else ENODEV."""
-        entry = self.pci_drivers[name]
-        dyn, _ = parse_dynamic_id(buf)
-        for i, have in enumerate(entry.dynamic_ids):
-            if (have.vendor, have.device) == (dyn.vendor, dyn.device) and \
-                    dyn.subvendor in (ANY_ID, have.subvendor) and \
-                    dyn.subdevice in (ANY_ID, have.subdevice) and \
-                    not (dyn.klass ^ have.klass) & dyn.class_mask:
-                del entry.dynamic_ids[i]
-                return len(buf)
-        fail(errno.ENODEV)
-
-    def _probe_pci(self, fn: PciFunction, drv: PciDriver) -> None:
-        """really_probe: the driver's probe; then the function is its, registered with VFIO
-        if the driver does that."""
-        drv.probe(fn)
-        fn.driver, fn.powered = drv, True
-        if drv.enables:  # pci_enable_device and a 64-bit DMA mask, as a device driver does
-            fn.enable_cnt, fn.dma_bits = 1, 64
-        if drv.registers_vfio(fn):
-            group = fn.iommu_group if fn.iommu_group is not None else -1
-            fn.vfio = self._vfio_register(group)
-            if not drv.enables:  # vfio-pci allows runtime PM: idle, it suspends to D3hot
-                fn.runtime_allowed = True
-        self._tell("pci_bound", fn)
-
-    def _detach_pci(self, fn: PciFunction) -> None:
-        drv = fn.driver
-        assert drv is not None
-        if fn.sriov is not None and fn.sriov.vfs:
-            self._disable_vfs(fn)  # a PF driver's remove disables SR-IOV
-        drv.remove(fn)
-        if fn.sriov is not None:
-            fn.sriov.driver_max = None  # pci_iov_remove: the capability's TotalVFs again
-        if fn.vfio is not None:
-            self._vfio_unregister(fn.vfio)
-            fn.vfio, fn.vfio_open = None, False
-            if not drv.enables:  # vfio-pci forbids runtime PM again as it lets go
-                fn.runtime_allowed = False
-        fn.driver, fn.enable_cnt, fn.dma_bits = None, 0, 32
-        self._tell("pci_unbound", fn, drv)
-
-    # --- SR-IOV -------------------------------------------------------------------------------
-
-    def set_numvfs(self, pf: PciFunction, buf: bytes,
-                   groups: Sequence[int | None] = ()) -> int:
-        """``sriov_numvfs_store`` (drivers/pci/iov.c): parse, bound by sriov_totalvfs
-        (ERANGE), nothing to do for the current count, ENOENT without a driver that can
-        configure SR-IOV, 0 disables every VF, a new count needs 0 first (EBUSY). The
-        VFs exist before the write returns; ``groups`` (a restore) gives their IOMMU groups."""
-        sriov = pf.sriov
-        assert sriov is not None
-        count = parse_numvfs(buf, einval=self.kernel.has(PCI_STORE_EINVAL))
-        if count > sriov.limit:
-            fail(errno.ERANGE)
-        if count == sriov.num_vfs:
-            return len(buf)
-        if pf.driver is None or not pf.driver.configures_sriov:
-            fail(errno.ENOENT)
-        if count and sriov.num_vfs:
-            fail(errno.EBUSY)
-        pf.driver.sriov_configure(pf, count)
-        if count == 0:
-            self._disable_vfs(pf)
-            return len(buf)
-        for i in range(count):
-            vf = PciFunction(bdf=pf.vf_bdf(i), path=pf.vf_path(i), physfn=pf,
-                             ids=evolve(pf.ids, device=sriov.vf_device), numa_node=pf.numa_node,
-                             bars=pf.vf_bars(i), caps=Caps(link=pf.caps.link, pm=False,
-                                                           msix=True, resets=("flr",)),
-                             vfio_pci_refused=sriov.vf_vfio_pci_refused)
-            sriov.vfs.append(vf)  # virtfn<i> is its place in this list
-            self.add_pci(vf, groups[i] if i < len(groups) else None)
-        pf.driver.vfs_added(pf)
-        return len(buf)
-
-    def _disable_vfs(self, pf: PciFunction) -> None:
-        """pci_disable_sriov: every VF goes, the last first."""
-        assert pf.sriov is not None
-        for vf in reversed(pf.sriov.vfs):
-            self.remove_pci(vf)
-        pf.sriov.vfs.clear()
 
     # --- mdev parents -----------------------------------------------------------------------
 
@@ -693,6 +369,9 @@ class Host:
             for number in held:
                 self._group_ids.release(number)
 
+    def _release_group(self, number: int) -> None:
+        self._group_ids.release(number)
+
     def _alloc_group(self, wanted: int | None) -> int:
         """``iommu_group_alloc()``: the lowest free id (an ida), from the host's base."""
         ids = self._group_ids
@@ -727,23 +406,6 @@ class ParentDriver(BasePciDriver):
     def remove(self, fn: PciFunction) -> None:
         if self.parent in self.host.parents:
             self.host._unregister_parent(self.parent)
-
-
-def attrs_evolve_function(fn: PciFunction) -> PciFunction:
-    """A removed function as a rescan finds it again: its identity and capabilities, nothing
-    of what the kernel or a driver set on it."""
-    return PciFunction(bdf=fn.bdf, path=fn.path, ids=fn.ids, numa_node=fn.numa_node,
-                       bars=fn.bars, caps=fn.caps, physfn=fn.physfn,
-                       sriov=None if fn.sriov is None else evolve(fn.sriov, vfs=[],
-                                                                 drivers_autoprobe=True),
-                       vfio_pci_refused=fn.vfio_pci_refused)
-
-
-def _parse_ulong(buf: bytes) -> int:
-    try:
-        return kstrtoul(buf)
-    except OSError:
-        fail(errno.EINVAL)
 
 
 @define(eq=False)

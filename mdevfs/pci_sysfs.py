@@ -25,7 +25,7 @@ from .kernel import (
     VF_MSIX_FILES,
     Kernel,
 )
-from .model import kstrtoul
+from .kparse import kstrtoint, kstrtoul
 from .nodes import PAGE_SIZE, Op
 from .pci import LINK_SPEEDS, RESET_METHODS, PciFunction
 
@@ -64,16 +64,6 @@ def _ulong(fn: PciFunction, buf: bytes) -> int:
             raise
         fail(errno.EINVAL)
     raise AssertionError  # unreachable
-
-
-def kstrtoint(buf: bytes) -> int:
-    """kstrtoint(buf, 0): an optional sign, then kstrtoul's digits, within an int."""
-    negative = buf[:1] == b"-"
-    value = kstrtoul(buf[1:] if negative else buf)
-    value = -value if negative else value
-    if not -2**31 <= value < 2**31:
-        fail(errno.ERANGE)
-    return value
 
 
 def kstrtobool(fn: PciFunction, buf: bytes) -> bool:

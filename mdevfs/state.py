@@ -45,7 +45,9 @@ from typing import Any
 
 from . import pcistate
 from .errors import UsageError
-from .model import Host, HostObserver, MdevDevice, parse_uuid
+from .journal import change_line, device_line, dumps, parse_line
+from .kparse import parse_uuid
+from .model import Host, HostObserver, MdevDevice
 from .pci import PciFunction
 
 log = logging.getLogger(__name__)
@@ -214,9 +216,9 @@ class StateFile(HostObserver):
         except UnicodeDecodeError as exc:
             raise self._bad(f"corrupt (not UTF-8 text: {exc})") from None
         first, newline, body = text.partition("\n")
-        header = _json(first)
+        header = parse_line(first)
         if not isinstance(header, dict) or header.get("version") == 1:
-            whole = _json(text)  # version 1: one JSON document; or a snapshot pretty-printed
+            whole = parse_line(text)  # version 1: one JSON document; or a snapshot pretty-printed
             if isinstance(whole, Exception):
                 raise self._bad(f"corrupt (not JSON: {whole})")
             version = whole.get("version") if isinstance(whole, dict) else None
@@ -236,7 +238,7 @@ class StateFile(HostObserver):
         tail = lines.pop()  # "" when the last record is whole
         good = len(first.encode()) + len(newline)
         for n, line in enumerate(lines, start=2):
-            change = _json(line)
+            change = parse_line(line)
             if isinstance(change, Exception):
                 raise self._bad(f"line {n}: corrupt (not JSON: {change})")
             self._apply(by_uuid, change, n)
@@ -349,7 +351,7 @@ class StateFile(HostObserver):
         except OSError as exc:
             raise self._bad(f"driver {parent.driver.name!r} refused it: {exc.strerror} "
                             f"(the topology has no room for the recorded devices)", i, uuid) from exc
-        self._recorded[uuid] = (mdev.iommu_group, _dumps(mdev.vendor))
+        self._recorded[uuid] = (mdev.iommu_group, dumps(mdev.vendor))
 
     def _restore_pci(self) -> None:
         """Each recorded function's driver and override, and each PF's VFs, with their IOMMU
@@ -364,7 +366,7 @@ class StateFile(HostObserver):
                 raise self._bad(f"PCI function {bdf}: {getattr(exc, 'strerror', None) or exc}") \
                     from exc
         self._pci.clear()
-        self._pci_recorded = {bdf: _dumps(rec) for bdf, rec in pcistate.records(self.host).items()}
+        self._pci_recorded = {bdf: dumps(rec) for bdf, rec in pcistate.records(self.host).items()}
 
     def undo_pci(self, fn: PciFunction, before: str) -> None:
         """Bring ``fn`` back to its record ``before`` (a change the disk refused)."""
@@ -422,13 +424,13 @@ class StateFile(HostObserver):
         Raises StateSaveError, with the changes not recorded, when the disk refuses."""
         if isinstance(touched, MdevDevice) and self.host.devices.get(touched.uuid) is touched:
             before = self._recorded.get(touched.uuid)
-            if before is not None and _dumps(touched.vendor) != before[1]:
+            if before is not None and dumps(touched.vendor) != before[1]:
                 self._pending.append(("vendor", touched, before))
         if isinstance(touched, PciFunction):
             self.pci_added(touched)
         for bdf, fn in self._pci_touched.items():
             if self.host.pci.get(bdf) is fn and \
-                    _dumps(pcistate.record(fn)) != self._pci_recorded.get(bdf):
+                    dumps(pcistate.record(fn)) != self._pci_recorded.get(bdf):
                 self._pending.append(("pci", fn, self._pci_recorded.get(bdf)))  # type: ignore[arg-type]
         self._pci_touched.clear()
         if not self._pending:
@@ -454,14 +456,14 @@ class StateFile(HostObserver):
                                  f"{exc.strerror or exc}", changes) from exc
         for op, mdev, _ in changes:
             if op == "pci":
-                self._pci_recorded[mdev.bdf] = _dumps(pcistate.record(mdev))  # type: ignore[arg-type]
+                self._pci_recorded[mdev.bdf] = dumps(pcistate.record(mdev))  # type: ignore[arg-type]
             elif op == "remove":
                 self._recorded.pop(mdev.uuid, None)
             else:
-                self._recorded[mdev.uuid] = (mdev.iommu_group, _dumps(mdev.vendor))
+                self._recorded[mdev.uuid] = (mdev.iommu_group, dumps(mdev.vendor))
 
     def _append(self, changes: list[Change]) -> None:
-        data = "".join(_dumps(_change(op, mdev)) + "\n" for op, mdev, _ in changes).encode()
+        data = "".join(dumps(change_line(op, mdev)) + "\n" for op, mdev, _ in changes).encode()
         try:
             done = 0
             while done < len(data):
@@ -479,7 +481,7 @@ class StateFile(HostObserver):
     def _compact(self) -> None:
         """A fresh snapshot, renamed over the file; keeps its mode, owner, foreign keys."""
         old = os.fstat(self.fd)
-        devices = [_record(d) for d in self.host.devices.values()]
+        devices = [device_line(d) for d in self.host.devices.values()]
         fd = self._write_snapshot(devices, old, pcistate.records(self.host))
         try:
             os.rename(self._tmp(), self.path)
@@ -514,7 +516,7 @@ class StateFile(HostObserver):
             head = {"format": FORMAT, "version": VERSION, "devices": devices, **self._extra}
             if pci:
                 head["pci"] = pci
-            data = (_dumps(head) + "\n").encode()
+            data = (dumps(head) + "\n").encode()
             done = 0
             while done < len(data):
                 done += os.write(fd, data[done:])
@@ -534,61 +536,6 @@ class StateFile(HostObserver):
             os.fsync(fd)  # the rename itself must survive a crash
         finally:
             os.close(fd)
-
-
-def read_devices(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The devices a state file records, in creation order (for tests and tools);
-    reads a journal without locking or changing it."""
-    text = Path(path).read_text()
-    first, _, rest = text.partition("\n")
-    header = json.loads(first) if first.strip() else {"devices": []}
-    if header.get("version") == 1:
-        return json.loads(text)["devices"]
-    by_uuid = {d["uuid"]: d for d in header["devices"]}
-    for line in rest.split("\n"):
-        if not line:
-            continue
-        change = json.loads(line)
-        if change["op"] == "pci":
-            continue  # a PF's VFs: not a device
-        if change["op"] == "add":
-            by_uuid[change["uuid"]] = {k: v for k, v in change.items() if k != "op"}
-        elif change["op"] == "remove":
-            del by_uuid[change["uuid"]]
-        elif change["op"] == "unbind":
-            by_uuid[change["uuid"]] = dict(by_uuid[change["uuid"]], iommu_group=None)
-        else:
-            by_uuid[change["uuid"]] = dict(by_uuid[change["uuid"]], vendor=change["vendor"])
-    return list(by_uuid.values())
-
-
-def _record(mdev: MdevDevice) -> dict[str, Any]:
-    return {"uuid": mdev.uuid, "parent": mdev.parent.name, "type": mdev.mdev_type.type_id,
-            "iommu_group": mdev.iommu_group, "vendor": mdev.vendor}
-
-
-def _change(op: str, mdev: MdevDevice) -> dict[str, Any]:
-    if op == "pci":
-        return {"op": "pci", "bdf": mdev.bdf, "pci": pcistate.record(mdev)}  # type: ignore[arg-type]
-    if op == "add":
-        return {"op": "add", **_record(mdev)}
-    if op == "vendor":
-        return {"op": "vendor", "uuid": mdev.uuid, "vendor": mdev.vendor}
-    return {"op": op, "uuid": mdev.uuid}
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _json(text: str) -> Any:
-    """The JSON value of ``text``, or the exception that says why it is not one."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        return exc
-    except RecursionError:
-        return ValueError("nested too deeply")
 
 
 def _unlink(path: Path) -> None:

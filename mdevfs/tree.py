@@ -25,6 +25,7 @@ from .attributes import (
     DEVICE_REMOVE,
     DEVICE_UEVENT,
     EMPTY_UEVENT,
+    MDEV_AUTOPROBE,
     PARENT_DEV,
     PARENT_UEVENT,
     POWER_ASYNC,
@@ -38,10 +39,9 @@ from .attributes import (
     TYPE_DESCRIPTION,
     TYPE_DEVICE_API,
     TYPE_NAME,
+    VFIO_GROUP_MAJOR,
     group_files,
-    iommu_unit_files,
     migration_op,
-    text,
     uevent_store,
     vendor_op,
 )
@@ -57,15 +57,15 @@ from .nodes import (
     Link,
     Node,
     Op,
-    VolatileDir,
     VolatileLazyDir,
     VolatileLink,
 )
-from .pci import DriverEntry, PciDriver, PciFunction
-from .pci_sysfs import PCI_POWER_FILES, function_files
+from .pci import PciFunction
+from .pci_sysfs import PCI_POWER_FILES
+from .pci_tree import PciTree
 
 
-class Tree(HostObserver):
+class Tree(PciTree, HostObserver):
     """The whole sysfs root, kept in step with a :class:`Host`."""
 
     def __init__(self, host: Host) -> None:
@@ -502,170 +502,5 @@ class Tree(HostObserver):
         self.host.unbind(mdev)
         return len(buf)
 
-    # --- PCI functions --------------------------------------------------------------------------
-
-    def _pci_bus(self) -> None:
-        """``bus/pci`` (drivers/base/bus.c, pci-sysfs.c): devices, drivers, slots and the bus
-        files."""
-        self.bus_pci = self.mkdirs("bus/pci")
-        self.bus_pci_devices = self._dir(self.bus_pci, "devices")
-        self._dir(self.bus_pci, "drivers")
-        self._dir(self.bus_pci, "slots")
-        self._file(self.bus_pci, "drivers_autoprobe", PCI_AUTOPROBE, self.host)
-        self._file(self.bus_pci, "drivers_probe", Op(store=self._pci_drivers_probe))
-        self._file(self.bus_pci, "rescan", Op(store=lambda _o, buf: self.host.rescan(buf)))
-        self._file(self.bus_pci, "resource_alignment", RESOURCE_ALIGNMENT, [""])
-        self._file(self.bus_pci, "uevent", BUS_UEVENT)
-
-    def _iommu_unit(self) -> Dir | None:
-        """The IOMMU every PCI function sits behind (iommu-sysfs.c): Intel's ``dmar0``, a
-        virtual device, or AMD's ``ivhd0`` below the IOMMU's own PCI function (whose PCI files
-        mdevfs does not give); ``class/iommu/<unit>``, and a link in its ``devices/`` for each
-        function. None without an IOMMU."""
-        if self.host.iommu == "none":
-            return None
-        name, path = (("dmar0", "devices/virtual/iommu/dmar0") if self.host.iommu == "intel"
-                      else ("ivhd0", "devices/pci0000:00/0000:00:00.2/iommu/ivhd0"))
-        unit = self.mkdirs(path)
-        self._dir(unit, "devices")
-        for group, files in iommu_unit_files(self.host.iommu).items():
-            gdir = self._dir(unit, group)
-            for file, op in files.items():
-                self._file(gdir, file, op, self.host)
-        self._power(unit)
-        self.link(f"{path}/subsystem", "class/iommu")
-        self._file(unit, "uevent", EMPTY_UEVENT)
-        self.link(f"class/iommu/{name}", path)
-        return unit
-
-    def pci_added(self, fn: PciFunction) -> None:
-        """A PCI function: pci-sysfs.c's files, its links, its IOMMU group and unit; a PF's
-        SR-IOV files, a VF's physfn; then, if a driver has it, what binding adds."""
-        where, name = posixpath.split(fn.path)
-        fdir = self._attach(self.mkdirs(where), (VolatileDir if fn.is_vf else Dir)(name))
-        self._pci_dirs[fn] = fdir
-        for file, op in function_files(fn).items():
-            self._file(fdir, file, op, fn)
-        self._attach(fdir, LazyDir("power", functools.partial(self._pci_power, fn)))
-        self._attach(fdir, Link("subsystem", self.bus_pci))
-        nodes: list[Node] = [fdir, self._attach(self.bus_pci_devices, VolatileLink(fn.bdf, fdir))]
-        if fn.iommu_group is not None:
-            group = self._iommu_group(fdir, fn.iommu_group, self.host.iommu)
-            self._attach(fdir, Link("iommu_group", group))
-            nodes.append(group)
-        if self.iommu_unit is not None:
-            self._attach(fdir, Link("iommu", self.iommu_unit))
-            nodes.append(self._attach(self.iommu_unit.children["devices"],
-                                      VolatileLink(fn.bdf, fdir)))
-        if fn.physfn is not None:
-            pf = self._pci_dirs[fn.physfn]
-            self._attach(fdir, Link("physfn", pf))
-            index = fn.physfn.sriov.vfs.index(fn)  # type: ignore[union-attr]
-            nodes.append(self._attach(pf, VolatileLink(f"virtfn{index}", fdir)))
-        self._pci_nodes[fn] = nodes
-        if fn.driver is not None:
-            self.pci_bound(fn)
-
-    def pci_removed(self, fn: PciFunction) -> None:
-        self._drop_all(self._pci_bound_nodes.pop(fn, []) + self._pci_nodes.pop(fn, []))
-        self._pci_dirs.pop(fn, None)
-
-    def pci_bound(self, fn: PciFunction) -> None:
-        """What binding adds: the ``driver`` link and the driver's link back, the driver's
-        attributes (``nvidia/``), and, when the driver registers the function with VFIO,
-        ``vfio-dev`` and the vfio group."""
-        driver = fn.driver
-        assert driver is not None
-        fdir, ddir = self._pci_dirs[fn], self._pci_drivers[driver.name]
-        nodes = [self._attach(fdir, Link("driver", ddir)),
-                 self._attach(ddir, VolatileLink(fn.bdf, fdir))]
-        nodes += self._vendor_files(fdir, driver.function_attributes(fn), fn)
-        if fn.vfio is not None:
-            nodes += self._vfio_dev(fdir, fn.vfio) + self._vfio_group(fdir, fn.vfio)
-        self._pci_bound_nodes[fn] = nodes
-
-    def pci_unbound(self, fn: PciFunction, driver: PciDriver) -> None:
-        self._drop_all(self._pci_bound_nodes.pop(fn, []))
-
-    def pci_driver_added(self, entry: DriverEntry) -> None:
-        """``bus/pci/drivers/<name>``: bind, unbind, new_id, remove_id, uevent and the
-        ``module`` link; ``module/<module>`` with its files and ``drivers/pci:<name>``."""
-        ddir = self._pci_drivers[entry.name] = self._dir(self._dir_at("bus/pci/drivers"),
-                                                         entry.name)
-        self._file(ddir, "bind", Op(store=self._pci_bind), entry)
-        self._file(ddir, "unbind", Op(store=self._pci_unbind), entry)
-        self._file(ddir, "new_id", Op(store=lambda e, buf: self.host.new_id(e.name, buf)), entry)
-        self._file(ddir, "remove_id", Op(store=lambda e, buf: self.host.remove_id(e.name, buf)),
-                   entry)
-        self._file(ddir, "uevent", BUS_UEVENT)
-        module = self.mkdirs(f"module/{entry.module}")
-        if "initstate" not in module.children:
-            self._module_files(module, entry)
-        self.link(f"module/{entry.module}/drivers/pci:{entry.name}", ddir.path)
-        self.link(f"{ddir.path}/module", f"module/{entry.module}")
-
-    def _module_files(self, module: Dir, entry: DriverEntry) -> None:
-        """A loaded module's files (kernel/module/sysfs.c): its state, reference count and
-        taint, and ``version`` where the module has one (nvidia: the driver release)."""
-        for name, op in MODULE_FILES.items():
-            self._file(module, name, op, entry)
-        if entry.module_version is not None:
-            self._file(module, "version", MODULE_VERSION, entry)
-        for sub in ("holders", "notes", "sections"):
-            self._dir(module, sub)
-
-    def _function_named(self, buf: bytes) -> PciFunction:
-        fn = self.host.pci.get(buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n"))
-        if fn is None:
-            fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
-        return fn
-
-    def _pci_bind(self, entry: DriverEntry, buf: bytes) -> int:
-        self.host.pci_bind(self._function_named(buf), entry.name)
-        return len(buf)
-
-    def _pci_unbind(self, entry: DriverEntry, buf: bytes) -> int:
-        self.host.pci_unbind(self._function_named(buf), entry.name)
-        return len(buf)
-
-    def _pci_drivers_probe(self, _obj: Any, buf: bytes) -> int:
-        self.host.drivers_probe(self._function_named(buf))
-        return len(buf)
-
-
-def _set_autoprobe(what: str) -> Op:
-    """A bus's ``drivers_autoprobe``: '0' as the first character turns it off, anything else
-    on (bus.c drivers_autoprobe_store)."""
-    def store(host: Host, buf: bytes) -> int:
-        setattr(host, what, buf[:1] != b"0")
-        return len(buf)
-
-    return Op(show=lambda host: text(int(getattr(host, what))), store=store)
-
-
-MDEV_AUTOPROBE = _set_autoprobe("mdev_autoprobe")
-PCI_AUTOPROBE = _set_autoprobe("pci_autoprobe")
-
-
-def _alignment_store(state: list[str], buf: bytes) -> int:
-    state[0] = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
-    return len(buf)
-
-
-#: pci.c resource_alignment: the pci=resource_alignment= parameter, empty unless given
-RESOURCE_ALIGNMENT = Op(show=lambda s: text(s[0]) if s[0] else b"", store=_alignment_store)
-MODULE_FILES = {
-    "coresize": Op(show=lambda e: b"65536\n"),
-    "initsize": Op(show=lambda e: b"0\n"),
-    "initstate": Op(show=lambda e: b"live\n"),
-    "refcnt": Op(show=lambda e: b"0\n"),
-    "taint": Op(show=lambda e: b"OE\n" if e.module_version else b"\n"),
-    "uevent": BUS_UEVENT,
-}
-MODULE_VERSION = Op(show=lambda e: text(e.module_version))
 
 __all__ = ["Tree"]
-#: the major of vfio's group character devices (/dev/vfio/<N>): alloc_chrdev_region gives
-#: whatever is free when vfio loads (244 to 248 on the Debian VMs of tests/conformance);
-#: mdevfs's choice is 6.1's
-VFIO_GROUP_MAJOR = 246

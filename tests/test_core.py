@@ -8,7 +8,8 @@ from conftest import errno_of
 
 from mdevfs.config import Topology, TopologyError
 from mdevfs.driver import BaseDriver, MdevTypeSpec
-from mdevfs.model import Host, kstrtoul, parse_uuid
+from mdevfs.kparse import kstrtoul, parse_uuid
+from mdevfs.model import Host
 from mdevfs.nodes import File, Op
 from mdevfs.tree import Tree
 

@@ -19,8 +19,8 @@ import pytest
 from conftest import as_nobody, errno_of, needs_fuse, needs_nobody, write_topology
 
 from mdevfs.control import ControlError
+from mdevfs.journal import read_devices
 from mdevfs.runtime import default_control, runtime_dir
-from mdevfs.state import read_devices
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse

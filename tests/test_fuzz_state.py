@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from conftest import fill, keeper, needs_fuse, small_disk, write_topology
 
-from mdevfs.state import read_devices
+from mdevfs.journal import read_devices
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse

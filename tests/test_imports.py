@@ -17,10 +17,11 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 #: lowest first; a module may import its own layer's modules and those of layers below
 LAYERS = {
-    "model": {"errors", "driver", "pci", "kernel", "model", "config"},
-    "view": {"nodes", "attributes", "pci_sysfs", "tree"},
+    "model": {"errors", "kparse", "driver", "pci", "kernel", "pcibus", "model", "config"},
+    "view": {"nodes", "attributes", "pci_sysfs", "pci_tree", "tree"},
     "system": {"runtime", "mounts", "readiness", "namespace", "beneath"},
-    "serving": {"faults", "state", "pcistate", "control", "uevent", "fuse", "trace", "daemon"},
+    "serving": {"faults", "journal", "state", "pcistate", "control", "uevent", "fuse", "trace",
+                "daemon"},
     "launching": {"process", "zygote"},
     "tools": {"__init__", "__main__", "cli", "cli_capture", "cli_fleet", "testing",
               "pytest_plugin", "migration", "planner", "fleet", "record", "infer", "export",

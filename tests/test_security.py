@@ -19,9 +19,9 @@ import pytest
 from conftest import MTTY_ONLY, NOBODY, fill, needs_fuse, needs_nobody, small_disk, write_topology
 
 from mdevfs import namespace
+from mdevfs.journal import read_devices
 from mdevfs.mounts import mountpoints
 from mdevfs.runtime import default_control, default_log, runtime_dir
-from mdevfs.state import read_devices
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse

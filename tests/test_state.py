@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import keeper, needs_fuse, write_topology
 
+from mdevfs.journal import read_devices
 from mdevfs.runtime import default_control
-from mdevfs.state import read_devices
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse

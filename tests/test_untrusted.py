@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import NOBODY, fill, needs_fuse, needs_nobody, small_disk, write_topology
 
-from mdevfs import fleet, mounts, process, state
+from mdevfs import fleet, journal, mounts, process, state
 from mdevfs.config import Topology, TopologyError
 from mdevfs.export import Entry, walk_mount, walk_tree, write_tree
 from mdevfs.testing import mounted
@@ -399,7 +399,7 @@ def test_a_pretty_printed_state_file_is_read(tmp_path):
     with mounted(state=saved) as m:
         assert m.devices() == [UA]
         assert os.readlink(m.root / f"bus/mdev/devices/{UA}/iommu_group").endswith("/3")
-    assert state.read_devices(saved)[0]["uuid"] == UA  # a journal again
+    assert journal.read_devices(saved)[0]["uuid"] == UA  # a journal again
 
 
 def test_a_disk_too_full_for_a_snapshot_still_takes_an_append(tmp_path, monkeypatch):
@@ -420,7 +420,7 @@ def test_a_disk_too_full_for_a_snapshot_still_takes_an_append(tmp_path, monkeypa
         host.create(mtype, uuids[3].encode())
         saved.flush()  # compaction is due, and fails: the line is appended
         saved.close()
-        assert [d["uuid"] for d in state.read_devices(disk / "state.json")] == uuids[:4]
+        assert [d["uuid"] for d in journal.read_devices(disk / "state.json")] == uuids[:4]
 
 
 def test_an_ampere_vf_parent_cannot_be_plugged_back_once_its_vf_is_gone(tmp_path):

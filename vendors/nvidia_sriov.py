@@ -59,7 +59,8 @@ from attrs import frozen
 
 from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec, Option
 from mdevfs.errors import fail
-from mdevfs.model import Host, MdevDevice, MdevType, kstrtoul
+from mdevfs.kparse import kstrtoul
+from mdevfs.model import Host, MdevDevice, MdevType
 from mdevfs.pci import MEM32, MEM64_PREFETCH, Bar, Caps, PciFunction, PciIds, Sriov
 
 from ._options import flag, text, whole

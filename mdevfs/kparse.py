@@ -1,0 +1,92 @@
+"""The kernel's parsers of what is written to sysfs: kstrtoul and its kin, as lib/kstrtox.c
+has them, and the stores' own (a UUID, sriov_numvfs). Pure: a bad buffer is the errno the
+kernel answers (:func:`mdevfs.errors.fail`)."""
+from __future__ import annotations
+
+import errno
+import re
+import string
+
+from .errors import fail
+
+UUID_STRING_LEN = 36
+_HEX = frozenset(string.hexdigits)
+_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ULONG_MAX = 2**64 - 1
+
+
+def parse_uuid(buf: bytes) -> str:
+    """``create_store`` input → the canonical lower-case UUID (spec §2.2 rows 1 and 3).
+
+    36 or 37 bytes; ``uuid_is_valid()`` checks only the first 36: hyphens at
+    8, 13, 18, 23 and hex digits (either case) elsewhere. The 37th byte is not
+    looked at, so ``"<uuid>\\n"`` and ``"<uuid>X"`` both pass.
+    """
+    if not UUID_STRING_LEN <= len(buf) <= UUID_STRING_LEN + 1:
+        fail(errno.EINVAL)
+    head = buf[:UUID_STRING_LEN]
+    if _UUID.fullmatch(head) is None:
+        fail(errno.EINVAL)
+    return head.decode("ascii").lower()
+
+
+def kstrtoul(buf: bytes, base: int = 0) -> int:
+    """The kernel's ``kstrtoul(buf, base, &val)`` on a sysfs store buffer.
+
+    sysfs NUL-terminates the buffer, so parsing stops at the first NUL. An optional
+    ``+``; base 0 means ``0x`` hex when a hex digit follows, leading ``0`` octal, else
+    decimal (base 16 also takes a ``0x`` prefix); one trailing newline. Anything else is
+    EINVAL, a value past ULONG_MAX is ERANGE (lib/kstrtox.c ``_kstrtoull``); callers that,
+    like ``remove_store``, turn every failure into EINVAL catch it.
+    """
+    s = buf.split(b"\0", 1)[0].decode("latin-1")
+    if s.startswith("+"):
+        s = s[1:]
+    if base in (0, 16) and s[:2] in ("0x", "0X") and s[2:3] and s[2:3] in _HEX:
+        base, s = 16, s[2:]
+    elif base == 0:
+        base = 8 if s.startswith("0") else 10
+    if s.endswith("\n"):
+        s = s[:-1]
+    if not s:
+        fail(errno.EINVAL)
+    value = 0
+    for ch in s:
+        digit = int(ch, 16) if ch in _HEX else 99
+        if digit >= base:
+            fail(errno.EINVAL)
+        value = value * base + digit
+        if value > _ULONG_MAX:
+            fail(errno.ERANGE)
+    return value
+
+
+def kstrtoint(buf: bytes) -> int:
+    """kstrtoint(buf, 0): an optional sign, then kstrtoul's digits, within an int."""
+    negative = buf[:1] == b"-"
+    value = kstrtoul(buf[1:] if negative else buf)
+    value = -value if negative else value
+    if not -2**31 <= value < 2**31:
+        fail(errno.ERANGE)
+    return value
+
+
+def parse_numvfs(buf: bytes, einval: bool = True) -> int:
+    """``sriov_numvfs_store``'s ``kstrtou16(buf, 0)``: any failure, a value past 65535
+    too, is EINVAL (the store turns every parse error into EINVAL, as remove does); before
+    5.16 (``einval`` False) kstrtou16's own errno passes: ERANGE past 65535."""
+    try:
+        value = kstrtoul(buf)
+    except OSError as exc:
+        fail(errno.EINVAL if einval else exc.errno or errno.EINVAL)
+    if value > 0xFFFF:
+        fail(errno.EINVAL if einval else errno.ERANGE)
+    return value
+
+
+def parse_ulong(buf: bytes) -> int:
+    """kstrtoul, every failure EINVAL (remove, rescan)."""
+    try:
+        return kstrtoul(buf)
+    except OSError:
+        fail(errno.EINVAL)

@@ -170,7 +170,7 @@ def _ctl_parser(sub: Any) -> None:
                         description="mdevfs's graded answer (modelled on NVML's vGPU "
                         "compatibility: a result and the limiting component) for a source's "
                         "migration_version string at the migration_version PATH; drivers "
-                        "without one answer by the seed: live or none.")
+                        "without one answer by the proposal: live or none.")
     c.add_argument("path", metavar="PATH", help="a type's or device's migration_version")
     c.add_argument("source", metavar="SOURCE", help="the string read at the source")
 
@@ -209,7 +209,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Mount the topology (restoring and recording ``--state``), run the command in the
     namespace, unmount; the command's exit status. The daemon is tied to this process:
     killed, even by ``kill -9``, it takes the mount and the command with it, and the
-    next run removes the temporary directory left behind."""
+    next run removes the temporary directory left behind. As env(1) and timeout(1) do,
+    every failure of mdevfs itself is 125, with its reason: the command's own statuses
+    keep their meaning (126 and 127: the command could not run)."""
+    try:
+        return _run(args)
+    except NamespaceError:
+        raise
+    except MdevfsError as exc:
+        raise NamespaceError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise UsageError("run: name a COMMAND, e.g. mdevfs run -- mdevctl types")
@@ -238,6 +249,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             return status
     except MountError as exc:
         raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
+
+
+def sub_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def _exit_125(parser: argparse.ArgumentParser) -> None:
+    """``mdevfs run``'s own usage errors are 125 too, as env(1)'s are."""
+    def error(message: str) -> NoReturn:
+        parser.print_usage(sys.stderr)
+        parser.exit(NamespaceError.exit_status, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error  # type: ignore[method-assign]
 
 
 def _explain_failure(daemon: process.Daemon, status: int) -> None:
@@ -343,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_fleet.add_parsers(sub)
 
     p = sub.add_parser("check", help="may an mdev migrate from SOURCE to TARGET?",
-                       description="Apply the migration_version conditions of the seed in "
+                       description="Apply the migration_version conditions of the proposal in "
                        "order to two mdev type or device directories of any sysfs root: both "
                        "have the attribute, type nodes are of the same type, the source's "
                        "string reads, the target accepts it. A device paired with a type is "
@@ -372,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "/etc/mdevctl.d and /dev/vfio (if the host has one) are private and "
                        "every change is announced by uevents that libudev clients (libvirt) "
                        "receive, then unmount. The host's /sys and /etc never change and its "
-                       "listeners see no event. Exit "
-                       "status: COMMAND's (128+N if signal N killed it); 125 if the namespace "
-                       "could not be set up.")
+                       "listeners see no event. Exit status, as env(1)'s: COMMAND's (128+N if "
+                       "signal N killed it); 125 when mdevfs itself failed (the reason is "
+                       "printed); 126 COMMAND cannot run, 127 it is not found.")
     p.add_argument("--config", metavar="FILE", help="topology file (default: the embedded one)")
     p.add_argument("--kernel", metavar="X.Y",
                    help="the kernel emulated, 5.10 to 7.3 (default: the topology's [host] "
@@ -387,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ready_timeout(p)
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     p.set_defaults(func=cmd_run)
+    _exit_125(p)
     cli_capture.add_parsers(sub)
 
     p = sub.add_parser("log", help="show the recent log of the mount on DIR",
@@ -483,7 +510,8 @@ examples:
   mdevfs record -o host.toml                              this host as a topology
 
 exit status: 0 done, 1 refused or incompatible, 2 bad input, 3 the daemon did not come
-up or does not answer, 4 mounting FUSE is not permitted here, 125 (run) no namespace."""
+up or does not answer, 4 mounting FUSE is not permitted here; run: COMMAND's own, 125
+when mdevfs failed, 126/127 COMMAND cannot run / is not found."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -493,7 +521,10 @@ def main(argv: list[str] | None = None) -> int:
             import argcomplete
 
             argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # run's own usage errors are 125 too
+        (sub_parser(parser, "run") if args.func is cmd_run else parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:

@@ -146,13 +146,21 @@ def test_default_ready_timeout_grows_with_the_state_file(tmp_path):
     assert process.ready_timeout(state) == 10.0 + 5 * process.READY_PER_STATE_MIB == 20.0
 
 
-def test_run_with_a_bad_topology_prints_the_cause_and_exits_2(tmp_path):
+def test_run_with_a_bad_topology_prints_the_cause_and_exits_125(tmp_path):
+    """mdevfs run's own failures are 125 (as env's and timeout's), never a status the
+    command could give: a bad topology, a usage error, no COMMAND."""
     bad = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\nports = -1\n')
     out = mdevfs("run", "--config", str(bad), "--", "true")
-    assert (out.returncode, out.stdout) == (2, "")
-    assert out.stderr == (f"mdevfs: {bad}: parent #1 (driver 'mtty'): the driver refused its "
+    assert (out.returncode, out.stdout) == (125, "")
+    assert out.stderr == (f"mdevfs run: {bad}: parent #1 (driver 'mtty'): the driver refused its "
                           "options: ValueError: option 'ports' must be a whole number ≥ 0, "
                           "not -1\n")
+    assert mdevfs("run", "--no-such-option", "--", "true").returncode == 125
+    assert mdevfs("run").returncode == 125
+    assert [mdevfs("run", "--", "sh", "-c", f"exit {n}").returncode for n in (0, 2, 3, 125)] \
+        == [0, 2, 3, 125]
+    assert mdevfs("run", "--", str(tmp_path / "nothing")).returncode == 127
+    assert mdevfs("run", "--", str(tmp_path)).returncode == 126
 
 
 # --- strict mode ----------------------------------------------------------------------------
@@ -217,7 +225,7 @@ def test_demo_is_a_short_story_with_one_accepted_and_one_refused_migration():
         "== 1. The parents: each device that makes mdevs is a link in class/mdev_bus",
         "== 2. A create with the real mdevctl, which hard-codes /sys: `mdevfs run` gives it the tree",
         "== 3. The same by hand: a UUID written to a type's create, 1 to a device's remove",
-        "== 4. Migration, the seed's check: read the source's migration_version, write it to "
+        "== 4. Migration, the proposal's check: read the source's migration_version, write it to "
         "the target"]
     assert "  accepted: SRC may migrate to DST" in lines
     assert "  write error: Invalid argument: refused, incompatible" in lines

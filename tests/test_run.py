@@ -151,10 +151,10 @@ def test_a_command_that_is_not_there_is_127():
         127, "mdevfs run: /nonexistent/tool: No such file or directory\n")
 
 
-def test_no_command_is_a_usage_error():
+def test_no_command_is_a_usage_error_of_mdevfs_run_itself():
     done = mdevfs_run()
     assert (done.returncode, done.stderr) == (
-        2, "mdevfs: run: name a COMMAND, e.g. mdevfs run -- mdevctl types\n")
+        125, "mdevfs run: run: name a COMMAND, e.g. mdevfs run -- mdevctl types\n")
 
 
 def test_no_namespace_is_a_clear_error_before_anything_is_mounted(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 
 from . import report, requests, suite
-from .tools import BENCH_PATH, REPO_ROOT, BenchError, build, floor_mounted, shared_dir
+from .tools import BENCH_PATH, C_SOURCES, REPO_ROOT, BenchError, build, floor_mounted
 
 PHASES = ("ops", "listing", "requests", "mount", "reset", "state", "suite", "mdevctl")
 
@@ -55,15 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         res.pinned = args.cpu
     started = time.monotonic()
     failed = 0
-    try:
-        shared = shared_dir()
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
     with tempfile.TemporaryDirectory(prefix="mdevfs-bench-") as scratch, \
             contextlib.ExitStack() as stack:
-        suite.log(f"building {shared}/bench/driver.c and floor_ll.c")
-        tools = build(shared, Path(scratch))
+        suite.log(f"building {C_SOURCES.relative_to(REPO_ROOT)}/driver.c and floor.c")
+        try:
+            tools = build(Path(scratch))
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
         config = Path(scratch) / "bench.toml"
         config.write_text(suite.BENCH_TOPOLOGY)
         floors = {name: stack.enter_context(floor_mounted(tools, suite.floor_knobs(*mode)))

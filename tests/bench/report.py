@@ -355,12 +355,12 @@ def render(res: Results, report_rows: list[Row], info: dict[str, str], svg_name:
     pinning = (f"Every process of the run (daemons, floors, driver, mdevctl) is pinned to CPU "
                f"{res.pinned}, so no round trip pays a cross-CPU wake-up."
                if res.pinned is not None else "Processes were not pinned (--no-pin).")
-    method = (f"Method: mdevfs and the C floor (`shared/bench/floor_ll.c`) mounted side by "
+    method = (f"Method: mdevfs and the C floor (`tests/bench/c/floor.c`) mounted side by "
               f"side in the same caching mode (direct_io, entry_timeout "
               f"{fuse.ENTRY_TIMEOUT:g} s for the names that stay and 0 for a device's own "
               f"names, attr_timeout {fuse.ATTR_TIMEOUT:g} s, READDIRPLUS "
               f"forced on the floor as pyfuse3 forces it: `C+plus`), each op run by "
-              f"`shared/bench/driver.c` on both in turns, {plan.reps} repetition(s) × "
+              f"`tests/bench/c/driver.c` on both in turns, {plan.reps} repetition(s) × "
               f"{plan.budget_ms:g} ms; each cell is the median of the per-repetition p50 "
               f"latencies, the ratio is mdevfs / floor (in brackets: the spread of the paired "
               f"per-repetition ratios). Attribute ops run from the directory that holds the "
@@ -380,7 +380,7 @@ def render(res: Results, report_rows: list[Row], info: dict[str, str], svg_name:
     if res.requests:
         out += ["## Where the time goes: FUSE requests per operation", "",
                 ("Requests counted on a separate mount whose handlers are wrapped with "
-                 "counters (`bench.counting`) and by floor_ll's own counters; "
+                 "counters (`bench.counting`) and by the floor's own counters; "
                  "*in mdevfs handlers* is the time inside `SysfsOperations` methods per op "
                  "on that mount; the rest of the timed p50 (pyfuse3, trio, the kernel and "
                  "the client) is divided by mdevfs's requests, the floor's p50 by the "

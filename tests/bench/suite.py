@@ -47,7 +47,7 @@ PARENT_LINK = "class/mdev_bus/mtty"
 TYPE = "mtty-1"
 LIST_SIZES = (10, 1000, 10000)
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-#: the floor's migration_version, which it accepts back (floor_ll.c)
+#: the floor's migration_version, which it accepts back (c/floor.c)
 FLOOR_VERSION = "10de:1eb8-v1.0-0001"
 OPS = ("read", "write", "writebad", "stat", "statmiss", "create", "remove", "read-deep")
 DEEP_PATH = f"{PARENT_LINK}/mdev_supported_types/{TYPE}/available_instances"
@@ -121,13 +121,13 @@ def log(message: str) -> None:
 
 #: the floors: name → (READDIRPLUS forced, names uncached). ``C+plus`` is mdevfs's mode
 #: for the names that stay (entry_timeout ENTRY_TIMEOUT); ``C+plus/uncached`` is its mode
-#: for a device's own names (entry_timeout 0, Node.volatile), which floor_ll can set only
+#: for a device's own names (entry_timeout 0, Node.volatile), which the floor can set only
 #: for the whole mount: the floor of ``remove``, whose path crosses a device's name.
 FLOORS = {"C+plus": (True, False), "C": (False, False), "C+plus/uncached": (True, True)}
 
 
 def floor_knobs(plus: bool, uncached: bool = False) -> dict[str, str]:
-    """floor_ll's environment for mdevfs's caching mode (read from mdevfs.fuse)."""
+    """The floor's environment for mdevfs's caching mode (read from mdevfs.fuse)."""
     from mdevfs import fuse
 
     entry = 0.0 if uncached else fuse.ENTRY_TIMEOUT
@@ -199,7 +199,7 @@ def write_at(dfd: int, rel: str, data: bytes) -> None:
 def time_removes(side: Side, budget_ms: float, want: int) -> float:
     """p50 µs of open(<uuid>/remove) + write("1") + close, in a Python loop for ``budget_ms``.
 
-    The driver has no remove op, so both sides run the same Python loop. floor_ll's
+    The driver has no remove op, so both sides run the same Python loop. The floor's
     ``remove`` accepts the write and keeps the device (it cannot remove), so its
     figure is the floor for the same syscalls and requests.
     """

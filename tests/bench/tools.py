@@ -1,8 +1,6 @@
-"""The benchmark's instruments: the C programs of ``shared/bench``, built at run time,
-the C floor mounted beside mdevfs, and the driver that times one operation.
-
-Nothing here is copied from ``shared/``: the sources are compiled from where
-they are into a scratch directory that goes away with the run.
+"""The benchmark's instruments: its two C programs (``c/driver.c``, the driver that
+times one operation, and ``c/floor.c``, the C floor mounted beside mdevfs), built at
+run time into a scratch directory that goes away with the run.
 """
 from __future__ import annotations
 
@@ -19,11 +17,16 @@ from pathlib import Path
 
 from attrs import frozen
 
+from mdevfs.mounts import fstype
 from mdevfs.process import stop as stop_daemon
 
 #: the benchmark lives beside the tests, not in the package: tests/bench/tools.py → ../..
-#: is the repository root, and shared/ sits beside it
+#: is the repository root
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the sources of the driver and the floor, in the repository
+C_SOURCES = Path(__file__).resolve().parent / "c"
+#: the floor's mount type (floor.c mounts with subtype=mdevfs-floor)
+FLOOR_FSTYPE = "fuse.mdevfs-floor"
 #: the directory that holds the ``bench`` package, which its own subprocesses
 #: (python -m bench.counting, bench.workload) need on sys.path
 BENCH_PATH = str(Path(__file__).resolve().parents[1])
@@ -33,23 +36,15 @@ class BenchError(Exception):
     """The benchmark cannot run here; the message says what is missing."""
 
 
-def shared_dir() -> Path:
-    """``$MDEVFS_SHARED``, else ``../shared`` relative to the repository root."""
-    path = Path(os.environ.get("MDEVFS_SHARED") or REPO_ROOT.parent / "shared")
-    if not (path / "bench" / "driver.c").is_file():
-        raise BenchError(f"{path}/bench/driver.c not found; set MDEVFS_SHARED to the shared/ "
-                         "folder that holds bench/driver.c and bench/floor_ll.c")
-    return path
-
-
 @frozen
 class Tools:
     driver: Path
     floor: Path
 
 
-def build(shared: Path, into: Path) -> Tools:
-    """``gcc -O2`` the driver and the floor (with ``pkg-config fuse3``) into ``into``."""
+def build(into: Path) -> Tools:
+    """``gcc -O2`` ``c/driver.c`` and ``c/floor.c`` (with ``pkg-config fuse3``) into
+    ``into``."""
     for tool in ("gcc", "pkg-config"):
         if shutil.which(tool) is None:
             raise BenchError(f"{tool} is missing (make install sets up gcc, pkg-config and "
@@ -58,11 +53,11 @@ def build(shared: Path, into: Path) -> Tools:
                            capture_output=True, text=True, check=False)
     if flags.returncode != 0:
         raise BenchError(f"pkg-config fuse3: {flags.stderr.strip()} (install libfuse3-dev)")
-    tools = Tools(driver=into / "driver", floor=into / "floor_ll")
-    for src, out, extra in ((shared / "bench/driver.c", tools.driver, []),
-                            (shared / "bench/floor_ll.c", tools.floor, flags.stdout.split())):
-        done = subprocess.run(["gcc", "-O2", "-Wall", "-Wno-format-truncation", str(src),
-                               "-o", str(out), *extra],
+    tools = Tools(driver=into / "driver", floor=into / "floor")
+    for src, out, extra in ((C_SOURCES / "driver.c", tools.driver, []),
+                            (C_SOURCES / "floor.c", tools.floor, flags.stdout.split())):
+        done = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", str(src), "-o", str(out),
+                               *extra],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise BenchError(f"building {src} failed:\n{done.stderr}")
@@ -144,7 +139,7 @@ def daemon(cmd: Sequence[str], probe: str, env: Mapping[str, str] | None = None,
 
 
 class Floor:
-    """A mounted ``floor_ll``: its root and its per-opcode request counters."""
+    """A mounted floor (``c/floor.c``): its root and its per-opcode request counters."""
 
     def __init__(self, root: Path, proc: subprocess.Popen[bytes], stats: Path) -> None:
         self.root = root
@@ -152,7 +147,7 @@ class Floor:
         self.stats = stats
 
     def counts(self) -> dict[str, int]:
-        """The cumulative request counters (SIGUSR1 makes floor_ll write them)."""
+        """The cumulative request counters (SIGUSR1 makes the floor write them)."""
         with contextlib.suppress(FileNotFoundError):
             self.stats.unlink()
         self.proc.send_signal(signal.SIGUSR1)
@@ -163,18 +158,29 @@ class Floor:
                 if lines and lines[-1].startswith("other "):
                     return {k: int(v) for k, v in (line.split() for line in lines)}
             time.sleep(0.002)
-        raise BenchError("floor_ll wrote no request counters")
+        raise BenchError("the floor wrote no request counters")
 
 
 @contextlib.contextmanager
 def floor_mounted(tools: Tools, knobs: Mapping[str, str]) -> Iterator[Floor]:
-    """The C floor with the environment knobs of floor_ll.c (DIO, ET, AT, PLUS, ...)."""
+    """The C floor with the environment knobs of floor.c (DIO, ET, AT, PLUS, ...)."""
     with tempfile.TemporaryDirectory(prefix="mdevfs-bench-stats-") as scratch:
         stats = Path(scratch) / "counts"
         env = {**knobs, "STATS": str(stats)}
         with daemon([str(tools.floor), "-f"], "migration_version", env,
                     prefix="mdevfs-bench-floor-") as (root, proc, _log):
-            yield Floor(root, proc, stats)
+            try:
+                yield Floor(root, proc, stats)
+            finally:
+                unmount_floor(root)
+
+
+def unmount_floor(root: Path) -> None:
+    """``fusermount3 -u`` a floor, whose session loop then returns and the process exits.
+    mdevfs.process.stop unmounts only mdevfs's own mounts: without this it would wait its
+    exit timeout for the floor before signalling it. Only a floor's mount is unmounted."""
+    if fstype(root) == FLOOR_FSTYPE:
+        subprocess.run(["fusermount3", "-u", str(root)], capture_output=True, check=False)
 
 
 def python_cmd(*args: str) -> list[str]:

@@ -12,7 +12,7 @@ The scheme: a type's and a device's migration_version is ``acme-<major>.<minor>-
 (a device folds its type in, so the device node needs no separate type check). A
 target accepts a source's string when the type is the same, the major equal, and
 the target's minor at least the source's: a newer minor release reads older
-state, never the reverse. Refusals, logged with their reason as the seed suggests:
+state, never the reverse. Refusals, logged with their reason as the proposal suggests:
 
 * ENODEV: migration unsupported here (a type listed in ``unsupported``): the
   attribute exists, but reading and writing it fail, as GVT-g does;

@@ -3,7 +3,7 @@
 1. the parents and their types, as management software finds them in class/mdev_bus;
 2. a create with the real mdevctl, through ``mdevfs run`` (the tree at /sys for it);
 3. a create and a remove by hand, with plain file I/O, and what it does to the counts;
-4. the seed's migration check, read-then-write, on two GVT-g vGPUs: one string accepted,
+4. the proposal's migration check, read-then-write, on two GVT-g vGPUs: one string accepted,
    one refused with its errno and the reason the driver logs.
 
 Everything is plain file I/O on a mount of the embedded default topology.
@@ -90,7 +90,7 @@ def by_hand(root: Path) -> None:
 
 
 def migration(root: Path) -> None:
-    say("4. Migration, the seed's check: read the source's migration_version, write it to the target")
+    say("4. Migration, the proposal's check: read the source's migration_version, write it to the target")
     src, dst = str(uuid.uuid4()), str(uuid.uuid4())
     for dev in (src, dst):
         (root / GVT_TYPE / "create").write_text(dev + "\n")

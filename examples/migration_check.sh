@@ -1,5 +1,5 @@
 #!/bin/bash
-# The seed's userspace check done by hand with cat and echo ("Example Usage" of
+# The 2020 migration_version proposal's userspace check done by hand with cat and echo ("Example Usage" of
 # the migration_version series v5, patches 1/4 and 3/4), on any sysfs root: a
 # real /sys or an mdevfs mount.
 #

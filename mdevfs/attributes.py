@@ -4,7 +4,7 @@ An :class:`~mdevfs.nodes.Op` says how one kind of file shows and stores, given t
 object the file belongs to (a type, a device, a parent); the tree attaches it to a node.
 Formats and errnos follow the kernel: ``mdev_sysfs.c`` for types and devices,
 ``kobject_synth_uevent`` for ``uevent`` writes, ``drivers/base/power/sysfs.c`` for ``power/``,
-``drivers/iommu/iommu.c`` for IOMMU groups, and the seed's ``migration_version``.
+``drivers/iommu/iommu.c`` for IOMMU groups, and the proposal's ``migration_version``.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .nodes import Op
 
 log = logging.getLogger("mdevfs.sysfs")
 
-#: the migration_version string limit of the seed: ASCII, at most PATH_MAX bytes
+#: the migration_version string limit of the proposal: ASCII, at most PATH_MAX bytes
 PATH_MAX = 4096
 UEVENT_ACTIONS = frozenset(("add", "remove", "change", "move", "online", "offline", "bind", "unbind"))
 
@@ -247,13 +247,13 @@ def vendor_op(attr: Attribute) -> Op:
 
 
 def migration_op(migration: Migration, owner: str) -> Op:
-    """``migration_version`` (seed v5, spec §5.2), with the limits the framework enforces.
+    """``migration_version`` (the proposal (v5), ABI §5.2), with the limits the framework enforces.
 
     A driver whose string is not an ASCII ``str`` of at most PATH_MAX bytes has a
     bug: the read fails with EIO and the log names the driver. A string of exactly
     PATH_MAX bytes reads back whole with its newline (PATH_MAX + 1 bytes), which a
-    real sysfs page could not hold; the seed's limit wins over the page here, so
-    that every string the seed allows survives ``cat`` then ``echo``.
+    real sysfs page could not hold; the proposal's limit wins over the page here, so
+    that every string the proposal allows survives ``cat`` then ``echo``.
     A write with any non-ASCII byte is EINVAL; the driver sees the text up to the
     first NUL (as a C string) without one trailing newline (as sysfs_streq).
     """

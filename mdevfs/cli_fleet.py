@@ -84,7 +84,7 @@ def add_parsers(sub: Any) -> None:
     c = cmds.add_parser("matrix", help="which host's types may migrate to which host",
                         description="Read every migration_version at every host (types and "
                         "devices) and write each string to every target type node of its type, "
-                        "as the seed says userspace does; print the hosts grouped by identical "
+                        "as the proposal says userspace does; print the hosts grouped by identical "
                         "answers and the table of groups.")
     c.add_argument("dir", metavar="DIR")
     c.add_argument("hosts", metavar="HOST", nargs="*", help="only these hosts (default: all)")

@@ -183,8 +183,8 @@ class Control:
     def cmd_grade(self, path: str, source: str) -> dict[str, str]:
         """How a VM whose source wrote ``source`` may come to the type or device of the
         ``migration_version`` at ``path``: ``{"result": none|cold|live, "limit", "reason"}``
-        from a driver's ``grade(source)`` (mdevfs's model, beside the seed's yes/no); a
-        driver without one answers by the seed: live when its check accepts, else none,
+        from a driver's ``grade(source)`` (mdevfs's model, beside the proposal's yes/no); a
+        driver without one answers by the proposal: live when its check accepts, else none,
         limited by "other"."""
         node = self._file(path)
         if posixpath.basename(node.path) != "migration_version" or not isinstance(source, str):
@@ -201,7 +201,7 @@ class Control:
         except OSError as exc:
             return {"result": "none", "limit": "other",
                     "reason": exc.strerror or os.strerror(exc.errno or errno.EIO)}
-        return {"result": "live", "limit": "none", "reason": "the seed's check accepts it"}
+        return {"result": "live", "limit": "none", "reason": "the proposal's check accepts it"}
 
     def cmd_service(self, name: str, call: str, args: list[Any] | None = None) -> Any:
         """One call of a service (``nvml``: NVIDIA's management library), answered from

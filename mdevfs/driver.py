@@ -141,7 +141,7 @@ class Attribute:
 
 @runtime_checkable
 class Migration(Protocol):
-    """The ``migration_version`` of one type or device (seed v5, spec §5.2)."""
+    """The ``migration_version`` of one type or device (the proposal (v5), ABI §5.2)."""
 
     def version(self) -> str:
         """The opaque ASCII string (≤ 4096 bytes); raise OSError when unsupported."""

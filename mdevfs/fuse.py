@@ -304,7 +304,7 @@ class SysfsOperations(pyfuse3.Operations):
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.EACCES)
         # kernfs_fop_open with KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK: a direction the
-        # attribute has no method for is EACCES, even for root (spec §2.1).
+        # attribute has no method for is EACCES, even for root (ABI §2.1).
         # The mode counts too: after chmod 0 not even root may open it.
         mode = flags & os.O_ACCMODE
         bits = stat.S_IMODE(node.iattr.mode) if node.iattr is not None else node.op.mode

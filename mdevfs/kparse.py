@@ -16,7 +16,7 @@ _ULONG_MAX = 2**64 - 1
 
 
 def parse_uuid(buf: bytes) -> str:
-    """``create_store`` input → the canonical lower-case UUID (spec §2.2 rows 1 and 3).
+    """``create_store`` input → the canonical lower-case UUID (ABI §2.2 rows 1 and 3).
 
     36 or 37 bytes; ``uuid_is_valid()`` checks only the first 36: hyphens at
     8, 13, 18, 23 and hex digits (either case) elsewhere. The 37th byte is not

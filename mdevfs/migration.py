@@ -1,10 +1,10 @@
 """The userspace side of ``migration_version``: may SOURCE migrate to TARGET?
 
-The seed (v5 3/4) and spec §5.2 leave compatibility to the vendor driver and
+The proposal (v5 3/4) and ABI §5.2 leave compatibility to the vendor driver and
 tell userspace only how to ask: read the source's string, write it to the
 target, and look at whether both succeed. :func:`check` asks exactly that,
 with plain open/read/write on the files, so it works on a real ``/sys`` as on
-an mdevfs mount. Its conditions, in the seed's order:
+an mdevfs mount. Its conditions, in the proposal's order:
 
 1. both nodes have a ``migration_version`` attribute (absent: no migration);
 2. for type nodes, the types are equal (a device folds its type into its string);
@@ -12,7 +12,7 @@ an mdevfs mount. Its conditions, in the seed's order:
 4. writing that string to the target succeeds.
 
 A type node paired with a device node is checked at the type level: the
-device stands for its ``mdev_type``, as the seed's example usage does with
+device stands for its ``mdev_type``, as the proposal's example usage does with
 ``cat .../mdev_type/migration_version``.
 
 An errno is all a real kernel tells userspace; the driver's words go to its log.
@@ -61,7 +61,7 @@ class MdevNode:
 class Verdict:
     """The answer for one (source, target) pair.
 
-    ``condition`` is the seed's condition that failed (1–4), 0 when compatible;
+    ``condition`` is the proposal's condition that failed (1–4), 0 when compatible;
     ``message`` is one line for the user; ``note`` says how a mixed pair was read.
     """
 
@@ -204,7 +204,7 @@ def driver_reasons(path: Path, action: Callable[[], Any], reasons: Reasons | Non
 def check(source: str | os.PathLike[str], target: str | os.PathLike[str],
           source_name: str | None = None, target_name: str | None = None,
           reasons: Reasons | None = None) -> Verdict:
-    """Apply the seed's four conditions in order; names default to the paths as given.
+    """Apply the proposal's four conditions in order; names default to the paths as given.
     ``reasons`` (shared by the checks of a matrix) asks mdevfs daemons why they refused.
 
     Raises :class:`NotAnMdevNode` when either path is neither kind of node.
@@ -346,7 +346,7 @@ def render_same_type(matrix: Matrix, why: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: the SVG fill of a cell, by the seed condition that failed (0: compatible)
+#: the SVG fill of a cell, by the proposal condition that failed (0: compatible)
 COLOURS = {0: "#2e7d32", 4: "#c62828", 3: "#ef6c00", 2: "#e0e0e0", 1: "#f5f5f5"}
 LEGEND = {0: "compatible", 4: "incompatible: the target refused the source's string",
           3: "incompatible: reading the source's string failed",

@@ -1,7 +1,7 @@
 """The kernel objects of the mdev framework and the rules the core enforces.
 
 Pure and synchronous: no FUSE here. The rules and their errnos follow
-``mdev-sysfs-abi.md`` §2.2 (create_store) and §2.3 (remove_store); the
+``docs/abi.md`` §2.2 (create_store) and §2.3 (remove_store); the
 sysfs view of these objects lives in :mod:`mdevfs.sysfs`.
 """
 from __future__ import annotations
@@ -243,7 +243,7 @@ class Host(PciBus):
         return parent.driver.mdev_driver if self.kernel.has(PER_PARENT_MDEV_DRIVER) else VFIO_MDEV
 
     def create(self, mtype: MdevType, buf: bytes) -> int:
-        """``create_store()``: checks in the kernel's order (spec §2.2); returns len(buf)."""
+        """``create_store()``: checks in the kernel's order (ABI §2.2); returns len(buf)."""
         uuid = parse_uuid(buf)
         if uuid in self.devices:
             fail(errno.EEXIST)
@@ -325,7 +325,7 @@ class Host(PciBus):
         self._tell("device_unbound", mdev, binding)
 
     def remove(self, mdev: MdevDevice, buf: bytes) -> int:
-        """``remove_store()`` (spec §2.3): kstrtoul base 0, any failure EINVAL; 0 is a
+        """``remove_store()`` (ABI §2.3): kstrtoul base 0, any failure EINVAL; 0 is a
         successful no-op."""
         try:
             value = kstrtoul(buf)

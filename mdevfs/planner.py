@@ -1,6 +1,6 @@
 """The migration planner's view of a fleet: which host's vGPUs may go to which host.
 
-:func:`plan` does what the seed says userspace does, through the mounts: it reads the
+:func:`plan` does what the proposal says userspace does, through the mounts: it reads the
 ``migration_version`` of every type and every existing device of every host (the
 sources), and writes each distinct string read to every type node of that type on every
 host (the targets). A write is a function of the string and the target alone, so a

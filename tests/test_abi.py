@@ -1,6 +1,6 @@
 """The kernel's mdev sysfs ABI through a real FUSE mount: plain open/read/write/readlink.
 
-Each test names the item of ``../shared/spec/mdev-sysfs-abi.md`` it checks.
+Each test names the item of ``docs/abi.md`` it checks.
 """
 from __future__ import annotations
 

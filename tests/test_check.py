@@ -2,7 +2,7 @@
 
 Host A runs the ACME example driver 2.1, host B 2.3 without migration for
 ``acme-large``; both have mtty, which has no migration_version (examples/README.md).
-The conditions are the seed's (v5 1/4 and 3/4), restated in spec §5.2.
+The conditions are the proposal's (v5 1/4 and 3/4), restated in ABI §5.2.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def types(mount, type_id):
 
 
 def test_compatible_type_pair(hosts, capsys):
-    """§5.2 / seed "compatible when ALL ... met": same type, read and write succeed → exit 0."""
+    """§5.2 / the proposal: "compatible when ALL ... met": same type, read and write succeed → exit 0."""
     a, b = hosts
     src, tgt = types(a, "acme-small"), types(b, "acme-small")
     assert run_check(capsys, src, tgt) == (

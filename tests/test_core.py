@@ -24,42 +24,42 @@ def mtty_host(**options) -> Host:
     return Topology.from_text(text, "<test>").build()
 
 
-# --- spec §2.2: create_store's input ------------------------------------------------------
+# --- ABI §2.2: create_store's input ------------------------------------------------------
 
 @pytest.mark.parametrize("buf", [U.encode(), (U + "\n").encode(), (U + "X").encode(),
                                  U.upper().encode()])
 def test_uuid_accepts_36_or_37_bytes_and_ignores_the_37th(buf):
-    """spec §2.2 rows 1, 3: 36 or 37 bytes; only the first 36 are validated; lower-cased."""
+    """ABI §2.2 rows 1, 3: 36 or 37 bytes; only the first 36 are validated; lower-cased."""
     assert parse_uuid(buf) == U
 
 
 @pytest.mark.parametrize("buf", [U[:-1], U + "\n\n", U.replace("-", "x", 1), "g" + U[1:],
                                  U[:8] + "1" + U[9:], "", U[:35] + "\0"])
 def test_uuid_rejects_with_einval(buf):
-    """spec §2.2 rows 1, 3: wrong length, hyphen misplaced or non-hex → EINVAL."""
+    """ABI §2.2 rows 1, 3: wrong length, hyphen misplaced or non-hex → EINVAL."""
     assert errno_of(parse_uuid, buf.encode()) == errno.EINVAL
 
 
-# --- spec §2.3: remove_store's kstrtoul(buf, 0) --------------------------------------------
+# --- ABI §2.3: remove_store's kstrtoul(buf, 0) --------------------------------------------
 
 @pytest.mark.parametrize("buf,value", [(b"1", 1), (b"1\n", 1), (b"0x1", 1), (b"0X1f", 31),
                                        (b"01", 1), (b"010", 8), (b"+1", 1), (b"0", 0),
                                        (b"0\n", 0), (b"1\0junk", 1),
                                        (b"18446744073709551615", 2**64 - 1)])
 def test_kstrtoul_base0(buf, value):
-    """spec §2.3: base 0 (0x hex, leading 0 octal), optional '+', one trailing newline."""
+    """ABI §2.3: base 0 (0x hex, leading 0 octal), optional '+', one trailing newline."""
     assert kstrtoul(buf) == value
 
 
 @pytest.mark.parametrize("buf", [b"", b"\n", b"abc", b"-1", b"1 ", b" 1", b"1\n\n", b"08",
                                  b"0x", b"0xg", b"1a", b"++1"])
 def test_kstrtoul_einval(buf):
-    """spec §2.3: non-numeric or negative → EINVAL."""
+    """ABI §2.3: non-numeric or negative → EINVAL."""
     assert errno_of(kstrtoul, buf) == errno.EINVAL
 
 
 def test_kstrtoul_overflow_is_erange():
-    """lib/kstrtox.c _kstrtoull: a value past ULONG_MAX is ERANGE (spec §2.3 tags the
+    """lib/kstrtox.c _kstrtoull: a value past ULONG_MAX is ERANGE (ABI §2.3 tags the
     kstrtoul details [rec] and says EINVAL; the kernel source says ERANGE)."""
     assert errno_of(kstrtoul, b"18446744073709551616") == errno.ERANGE
 
@@ -67,7 +67,7 @@ def test_kstrtoul_overflow_is_erange():
 # --- the model ----------------------------------------------------------------------------
 
 def test_mtty_pool_is_shared_between_its_types():
-    """spec §3 mtty: one pool of 24 ports; mtty-1 takes 1, mtty-2 takes 2."""
+    """ABI §3 mtty: one pool of 24 ports; mtty-1 takes 1, mtty-2 takes 2."""
     host = mtty_host()
     one, two = host.parents["mtty"].types.values()
     assert (one.available_instances, two.available_instances) == (24, 12)
@@ -78,7 +78,7 @@ def test_mtty_pool_is_shared_between_its_types():
 
 
 def test_mtty_exhaustion_is_enospc():
-    """spec §3 mtty: a create that does not fit is ENOSPC, and nothing is created."""
+    """ABI §3 mtty: a create that does not fit is ENOSPC, and nothing is created."""
     host = mtty_host(ports=3)
     one, two = host.parents["mtty"].types.values()
     host.create(two, U.encode())
@@ -89,7 +89,7 @@ def test_mtty_exhaustion_is_enospc():
 
 
 def test_duplicate_uuid_is_eexist_across_parents_and_case():
-    """spec §2.2 row 4: the global mdev_list, compared as binary UUIDs."""
+    """ABI §2.2 row 4: the global mdev_list, compared as binary UUIDs."""
     host = Host()
     host.add_parent("a", "devices/a", CoreCounted())
     host.add_parent("b", "devices/b", CoreCounted())
@@ -110,7 +110,7 @@ class CoreCounted(BaseDriver):
 
 
 def test_core_counter_is_per_parent_and_eusers():
-    """spec §1.2 / §2.2 row 5: one counter per parent shared by all its types → EUSERS."""
+    """ABI §1.2 / §2.2 row 5: one counter per parent shared by all its types → EUSERS."""
     host = Host()
     parent = host.add_parent("p", "devices/p", CoreCounted())
     x, y = parent.types.values()
@@ -124,7 +124,7 @@ def test_core_counter_is_per_parent_and_eusers():
 
 
 def test_remove_zero_is_a_noop_and_gone_device_is_enodev():
-    """spec §2.3: val == 0 returns count; a device no longer on the list → ENODEV."""
+    """ABI §2.3: val == 0 returns count; a device no longer on the list → ENODEV."""
     host = mtty_host()
     mtype = host.parents["mtty"].types["mtty-1"]
     host.create(mtype, U.encode())
@@ -136,7 +136,7 @@ def test_remove_zero_is_a_noop_and_gone_device_is_enodev():
 
 
 def test_iommu_groups_are_lowest_free_from_the_base():
-    """spec §1.1 iommu_group (OLD): one new group per mdev from an ida: lowest free id."""
+    """ABI §1.1 iommu_group (OLD): one new group per mdev from an ida: lowest free id."""
     host = Topology.from_text('[host]\niommu_group_base = 5\n[[parent]]\ndriver = "mtty"\n',
                               "<t>").build()
     mtype = host.parents["mtty"].types["mtty-1"]
@@ -152,7 +152,7 @@ def test_iommu_groups_are_lowest_free_from_the_base():
 # --- the sysfs tree -----------------------------------------------------------------------
 
 def test_tree_builds_device_entries_and_removes_them():
-    """spec §1.1: device dir, its links, and the bus/type/group links, all relative."""
+    """ABI §1.1: device dir, its links, and the bus/type/group links, all relative."""
     host = mtty_host()
     tree = Tree(host)
     host.create(host.parents["mtty"].types["mtty-2"], U.encode())
@@ -174,7 +174,7 @@ def test_tree_builds_device_entries_and_removes_them():
 
 
 def test_file_write_is_cut_at_page_size_and_empty_write_is_zero():
-    """spec §2.1: store() once per write(2) with at most 4096 bytes; 0 bytes → 0, no store."""
+    """ABI §2.1: store() once per write(2) with at most 4096 bytes; 0 bytes → 0, no store."""
     seen = []
     node = File("x", Op(store=lambda obj, buf: seen.append(len(buf)) or len(buf)))
     node.parent = Tree(Host()).root
@@ -184,13 +184,13 @@ def test_file_write_is_cut_at_page_size_and_empty_write_is_zero():
 
 
 def test_show_longer_than_a_page_is_clamped():
-    """spec §1.3: a show() of PAGE_SIZE or more is clamped to PAGE_SIZE - 1 bytes."""
+    """ABI §1.3: a show() of PAGE_SIZE or more is clamped to PAGE_SIZE - 1 bytes."""
     node = File("x", Op(show=lambda obj: b"z" * 5000))
     assert len(node.read()) == 4095
 
 
 def test_write_to_a_removed_node_is_enodev():
-    """spec §2.1: a write after the node is removed → ENODEV (kernfs_get_active)."""
+    """ABI §2.1: a write after the node is removed → ENODEV (kernfs_get_active)."""
     host = mtty_host()
     tree = Tree(host)
     host.create(host.parents["mtty"].types["mtty-1"], U.encode())

@@ -1,7 +1,7 @@
 """Faults on demand through the control socket (issue 6 item 3), checked through real mounts.
 
 Hot-unplug and plug, injected errnos and latency, a run-time driver option that
-changes migration compatibility, EBUSY on ``remove`` (spec §2.3, OLD 4.10–5.1),
+changes migration compatibility, EBUSY on ``remove`` (ABI §2.3, OLD 4.10–5.1),
 ``reset``, and who may use the socket.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ def recorded(m) -> list[str]:
 # --- hot-unplug ----------------------------------------------------------------------------
 
 def test_unplug_takes_the_parent_and_its_devices_and_plug_brings_back_only_the_types(host):
-    """Issue 6 item 3, spec §1.1: after unplug the parent dir, its class links, its
+    """Issue 6 item 3, ABI §1.1: after unplug the parent dir, its class links, its
     devices, their bus links and IOMMU groups are gone and the state file forgets them;
     plug gives back the types with full pools and no devices, as after a real unplug."""
     host.create("mtty-1", U1)
@@ -131,7 +131,7 @@ def test_unplug_and_plug_refuse_unknown_parents(host):
 
 
 def test_writes_in_flight_during_an_unplug_get_enodev(host):
-    """Issue 6 item 3, spec §2.1: a file handle that outlived the unplug gives ENODEV on
+    """Issue 6 item 3, ABI §2.1: a file handle that outlived the unplug gives ENODEV on
     write and read (kernfs_get_active fails); a create held up by latency when the parent
     goes also gets ENODEV, and nothing is created."""
     host.create("mtty-1", U1)
@@ -252,7 +252,7 @@ def test_latency_delays_only_its_attribute(host):
 # --- run-time driver options ---------------------------------------------------------------
 
 def test_set_option_changes_migration_compatibility(host):
-    """Issue 6 item 3, spec §5.2: a new software version changes migration_version, so the
+    """Issue 6 item 3, ABI §5.2: a new software version changes migration_version, so the
     old string is refused (EINVAL); drivers without the option answer EINVAL."""
     mig = f"{VT}/migration_version"
     assert host.read(mig) == "ver-1\n"
@@ -272,7 +272,7 @@ def test_set_option_changes_migration_compatibility(host):
 # --- EBUSY on remove -----------------------------------------------------------------------
 
 def test_a_busy_device_refuses_remove_with_ebusy_until_cleared(host):
-    """Issue 6 item 3, spec §2.3 (OLD 4.10–5.1, GVT in use): remove_store still parses
+    """Issue 6 item 3, ABI §2.3 (OLD 4.10–5.1, GVT in use): remove_store still parses
     first (EINVAL, 0 is a no-op), then the vendor refusal is EBUSY and the device stays."""
     host.create("mtty-1", U1)
     host.control.busy(U1)

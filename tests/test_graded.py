@@ -1,4 +1,4 @@
-"""Graded answers beside the seed's yes/no (issue 15, item 3): the scheme driver's version
+"""Graded answers beside the proposal's yes/no (issue 15, item 3): the scheme driver's version
 ranges, cold rules, limits and exclusions, through a mount and its control socket."""
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def m(tmp_path_factory):
      "equal"),
     ("acme-4.1", "none", "other", "does not fit the format 'acme-{board}-{sw}.{minor}-{type}'"),
 ])
-def test_grade_and_the_seeds_answer_agree(m, source, result, limit, reason):
-    """``grade`` through the control socket; the seed's write accepts exactly the live ones
+def test_grade_and_the_proposals_answer_agree(m, source, result, limit, reason):
+    """``grade`` through the control socket; the proposal's write accepts exactly the live ones
     and refuses the others with the driver's errno and the same reason."""
     assert m.control.grade(ATTR, source) == {"result": result, "limit": limit, "reason": reason}
     start = m.control.reasons()["next"]

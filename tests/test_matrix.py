@@ -81,7 +81,7 @@ def test_by_default_only_same_type_pairs(tmp_path):
 
 
 def test_table_cells(run):
-    """Seed v5 conditions per ordered pair of types (type-node variant, spec §5.2(a)): A's
+    """The proposal (v5) conditions per ordered pair of types (type-node variant, ABI §5.2(a)): A's
     acme-small (2.1) → B's (2.3) only; each ACME type to itself on its host except B's
     acme-large (read ENODEV); mtty (no attribute) nowhere."""
     tmp, out = run
@@ -100,7 +100,7 @@ def test_table_cells(run):
 
 
 def test_why_names_the_failed_condition_and_errno(run):
-    """--why gives `mdevfs check`'s reason per ✗: seed conditions (1)–(4), driver errnos."""
+    """--why gives `mdevfs check`'s reason per ✗: proposal's conditions (1)–(4), driver errnos."""
     _, out = run
     a_large, a_small, a_mtty1 = LABELS[0], LABELS[1], LABELS[2]
     b_large, b_small = LABELS[4], LABELS[5]

@@ -1,4 +1,4 @@
-"""What the framework enforces on every migration_version (seed v5 3/4, spec §5.2).
+"""What the framework enforces on every migration_version (the proposal (v5) 3/4, ABI §5.2).
 
 A probe driver, loaded from a file as a vendor prototyping one would be, lets the
 tests choose its string and its verdict through its own type attributes:
@@ -115,7 +115,7 @@ def seen(m) -> list[str]:
 # --- presence and mode --------------------------------------------------------------------
 
 def test_attribute_at_type_and_device_mode_0644(m):
-    """seed: an optional read-write attribute under the type node and the device node."""
+    """The proposal: an optional read-write attribute under the type node and the device node."""
     uuid = m.create("probe-a", parent="probe")
     for path in (MV, f"bus/mdev/devices/{uuid}/migration_version"):
         assert stat.S_IMODE(os.stat(m.path(path)).st_mode) == 0o644
@@ -123,7 +123,7 @@ def test_attribute_at_type_and_device_mode_0644(m):
 
 
 def test_absent_when_the_driver_has_no_migration(m):
-    """seed: absence of the attribute means no migration support (type and device)."""
+    """The proposal: absence of the attribute means no migration support (type and device)."""
     uuid = m.create("probe-none", parent="probe")
     none_type = "class/mdev_bus/probe/mdev_supported_types/probe-none"
     assert "migration_version" not in os.listdir(m.path(none_type))
@@ -134,27 +134,27 @@ def test_absent_when_the_driver_has_no_migration(m):
 # --- read ---------------------------------------------------------------------------------
 
 def test_read_is_the_string_and_a_newline(m):
-    """seed: read(2) returns the driver's string; sysfs adds the newline."""
+    """The proposal: read(2) returns the driver's string; sysfs adds the newline."""
     m.write(f"{TYPE}/test/version", "3*ab-")
     assert m.path(MV).read_bytes() == b"ab-ab-ab-\n"
 
 
 def test_read_fails_with_the_drivers_errno(m):
-    """seed: read(2) fails with the vendor's errno when migration is unsupported."""
+    """The proposal: read(2) fails with the vendor's errno when migration is unsupported."""
     for code in (errno.ENODEV, errno.ETIMEDOUT, errno.EOPNOTSUPP):
         m.write(f"{TYPE}/test/version", f"errno:{code}")
         assert errno_of(m.read, MV) == code
 
 
 def test_path_max_string_reads_back_whole(m):
-    """seed restriction 2: a string of PATH_MAX (4096) bytes is allowed, read whole + newline."""
+    """the proposal's restriction 2: a string of PATH_MAX (4096) bytes is allowed, read whole + newline."""
     m.write(f"{TYPE}/test/version", "4096*z")
     data = m.path(MV).read_bytes()
     assert data == b"z" * 4096 + b"\n"
 
 
 def test_a_longer_string_is_eio_naming_the_driver(m):
-    """seed restriction 2, enforced by the framework: 4097 bytes is a driver bug → EIO, logged."""
+    """the proposal's restriction 2, enforced by the framework: 4097 bytes is a driver bug → EIO, logged."""
     m.write(f"{TYPE}/test/version", "4097*z")
     mark = len(m.log())
     assert errno_of(m.read, MV) == errno.EIO
@@ -168,7 +168,7 @@ def test_a_longer_string_is_eio_naming_the_driver(m):
     (b"notstr", "of type int, not str"),
 ])
 def test_a_non_ascii_string_is_eio_naming_the_driver(m, setting, problem):
-    """seed restriction 1, enforced by the framework: a non-ASCII string → EIO, logged."""
+    """the proposal's restriction 1, enforced by the framework: a non-ASCII string → EIO, logged."""
     uuid = m.create("probe-a", parent="probe")
     m.write(f"{TYPE}/test/version", setting)
     for path in (MV, f"bus/mdev/devices/{uuid}/migration_version"):
@@ -179,14 +179,14 @@ def test_a_non_ascii_string_is_eio_naming_the_driver(m, setting, problem):
 
 
 def test_other_attributes_keep_the_page_limit(m):
-    """spec §1.3: other attributes are still cut at PAGE_SIZE - 1 bytes."""
+    """ABI §1.3: other attributes are still cut at PAGE_SIZE - 1 bytes."""
     assert m.path(f"{TYPE}/test/big").read_bytes() == b"b" * 4095
 
 
 # --- write --------------------------------------------------------------------------------
 
 def test_write_returns_the_count_and_strips_one_newline(m):
-    """seed: write(2) of the source's string succeeds with the byte count; one '\\n' ignored."""
+    """The proposal: write(2) of the source's string succeeds with the byte count; one '\\n' ignored."""
     assert m.write(MV, "src-1\n") == 6
     assert m.write(MV, "src-2") == 5
     assert m.write(MV, "src-3\n\n") == 7
@@ -194,14 +194,14 @@ def test_write_returns_the_count_and_strips_one_newline(m):
 
 
 def test_write_fails_with_the_drivers_errno(m):
-    """seed: write(2) fails with the vendor-specific errno when incompatible."""
+    """The proposal: write(2) fails with the vendor-specific errno when incompatible."""
     for code in (errno.EINVAL, errno.ENODEV, errno.EPROTO):
         m.write(f"{TYPE}/test/verdict", str(code))
         assert errno_of(m.write, MV, "v1\n") == code
 
 
 def test_non_ascii_write_is_einval_before_the_driver(m):
-    """seed restriction 1, enforced by the framework: a non-ASCII write → EINVAL."""
+    """the proposal's restriction 1, enforced by the framework: a non-ASCII write → EINVAL."""
     before = len(seen(m))
     for data in (b"caf\xe9", b"v1\n\x80", b"ok\0\xff"):
         assert errno_of(m.write, MV, data) == errno.EINVAL
@@ -209,19 +209,19 @@ def test_non_ascii_write_is_einval_before_the_driver(m):
 
 
 def test_nul_ends_the_string(m):
-    """spec §2.1: the store buffer is a C string, so the driver sees text up to a NUL."""
+    """ABI §2.1: the store buffer is a C string, so the driver sees text up to a NUL."""
     assert m.write(MV, b"abc\0def") == 7
     assert seen(m)[-1] == "abc"
 
 
 def test_writes_are_cut_at_4096_bytes(m):
-    """spec §2.1: one store() per write(2), cut at PAGE_SIZE (4096) bytes."""
+    """ABI §2.1: one store() per write(2), cut at PAGE_SIZE (4096) bytes."""
     assert m.write(MV, "y" * 5000) == 4096
     assert seen(m)[-1] == "y" * 4096
 
 
 def test_path_max_string_round_trips(m):
-    """seed: cat of a PATH_MAX string then echo of it into the attribute is accepted."""
+    """The proposal: cat of a PATH_MAX string then echo of it into the attribute is accepted."""
     m.write(f"{TYPE}/test/version", "4096*q")
     text = m.path(MV).read_bytes()
     assert m.write(MV, text) == 4096  # echo's 4097 bytes, cut at 4096: the newline goes
@@ -229,7 +229,7 @@ def test_path_max_string_round_trips(m):
 
 
 def test_empty_write_does_not_reach_the_driver(m):
-    """spec §2.1: a zero-length write returns 0 without calling store()."""
+    """ABI §2.1: a zero-length write returns 0 without calling store()."""
     m.write(f"{TYPE}/test/verdict", str(errno.EINVAL))
     before = len(seen(m))
     assert m.write(MV, b"") == 0
@@ -239,7 +239,7 @@ def test_empty_write_does_not_reach_the_driver(m):
 @settings(max_examples=25, deadline=None)
 @given(text=st.text(st.characters(codec="ascii", exclude_characters="\0"), max_size=200))
 def test_any_ascii_string_survives_read_then_write(mount, text):
-    """seed (through a mount): a driver's ASCII string reads back exactly and writes back."""
+    """The proposal (through a mount): a driver's ASCII string reads back exactly and writes back."""
     mount.write(f"{TYPE}/test/verdict", "0")
     mount.write(f"{TYPE}/test/version", b"1*" + text.encode())
     assert mount.path(MV).read_bytes() == text.encode() + b"\n"
@@ -271,7 +271,7 @@ def node(fake: Fake) -> File:
                                                        min_size=PATH_MAX - 2,
                                                        max_size=PATH_MAX + 2))
 def test_show_accepts_exactly_ascii_up_to_path_max(value):
-    """seed restrictions 1 and 2: the string + '\\n' if ASCII and ≤ PATH_MAX, else EIO."""
+    """the proposal's restrictions 1 and 2: the string + '\\n' if ASCII and ≤ PATH_MAX, else EIO."""
     if value.isascii() and len(value) <= PATH_MAX:
         assert node(Fake(value)).read() == value.encode() + b"\n"
     else:
@@ -282,7 +282,7 @@ def test_show_accepts_exactly_ascii_up_to_path_max(value):
 
 @given(buf=st.binary(max_size=5000))
 def test_store_refuses_non_ascii_and_hands_over_the_c_string(buf):
-    """seed restriction 1 + spec §2.1: non-ASCII → EINVAL; else the text to the first NUL,
+    """the proposal's restriction 1 + ABI §2.1: non-ASCII → EINVAL; else the text to the first NUL,
     minus one trailing newline, from at most 4096 bytes; the count is returned."""
     fake = Fake("x")
     cut = buf[:4096]

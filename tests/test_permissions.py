@@ -63,7 +63,7 @@ def test_by_default_only_the_mounting_user_enters(config):
 
 
 def test_with_allow_other_others_read_but_cannot_change_anything(config):
-    """Issue 6 item 6, spec §1.1 modes: others read attributes and follow links, and get
+    """Issue 6 item 6, ABI §1.1 modes: others read attributes and follow links, and get
     EACCES on create, remove, migration_version (type and device) and power/control."""
     with mounted(config, args=("--allow-other",)) as m:
         reachable(m)

@@ -135,11 +135,11 @@ def test_two_refusals_of_one_attribute_in_a_row_get_one_reason_each(hosts):
                    "refusing 'acme-2.4-small': source minor 4 is newer than ours, 1"]
 
 
-def test_a_driver_without_grades_is_graded_by_the_seed(hosts):
+def test_a_driver_without_grades_is_graded_by_the_proposal(hosts):
     """The control socket's ``grade`` for a driver that has no ``grade``: live when its check
     accepts the string, else none, limited by "other", with the errno's text."""
     a, _ = hosts
     assert a.control.grade(ATTR, "acme-2.1-small") == {
-        "result": "live", "limit": "none", "reason": "the seed's check accepts it"}
+        "result": "live", "limit": "none", "reason": "the proposal's check accepts it"}
     assert a.control.grade(ATTR, "acme-2.3-small") == {
         "result": "none", "limit": "other", "reason": "Invalid argument"}

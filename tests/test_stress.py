@@ -2,7 +2,7 @@
 
 For a bounded time, rounds of: 8 processes create fresh devices at once on an
 mtty pool of 12 ports (exactly 12 succeed, the rest get the driver's ENOSPC);
-all 8 create one UUID (1 success, 7 EEXIST, spec §2.2 row 4); all 8 write
+all 8 create one UUID (1 success, 7 EEXIST, ABI §2.2 row 4); all 8 write
 ``remove`` of that device through handles opened before any write (1 success,
 7 ENODEV: requests are serialised, so the losers find the node removed, spec
 §2.1/§2.3); then they remove the rest. Meanwhile 2 reader processes check that
@@ -101,7 +101,7 @@ def quiet_state(root: Path, expect: set[str]) -> None:
 
 
 def test_racing_creates_and_removes_keep_every_invariant(tmp_path):
-    """Issue 6 item 2, spec §2.2 and §2.3, with the figures printed (pytest -s)."""
+    """Issue 6 item 2, ABI §2.2 and §2.3, with the figures printed (pytest -s)."""
     config = write_topology(tmp_path, f'[[parent]]\ndriver = "mtty"\n'
                             f'[parent.options]\nports = {PORTS}\n')
     ctx = multiprocessing.get_context("fork")

@@ -1,4 +1,4 @@
-"""Intel GVT-g (spec §4.1) and its migration_version (seed series, spec §5.3)."""
+"""Intel GVT-g (ABI §4.1) and its migration_version (the proposal's series, ABI §5.3)."""
 from __future__ import annotations
 
 import errno
@@ -72,7 +72,7 @@ def log_after(m, mark: int) -> str:
 # --- the parent and its types (§4.1) ------------------------------------------------------
 
 def test_parent_is_the_pci_gpu(m):
-    """spec §4.1: the parent is 0000:00:02.0 under pci0000:00, subsystem bus pci, driver i915."""
+    """ABI §4.1: the parent is 0000:00:02.0 under pci0000:00, subsystem bus pci, driver i915."""
     assert os.readlink(m.path("class/mdev_bus/0000:00:02.0")) == \
         "../../devices/pci0000:00/0000:00:02.0"
     assert os.readlink(m.path("devices/pci0000:00/0000:00:02.0/subsystem")) == "../../../bus/pci"
@@ -87,7 +87,7 @@ def test_parent_is_the_pci_gpu(m):
 
 
 def test_gen9_types_descriptions_and_names(m):
-    """spec §4.1: i915-GVTg_V5_{8,4,2,1}, the description format, name = the sysfs name."""
+    """ABI §4.1: i915-GVTg_V5_{8,4,2,1}, the description format, name = the sysfs name."""
     assert list(avail(m)) == ["i915-GVTg_V5_1", "i915-GVTg_V5_2", "i915-GVTg_V5_4",
                               "i915-GVTg_V5_8"]
     table = {"8": (64, 384, 2, "1024x768"), "4": (128, 512, 4, "1920x1200"),
@@ -102,12 +102,12 @@ def test_gen9_types_descriptions_and_names(m):
 
 
 def test_gen8_small_aperture_registers_fewer_v4_types(m):
-    """spec §4.1: V4 names on gen8; types whose low GM does not fit are not registered."""
+    """ABI §4.1: V4 names on gen8; types whose low GM does not fit are not registered."""
     assert avail(m, "0000:01:00.0") == {"i915-GVTg_V4_4": 1, "i915-GVTg_V4_8": 2}
 
 
 def test_available_instances_is_the_minimum_over_the_shared_pool(m):
-    """spec §4.1: min(low, high, fence) over one pool shared by every type; ENOSPC on create."""
+    """ABI §4.1: min(low, high, fence) over one pool shared by every type; ENOSPC on create."""
     assert avail(m) == {"i915-GVTg_V5_1": 1, "i915-GVTg_V5_2": 2, "i915-GVTg_V5_4": 5,
                         "i915-GVTg_V5_8": 7}
     uuid = m.create("i915-GVTg_V5_1", parent="0000:00:02.0")
@@ -122,7 +122,7 @@ def test_available_instances_is_the_minimum_over_the_shared_pool(m):
 
 
 def test_fences_bind_when_they_are_fewest(m):
-    """spec §4.1: the fence term of the minimum (12 fences: 8 for vGPUs, 4 per vGPU)."""
+    """ABI §4.1: the fence term of the minimum (12 fences: 8 for vGPUs, 4 per vGPU)."""
     assert set(avail(m, "0000:04:00.0").values()) == {1, 2}
     m.create("i915-GVTg_V5_8", parent="0000:04:00.0")
     m.create("i915-GVTg_V5_8", parent="0000:04:00.0")
@@ -131,7 +131,7 @@ def test_fences_bind_when_they_are_fewest(m):
 
 
 def test_vgpu_id_is_the_lowest_free(m):
-    """spec §4.1 (kvmgt.c): each vGPU has intel_vgpu/vgpu_id, ids from 1, lowest free."""
+    """ABI §4.1 (kvmgt.c): each vGPU has intel_vgpu/vgpu_id, ids from 1, lowest free."""
     first = m.create("i915-GVTg_V5_8", parent="0000:00:02.0")
     second = m.create("i915-GVTg_V5_8", parent="0000:00:02.0")
     assert m.read(f"bus/mdev/devices/{first}/intel_vgpu/vgpu_id") == "1\n"
@@ -145,8 +145,8 @@ def test_vgpu_id_is_the_lowest_free(m):
 
 # --- migration_version (§5.3) -------------------------------------------------------------
 
-def test_type_node_reads_the_seed_format(m):
-    """spec §5.3: '%04x-%04x-%s-%08x' (0x8086, device id, type name, version), then a newline."""
+def test_type_node_reads_the_proposals_format(m):
+    """ABI §5.3: '%04x-%04x-%s-%08x' (0x8086, device id, type name, version), then a newline."""
     path = m.path(f"{A}/i915-GVTg_V5_4/migration_version")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert path.read_bytes() == f"{V54}\n".encode()
@@ -157,7 +157,7 @@ def test_type_node_reads_the_seed_format(m):
 
 
 def test_device_node_reads_the_same_string(m):
-    """spec §5.3 (v5 4/4): a vGPU's migration_version sits directly in <uuid>/, mode 0644."""
+    """ABI §5.3 (v5 4/4): a vGPU's migration_version sits directly in <uuid>/, mode 0644."""
     uuid = m.create("i915-GVTg_V5_4", parent="0000:00:02.0")
     path = m.path(f"bus/mdev/devices/{uuid}/migration_version")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
@@ -165,7 +165,7 @@ def test_device_node_reads_the_same_string(m):
 
 
 def test_exact_string_is_compatible_at_both_nodes(m):
-    """spec §5.3: an exact match (one trailing newline ignored) returns the byte count."""
+    """ABI §5.3: an exact match (one trailing newline ignored) returns the byte count."""
     uuid = m.create("i915-GVTg_V5_4", parent="0000:00:02.0")
     for where in (f"{A}/i915-GVTg_V5_4", f"bus/mdev/devices/{uuid}"):
         assert m.write(f"{where}/migration_version", V54) == len(V54)
@@ -184,7 +184,7 @@ def test_exact_string_is_compatible_at_both_nodes(m):
     ("8086-1912-GVTg_V5_4-00000001\n", "wrong string format. probably wrong GVT version"),
 ])
 def test_mismatch_is_einval_with_the_reason_logged(m, source, reason):
-    """spec §5.3: a mismatch is EINVAL; the log gives the reason found by re-parsing."""
+    """ABI §5.3: a mismatch is EINVAL; the log gives the reason found by re-parsing."""
     uuid = m.create("i915-GVTg_V5_4", parent="0000:00:02.0")
     for where in (f"{A}/i915-GVTg_V5_4", f"bus/mdev/devices/{uuid}"):
         mark = len(m.log())
@@ -194,7 +194,7 @@ def test_mismatch_is_einval_with_the_reason_logged(m, source, reason):
 
 
 def test_unsupported_platform_is_enodev(m):
-    """spec §5.3: a platform other than gen8/gen9: the file exists, read and write give ENODEV."""
+    """ABI §5.3: a platform other than gen8/gen9: the file exists, read and write give ENODEV."""
     path = f"{types_of('0000:02:00.0')}/i915-GVTg_V5_4/migration_version"
     assert stat.S_IMODE(os.stat(m.path(path)).st_mode) == 0o644
     mark = len(m.log())
@@ -205,7 +205,7 @@ def test_unsupported_platform_is_enodev(m):
 
 
 def test_invalid_software_version_is_enodev_at_both_nodes(m):
-    """spec §5.3: software version INV_SOFTWARE_VERSION (as v5 was posted): ENODEV everywhere."""
+    """ABI §5.3: software version INV_SOFTWARE_VERSION (as v5 was posted): ENODEV everywhere."""
     uuid = m.create("i915-GVTg_V5_4", parent="0000:03:00.0")
     mark = len(m.log())
     for where in (f"{types_of('0000:03:00.0')}/i915-GVTg_V5_4", f"bus/mdev/devices/{uuid}"):
@@ -216,7 +216,7 @@ def test_invalid_software_version_is_enodev_at_both_nodes(m):
 
 
 def test_gen8_and_gen9_strings_are_incompatible(m):
-    """spec §5.3: a gen8 host's string written to a gen9 type differs in device and type."""
+    """ABI §5.3: a gen8 host's string written to a gen9 type differs in device and type."""
     source = m.read(f"{types_of('0000:01:00.0')}/i915-GVTg_V4_8/migration_version")
     mark = len(m.log())
     assert errno_of(m.write, f"{A}/i915-GVTg_V5_8/migration_version", source) == errno.EINVAL
@@ -224,7 +224,7 @@ def test_gen8_and_gen9_strings_are_incompatible(m):
 
 
 def test_software_version_changes_through_the_control_socket(m):
-    """spec §5.3: the strings follow a run-time change of software version (ctl set-option)."""
+    """ABI §5.3: the strings follow a run-time change of software version (ctl set-option)."""
     gpu = "0000:00:02.0"
     uuid = m.create("i915-GVTg_V5_4", parent=gpu)
     try:
@@ -247,7 +247,7 @@ def test_software_version_changes_through_the_control_socket(m):
 # --- the driver without FUSE --------------------------------------------------------------
 
 def test_software_version_changes_at_run_time():
-    """spec §5.3: the string follows the software version; the old one then mismatches."""
+    """ABI §5.3: the string follows the software version; the old one then mismatches."""
     host = Topology.from_text('[[parent]]\ndriver = "gvt"\n', "t").build()
     tree = Tree(host)
     node = tree.resolve("devices/pci0000:00/0000:00:02.0/mdev_supported_types/"
@@ -283,7 +283,7 @@ def test_bad_options_name_the_option(options, named):
 
 
 def test_scan_follows_kernel_sscanf():
-    """spec §5.3: the re-parse is sscanf "%x-%x-%16[^-]-%x": 0x prefixes, 16-char cap, stops."""
+    """ABI §5.3: the re-parse is sscanf "%x-%x-%16[^-]-%x": 0x prefixes, 16-char cap, stops."""
     assert scan("8086-1912-GVTg_V5_4-00000001") == [0x8086, 0x1912, "GVTg_V5_4", 1]
     assert scan("0x8086- 0X1912-a-ff trailing") == [0x8086, 0x1912, "a", 0xFF]
     assert scan("8086-1912-" + "x" * 20) == [0x8086, 0x1912, "x" * 16]
@@ -297,13 +297,13 @@ def test_scan_follows_kernel_sscanf():
                     max_size=16),
        version=st.integers(0, 0xFFFFFFFE))
 def test_printed_strings_scan_back(vid, did, name, version):
-    """spec §5.3: every string the driver prints re-parses to its four fields."""
+    """ABI §5.3: every string the driver prints re-parses to its four fields."""
     assert scan(f"{vid:04x}-{did:04x}-{name}-{version:08x}") == [vid, did, name, version]
 
 
 @given(field=st.sampled_from(["vid", "did", "type", "sw"]), data=st.data())
 def test_one_changed_field_gives_its_reason(field, data):
-    """spec §5.3: changing one field of the local string logs that field's reason."""
+    """ABI §5.3: changing one field of the local string logs that field's reason."""
     parts = {"vid": 0x8086, "did": 0x1912, "type": "GVTg_V5_4", "sw": 1}
     local = "{vid:04x}-{did:04x}-{type}-{sw:08x}".format(**parts)
     if field == "type":
@@ -319,7 +319,7 @@ def test_one_changed_field_gives_its_reason(field, data):
 @given(source=st.one_of(st.text(st.characters(codec="ascii"), max_size=40),
                         st.sampled_from([V54, V54 + " ", " " + V54, V54.upper()])))
 def test_only_the_exact_string_is_compatible(source):
-    """spec §5.3: compatible iff the (newline-stripped) source equals the local string."""
+    """ABI §5.3: compatible iff the (newline-stripped) source equals the local string."""
     host = Topology.from_text('[[parent]]\ndriver = "gvt"\n', "t").build()
     parent = host.parents["0000:00:02.0"]
     assert isinstance(parent.driver, Gvt)

@@ -1,4 +1,4 @@
-"""NVIDIA vGPU (spec §4.2) and the driver's own migration_version scheme."""
+"""NVIDIA vGPU (ABI §4.2) and the driver's own migration_version scheme."""
 from __future__ import annotations
 
 import errno
@@ -40,7 +40,7 @@ def avail(m, gpu: str = GPU) -> dict[str, int]:
 
 
 def test_parent_is_the_physical_gpu(m):
-    """spec §4.2: pre-Ampere, the parent is the physical GPU's PCI device (bus pci)."""
+    """ABI §4.2: pre-Ampere, the parent is the physical GPU's PCI device (bus pci)."""
     assert os.readlink(m.path(f"class/mdev_bus/{GPU}")) == \
         f"../../devices/pci0000:40/0000:40:01.1/{GPU}"
     assert os.readlink(m.path(f"devices/pci0000:40/0000:40:01.1/{GPU}/subsystem")) == \
@@ -64,7 +64,7 @@ def test_parent_is_the_physical_gpu(m):
 
 
 def test_type_ids_names_and_descriptions(m):
-    """spec §4.2: nvidia-NNN ids, 'GRID …' names, and the documented description format."""
+    """ABI §4.2: nvidia-NNN ids, 'GRID …' names, and the documented description format."""
     assert sorted(os.listdir(m.path(TYPES)), key=lambda t: int(t[7:])) == IDS
     assert m.path(f"{TYPES}/nvidia-63/name").read_bytes() == b"GRID P4-1Q\n"
     assert m.path(f"{TYPES}/nvidia-64/name").read_bytes() == b"GRID P4-2Q\n"
@@ -78,13 +78,13 @@ def test_type_ids_names_and_descriptions(m):
 
 
 def test_newer_drivers_say_nvidia(m):
-    """spec §4.2: newer drivers name their types 'NVIDIA …' instead of 'GRID …'."""
+    """ABI §4.2: newer drivers name their types 'NVIDIA …' instead of 'GRID …'."""
     assert m.read("class/mdev_bus/0000:42:00.0/mdev_supported_types/nvidia-64/name") == \
         "NVIDIA P4-2Q\n"
 
 
 def test_one_type_per_gpu_at_a_time(m):
-    """spec §4.2: while one type is in use the others show 0; creating one is EBUSY."""
+    """ABI §4.2: while one type is in use the others show 0; creating one is EBUSY."""
     assert avail(m) == {f"nvidia-{p.type_id}": p.max_instance for p in TESLA_P4}
     first = m.create("nvidia-64", parent=GPU)
     assert avail(m) == {t: (3 if t == "nvidia-64" else 0) for t in IDS}
@@ -95,7 +95,7 @@ def test_one_type_per_gpu_at_a_time(m):
 
 
 def test_max_instance_then_enospc(m):
-    """spec §4.2: a type takes max_instance vGPUs (P4-4Q: 2); one more is ENOSPC."""
+    """ABI §4.2: a type takes max_instance vGPUs (P4-4Q: 2); one more is ENOSPC."""
     m.create("nvidia-65", parent=GPU)
     m.create("nvidia-65", parent=GPU)
     assert avail(m)["nvidia-65"] == 0
@@ -103,7 +103,7 @@ def test_max_instance_then_enospc(m):
 
 
 def test_vgpu_params_is_read_write(m):
-    """spec §4.2 ([rec]): nvidia/vgpu_params holds the plugin parameters as written."""
+    """ABI §4.2 ([rec]): nvidia/vgpu_params holds the plugin parameters as written."""
     uuid = m.create("nvidia-64", parent=GPU)
     path = f"bus/mdev/devices/{uuid}/nvidia/vgpu_params"
     assert stat.S_IMODE(os.stat(m.path(path)).st_mode) == 0o644
@@ -115,7 +115,7 @@ def test_vgpu_params_is_read_write(m):
 # --- migration_version: the driver's branch scheme ----------------------------------------
 
 def test_version_string_at_type_and_device(m):
-    """spec §5.2 + nvidia.py: 'NVIDIA-vGPU:<branch>.<minor>:<profile>' at both nodes, 0644."""
+    """ABI §5.2 + nvidia.py: 'NVIDIA-vGPU:<branch>.<minor>:<profile>' at both nodes, 0644."""
     uuid = m.create("nvidia-64", parent=GPU)
     for where in (f"{TYPES}/nvidia-64", f"bus/mdev/devices/{uuid}"):
         path = m.path(f"{where}/migration_version")
@@ -150,7 +150,7 @@ def test_branch_compatibility(m, source, code):
 
 
 def test_no_migration_support_means_no_attribute(m):
-    """spec §5.2: migration = false: no migration_version at the type or the device."""
+    """ABI §5.2: migration = false: no migration_version at the type or the device."""
     base = "class/mdev_bus/0000:42:00.0/mdev_supported_types/nvidia-64"
     uuid = m.create("nvidia-64", parent="0000:42:00.0")
     assert "migration_version" not in os.listdir(m.path(base))

@@ -1,4 +1,4 @@
-"""NVIDIA vGPU on SR-IOV VFs (``nvidia-vgpu-sriov.md``) through a real mount: an L40S (Ada,
+"""NVIDIA vGPU on SR-IOV VFs (``docs/sriov.md``) through a real mount: an L40S (Ada,
 vendor-specific VFIO: the nvidia/ group on each VF) and an A100 (Ampere: each VF an mdev
 parent), with the SR-IOV files of drivers/pci/iov.c."""
 from __future__ import annotations

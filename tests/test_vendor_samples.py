@@ -1,4 +1,4 @@
-"""The mdpy and mbochs samples (spec §3) through a real mount, plus their option checks."""
+"""The mdpy and mbochs samples (ABI §3) through a real mount, plus their option checks."""
 from __future__ import annotations
 
 import errno
@@ -40,14 +40,14 @@ def available(m, parent: str, type_id: str) -> int:
 # --- mdpy ---------------------------------------------------------------------------------
 
 def test_mdpy_parent_is_a_virtual_class_device(m):
-    """spec §3: mdpy's parent is class mdpy, device mdpy → /sys/devices/virtual/mdpy/mdpy."""
+    """ABI §3: mdpy's parent is class mdpy, device mdpy → /sys/devices/virtual/mdpy/mdpy."""
     assert os.readlink(m.path("class/mdev_bus/mdpy")) == "../../devices/virtual/mdpy/mdpy"
     assert os.readlink(m.path("class/mdpy/mdpy")) == "../../devices/virtual/mdpy/mdpy"
     assert os.readlink(m.path("devices/virtual/mdpy/mdpy/subsystem")) == "../../../../class/mdpy"
 
 
 def test_mdpy_types_names_and_descriptions(m):
-    """spec §3: mdpy-vga/-xga/-hd, named after the type id, 'virtual display, WxH framebuffer'."""
+    """ABI §3: mdpy-vga/-xga/-hd, named after the type id, 'virtual display, WxH framebuffer'."""
     types = m.path(TYPES.format("mdpy"))
     assert sorted(os.listdir(types)) == ["mdpy-hd", "mdpy-vga", "mdpy-xga"]
     for type_id, size in (("mdpy-vga", "640x480"), ("mdpy-xga", "1024x768"),
@@ -59,7 +59,7 @@ def test_mdpy_types_names_and_descriptions(m):
 
 
 def test_mdpy_core_counter_is_shared_and_exhausts_with_eusers(m):
-    """spec §3 (6.1+): the core's counter, max_instances = count = 4, shared; then EUSERS."""
+    """ABI §3 (6.1+): the core's counter, max_instances = count = 4, shared; then EUSERS."""
     assert [available(m, "mdpy", t) for t in ("mdpy-vga", "mdpy-xga", "mdpy-hd")] == [4, 4, 4]
     made = [m.create(t, parent="mdpy") for t in ("mdpy-vga", "mdpy-xga", "mdpy-hd")]
     assert [available(m, "mdpy", t) for t in ("mdpy-vga", "mdpy-xga", "mdpy-hd")] == [1, 1, 1]
@@ -71,7 +71,7 @@ def test_mdpy_core_counter_is_shared_and_exhausts_with_eusers(m):
 
 
 def test_mdpy_count_option_sizes_the_counter(m):
-    """spec §3: module param count sets max_instances (here 1)."""
+    """ABI §3: module param count sets max_instances (here 1)."""
     assert available(m, "mdpy1", "mdpy-hd") == 1
     m.create("mdpy-hd", parent="mdpy1")
     assert errno_of(m.create, "mdpy-vga", None, "mdpy1") == errno.EUSERS
@@ -79,7 +79,7 @@ def test_mdpy_count_option_sizes_the_counter(m):
 
 
 def test_mdpy_vendor_resolution(m):
-    """spec §3: each mdpy device has vendor/resolution = 'WxH\\n' of its type."""
+    """ABI §3: each mdpy device has vendor/resolution = 'WxH\\n' of its type."""
     for type_id, size in (("mdpy-vga", b"640x480\n"), ("mdpy-hd", b"1920x1080\n")):
         uuid = m.create(type_id, parent="mdpy")
         assert m.path(f"bus/mdev/devices/{uuid}/vendor/resolution").read_bytes() == size
@@ -89,7 +89,7 @@ def test_mdpy_vendor_resolution(m):
 # --- mbochs -------------------------------------------------------------------------------
 
 def test_mbochs_types_names_and_descriptions(m):
-    """spec §3: mbochs-small/-medium/-large, 'virtual display, N MB video memory', N 4/16/64."""
+    """ABI §3: mbochs-small/-medium/-large, 'virtual display, N MB video memory', N 4/16/64."""
     types = m.path(TYPES.format("mbochs"))
     assert sorted(os.listdir(types)) == ["mbochs-large", "mbochs-medium", "mbochs-small"]
     for size, mbytes in (("small", 4), ("medium", 16), ("large", 64)):
@@ -100,7 +100,7 @@ def test_mbochs_types_names_and_descriptions(m):
 
 
 def test_mbochs_shared_pool_and_enospc(m):
-    """spec §3: avail_mbytes / type_mbytes from one 256 MB pool (64/16/4); ENOSPC when short."""
+    """ABI §3: avail_mbytes / type_mbytes from one 256 MB pool (64/16/4); ENOSPC when short."""
     names = ("mbochs-small", "mbochs-medium", "mbochs-large")
     assert [available(m, "mbochs", t) for t in names] == [64, 16, 4]
     m.create("mbochs-large", parent="mbochs")
@@ -112,7 +112,7 @@ def test_mbochs_shared_pool_and_enospc(m):
 
 
 def test_mbochs_mem_option_sizes_the_pool(m):
-    """spec §3: the pool size comes from a module param (here mem = 20 MB: 5/1/0)."""
+    """ABI §3: the pool size comes from a module param (here mem = 20 MB: 5/1/0)."""
     names = ("mbochs-small", "mbochs-medium", "mbochs-large")
     assert [available(m, "mbochs20", t) for t in names] == [5, 1, 0]
     assert errno_of(m.create, "mbochs-large", None, "mbochs20") == errno.ENOSPC
@@ -121,13 +121,13 @@ def test_mbochs_mem_option_sizes_the_pool(m):
 
 
 def test_mbochs_vendor_memory(m):
-    """spec §3 ([rec]): each mbochs device has vendor/memory = 'N MB\\n'."""
+    """ABI §3 ([rec]): each mbochs device has vendor/memory = 'N MB\\n'."""
     uuid = m.create("mbochs-medium", parent="mbochs")
     assert m.path(f"bus/mdev/devices/{uuid}/vendor/memory").read_bytes() == b"16 MB\n"
 
 
 def test_samples_have_no_migration_version(m):
-    """seed / spec §5.2: the samples have no migration support, so no attribute at all."""
+    """the proposal / ABI §5.2: the samples have no migration support, so no attribute at all."""
     uuid = m.create("mdpy-vga", parent="mdpy")
     assert "migration_version" not in os.listdir(m.path(f"{TYPES.format('mdpy')}/mdpy-vga"))
     assert "migration_version" not in os.listdir(m.path(f"bus/mdev/devices/{uuid}"))

@@ -72,7 +72,7 @@ def test_types_come_from_the_topology(m):
 
 
 def test_core_counter_gives_eusers(m):
-    """spec §2.2 row 5: max_instances feeds the core's shared counter; exhausted is EUSERS."""
+    """ABI §2.2 row 5: max_instances feeds the core's shared counter; exhausted is EUSERS."""
     for type_id in ("acme-small", "acme-big", "acme-tiny"):
         m.create(type_id, parent="acme")
     assert m.read(f"{ACME}/acme-small/available_instances") == "0\n"
@@ -82,7 +82,7 @@ def test_core_counter_gives_eusers(m):
 # --- migration_version --------------------------------------------------------------------
 
 def test_string_is_the_format_filled_in_at_both_nodes(m):
-    """spec §5.2: the driver's string plus a newline, mode 0644, at the type and device."""
+    """ABI §5.2: the driver's string plus a newline, mode 0644, at the type and device."""
     uuid = m.create("acme-small", parent="acme")
     for where in (f"{ACME}/acme-small", f"bus/mdev/devices/{uuid}"):
         path = m.path(f"{where}/migration_version")
@@ -92,7 +92,7 @@ def test_string_is_the_format_filled_in_at_both_nodes(m):
 
 
 def test_unsupported_type_fails_with_the_configured_errno(m):
-    """spec §5.2: read (and write) fail with the driver's errno when unsupported."""
+    """ABI §5.2: read (and write) fail with the driver's errno when unsupported."""
     uuid = m.create("acme-big", parent="acme")
     for where in (f"{ACME}/acme-big", f"bus/mdev/devices/{uuid}"):
         assert errno_of(m.read, f"{where}/migration_version") == errno.EOPNOTSUPP
@@ -101,7 +101,7 @@ def test_unsupported_type_fails_with_the_configured_errno(m):
 
 
 def test_absent_type_has_no_attribute(m):
-    """spec §5.2: absence of the attribute means no migration support."""
+    """ABI §5.2: absence of the attribute means no migration support."""
     uuid = m.create("acme-tiny", parent="acme")
     assert "migration_version" not in os.listdir(m.path(f"{ACME}/acme-tiny"))
     assert "migration_version" not in os.listdir(m.path(f"bus/mdev/devices/{uuid}"))
@@ -254,7 +254,7 @@ def test_whole_number_rules(rule, source, target):
 @given(source=st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
        target=st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)))
 def test_same_major_minor_rule(source, target):
-    """scheme rules / spec §5.5: same major, target minor ≥ source minor, bugfix ignored."""
+    """scheme rules / ABI §5.5: same major, target minor ≥ source minor, bugfix ignored."""
     scheme = Scheme("{v}:{type}", {"v": ".".join(map(str, target))}, {"v": "same-major-minor>="})
     expected = source[0] == target[0] and target[1] >= source[1]
     assert check(scheme, ".".join(map(str, source)) + ":t") is expected

@@ -1,4 +1,4 @@
-"""Intel GVT-g (i915): mediated vGPUs of an integrated GPU (spec §4.1, seed series §5.3).
+"""Intel GVT-g (i915): mediated vGPUs of an integrated GPU (ABI §4.1, the proposal's series §5.3).
 
 The parent is the GPU at ``0000:00:02.0`` (``devices/pci0000:00/0000:00:02.0``,
 subsystem bus ``pci``); the type-id prefix is the PCI driver's name, ``i915``.
@@ -13,7 +13,7 @@ the three. A create that does not fit is ENOSPC (aperture_gm.c). ``name`` shows
 the sysfs name (6.1+ core); each device has ``intel_vgpu/vgpu_id`` (lowest free
 id from 1).
 
-migration_version (seed v5 2/4 and 4/4), at type and device nodes, mode 0644:
+migration_version (the proposal (v5) 2/4 and 4/4), at type and device nodes, mode 0644:
 ``"%04x-%04x-%s-%08x"`` of PCI vendor 0x8086, the device id, the type name and
 the software version. Unsupported (read and write fail with ENODEV, logged) on a
 platform other than gen8/gen9 or when the software version is

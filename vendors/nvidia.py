@@ -1,4 +1,4 @@
-"""NVIDIA vGPU (the out-of-tree nvidia.ko vGPU manager) on a pre-Ampere GPU (spec §4.2).
+"""NVIDIA vGPU (the out-of-tree nvidia.ko vGPU manager) on a pre-Ampere GPU (ABI §4.2).
 
 The parent is the physical GPU, a Tesla P4 by default, at ``0000:41:00.0``
 under ``devices/pci0000:40/0000:40:01.1/0000:41:00.0`` (a GPU behind a root
@@ -30,7 +30,7 @@ this form or names another profile; EPROTONOSUPPORT when the branch differs or
 the source is newer. The reason is logged. ``migration = false`` removes the
 attribute (no migration support).
 
-**Graded answers (mdevfs's model, beside the seed's yes/no).** NVML answers a migration
+**Graded answers (mdevfs's model, beside the proposal's yes/no).** NVML answers a migration
 question with a grade (``nvmlVgpuVmCompatibility_t``: none, cold, … live) and the
 component that limits it (``nvmlVgpuPgpuCompatibilityLimitCode_t``: host driver, guest
 driver, GPU). No sysfs file carries them, so mdevfs gives them through the control socket

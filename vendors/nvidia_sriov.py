@@ -1,4 +1,4 @@
-"""NVIDIA vGPU on SR-IOV virtual functions (``nvidia-vgpu-sriov.md``): one GPU, PF and VFs.
+"""NVIDIA vGPU on SR-IOV virtual functions (``docs/sriov.md``): one GPU, PF and VFs.
 
 The GPU is a PCI physical function bound to ``nvidia`` with the SR-IOV capability of its
 card model; writing N to its ``sriov_numvfs`` (what ``sriov-manage -e`` does) makes N VFs,
@@ -7,7 +7,7 @@ each bound to ``nvidia`` with an IOMMU group of its own. Then, by architecture:
 * **Ada, Hopper, Blackwell** (L4, L40S, H100, H200; vGPU 17+ on kernels from 6.8): the
   "vendor-specific VFIO framework". No mdev at all: each VF is a VFIO device
   (``vfio-dev/vfio<N>``) with an ``nvidia/`` group, and becomes a vGPU when a type id is
-  written to its ``nvidia/current_vgpu_type`` (spec §3):
+  written to its ``nvidia/current_vgpu_type`` (ABI §3):
 
   - read: the id and a newline, ``0`` when the VF holds no vGPU;
   - write, checked in this order: ``kstrtoul(buf, 10)`` (EINVAL, ERANGE); the VF's VFIO

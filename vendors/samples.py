@@ -1,4 +1,4 @@
-"""The kernel's sample mdev drivers (samples/vfio-mdev), as spec §3 describes them."""
+"""The kernel's sample mdev drivers (samples/vfio-mdev), as ABI §3 describes them."""
 from __future__ import annotations
 
 import errno
@@ -75,7 +75,7 @@ class Mtty(BaseDriver):
 
 
 class Mdpy(BaseDriver):
-    """mdpy.c: a virtual display with three framebuffer sizes (spec §3).
+    """mdpy.c: a virtual display with three framebuffer sizes (ABI §3).
 
     Types ``mdpy-vga``, ``mdpy-xga`` and ``mdpy-hd`` (640x480, 1024x768,
     1920x1080), named after their type id, described as ``virtual display, WxH
@@ -135,7 +135,7 @@ class Mdpy(BaseDriver):
 
 
 class Mbochs(BaseDriver):
-    """mbochs.c: a bochs-compatible display carved out of one memory pool (spec §3).
+    """mbochs.c: a bochs-compatible display carved out of one memory pool (ABI §3).
 
     Types ``mbochs-small``, ``mbochs-medium`` and ``mbochs-large`` take 4, 16 and
     64 MB of a shared pool of 256 MB; available_instances is ``avail_mbytes /

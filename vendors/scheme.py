@@ -19,7 +19,7 @@
 
 The string is ``format`` filled with the fields and ``type`` (the type's name);
 a type and its devices show the same string, so put ``{type}`` in the format for
-a device's string to name its type, as the seed asks. A written source string is
+a device's string to name its type, as the proposal asks. A written source string is
 parsed back with the format (whole numbers as digits, hex under an ``x``/``X``
 spec such as ``{sw:08x}``, a field under ``same-major-minor>=`` as a dotted
 version, other strings as the shortest text that fits) and every field is
@@ -31,7 +31,7 @@ the reason logged. Options are checked at load time: a bad one is a ValueError
 naming it. A field changes at run time through ``set_option("fields.<name>", value)``
 (``mdevfs ctl DIR set-option PARENT fields.minor 2``).
 
-**Beyond the seed's yes/no** (mdevfs's model of NVML's answers, issue 15), optional::
+**Beyond the proposal's yes/no** (mdevfs's model of NVML's answers, issue 15), optional::
 
     ranges = { sw = [3, 5] }                       # a source's sw must lie in 3..5 (its rule
                                                    # is then "any" unless rules names it)
@@ -40,7 +40,7 @@ naming it. A field changes at run time through ``set_option("fields.<name>", val
     exclude = [{ field = "board", source = "A16", target = "A10" }]   # never, either way
 
 A write of a source string is accepted when no exclusion matches, every ranged field lies
-in its range and every rule holds (the seed's answer, as before). The control socket's
+in its range and every rule holds (the proposal's answer, as before). The control socket's
 ``grade`` says more: ``live`` when the write would be accepted; ``cold`` when only
 ``cold_rules`` hold; else ``none``; with the limit of the first field that fails
 (``limits``, default "gpu" for ``type`` and excluded pairs, else "other").
@@ -283,7 +283,7 @@ class Grading:
         return None
 
     def incompatibility(self, source: str, type_name: str) -> str | None:
-        """The seed's answer: why ``source`` may not migrate here, or None."""
+        """The proposal's answer: why ``source`` may not migrate here, or None."""
         theirs = self.scheme.parse(source)
         if theirs is None:
             return f"does not fit the format {self.scheme.format!r}"

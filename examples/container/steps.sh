@@ -1,7 +1,7 @@
 #!/bin/sh
 # The Containerfile's steps as a plain script, for a Debian 12 root that is not a container
-# image (run from the checkout's root, as root): how the recipe was checked here, in
-# ../shared/tools/fresh-machine's throwaway Debian 12 root (see README.md beside this file).
+# image (run from the checkout's root, as root): how the recipe was checked here, in a
+# throwaway Debian 12 minbase root (see README.md beside this file).
 set -eu
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

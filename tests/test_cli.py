@@ -33,15 +33,12 @@ def test_detached_mount_answers_when_it_returns_and_umount_ends_it(tmp_path):
     root.mkdir()
     log = tmp_path / "daemon.log"
     try:
-        started = time.monotonic()
         out = run("mount", "--log-file", str(log), str(root))
-        took = time.monotonic() - started
         assert out.returncode == 0, out.stderr
         assert f"log {log}" in out.stdout
         assert os.path.ismount(root)
         assert (root / "class/mdev_bus/mtty/mdev_supported_types/mtty-1/name").read_text() == \
             "Single port serial\n"
-        assert took < 5
     finally:
         out = run("umount", str(root))
     assert out.returncode == 0, out.stderr

@@ -239,14 +239,12 @@ def test_latency_delays_only_its_attribute(host):
     slow.start()
     time.sleep(0.05)
     assert host.read(f"{T1}/name") == "Single port serial\n"
-    quick = time.monotonic() - started
+    assert slow.is_alive()  # the other read was answered while this one still waits
     slow.join()
-    assert quick < 0.3
-    assert time.monotonic() - started >= 0.4
+    assert time.monotonic() - started >= 0.4  # a lower bound: load cannot break it
     host.control.latency(f"{T1}/available_instances", 0)
-    started = time.monotonic()
+    assert host.control.status()["latency"] == {}
     assert host.read(f"{T1}/available_instances") == "24\n"
-    assert time.monotonic() - started < 0.3
 
 
 # --- run-time driver options ---------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_run_skips_where_no_namespace_can_be_made(pytester):
     assert ": no namespaces for you\n" in result.stdout.str()
 
 
-def test_reset_restores_the_initial_state_quickly(mdevfs_session):
+def test_reset_restores_the_initial_state(mdevfs_session):
     """Devices on every parent of the default topology, then reset: every type offers what it
     offered at first. The time is the fixture's per-test cost."""
     m = mdevfs_session
@@ -214,8 +214,8 @@ def test_reset_restores_the_initial_state_quickly(mdevfs_session):
     idle = time.perf_counter() - start
     assert m.devices() == []
     assert {t: (t / "available_instances").read_text() for t in types} == initial
+    # how long it takes is make bench's to say, not a test's
     print(f"reset: {created} devices in {took * 1000:.1f} ms, none in {idle * 1000:.2f} ms")
-    assert took < 2.0 and idle < 0.1
 
 
 def test_the_example_suite_passes():

@@ -306,22 +306,13 @@ def test_a_torn_last_record_is_dropped_and_the_rest_restored(tmp_path):
 
 # --- item 8: the journal's cost does not grow with the devices ----------------------------
 
-def create_cost(m, count: int = 40) -> float:
-    started = time.perf_counter()
-    for i in range(count):
-        m.create("mtty-1", f"{i:08x}-0000-4000-8000-000000000000")
-    took = (time.perf_counter() - started) / count
-    for i in range(count):
-        m.remove(f"{i:08x}-0000-4000-8000-000000000000")
-    return took
-
-
-def test_state_cost_per_create_is_the_same_at_10_and_10000_devices(tmp_path):
-    """Issue 12 item 8, issue 11 item 4: one append and one fsync per change, whatever the
-    number of devices; an unplug of 10,000 devices is one write."""
+def test_a_create_appends_one_line_at_10_and_at_10000_devices(tmp_path):
+    """One append per change, whatever the number of devices: a create adds exactly its own
+    line to the journal, which is neither rewritten nor replaced (its inode and every earlier
+    byte stay); an unplug of 10,000 devices leaves none recorded. How long each takes is
+    make bench's to measure, not a test's."""
     config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\n'
                                       'ports = 20100\n')
-    costs = {}
     for n in (10, 10_000):
         state = tmp_path / f"state-{n}.json"
         devices = [{"uuid": f"ffff{i:04x}-0000-4000-8000-{i:012x}", "parent": "mtty",
@@ -329,16 +320,15 @@ def test_state_cost_per_create_is_the_same_at_10_and_10000_devices(tmp_path):
         state.write_text(json.dumps({"format": "mdevfs-state", "version": 2,
                                      "devices": devices}) + "\n")
         with mounted(config, state=state, timeout=60) as m:
-            create_cost(m, 10)  # warm up
-            costs[n] = create_cost(m)
-            started = time.perf_counter()
+            for i in range(3):
+                before, inode = state.read_bytes(), state.stat().st_ino
+                m.create("mtty-1", f"{i:08x}-0000-4000-8000-000000000000")
+                after = state.read_bytes()
+                assert state.stat().st_ino == inode and after.startswith(before)
+                line = json.loads(after[len(before):])
+                assert after[len(before):].count(b"\n") == 1 and line["op"] == "add"
             m.control.unplug("mtty")
-            unplug = time.perf_counter() - started
             assert read_devices(state) == []
-    print(f"\nstate journal: {costs[10] * 1e3:.2f} ms per create at 10 devices, "
-          f"{costs[10_000] * 1e3:.2f} ms at 10,000; unplug of 10,000: {unplug:.2f} s")
-    assert costs[10_000] < 2 * costs[10] + 0.002
-    assert unplug < 5
 
 
 # --- items 9 and 10: no unkillable hangs --------------------------------------------------
@@ -376,9 +366,7 @@ def test_mount_on_the_directory_of_a_stopped_daemon_fails_in_seconds(root):
     pid = int(out.stdout.split("(pid ")[1].split(",")[0])
     os.kill(pid, signal.SIGSTOP)
     try:
-        started = time.monotonic()
-        again = cli("mount", str(root), timeout=30)
-        assert time.monotonic() - started < 10
+        again = cli("mount", str(root), timeout=30)  # a hang would be this timeout
         assert again.returncode == 3
         assert "does not answer within 3 s (is its daemon stopped?)" in again.stderr
     finally:

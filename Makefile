@@ -28,7 +28,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: install system test-system venv test-venv pyfuse3 demo test bench conformance lint clean
+.PHONY: install system test-system venv test-venv pyfuse3 demo test check bench conformance lint clean
 
 install: system venv
 	@# bytecode for mdevfs's own modules, which the editable install leaves to the first import
@@ -82,6 +82,11 @@ demo: install
 
 test: install test-system test-venv
 	$(BIN)/python -m pytest -q
+
+# the edit loop: the fast tiers (the pure core, the adapter without a mount), in seconds;
+# pytest -m mount, clients or slow runs one of the others (tests/conftest.py)
+check: install test-venv
+	$(BIN)/python -m pytest -q -m "unit or adapter"
 
 # Real kernels (Debian 12's 6.1 and 6.12 in QEMU, with the kernel's mdev samples) against mdevfs;
 # tests/conformance/record --golden re-records the dumps that make test compares with.

@@ -1,4 +1,16 @@
-"""Shared fixtures: topologies written to files, and mounts that always unmount."""
+"""Shared fixtures: topologies written to files, and mounts that always unmount; and the
+tier of every test module.
+
+Tiers, fastest first (``pytest -m TIER``; ``make check`` runs unit and adapter):
+
+- ``unit``: the pure core, no FUSE (model, parsers, kernels' table, layers);
+- ``adapter``: the FUSE adapter driven without a mount;
+- ``mount``: through a real mount, with plain file I/O;
+- ``clients``: real software against a mount (mdevctl, libvirt, NVIDIA's NVML bindings,
+  umockdev, a namespace of mdevfs run);
+- ``slow``: whole-system runs (the kernels' dumps, fuzzing, stress, fleets, a wheel built and
+  installed, the benchmark's instruments).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +30,36 @@ MTTY_ONLY = '[[parent]]\ndriver = "mtty"\n'
 STRICT = strict_from_env()
 needs_fuse = pytest.mark.skipif((not os.path.exists("/dev/fuse") or os.geteuid() != 0)
                                 and not STRICT, reason="needs /dev/fuse and root")
+
+#: every test module's tier (a module missing here is an error: each must say)
+TIERS = {
+    "unit": {"test_core", "test_kernels", "test_imports"},
+    "adapter": {"test_adapter"},
+    "mount": {"test_abi", "test_check", "test_cli", "test_drivers", "test_faults", "test_graded",
+              "test_matrix", "test_migration_version", "test_pci", "test_permissions",
+              "test_readers", "test_reasons", "test_security", "test_state", "test_untrusted",
+              "test_vendor_gvt", "test_vendor_nvidia", "test_vendor_nvidia_sriov",
+              "test_vendor_samples", "test_vendor_scheme", "test_plugin"},
+    "clients": {"test_mdevctl", "test_libvirt", "test_nvml", "test_run", "test_record",
+                "test_uevent"},
+    "slow": {"test_conformance", "test_fuzz", "test_fuzz_state", "test_stress", "test_fleet",
+             "test_newcomer", "test_examples", "test_bench"},
+}
+_TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier in TIERS:
+        config.addinivalue_line("markers", f"{tier}: a test of the {tier} tier (tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module.startswith("test_") and module not in _TIER_OF:
+            raise pytest.UsageError(f"{module}: no tier; add it to TIERS in tests/conftest.py")
+        if module in _TIER_OF:
+            item.add_marker(getattr(pytest.mark, _TIER_OF[module]))
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def shared_mount(topology: str, name: str = "topology", mount_name: str = "mount
 mtty_mount, mtty = shared_mount(MTTY_ONLY, "mtty", "mtty_mount")
 
 
-# --- running file operations as an unprivileged user (issue 6 items 3 and 6) ---------------
+# --- running file operations as an unprivileged user -----------------------------
 
 NOBODY = 65534
 #: a Python that uid 65534 may run (the venv's may live under a 0700 home)

@@ -18,7 +18,7 @@ PCI_BASE = "/sys/bus/pci/devices"
 
 
 def symlinked_mdevs() -> list[os.DirEntry[str]]:
-    """os.ReadDir / filepath.Walk with Lstat: entries that are not symlinks are skipped."""
+    """Os.ReadDir / filepath.Walk with Lstat: entries that are not symlinks are skipped."""
     return sorted((e for e in os.scandir(MDEV_BASE) if e.is_symlink()), key=lambda e: e.name)
 
 
@@ -38,7 +38,7 @@ def kubevirt_devices() -> dict[str, dict[str, str]]:
 
 
 def kubevirt_types() -> dict[str, list[str]]:
-    """discoverConfigurableMDEVTypes: glob /sys/class/mdev_bus/**/mdev_supported_types/*."""
+    """DiscoverConfigurableMDEVTypes: glob /sys/class/mdev_bus/**/mdev_supported_types/*."""
     found: dict[str, list[str]] = {}
     for path in sorted(glob.glob(f"{MDEV_CLASS_BUS}/**/mdev_supported_types/*")):
         parent = path.split("/")[-3]

@@ -145,7 +145,7 @@ def test_wrong_direction_open_is_eacces_even_for_root(mtty):
 
 
 def test_open_with_o_trunc_and_o_creat_is_accepted(mtty):
-    """real-clients §1.3: mdevctl opens create/remove with O_WRONLY|O_CREAT|O_TRUNC."""
+    """Real-clients §1.3: mdevctl opens create/remove with O_WRONLY|O_CREAT|O_TRUNC."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     assert write(mtty.root / TYPES / "mtty-1/create", U.encode(), flags) == 36
     assert write(mtty.root / "bus/mdev/devices" / U / "remove", b"1", flags) == 1
@@ -169,7 +169,7 @@ def test_write_is_cut_at_4096_bytes(mtty):
 
 
 def test_autosuspend_delay_without_autosuspend_is_eio(mtty):
-    """drivers/base/power/sysfs.c: autosuspend_delay_ms show → EIO when not in use."""
+    """Drivers/base/power/sysfs.c: autosuspend_delay_ms show → EIO when not in use."""
     assert errno_of(read, mtty.root / MTTY / "power/autosuspend_delay_ms") == errno.EIO
     assert read(mtty.root / MTTY / "power/runtime_status") == b"unsupported\n"
 
@@ -301,7 +301,7 @@ def test_remove_through_a_handle_that_outlived_the_device_is_enodev(mtty):
 
 
 def test_unbind_detaches_and_bind_is_enodev(mtty):
-    """unbind_store: the driver lets go (mtty gets its port back), the driver link, IOMMU
+    """Unbind_store: the driver lets go (mtty gets its port back), the driver link, IOMMU
     group, vendor attributes and vfio-dev go and the uevent empties; the device stays until
     removed. Nothing binds it again (mdev_match is 0): bind is ENODEV (conformance u01–u11)."""
     drivers = mtty.root / "bus/mdev/drivers/mtty"
@@ -327,7 +327,7 @@ def test_unbind_detaches_and_bind_is_enodev(mtty):
 
 
 def test_vfio_device_and_iommu_group_files(mtty):
-    """vfio_register_emulated_iommu_dev(): vfio-dev/vfio0 and a vfio-noiommu group with its
+    """Vfio_register_emulated_iommu_dev(): vfio-dev/vfio0 and a vfio-noiommu group with its
     files, as Debian's 6.1 and 6.12 show them (conformance walk s1, p05–p07)."""
     mtty.create("mtty-1", U)
     dev = mtty.root / MTTY / U
@@ -346,7 +346,7 @@ def test_vfio_device_and_iommu_group_files(mtty):
 
 
 def test_directory_link_counts_follow_their_subdirectories(mtty):
-    """kernfs: a directory's st_nlink is 2 + its subdirectories, also right after a change
+    """Kernfs: a directory's st_nlink is 2 + its subdirectories, also right after a change
     the kernel had cached (conformance walks s0, s1, s2)."""
     parent, groups = mtty.root / MTTY, mtty.root / "kernel/iommu_groups"
     assert (os.stat(parent).st_nlink, os.stat(groups).st_nlink) == (4, 2)
@@ -374,7 +374,7 @@ def test_namespace_operations_are_refused_as_sysfs_does(mtty):
 
 
 def test_chmod_sticks_and_counts_at_open(mtty):
-    """kernfs_setattr keeps what root sets; open checks the mode too, so a 0 mode is EACCES
+    """Kernfs_setattr keeps what root sets; open checks the mode too, so a 0 mode is EACCES
     even for root (conformance n06, n14)."""
     create = mtty.root / TYPES / "mtty-1/create"
     name = mtty.root / TYPES / "mtty-1/name"
@@ -442,7 +442,7 @@ def test_cached_names_are_never_stale_after_a_change(mtty):
     """Every name is cached, and the kernel is told to forget a dropped one before the write
     that dropped it returns: right after each create, remove and unbind, through stat,
     readlink, readdir and open, every path a client uses says the same, while another
-    thread walks the same paths (issue 16: never at the cost of freshness)."""
+    thread walks the same paths (never at the cost of freshness)."""
     import threading
 
     dev, bus, tdevs = (mtty.root / MTTY / U, mtty.root / "bus/mdev/devices" / U,
@@ -487,7 +487,7 @@ def test_cached_names_are_never_stale_after_a_change(mtty):
 
 
 def test_a_device_counts_its_subdirectories_before_it_is_first_looked_at():
-    """A device's directory is built when first looked at (issue 16): its link count, and
+    """A device's directory is built when first looked at : its link count, and
     the link from class/vfio-dev into it, are right before that, bound and unbound, for
     every driver of the default topology (kernfs: nlink is 2 + subdirectories)."""
     drivers_seen = set()
@@ -517,7 +517,7 @@ def test_a_device_counts_its_subdirectories_before_it_is_first_looked_at():
 
 
 def test_a_group_directory_held_across_removals_stays_a_removed_directory(mtty):
-    """kernfs keeps a removed node while a descriptor holds it: fstat gives a removed
+    """Kernfs keeps a removed node while a descriptor holds it: fstat gives a removed
     directory, fchmod works. The group number is reused at every create, so the kernel's
     cached name revalidates to a new inode each time; the lookup it then gives back must
     not make mdevfs forget the inode the descriptor holds (it did, one time in three)."""

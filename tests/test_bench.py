@@ -1,4 +1,4 @@
-"""``make bench`` (issue 7): the benchmark's machinery on a tiny budget.
+"""``make bench`` : the benchmark's machinery on a tiny budget.
 
 No timing is asserted: figures on a shared 2-core machine say little on their
 own. The smoke run checks that every phase runs, every row of the report is

@@ -69,7 +69,7 @@ def test_mountpoint_must_be_an_empty_directory(tmp_path, setup, message):
 
 
 def test_a_mountpoint_left_by_a_killed_daemon_is_recovered(tmp_path):
-    """kill -9 leaves "Transport endpoint is not connected"; the next mount cleans it."""
+    """Kill -9 leaves "Transport endpoint is not connected"; the next mount cleans it."""
     root = tmp_path / "sys"
     root.mkdir()
     proc = subprocess.Popen(MDEVFS + ["mount", "--foreground", str(root)],
@@ -145,7 +145,7 @@ def test_a_driver_bug_is_eio_and_the_mount_stays_up(tmp_path):
 
 
 def test_a_detached_mount_builds_the_topology_and_reads_the_state_once(tmp_path):
-    """Issue 11 item 4: only the daemon builds the topology and reads the state file; the
+    """Only the daemon builds the topology and reads the state file; the
     command that starts it waits for its report."""
     builds = tmp_path / "builds"
     (tmp_path / "counted.py").write_text(

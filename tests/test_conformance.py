@@ -1,4 +1,4 @@
-"""mdevfs against real kernels: the probes' dump of a mount of the kernel samples' parents, with
+"""Mdevfs against real kernels: the probes' dump of a mount of the kernel samples' parents, with
 the kernel set to each recorded one, must equal the dumps recorded on Debian's 5.10, 6.1, 6.12
 and 7.3 kernels (tests/conformance/golden, made by tests/conformance/record --golden), path by
 path and errno by errno; the SR-IOV probe likewise on the igb PF of sriov.toml (igb.py: the
@@ -63,7 +63,7 @@ def probe(topology: Path | None, mdevop: Path, out: Path, kernel: str,
 
 @pytest.fixture(scope="module")
 def dumps(mdevop, tmp_path_factory) -> dict[str, Path]:
-    """mdevfs's dump with the kernel set to each recorded release."""
+    """Mdevfs's dump with the kernel set to each recorded release."""
     work = tmp_path_factory.mktemp("dumps")
     return {release(g): probe(HERE / "samples.toml", mdevop, work / f"mdevfs-{release(g)}.txt",
                               release(g)) for g in GOLDEN}
@@ -71,7 +71,7 @@ def dumps(mdevop, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def sriov_dumps(mdevop, tmp_path_factory) -> dict[str, Path]:
-    """sriov-probe.sh's dump of the igb PF of sriov.toml (the SR-IOV VM's machine) on each
+    """Sriov-probe.sh's dump of the igb PF of sriov.toml (the SR-IOV VM's machine) on each
     recorded release."""
     work = tmp_path_factory.mktemp("sriov")
     return {release(g): probe(HERE / "sriov.toml", mdevop, work / f"sriov-{release(g)}.txt",

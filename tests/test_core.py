@@ -59,7 +59,7 @@ def test_kstrtoul_einval(buf):
 
 
 def test_kstrtoul_overflow_is_erange():
-    """lib/kstrtox.c _kstrtoull: a value past ULONG_MAX is ERANGE (ABI §2.3 tags the
+    """Lib/kstrtox.c _kstrtoull: a value past ULONG_MAX is ERANGE (ABI §2.3 tags the
     kstrtoul details [rec] and says EINVAL; the kernel source says ERANGE)."""
     assert errno_of(kstrtoul, b"18446744073709551616") == errno.ERANGE
 

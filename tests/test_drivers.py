@@ -66,7 +66,7 @@ def test_the_entry_mdevfs_drivers_shows_mounts_as_it_is(tmp_path, name):
 
 
 def test_record_asks_each_installed_driver_whether_it_made_a_parent():
-    """from_recording: the samples recognise their own types and infer their pools; a
+    """From_recording: the samples recognise their own types and infer their pools; a
     parent no driver recognises gets none; an NVIDIA PF of a catalogued card is a gpu."""
     mtty = RecParent("mtty", "devices/virtual/mtty/mtty", types=[
         RecType("mtty-1", available=20), RecType("mtty-2", available=10)])

@@ -180,7 +180,7 @@ def test_every_example_is_documented():
 
 
 def test_sriov_vgpu_lifecycle_script():
-    """examples/sriov: the script runs unchanged in mdevfs run, as on a real L40S host."""
+    """Examples/sriov: the script runs unchanged in mdevfs run, as on a real L40S host."""
     examples = EXAMPLES / "sriov"
     done = subprocess.run([sys.executable, "-m", "mdevfs", "run", "--config",
                            str(examples / "l40s.toml"), "--", "sh",

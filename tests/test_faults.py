@@ -1,4 +1,4 @@
-"""Faults on demand through the control socket (issue 6 item 3), checked through real mounts.
+"""Faults on demand through the control socket , checked through real mounts.
 
 Hot-unplug and plug, injected errnos and latency, a run-time driver option that
 changes migration compatibility, EBUSY on ``remove`` (ABI §2.3, OLD 4.10–5.1),
@@ -69,7 +69,7 @@ class Migration:
 
 @pytest.fixture
 def host(tmp_path):
-    """mtty and the versioned driver (parent v0), with a state file."""
+    """Mtty and the versioned driver (parent v0), with a state file."""
     (tmp_path / "ver.py").write_text(VERSIONED)
     config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[[parent]]\n'
                             'driver = "ver.py"\nname = "v0"\npath = "devices/virtual/ver/v0"\n')
@@ -92,7 +92,7 @@ def recorded(m) -> list[str]:
 # --- hot-unplug ----------------------------------------------------------------------------
 
 def test_unplug_takes_the_parent_and_its_devices_and_plug_brings_back_only_the_types(host):
-    """Issue 6 item 3, ABI §1.1: after unplug the parent dir, its class links, its
+    """ABI §1.1: after unplug the parent dir, its class links, its
     devices, their bus links and IOMMU groups are gone and the state file forgets them;
     plug gives back the types with full pools and no devices, as after a real unplug."""
     host.create("mtty-1", U1)
@@ -119,7 +119,7 @@ def test_unplug_takes_the_parent_and_its_devices_and_plug_brings_back_only_the_t
 
 
 def test_unplug_and_plug_refuse_unknown_parents(host):
-    """Issue 6 item 3: a parent that is not there (or not unplugged) is ENOENT, named."""
+    """A parent that is not there (or not unplugged) is ENOENT, named."""
     with pytest.raises(ControlError) as info:
         host.control.unplug("nope")
     assert (info.value.errno, info.value.strerror) == (
@@ -131,7 +131,7 @@ def test_unplug_and_plug_refuse_unknown_parents(host):
 
 
 def test_writes_in_flight_during_an_unplug_get_enodev(host):
-    """Issue 6 item 3, ABI §2.1: a file handle that outlived the unplug gives ENODEV on
+    """ABI §2.1: a file handle that outlived the unplug gives ENODEV on
     write and read (kernfs_get_active fails); a create held up by latency when the parent
     goes also gets ENODEV, and nothing is created."""
     host.create("mtty-1", U1)
@@ -170,7 +170,7 @@ def test_writes_in_flight_during_an_unplug_get_enodev(host):
 # --- injected errnos and latency -----------------------------------------------------------
 
 def test_a_read_fault_once_fails_one_read(host):
-    """Issue 6 item 3: `fail PATH read EIO --once` fails the next show only."""
+    """`fail PATH read EIO --once` fails the next show only."""
     assert host.control.fail(f"{T1}/name", "read", "EIO", once=True) == \
         f"{MTTY}/mdev_supported_types/mtty-1/name"
     assert errno_of(host.read, f"{T1}/name") == errno.EIO
@@ -178,7 +178,7 @@ def test_a_read_fault_once_fails_one_read(host):
 
 
 def test_a_write_fault_lasts_until_cleared_on_every_path_to_the_file(host):
-    """Issue 6 item 3: a write fault set through one path holds for the file however it is
+    """A write fault set through one path holds for the file however it is
     reached; the store is never called; `clear PATH` ends it."""
     host.create("mtty-1", U1)
     host.control.fail(f"bus/mdev/devices/{U1}/remove", "write", errno.EPERM)
@@ -194,7 +194,7 @@ def test_a_write_fault_lasts_until_cleared_on_every_path_to_the_file(host):
 
 
 def test_an_injected_create_failure_creates_nothing(host):
-    """Issue 6 item 3: e.g. ENOSPC from a full GPU, on demand; clear() ends every fault."""
+    """E.g. ENOSPC from a full GPU, on demand; clear() ends every fault."""
     host.control.fail(f"{T1}/create", "write", "ENOSPC")
     assert errno_of(host.create, "mtty-1", U1) == errno.ENOSPC
     assert listing(host, "bus/mdev/devices") == [] and recorded(host) == []
@@ -209,7 +209,7 @@ def test_an_injected_create_failure_creates_nothing(host):
      (errno.EINVAL, f"{MTTY}/mdev_supported_types/mtty-1/create cannot be read")),
     ({"command": "fail", "path": f"{T1}/name", "op": "read", "error": "EWHAT"},
      (errno.EINVAL, "unknown errno 'EWHAT': give a name such as EIO or a number from 1 to 511")),
-    # issue 12 item 9: only what the kernel takes back from FUSE (1..511, with a name)
+    # only what the kernel takes back from FUSE (1..511, with a name)
     *[({"command": "fail", "path": f"{T1}/name", "op": "read", "error": bad},
        (errno.EINVAL, f"errno {int(bad)} cannot be injected: only 1 to 511 reach a caller "
                       f"through FUSE unchanged")) for bad in (0, 512, 999, 1000, 10**30, "600")],
@@ -223,7 +223,7 @@ def test_an_injected_create_failure_creates_nothing(host):
     ({"command": "unplug"}, (errno.EINVAL, "unplug: missing a required argument: 'parent'")),
 ])
 def test_bad_requests_are_refused_with_a_reason(host, request_, reply):
-    """Issue 6 item 3: the daemon answers a bad request with an errno and a message."""
+    """The daemon answers a bad request with an errno and a message."""
     with pytest.raises(ControlError) as info:
         host.control.request(request_.pop("command"), **request_)
     assert (info.value.errno, info.value.strerror) == reply
@@ -231,7 +231,7 @@ def test_bad_requests_are_refused_with_a_reason(host, request_, reply):
 
 
 def test_latency_delays_only_its_attribute(host):
-    """Issue 6 item 3: `latency PATH SECONDS` sleeps before each show or store of PATH;
+    """`latency PATH SECONDS` sleeps before each show or store of PATH;
     other requests are served meanwhile; 0 clears it."""
     host.control.latency(f"{T1}/available_instances", 0.4)
     started = time.monotonic()
@@ -250,7 +250,7 @@ def test_latency_delays_only_its_attribute(host):
 # --- run-time driver options ---------------------------------------------------------------
 
 def test_set_option_changes_migration_compatibility(host):
-    """Issue 6 item 3, ABI §5.2: a new software version changes migration_version, so the
+    """ABI §5.2: a new software version changes migration_version, so the
     old string is refused (EINVAL); drivers without the option answer EINVAL."""
     mig = f"{VT}/migration_version"
     assert host.read(mig) == "ver-1\n"
@@ -270,7 +270,7 @@ def test_set_option_changes_migration_compatibility(host):
 # --- EBUSY on remove -----------------------------------------------------------------------
 
 def test_a_busy_device_refuses_remove_with_ebusy_until_cleared(host):
-    """Issue 6 item 3, ABI §2.3 (OLD 4.10–5.1, GVT in use): remove_store still parses
+    """ABI §2.3 (OLD 4.10–5.1, GVT in use): remove_store still parses
     first (EINVAL, 0 is a no-op), then the vendor refusal is EBUSY and the device stays."""
     host.create("mtty-1", U1)
     host.control.busy(U1)
@@ -287,7 +287,7 @@ def test_a_busy_device_refuses_remove_with_ebusy_until_cleared(host):
 # --- reset ---------------------------------------------------------------------------------
 
 def test_reset_returns_to_the_topologys_initial_state(host):
-    """Issue 6 item 3: no devices, every parent plugged, no faults, fresh driver options."""
+    """No devices, every parent plugged, no faults, fresh driver options."""
     host.create("mtty-1", U1)
     host.create("ver-t", U2)
     host.control.busy(U1)
@@ -313,7 +313,7 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_mdevfs_ctl_finds_the_socket_in_the_runtime_directory(tmp_path):
-    """Issue 6 item 3, issue 12 item 4: `mdevfs mount DIR` prints its socket, in the
+    """`mdevfs mount DIR` prints its socket, in the
     user's private runtime directory (not beside DIR, where anyone may squat the name),
     mode 0600 and owned by the mounting user; `mdevfs ctl DIR ...` drives it; exit 1 when
     refused, 2 when no daemon answers; umount removes the socket."""
@@ -353,7 +353,7 @@ def test_mdevfs_ctl_finds_the_socket_in_the_runtime_directory(tmp_path):
 
 @needs_nobody
 def test_only_the_mounting_user_may_use_the_socket(host):
-    """Issue 6 item 3: another user cannot connect (mode 0600); and were the mode opened,
+    """Another user cannot connect (mode 0600); and were the mode opened,
     the daemon still refuses a peer of another uid (SO_PEERCRED) with EPERM."""
     workdir = host.root.parent
     sock = host.control.path

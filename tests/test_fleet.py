@@ -1,4 +1,4 @@
-"""Fleets (issue 15): many hosts from a fleet.toml, each a mount of its own, and the
+"""Fleets : many hosts from a fleet.toml, each a mount of its own, and the
 migration planner's view of them, through real mounts."""
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_count_names_hosts_and_state_dir_gives_each_a_file(tmp_path):
 
 
 def test_overrides_merge_driver_options_and_set_the_gpu_count(tmp_path):
-    """gpus = 2 keeps the first two GPUs; gpus = 5 copies the last onto the next free bus,
+    """Gpus = 2 keeps the first two GPUs; gpus = 5 copies the last onto the next free bus,
     its path following; options go to every parent of that driver."""
     spec = shared(tmp_path, '[[host]]\nname = "two"\ngpus = 2\n[host.options.nvidia]\n'
                   'manager = "550.54.10"\n[[host]]\nname = "five"\ngpus = 5\n')
@@ -142,7 +142,7 @@ def test_hosts_are_separate_and_keep_their_state_files(tmp_path):
 
 
 def test_hosts_run_the_kernels_their_entries_name(tmp_path):
-    """kernel = "5.10" on one [[host]] entry: that host's mdevs bind to vfio_mdev, the other
+    """Kernel = "5.10" on one [[host]] entry: that host's mdevs bind to vfio_mdev, the other
     host's to their parent's driver; a kernel mdevfs does not know is refused by name."""
     spec = shared(tmp_path, '[[host]]\nname = "old"\nkernel = "5.10"\n[[host]]\nname = "new"\n')
     with fleet.running(spec, tmp_path / "f") as (old, new):
@@ -257,7 +257,7 @@ def test_a_host_changed_at_run_time_splits_its_group(mdevfs_fleet):
 
 
 def test_graded_answers_and_the_limiting_component(mdevfs_fleet):
-    """mdevfs's model of NVML's graded answer, through the control socket and the plan: the
+    """Mdevfs's model of NVML's graded answer, through the control socket and the plan: the
     new hosts' vGPUs may go to the old hosts cold, limited by the host driver."""
     skew = mdevfs_fleet(EXAMPLES / "skew.toml")
     grade = skew.hosts["old-1"].control.grade

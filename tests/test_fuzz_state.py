@@ -1,6 +1,5 @@
-"""Random operations, faults and restarts against a mount with a state file (issue 12
-item 6): nothing acknowledged is lost, nothing refused appears, before and after
-every restart.
+"""Random operations, faults and restarts against a mount with a state file: nothing
+acknowledged is lost, nothing refused appears, before and after every restart.
 
 One run draws operations at random: creates (new and duplicate UUIDs, on every
 type, pools running out), removes (of devices and of ones already gone), vendor

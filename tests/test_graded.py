@@ -1,4 +1,4 @@
-"""Graded answers beside the proposal's yes/no (issue 15, item 3): the scheme driver's version
+"""Graded answers beside the proposal's yes/no (item 3): the scheme driver's version
 ranges, cold rules, limits and exclusions, through a mount and its control socket."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""docs/kernels.md lists every change of mdevfs/kernel.py's table, with the release and the
+"""Docs/kernels.md lists every change of mdevfs/kernel.py's table, with the release and the
 behaviour the code has: the document cannot drift from the code."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""libvirt 9.0's node-device driver against the default topology (issue 5 items 2 and 3).
+"""Libvirt 9.0's node-device driver against the default topology .
 
 libvirtd runs with only the node-device driver inside an ``mdevfs run`` namespace,
 as real-clients.md §3.2 describes: tmpfs on /run, /var/lib/libvirt,
@@ -76,7 +76,7 @@ wait "$lv" || true
 
 
 class Libvirt:
-    """libvirtd in a namespace; :meth:`sh` runs a command there."""
+    """Libvirtd in a namespace; :meth:`sh` runs a command there."""
 
     def __init__(self, mount, proc: subprocess.Popen[str], pid: int) -> None:
         self.mount, self.proc, self.pid = mount, proc, pid
@@ -187,7 +187,7 @@ def test_a_device_made_by_mdevctl_appears_and_goes(clean):
 
 
 def test_nodedev_create_and_destroy_work_end_to_end(clean, tmp_path):
-    """nodedev-create runs mdevctl, then looks the device up every 5 s until the udev add
+    """Nodedev-create runs mdevctl, then looks the device up every 5 s until the udev add
     has been handled (the event arrives during mdevctl's write, but libvirt's lookup may
     still beat its handler thread: 2 creates in 8 took 5 s, the rest about 30 ms).
     nodedev-destroy opens /dev/vfio/<group> (the namespace's: absent or empty), runs

@@ -1,4 +1,4 @@
-"""Debian's mdevctl 1.2.0, unmodified, as the acceptance client (issue 4 item 2).
+"""Debian's mdevctl 1.2.0, unmodified, as the acceptance client .
 
 Every command runs inside an ``mdevfs run`` namespace, where the emulated tree is
 /sys, and must print what it prints on a real kernel (real-clients.md §1.3) with
@@ -62,7 +62,7 @@ from mdevfs.errors import fail
 
 
 class Liar(BaseDriver):
-    """available_instances says 1, and probe refuses every create with ENOSPC."""
+    """Available_instances says 1, and probe refuses every create with ENOSPC."""
     name = mdev_driver = default_parent = "liar"
     subsystem = ("class", "liar")
     default_path = "devices/virtual/liar/liar"

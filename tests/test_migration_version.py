@@ -147,14 +147,14 @@ def test_read_fails_with_the_drivers_errno(m):
 
 
 def test_path_max_string_reads_back_whole(m):
-    """the proposal's restriction 2: a string of PATH_MAX (4096) bytes is allowed, read whole + newline."""
+    """The proposal's restriction 2: a string of PATH_MAX (4096) bytes is allowed, read whole + newline."""
     m.write(f"{TYPE}/test/version", "4096*z")
     data = m.path(MV).read_bytes()
     assert data == b"z" * 4096 + b"\n"
 
 
 def test_a_longer_string_is_eio_naming_the_driver(m):
-    """the proposal's restriction 2, enforced by the framework: 4097 bytes is a driver bug → EIO, logged."""
+    """The proposal's restriction 2, enforced by the framework: 4097 bytes is a driver bug → EIO, logged."""
     m.write(f"{TYPE}/test/version", "4097*z")
     mark = len(m.log())
     assert errno_of(m.read, MV) == errno.EIO
@@ -168,7 +168,7 @@ def test_a_longer_string_is_eio_naming_the_driver(m):
     (b"notstr", "of type int, not str"),
 ])
 def test_a_non_ascii_string_is_eio_naming_the_driver(m, setting, problem):
-    """the proposal's restriction 1, enforced by the framework: a non-ASCII string → EIO, logged."""
+    """The proposal's restriction 1, enforced by the framework: a non-ASCII string → EIO, logged."""
     uuid = m.create("probe-a", parent="probe")
     m.write(f"{TYPE}/test/version", setting)
     for path in (MV, f"bus/mdev/devices/{uuid}/migration_version"):
@@ -201,7 +201,7 @@ def test_write_fails_with_the_drivers_errno(m):
 
 
 def test_non_ascii_write_is_einval_before_the_driver(m):
-    """the proposal's restriction 1, enforced by the framework: a non-ASCII write → EINVAL."""
+    """The proposal's restriction 1, enforced by the framework: a non-ASCII write → EINVAL."""
     before = len(seen(m))
     for data in (b"caf\xe9", b"v1\n\x80", b"ok\0\xff"):
         assert errno_of(m.write, MV, data) == errno.EINVAL
@@ -271,7 +271,7 @@ def node(fake: Fake) -> File:
                                                        min_size=PATH_MAX - 2,
                                                        max_size=PATH_MAX + 2))
 def test_show_accepts_exactly_ascii_up_to_path_max(value):
-    """the proposal's restrictions 1 and 2: the string + '\\n' if ASCII and ≤ PATH_MAX, else EIO."""
+    """The proposal's restrictions 1 and 2: the string + '\\n' if ASCII and ≤ PATH_MAX, else EIO."""
     if value.isascii() and len(value) <= PATH_MAX:
         assert node(Fake(value)).read() == value.encode() + b"\n"
     else:
@@ -282,7 +282,7 @@ def test_show_accepts_exactly_ascii_up_to_path_max(value):
 
 @given(buf=st.binary(max_size=5000))
 def test_store_refuses_non_ascii_and_hands_over_the_c_string(buf):
-    """the proposal's restriction 1 + ABI §2.1: non-ASCII → EINVAL; else the text to the first NUL,
+    """The proposal's restriction 1 + ABI §2.1: non-ASCII → EINVAL; else the text to the first NUL,
     minus one trailing newline, from at most 4096 bytes; the count is returned."""
     fake = Fake("x")
     cut = buf[:4096]

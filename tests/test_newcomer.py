@@ -1,4 +1,4 @@
-"""A newcomer's first hour (issue 17): --version, drivers, the request trace and `mdevfs log`,
+"""A newcomer's first hour : --version, drivers, the request trace and `mdevfs log`,
 the ready timeout, `run` with a bad topology, strict mode without /dev/fuse, the demo, and a
 wheel that holds what the installed commands use."""
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_default_ready_timeout_grows_with_the_state_file(tmp_path):
 
 
 def test_run_with_a_bad_topology_prints_the_cause_and_exits_125(tmp_path):
-    """mdevfs run's own failures are 125 (as env's and timeout's), never a status the
+    """Mdevfs run's own failures are 125 (as env's and timeout's), never a status the
     command could give: a bad topology, a usage error, no COMMAND."""
     bad = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\nports = -1\n')
     out = mdevfs("run", "--config", str(bad), "--", "true")
@@ -166,7 +166,7 @@ def test_run_with_a_bad_topology_prints_the_cause_and_exits_125(tmp_path):
 # --- strict mode ----------------------------------------------------------------------------
 
 def _pytest_without_dev_fuse(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """pytest on ``project`` in a private mount namespace whose /dev lacks fuse (a tmpfs
+    """Pytest on ``project`` in a private mount namespace whose /dev lacks fuse (a tmpfs
     with only null, zero, random and urandom bound in); the host's /dev is untouched."""
     keep = project / "hostdev"
     keep.mkdir()
@@ -277,7 +277,7 @@ def test_wheel_holds_the_data_files_the_license_and_the_entry_points(wheel):
 
 @needs_fuse
 def test_wheel_installed_in_a_fresh_venv_mounts_and_runs(wheel, tmp_path):
-    """pip installs the wheel alone (its dependencies come from this venv, by a .pth file:
+    """Pip installs the wheel alone (its dependencies come from this venv, by a .pth file:
     building pyfuse3 again would take a minute); then the commands run from that venv."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
@@ -316,7 +316,7 @@ def test_wheel_installed_in_a_fresh_venv_mounts_and_runs(wheel, tmp_path):
 
 @needs_fuse
 def test_scheme_example_hosts_migrate_one_way(tmp_path):
-    """examples/scheme: driver 2.1's acme-large goes to 2.3, not back (minor target>=source)."""
+    """Examples/scheme: driver 2.1's acme-large goes to 2.3, not back (minor target>=source)."""
     from mdevfs.testing import mounted
 
     kind = "class/mdev_bus/acme/mdev_supported_types/acme-large"
@@ -336,7 +336,7 @@ def test_scheme_example_hosts_migrate_one_way(tmp_path):
 
 @needs_fuse
 def test_go_helper_mounts_for_go_test_and_unmounts_in_cleanup(tmp_path):
-    """examples/go: the stdlib-only helper's own tests, run by `go test` (Debian's golang-go,
+    """Examples/go: the stdlib-only helper's own tests, run by `go test` (Debian's golang-go,
     which `make` installs; skipped, as the README says, where no Go toolchain is found)."""
     go = shutil.which("go")
     if go is None:

@@ -56,7 +56,7 @@ def test_what_incus_reads_for_the_driver_version(m):
 
 
 def test_a_gpu_handed_to_vfio_pci_as_nodedev_detach_does(m):
-    """driver_override, unbind, drivers_probe: the GPU is vfio-pci's, its mdev parent gone,
+    """Driver_override, unbind, drivers_probe: the GPU is vfio-pci's, its mdev parent gone,
     its vfio group named after its IOMMU group; and back again."""
     group = os.path.basename(link(m, f"{GPU}/iommu_group"))
     assert m.write(f"{GPU}/driver_override", "vfio-pci\n") == 9
@@ -95,7 +95,7 @@ def test_bind_and_unbind_refuse_as_the_driver_core_does(m):
 
 
 def test_a_dynamic_id_binds_every_unbound_function_it_matches(m):
-    """new_id, as driverctl and older libvirt did: the unbound GPU is probed at once; the same
+    """New_id, as driverctl and older libvirt did: the unbound GPU is probed at once; the same
     id again is EEXIST; remove_id takes it back, a second time ENODEV; fewer than two
     fields EINVAL."""
     m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
@@ -169,7 +169,7 @@ def test_the_pci_cores_writable_files_answer_as_pci_sysfs(m, name, data, answer)
 
 
 def test_runtime_pm_follows_power_control(m):
-    """control_store: auto allows runtime PM (the usage count drops by the forbid's
+    """Control_store: auto allows runtime PM (the usage count drops by the forbid's
     reference), on forbids it again."""
     read = lambda name: m.read(f"{GPU}/power/{name}")  # noqa: E731
     assert (read("control"), read("runtime_enabled"), read("runtime_usage")) == \
@@ -206,7 +206,7 @@ def test_remove_then_rescan_finds_the_function_again(m):
 
 
 def test_config_is_readable_in_full_only_by_root(m):
-    """pci_read_config: 4096 bytes of a PCI Express function's space for root; the first 64
+    """Pci_read_config: 4096 bytes of a PCI Express function's space for root; the first 64
     (the header) for anyone else (tested as nobody in test_permissions)."""
     with open(m.path(f"{GPU}/config"), "rb") as f:
         data = f.read()
@@ -226,7 +226,7 @@ def test_an_unknown_kernel_is_refused_by_mount(tmp_path):
     ("5.10", "true", errno.EINVAL), ("5.19", "true", "1\n"), ("6.12", "disabled", errno.EINVAL),
     ("6.16", "disabled", "0\n"), ("7.3", "enabled", "1\n")])
 def test_sriov_drivers_autoprobe_takes_the_words_of_its_kernels_kstrtobool(kernel, word, answer):
-    """kstrtobool: t/f from 5.19 (0d6ea3ac94ca), e/d from 6.16 (ae5b3500856f)."""
+    """Kstrtobool: t/f from 5.19 (0d6ea3ac94ca), e/d from 6.16 (ae5b3500856f)."""
     with mounted(args=("--kernel", kernel)) as m:
         m.write(f"{PF}/sriov_drivers_autoprobe", "0" if answer == "1\n" else "1")
         if isinstance(answer, int):

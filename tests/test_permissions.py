@@ -1,4 +1,4 @@
-"""Who may enter the mount (issue 6 item 6), checked by running file I/O as uid 65534.
+"""Who may enter the mount , checked by running file I/O as uid 65534.
 
 Without ``--allow-other`` FUSE lets only the mounting user in. With it, the
 kernel enforces the sysfs modes (default_permissions; files owned by the
@@ -48,12 +48,12 @@ def config(tmp_path):
 
 
 def reachable(m) -> None:
-    """mounted() makes a 0700 work directory; open it so only the mount itself decides."""
+    """Mounted() makes a 0700 work directory; open it so only the mount itself decides."""
     os.chmod(m.root.parent, 0o755)
 
 
 def test_by_default_only_the_mounting_user_enters(config):
-    """Issue 6 item 6: FUSE without allow_other refuses every other user (EACCES)."""
+    """FUSE without allow_other refuses every other user (EACCES)."""
     with mounted(config) as m:
         reachable(m)
         assert as_nobody(("listdir", m.root), ("read", m.root / T1 / "name"),
@@ -63,7 +63,7 @@ def test_by_default_only_the_mounting_user_enters(config):
 
 
 def test_with_allow_other_others_read_but_cannot_change_anything(config):
-    """Issue 6 item 6, ABI §1.1 modes: others read attributes and follow links, and get
+    """ABI §1.1 modes: others read attributes and follow links, and get
     EACCES on create, remove, migration_version (type and device) and power/control."""
     with mounted(config, args=("--allow-other",)) as m:
         reachable(m)

@@ -1,4 +1,4 @@
-"""The pytest plugin (issue 4 item 4): fixtures, reset, skips and teardown, run with pytester
+"""The pytest plugin : fixtures, reset, skips and teardown, run with pytester
 in a separate pytest process that finds the plugin through its pytest11 entry point; and the
 examples/mgmt suite that uses it."""
 from __future__ import annotations
@@ -61,7 +61,7 @@ def test_the_factory_and_the_ini_option_mount_other_topologies(pytester):
 
 
 def test_one_test_runs_on_every_kernel_its_marker_names(pytester):
-    """mdevfs_kernels: one run per kernel, each on its own session mount: on 5.10 every mdev
+    """Mdevfs_kernels: one run per kernel, each on its own session mount: on 5.10 every mdev
     binds to vfio_mdev and has no vfio-dev, on 7.3 it binds to its parent's driver; the
     factory takes a kernel too."""
     pytester.makepyfile('''
@@ -153,7 +153,7 @@ def test_strict_mode_fails_where_fuse_is_missing(pytester, monkeypatch):
 
 
 def test_a_mount_that_is_not_permitted_skips_by_its_type(pytester):
-    """Issue 11 item 6: the plugin skips on MountNotPermitted (which the launcher raises
+    """The plugin skips on MountNotPermitted (which the launcher raises
     where libfuse says the mount is not permitted), whatever the message; another
     MountError fails the test."""
     pytester.makeconftest(

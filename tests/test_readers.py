@@ -1,4 +1,4 @@
-"""KubeVirt's and NVIDIA's way of reading mdevs gets the right answers (issue 4 item 3).
+"""KubeVirt's and NVIDIA's way of reading mdevs gets the right answers .
 
 Inside ``mdevfs run`` on the default topology, one device is created on every parent
 that offers a type with room; tests/mdev_readers.py then resolves

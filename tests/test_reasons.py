@@ -1,4 +1,4 @@
-"""Refusal reasons, visible (issue 15): what a vendor driver logs when it refuses reaches
+"""Refusal reasons, visible : what a vendor driver logs when it refuses reaches
 `mdevfs ctl DIR reasons`, `mdevfs check` and `matrix --why`, not only the daemon log."""
 from __future__ import annotations
 

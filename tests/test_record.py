@@ -1,4 +1,4 @@
-"""Issue 14: hosts captured and replayed. `mdevfs record` of a mount (and of the real 6.1
+"""Hosts captured and replayed. `mdevfs record` of a mount (and of the real 6.1
 kernel's tree, rebuilt from the golden dump) mounts again and reads back the same; a broken
 tree is reported, never a traceback; `mdevfs import` of a umockdev-record file; `mdevfs
 export` as a plain tree and as a .umockdev file that umockdev-run replays to mdevctl."""
@@ -182,7 +182,7 @@ def golden_tree(state: str, dest: Path, golden: Path = GOLDEN_61) -> list[str]:
 
 
 def probe_walk(root: Path, state: str, mdevop: Path) -> list[str]:
-    """probe.sh's walk_all for one state, against ``root``."""
+    """Probe.sh's walk_all for one state, against ``root``."""
     def op(*args: str) -> str:
         return subprocess.run([str(mdevop), *args], capture_output=True, text=True,
                               env={**os.environ, "SYSROOT": str(root)}, check=True).stdout
@@ -310,7 +310,7 @@ def test_umockdev_run_over_an_export_shows_what_mdevctl_shows_live(tmp_path):
 
 @needs_umockdev
 def test_a_umockdev_recording_of_an_mdev_host_imports(tmp_path):
-    """umockdev-record keeps no mdev_supported_types/: the types come from the devices'
+    """Umockdev-record keeps no mdev_supported_types/: the types come from the devices'
     mdev_type links, and the file says what is unknown."""
     record = (f"echo {UA} > /sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2/create && "
               f"umockdev-record /sys/devices/virtual/mtty/mtty /sys/bus/mdev/devices/{UA}")

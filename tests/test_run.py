@@ -1,4 +1,4 @@
-"""``mdevfs run``: the namespace, its exit status and its teardown (issue 4 item 1).
+"""``mdevfs run``: the namespace, its exit status and its teardown .
 
 Other test runs on the same machine may mount and unmount their own mdevfs trees
 meanwhile, so comparisons of the mount table leave out fuse.mdevfs mounts other
@@ -127,7 +127,7 @@ def test_the_command_gets_the_signal_dispositions_of_a_shell():
 
 
 def test_one_python_process_serves_the_mount_and_starts_the_command():
-    """Issue 16 item 3: the daemon and the command are forked from mdevfs run itself, with
+    """The daemon and the command are forked from mdevfs run itself, with
     no interpreter started between (the daemon's command line is run's own)."""
     proc = subprocess.Popen([*MDEVFS, "run", "--", "sh", "-c", "echo $PPID; read x"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

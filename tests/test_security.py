@@ -1,4 +1,4 @@
-"""Issue 12, "Nothing lost, nobody let in": each attack of the issue, re-run through the
+""""Nothing lost, nobody let in": each attack of the issue, re-run through the
 real CLI and mount (as nobody where it is about privilege), gets the safe behaviour.
 
 Items 14 and 15 (listings, mmap, chmod, EPERM) are checked with the ABI tests.
@@ -66,7 +66,7 @@ def root(tmp_path):
             subprocess.run(["fusermount3", "-u", "-z", str(r)], capture_output=True)
 
 
-# --- item 1 (issue 11 item 7): the current directory is never imported -------------------
+# --- the current directory is never imported ---------------------------------------
 
 PLANTED = "import pathlib; pathlib.Path({marker!r}).write_text('ran'); raise SystemExit(99)\n"
 
@@ -83,7 +83,7 @@ def planted(tmp_path):
 
 
 def test_mount_from_a_directory_with_a_planted_attrs_and_mdevfs_imports_neither(planted, root):
-    """Issue 12 item 1, issue 11 item 7: `mdevfs mount` (the daemon is `python -P -m
+    """`mdevfs mount` (the daemon is `python -P -m
     mdevfs` in /) from a directory holding attrs.py and a mdevfs/ folder."""
     clone, marker = planted
     out = cli("mount", str(root), cwd=clone)
@@ -96,7 +96,7 @@ def test_mount_from_a_directory_with_a_planted_attrs_and_mdevfs_imports_neither(
 
 
 def test_mounted_and_run_from_a_planted_directory_import_nothing_of_it(planted, monkeypatch):
-    """Issue 12 item 1: the test helper `mounted()` and `mdevfs run` (whose namespace
+    """The test helper `mounted()` and `mdevfs run` (whose namespace
     helper runs isolated, -I) in such a directory."""
     clone, marker = planted
     monkeypatch.chdir(clone)
@@ -111,7 +111,7 @@ def test_mounted_and_run_from_a_planted_directory_import_nothing_of_it(planted, 
 # --- items 2 and 4: files of root in shared directories ----------------------------------
 
 def test_default_log_and_socket_are_in_the_private_runtime_directory(root):
-    """Issue 12 items 2 and 4: not /tmp/mdevfs-<pid>.log, not .DIR.mdevfs-ctl beside DIR
+    """Not /tmp/mdevfs-<pid>.log, not .DIR.mdevfs-ctl beside DIR
     (anyone may plant or squat those names), but a 0700 directory of the user's."""
     out = cli("mount", str(root))
     try:
@@ -129,7 +129,7 @@ def test_default_log_and_socket_are_in_the_private_runtime_directory(root):
 
 @needs_nobody
 def test_a_squatted_socket_name_beside_the_mount_blocks_nothing(tmp_path, shared):
-    """Issue 12 item 4: nobody squats `.sys.mdevfs-ctl` beside the mountpoint in a shared
+    """Nobody squats `.sys.mdevfs-ctl` beside the mountpoint in a shared
     directory; the mount still works (its socket is elsewhere) and nobody cannot reach
     the runtime directory."""
     mnt = shared / "sys"
@@ -149,7 +149,7 @@ def test_a_squatted_socket_name_beside_the_mount_blocks_nothing(tmp_path, shared
 
 @needs_nobody
 def test_a_planted_log_link_or_fifo_is_refused_not_followed(tmp_path, shared, root):
-    """Issue 12 items 2 and 10: a --log-file in a shared directory that nobody made a
+    """A --log-file in a shared directory that nobody made a
     symlink to a root-only file, or a FIFO: refused at once, the target untouched."""
     secret = tmp_path / "secret"
     secret.write_text("root only\n")
@@ -165,7 +165,7 @@ def test_a_planted_log_link_or_fifo_is_refused_not_followed(tmp_path, shared, ro
 
 @needs_nobody
 def test_a_planted_state_temporary_is_never_followed(tmp_path, shared, root):
-    """Issue 12 item 3: nobody plants the state file's temporary as a link to a root-only
+    """Nobody plants the state file's temporary as a link to a root-only
     file; root's rewrite (here of a version 1 file) neither writes through it nor makes
     the state file nobody's link."""
     secret = tmp_path / "secret"
@@ -189,7 +189,7 @@ def test_a_planted_state_temporary_is_never_followed(tmp_path, shared, root):
 # --- items 5, 6, 7: the state file -------------------------------------------------------
 
 def test_a_second_daemon_on_the_same_state_file_is_refused(tmp_path, root):
-    """Issue 12 item 5: one daemon per state file; the second is told who holds it and
+    """One daemon per state file; the second is told who holds it and
     mounts nothing; the first one's devices survive a restart."""
     state, other = tmp_path / "state.json", tmp_path / "other"
     other.mkdir()
@@ -217,7 +217,7 @@ def small(tmp_path):
 
 
 def test_a_create_whose_state_cannot_be_saved_fails_with_eio_and_creates_nothing(tmp_path, small):
-    """Issue 12 item 6: on a full disk a create fails with EIO (not ENOSPC, "pool full"),
+    """On a full disk a create fails with EIO (not ENOSPC, "pool full"),
     the device does not exist, the pool is unchanged, the log names the file and the
     cause; with room again creates work, and a restart restores exactly what was saved."""
     config = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\n'
@@ -261,7 +261,7 @@ def test_a_create_whose_state_cannot_be_saved_fails_with_eio_and_creates_nothing
 
 @needs_nobody
 def test_a_symlinked_state_path_is_refused_and_never_replaced(tmp_path, shared, root):
-    """Issue 12 item 7: a --state that is a symlink (here nobody's, to a root-only file)
+    """A --state that is a symlink (here nobody's, to a root-only file)
     is refused, not followed and not replaced by a regular file."""
     secret = tmp_path / "secret"
     secret.write_text("root only\n")
@@ -275,7 +275,7 @@ def test_a_symlinked_state_path_is_refused_and_never_replaced(tmp_path, shared, 
 
 
 def test_rewriting_the_state_file_keeps_its_mode_and_unknown_keys(tmp_path):
-    """Issue 12 item 7: the rewrite at mount (a version 1 file becomes a journal) and
+    """The rewrite at mount (a version 1 file becomes a journal) and
     compactions keep the file's mode and top-level keys mdevfs does not know."""
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"format": "mdevfs-state", "version": 1, "devices": [],
@@ -290,7 +290,7 @@ def test_rewriting_the_state_file_keeps_its_mode_and_unknown_keys(tmp_path):
 
 
 def test_a_torn_last_record_is_dropped_and_the_rest_restored(tmp_path):
-    """Issue 11 item 4: a crash mid-append leaves a last line without its newline; the
+    """A crash mid-append leaves a last line without its newline; the
     mount drops it with a warning, restores the rest and appends after a whole record."""
     state = tmp_path / "state.json"
     with mounted(state=state) as m:
@@ -304,7 +304,7 @@ def test_a_torn_last_record_is_dropped_and_the_rest_restored(tmp_path):
     assert [d["uuid"] for d in read_devices(state)] == [U1, U2]
 
 
-# --- item 8: the journal's cost does not grow with the devices ----------------------------
+# --- the journal's cost does not grow with the devices ----------------------------
 
 def test_a_create_appends_one_line_at_10_and_at_10000_devices(tmp_path):
     """One append per change, whatever the number of devices: a create adds exactly its own
@@ -334,7 +334,7 @@ def test_a_create_appends_one_line_at_10_and_at_10000_devices(tmp_path):
 # --- items 9 and 10: no unkillable hangs --------------------------------------------------
 
 def test_ctl_fail_refuses_errnos_the_kernel_would_reject(root):
-    """Issue 12 item 9: 512..999 made the kernel reject the reply and the reader hang;
+    """512..999 made the kernel reject the reply and the reader hang;
     only 1..511 with a name are taken, others refused with a reason (exit 1)."""
     out = cli("mount", str(root))
     assert out.returncode == 0, out.stderr
@@ -359,7 +359,7 @@ def test_ctl_fail_refuses_errnos_the_kernel_would_reject(root):
 
 
 def test_mount_on_the_directory_of_a_stopped_daemon_fails_in_seconds(root):
-    """Issue 12 item 10: a SIGSTOPped daemon's mount never answers; `mdevfs mount` there
+    """A SIGSTOPped daemon's mount never answers; `mdevfs mount` there
     says so within a few seconds instead of hanging, and touches nothing."""
     out = cli("mount", str(root))
     assert out.returncode == 0, out.stderr
@@ -375,7 +375,7 @@ def test_mount_on_the_directory_of_a_stopped_daemon_fails_in_seconds(root):
 
 
 def test_fifos_as_state_or_topology_are_refused_at_once(tmp_path, root):
-    """Issue 12 item 10: a FIFO where a file is expected would block the open forever."""
+    """A FIFO where a file is expected would block the open forever."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     for option, message in (("--state", f"state file {fifo}: not a regular file (a FIFO, "
@@ -386,7 +386,7 @@ def test_fifos_as_state_or_topology_are_refused_at_once(tmp_path, root):
     assert not os.path.ismount(root)
 
 
-# --- item 11: malformed files get a message, never a traceback -----------------------------
+# --- malformed files get a message, never a traceback -----------------------------
 
 def _header(devices) -> str:
     return json.dumps({"format": "mdevfs-state", "version": 2, "devices": devices}) + "\n"
@@ -413,7 +413,7 @@ REC = {"uuid": U1, "parent": "mtty", "type": "mtty-1", "iommu_group": 0, "vendor
     (b"\xff\xfe".decode("latin-1"), "corrupt (not UTF-8 text: "),
 ])
 def test_a_malformed_state_file_is_named_with_its_problem(tmp_path, root, text, problem):
-    """Issue 12 item 11: wrong JSON types, deep nesting, bad journal lines."""
+    """Wrong JSON types, deep nesting, bad journal lines."""
     state = tmp_path / "state.json"
     state.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
     out = cli("mount", "--state", str(state), str(root))
@@ -448,7 +448,8 @@ def test_a_malformed_state_file_is_named_with_its_problem(tmp_path, root, text, 
      "characters"),
 ])
 def test_a_malformed_topology_is_named_with_its_problem(tmp_path, root, text, problem):
-    """Issue 12 items 11 and 13."""
+    """A topology with wrong types, bad names or unknown keys is refused by name, exit 2, no
+    traceback, nothing mounted."""
     config = write_topology(tmp_path, text)
     out = cli("mount", "--config", str(config), str(root))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
@@ -456,11 +457,11 @@ def test_a_malformed_topology_is_named_with_its_problem(tmp_path, root, text, pr
     assert not os.path.ismount(root)
 
 
-# --- item 12: a killed `mdevfs run` leaves nothing behind ---------------------------------
+# --- a killed `mdevfs run` leaves nothing behind ---------------------------------
 
 @pytest.mark.skipif(namespace.unsupported() is not None, reason=namespace.unsupported() or "")
 def test_kill_9_of_mdevfs_run_takes_the_mount_daemon_and_command_with_it(tmp_path):
-    """Issue 12 item 12: the daemon sees its client's end of the socket pair close and
+    """The daemon sees its client's end of the socket pair close and
     unmounts; the command dies with its parent (PR_SET_PDEATHSIG); the next run removes
     the temporary directory and says so."""
     config = write_topology(tmp_path, MTTY_ONLY)

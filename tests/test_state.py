@@ -1,4 +1,4 @@
-"""State that survives, signals and leftovers (issue 6 items 1 and 5), through real mounts.
+"""State that survives, signals and leftovers , through real mounts.
 
 Devices are recorded in the ``--state`` file before ``create`` or ``remove``
 returns; a restart (clean, by signal or after ``kill -9``) restores exactly
@@ -96,10 +96,10 @@ def cleanup(root: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True)
 
 
-# --- item 1: recorded before the write returns; restored exactly ---------------------------
+# --- recorded before the write returns; restored exactly ---------------------------
 
 def test_every_create_and_remove_is_on_disk_before_the_write_returns(topology, tmp_path):
-    """Issue 6 item 1: the state file holds each change as soon as write(2) returns."""
+    """The state file holds each change as soon as write(2) returns."""
     state = tmp_path / "state.json"
     with mounted(topology, state=state) as m:
         assert recorded(state) == []  # created at start, so a restart finds it
@@ -116,7 +116,7 @@ def test_every_create_and_remove_is_on_disk_before_the_write_returns(topology, t
 
 
 def test_a_restart_restores_exactly_the_devices_with_their_groups(topology, tmp_path):
-    """Issue 6 item 1: same UUIDs, parents, types, IOMMU groups (holes kept) and vendor
+    """Same UUIDs, parents, types, IOMMU groups (holes kept) and vendor
     values; the pools count them; the next new device takes the lowest free group."""
     state = tmp_path / "state.json"
     with mounted(topology, state=state) as m:
@@ -169,7 +169,7 @@ def doc(*devices: dict) -> str:
 ])
 def test_a_state_file_that_does_not_fit_is_refused_and_nothing_mounts(topology, tmp_path,
                                                                      text, problem):
-    """Issue 6 item 1: corrupt, unknown parent or type, duplicate UUID, group clash, more
+    """Corrupt, unknown parent or type, duplicate UUID, group clash, more
     devices than the pool holds: a clear error, exit 2, no mount, the file untouched."""
     state = tmp_path / "state.json"
     state.write_text(text)
@@ -187,11 +187,11 @@ def test_a_state_file_that_does_not_fit_is_refused_and_nothing_mounts(topology, 
         run("umount", str(root))
 
 
-# --- item 5: signals and leftovers ---------------------------------------------------------
+# --- signals and leftovers ---------------------------------------------------------
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_unmounts_cleanly_with_the_state_saved(topology, tmp_path, signum):
-    """Issue 6 item 5: SIGTERM and SIGINT unmount, exit 0, remove the control socket;
+    """SIGTERM and SIGINT unmount, exit 0, remove the control socket;
     the next mount with the same state file has the devices back."""
     root, state = tmp_path / "sys", tmp_path / "state.json"
     root.mkdir()
@@ -219,7 +219,7 @@ def test_a_signal_unmounts_cleanly_with_the_state_saved(topology, tmp_path, sign
 
 def test_after_kill_9_the_next_mount_recovers_the_mountpoint_and_the_devices(topology,
                                                                               tmp_path):
-    """Issue 6 items 1 and 5: kill -9 leaves a dead mount (ENOTCONN) and a stale control
+    """Kill -9 leaves a dead mount (ENOTCONN) and a stale control
     socket; `mdevfs mount` on the same directory recovers both and restores the devices."""
     root, state = tmp_path / "sys", tmp_path / "state.json"
     with foreground(topology, state, root) as proc:
@@ -239,7 +239,7 @@ def test_after_kill_9_the_next_mount_recovers_the_mountpoint_and_the_devices(top
 
 
 def test_without_dev_fuse_the_mount_fails_with_a_clear_message(tmp_path):
-    """Issue 6 item 5: in a private mount namespace whose /dev lacks fuse, mount refuses."""
+    """In a private mount namespace whose /dev lacks fuse, mount refuses."""
     root = tmp_path / "sys"
     root.mkdir()
     script = f"mount -t tmpfs none /dev || exit 99; exec {' '.join(MDEVFS)} mount {root}"
@@ -254,7 +254,7 @@ def test_without_dev_fuse_the_mount_fails_with_a_clear_message(tmp_path):
 
 
 def test_an_unbound_device_is_restored_unbound(topology, tmp_path):
-    """Issue 11 item 4: an unbind is a journal record; the device comes back driverless,
+    """An unbind is a journal record; the device comes back driverless,
     without an IOMMU group, and its group number is free for the next device."""
     state = tmp_path / "state.json"
     with mounted(topology, state=state) as m:

@@ -1,4 +1,4 @@
-"""Concurrency (issue 6 item 2): many processes racing on a small pool, through a real mount.
+"""Concurrency : many processes racing on a small pool, through a real mount.
 
 For a bounded time, rounds of: 8 processes create fresh devices at once on an
 mtty pool of 12 ports (exactly 12 succeed, the rest get the driver's ENOSPC);
@@ -101,7 +101,7 @@ def quiet_state(root: Path, expect: set[str]) -> None:
 
 
 def test_racing_creates_and_removes_keep_every_invariant(tmp_path):
-    """Issue 6 item 2, ABI §2.2 and §2.3, with the figures printed (pytest -s)."""
+    """ABI §2.2 and §2.3, with the figures printed (pytest -s)."""
     config = write_topology(tmp_path, f'[[parent]]\ndriver = "mtty"\n'
                             f'[parent.options]\nports = {PORTS}\n')
     ctx = multiprocessing.get_context("fork")

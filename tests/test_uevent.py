@@ -1,4 +1,4 @@
-"""Uevents (issue 5 item 1): the kernel's and udevd's messages, in a private network
+"""Uevents : the kernel's and udevd's messages, in a private network
 namespace only. libvirt acting on them is tests/test_libvirt.py."""
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_messages_have_the_kernel_and_libudev_layouts():
 
 
 def test_the_events_follow_the_kernels_order(host):
-    """create: add, then bind with DRIVER; remove: unbind, remove; a parent: add, change
+    """Create: add, then bind with DRIVER; remove: unbind, remove; a parent: add, change
     MDEV_STATE=registered; unplugged: change MDEV_STATE=unregistered, remove."""
     ev = Recorder(host)
     mtype = host.parents["mtty"].types["mtty-1"]

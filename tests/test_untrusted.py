@@ -267,7 +267,7 @@ def test_fleet_up_refuses_a_directory_it_did_not_make(tmp_path):
 
 @needs_nobody
 def test_fleet_down_of_another_users_record_signals_and_unmounts_nothing(tmp_path):
-    """nobody's directory, with a fleet.json naming a root process and a host whose root is
+    """Nobody's directory, with a fleet.json naming a root process and a host whose root is
     a tmpfs of root's: down refuses, the process lives and the tmpfs stays."""
     os.chmod(tmp_path, 0o755)
     victim = subprocess.Popen(["sleep", "60"])

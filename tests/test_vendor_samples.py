@@ -127,7 +127,7 @@ def test_mbochs_vendor_memory(m):
 
 
 def test_samples_have_no_migration_version(m):
-    """the proposal / ABI §5.2: the samples have no migration support, so no attribute at all."""
+    """The proposal / ABI §5.2: the samples have no migration support, so no attribute at all."""
     uuid = m.create("mdpy-vga", parent="mdpy")
     assert "migration_version" not in os.listdir(m.path(f"{TYPES.format('mdpy')}/mdpy-vga"))
     assert "migration_version" not in os.listdir(m.path(f"bus/mdev/devices/{uuid}"))

@@ -60,7 +60,7 @@ mount, m = shared_mount(HOSTS, "scheme")
 # --- types --------------------------------------------------------------------------------
 
 def test_types_come_from_the_topology(m):
-    """issue 3 item 3 (scheme): the types, names, descriptions and device_api are options."""
+    """Scheme: the types, names, descriptions and device_api are options."""
     assert sorted(os.listdir(m.path(ACME))) == ["acme-big", "acme-small", "acme-tiny"]
     assert m.path(f"{ACME}/acme-small/name").read_bytes() == b"Acme small\n"
     assert m.path(f"{ACME}/acme-small/description").read_bytes() == b"1 slice\n"
@@ -126,7 +126,7 @@ def test_absent_type_has_no_attribute(m):
     (SW.removesuffix("/migration_version"), "sw:3/one/001f", False),
 ])
 def test_rules_decide_through_the_mount(m, path, source, ok):
-    """issue 3 item 3 (scheme rules): each field is compared by its rule; EPROTO/EINVAL."""
+    """Scheme rules: each field is compared by its rule; EPROTO/EINVAL."""
     target = f"{path}/migration_version"
     if ok:
         assert m.write(target, source + "\n") == len(source) + 1
@@ -141,7 +141,7 @@ def test_rules_decide_through_the_mount(m, path, source, ok):
 @given(major=st.integers(0, 4), minor=st.integers(0, 4),
        build=st.sampled_from(["x", "y", "x1"]), kind=st.sampled_from(["small", "big"]))
 def test_mount_agrees_with_the_rules(mount, major, minor, build, kind):
-    """issue 3 item 6 (scheme rules, through a mount): success iff every rule holds."""
+    """Scheme rules, through a mount: success iff every rule holds."""
     source = f"acme-{major}.{minor}-{build}-{kind}"
     target = f"{ACME}/acme-small/migration_version"
     if major == 2 and minor <= 1 and build == "x" and kind == "small":
@@ -151,7 +151,7 @@ def test_mount_agrees_with_the_rules(mount, major, minor, build, kind):
 
 
 def test_fields_change_through_the_control_socket(m):
-    """scheme: ctl set-option PARENT fields.<name> moves the string at both nodes."""
+    """Scheme: ctl set-option PARENT fields.<name> moves the string at both nodes."""
     uuid = m.create("acme-small", parent="acme")
     try:
         m.control.set_option("acme", "fields.minor", 4)
@@ -167,7 +167,7 @@ def test_fields_change_through_the_control_socket(m):
 
 
 def test_fields_change_at_run_time():
-    """scheme: set_field() moves the string; the rules then judge against the new value."""
+    """Scheme: set_field() moves the string; the rules then judge against the new value."""
     host = Topology.from_text(HOSTS, "t").build()
     driver = host.parents["acme"].driver
     migration = driver.migration(host.parents["acme"].types["acme-small"])
@@ -244,7 +244,7 @@ def check(scheme: Scheme, source: str, type_name: str = "t") -> bool:
 @given(rule=st.sampled_from(["equal", "any", "target>=source", "target<=source"]),
        source=st.integers(0, 10**6), target=st.integers(0, 10**6))
 def test_whole_number_rules(rule, source, target):
-    """scheme rules: equal, any, target>=source, target<=source on whole numbers."""
+    """Scheme rules: equal, any, target>=source, target<=source on whole numbers."""
     scheme = Scheme("n{n}-{type}", {"n": target}, {"n": rule})
     expected = {"equal": source == target, "any": True, "target>=source": target >= source,
                 "target<=source": target <= source}[rule]
@@ -254,7 +254,7 @@ def test_whole_number_rules(rule, source, target):
 @given(source=st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
        target=st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)))
 def test_same_major_minor_rule(source, target):
-    """scheme rules / ABI §5.5: same major, target minor ≥ source minor, bugfix ignored."""
+    """Scheme rules / ABI §5.5: same major, target minor ≥ source minor, bugfix ignored."""
     scheme = Scheme("{v}:{type}", {"v": ".".join(map(str, target))}, {"v": "same-major-minor>="})
     expected = source[0] == target[0] and target[1] >= source[1]
     assert check(scheme, ".".join(map(str, source)) + ":t") is expected
@@ -265,7 +265,7 @@ def test_same_major_minor_rule(source, target):
     "b": st.text(st.characters(codec="ascii", exclude_characters="_"), min_size=1, max_size=12),
     "c": st.integers(0, 2**32 - 1)}), type_name=st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True))
 def test_strings_parse_back_to_their_fields(values, type_name):
-    """scheme: a string made by the format parses back to the same fields (decimal and hex)."""
+    """Scheme: a string made by the format parses back to the same fields (decimal and hex)."""
     scheme = Scheme("{a}_{b}_{type}_{c:08x}", values, {})
     assert scheme.parse(scheme.render(type_name)) == {**values, "type": type_name}
     assert check(scheme, scheme.render(type_name), type_name)
@@ -273,6 +273,6 @@ def test_strings_parse_back_to_their_fields(values, type_name):
 
 @given(source=st.text(max_size=30))
 def test_anything_else_is_incompatible_under_equal_rules(source):
-    """scheme: with only 'equal' rules, the one compatible string is the target's own."""
+    """Scheme: with only 'equal' rules, the one compatible string is the target's own."""
     scheme = Scheme("acme-{major}.{minor}-{type}", {"major": 2, "minor": 1}, {})
     assert check(scheme, source, "small") is (source == "acme-2.1-small")

@@ -108,7 +108,7 @@ def test_mounted_and_run_from_a_planted_directory_import_nothing_of_it(planted, 
     assert not marker.exists()
 
 
-# --- items 2 and 4: files of root in shared directories ----------------------------------
+# --- files of root in shared directories ----------------------------------
 
 def test_default_log_and_socket_are_in_the_private_runtime_directory(root):
     """Not /tmp/mdevfs-<pid>.log, not .DIR.mdevfs-ctl beside DIR
@@ -186,7 +186,7 @@ def test_a_planted_state_temporary_is_never_followed(tmp_path, shared, root):
     assert [d["uuid"] for d in read_devices(state)] == [U1]
 
 
-# --- items 5, 6, 7: the state file -------------------------------------------------------
+# --- the state file -------------------------------------------------------
 
 def test_a_second_daemon_on_the_same_state_file_is_refused(tmp_path, root):
     """One daemon per state file; the second is told who holds it and
@@ -331,7 +331,7 @@ def test_a_create_appends_one_line_at_10_and_at_10000_devices(tmp_path):
             assert read_devices(state) == []
 
 
-# --- items 9 and 10: no unkillable hangs --------------------------------------------------
+# --- no unkillable hangs --------------------------------------------------
 
 def test_ctl_fail_refuses_errnos_the_kernel_would_reject(root):
     """512..999 made the kernel reject the reply and the reader hang;

@@ -99,7 +99,10 @@ class Control:
     # --- commands -----------------------------------------------------------------------
 
     def cmd_status(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "parents": list(self.host.parents),
+        modules = {e.module: e.module_version for e in self.host.pci_drivers.values()
+                   if e.instances and e.module_version}
+        return {"pid": os.getpid(), "kernel": str(self.host.kernel), "modules": modules,
+                "parents": list(self.host.parents),
                 "unplugged": list(self.unplugged),
                 "devices": list(self.host.devices),
                 "errors": [{"path": p, "op": op, "errno": errno.errorcode.get(e, e), "once": o}

@@ -150,6 +150,11 @@ class Reasons:
             self._daemons[root] = [client, None]
         return self._daemons[root]
 
+    def client_of(self, root: str | os.PathLike[str]) -> Client | None:
+        """The control client of the mount at ``root``, None where no daemon answers."""
+        client: Client | None = self._daemon(os.path.realpath(root))[0]
+        return client
+
     def daemon_of(self, path: Path) -> tuple[list[Any], str] | None:
         """The daemon entry ([client, cursor]) of ``path``'s mdevfs mount and ``path`` from
         its root (links resolved), or None where no mdevfs daemon answers."""

@@ -11,7 +11,14 @@ against every target node of it on the target host, ``yes`` when all were accept
 (:func:`mdevfs.migration.driver_reasons`).
 
 Hosts whose answers are identical, as sources and as targets, form a group, so that a
-fleet of a hundred hosts with two driver versions reads as a 2×2 table.
+fleet of a hundred hosts with two driver versions reads as a 2×2 table; each group is
+labelled with what its hosts run (the kernel, the modules' versions: a vGPU manager release).
+
+vGPUs that have no ``migration_version`` in sysfs (NVIDIA's vendor-VFIO VFs, Ampere's VF
+types) are asked of the daemons' services instead (``mdevfs.services``: ``migration_types``
+gives each type's string, ``grade`` the target driver's answer, live counting as the
+proposal's yes), the answers NVML gives. A pair that no one can answer, the source having no
+``migration_version`` and no service speaking for it, is "cannot tell", never a refusal.
 """
 from __future__ import annotations
 
@@ -21,11 +28,13 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from attrs import define, frozen
+from attrs import Factory, define, frozen
 
 from .migration import ATTR, Reasons, _read, _write, driver_reasons, errno_text
 
-YES, SOME, NO, COLD = "yes", "some", "no", "cold"
+YES, SOME, NO, COLD, UNKNOWN = "yes", "some", "no", "cold", "unknown"
+#: the reason of a pair no one can answer: the source has no migration_version
+NO_ATTRIBUTE = "(condition 1)"
 CORNER = "source \\ target"
 
 
@@ -60,6 +69,8 @@ class Plan:
     #: groups of hosts with identical answers, in host order
     groups: list[list[str]]
     graded: bool = False
+    #: what each host runs (its kernel, its modules' versions), as a group's label says it
+    has: dict[str, str] = Factory(dict)
 
     def group_of(self, host: str) -> str:
         return next(f"G{i}" for i, g in enumerate(self.groups, 1) if host in g)
@@ -68,12 +79,17 @@ class Plan:
 def plan(roots: Mapping[str, Path], graded: bool = False) -> Plan:
     """The plan of the hosts ``{name: sysfs root}``, all mounted. With ``graded``, each
     (target node, string) is also asked mdevfs's graded question (control ``grade``)."""
-    nodes = {name: _type_nodes(root) for name, root in roots.items()}
     reasons = Reasons()
     for root in roots.values():
         reasons.watch(root)
+    served = {name: _served(reasons.client_of(root)) for name, root in roots.items()}
+    nodes = {name: [(p, t, path) for p, t, path in _type_nodes(root)
+                    if t not in {s.type_id for s in served[name]} or (path / ATTR).exists()]
+             for name, root in roots.items()}
     sources = [s for name, root in roots.items() for s in _sources(name, root, nodes[name],
                                                                     reasons)]
+    sources += [Source(name, s.type_id, s.where, s.version, None)
+                for name in roots for s in served[name]]
     by_type: dict[str, set[str]] = {}
     for s in sources:
         if s.version is not None:
@@ -87,6 +103,12 @@ def plan(roots: Mapping[str, Path], graded: bool = False) -> Plan:
                 answers.setdefault((name, type_id, version), []).append(
                     (_accepts(path, version, reasons),
                      reasons.grade(path / ATTR, version) if graded else None))
+        client = reasons.client_of(roots[name])
+        for target in served[name]:
+            counts[(name, target.type_id)] = counts.get((name, target.type_id), 0) + 1
+            for version in sorted(by_type.get(target.type_id, ())):
+                answers.setdefault((name, target.type_id, version), []).append(
+                    _graded_by_service(client, target, version, graded))
     types = sorted({s.type_id for s in sources})
     cells = {}
     for a in roots:
@@ -96,7 +118,66 @@ def plan(roots: Mapping[str, Path], graded: bool = False) -> Plan:
                 if mine and (b, t) in counts:
                     cells[(a, b, t)] = _cell(mine, answers, b, t, counts[(b, t)])
     hosts = list(roots)
-    return Plan(hosts, types, cells, _groups(hosts, types, cells), graded)
+    has = {name: _has(reasons.client_of(root)) for name, root in roots.items()}
+    return Plan(hosts, types, cells, _groups(hosts, types, cells, has), graded, has)
+
+
+@frozen
+class Served:
+    """A type a daemon's service answers for: its label, the service and the type as the
+    service names them, where (a GPU's address), and the string a vGPU of it carries."""
+
+    type_id: str
+    service: str
+    call_type: str
+    where: str
+    version: str
+
+
+def _served(client: Any) -> list[Served]:
+    """Every type the host's services answer migration questions for."""
+    from .driver import service_names
+
+    found: list[Served] = []
+    if client is None:
+        return found
+    for name in service_names():
+        try:
+            reply = client.request("service", name=name, call="migration_types", args=[])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not reply or reply[0] != 0:
+            continue
+        for line in reply[1:]:
+            label, call_type, where, version = str(line).split("\t", 3)
+            found.append(Served(label, name, call_type, where, version))
+    return found
+
+
+def _graded_by_service(client: Any, target: Served, version: str, graded: bool) -> Answer:
+    """A service's grade of ``version`` at ``target``: live is the proposal's yes."""
+    try:
+        reply = client.request("service", name=target.service, call="grade",
+                               args=[target.where, target.call_type, version])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the daemon did not answer: {exc}", None
+    if not reply or reply[0] != 0:
+        return "the target's service could not grade it", None
+    result, limit, reason = reply[1], reply[2], reply[3]
+    grade = {"result": result, "limit": limit, "reason": reason}
+    why = None if result == "live" else f"{result} (limit {limit}): {reason}"
+    return why, grade if graded else None
+
+
+def _has(client: Any) -> str:
+    """What a host runs, as its group's label says it: the kernel and the modules' versions."""
+    try:
+        status = client.status() if client is not None else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        status = {}
+    parts = [f"kernel {status['kernel']}"] if status.get("kernel") else []
+    parts += [f"{m} {v}" for m, v in sorted(status.get("modules", {}).items())]
+    return ", ".join(parts)
 
 
 def _type_nodes(root: Path) -> list[tuple[str, str, Path]]:
@@ -163,7 +244,9 @@ def _cell(mine: Sequence[Source], answers: Mapping[tuple[str, str, str], list[An
         else:
             results += answers[(target, type_id, s.version)]
     ok = sum(why is None for why, _ in results)
-    status = YES if ok == len(results) else NO if ok == 0 else SOME
+    unknown = sum(why is not None and why.endswith(NO_ATTRIBUTE) for why, _ in results)
+    status = (YES if ok == len(results) else UNKNOWN if unknown == len(results)
+              else NO if ok == 0 else SOME)
     reasons = tuple(sorted({why for why, _ in results if why is not None}))
     graded = [g for _, g in results if g is not None]
     grades = tuple((r, n) for r in ("live", "cold", "none")
@@ -173,13 +256,14 @@ def _cell(mine: Sequence[Source], answers: Mapping[tuple[str, str, str], list[An
 
 
 def _groups(hosts: Sequence[str], types: Sequence[str],
-            cells: Mapping[tuple[str, str, str], Cell]) -> list[list[str]]:
-    """Hosts with the same row and column of cells, in host order."""
+            cells: Mapping[tuple[str, str, str], Cell],
+            has: Mapping[str, str]) -> list[list[str]]:
+    """Hosts with the same row and column of cells, and running the same, in host order."""
     groups: dict[tuple[Any, ...], list[str]] = {}
     for a in hosts:
         row = tuple(cells.get((a, b, t)) for b in hosts for t in types)
         col = tuple(cells.get((b, a, t)) for b in hosts for t in types)
-        groups.setdefault((row, col), []).append(a)
+        groups.setdefault((row, col, has.get(a, "")), []).append(a)
     return list(groups.values())
 
 
@@ -196,6 +280,9 @@ def summary(p: Plan, a: str, b: str) -> tuple[str, str]:
     cells = [p.cells[(a, b, t)] for t in p.types if (a, b, t) in p.cells]
     if not cells:
         return "·", "none"
+    if all(c.status == UNKNOWN for c in cells):
+        return "?", UNKNOWN  # no migration_version: no one can tell, nothing was refused
+    cells = [c for c in cells if c.status != UNKNOWN]
     yes = sum(c.status == YES for c in cells)
     if yes == len(cells):
         return "✓", YES
@@ -212,7 +299,8 @@ def render_text(p: Plan, why: bool = False) -> str:
     names = [f"G{i}" for i in range(1, len(reps) + 1)]
     lines = [f"fleet migration plan: {len(p.hosts)} hosts, {len(p.types)} types, "
              f"{len(p.groups)} groups of hosts with identical answers"]
-    lines += [f"  {n}: {_members(g)}" for n, g in zip(names, p.groups)]
+    lines += [f"  {n}: {_members(g)}" + (f": {p.has[g[0]]}" if p.has.get(g[0]) else "")
+              for n, g in zip(names, p.groups)]
     width = max(len(n) for n in names + [CORNER])
     marks = [[summary(p, a, b)[0] for b in reps] for a in reps]
     col = max([len(n) for n in names] + [len(m) for row in marks for m in row])
@@ -220,7 +308,8 @@ def render_text(p: Plan, why: bool = False) -> str:
     for n, row in zip(names, marks):
         lines.append(f"{n:<{width}}  " + " ".join(f"{m:>{col}}" for m in row))
     lines.append("legend: ✓ every type may migrate, ✗ none may, k/n k of the n types both "
-                 "hosts offer (+: others to some GPUs only), · no type in common"
+                 "hosts offer (+: others to some GPUs only), ? cannot tell (no "
+                 "migration_version), · no type in common"
                  + (", c every type may move cold (graded)" if p.graded else ""))
     if why:
         for (na, a), (nb, b) in ((x, y) for x in zip(names, reps) for y in zip(names, reps)):
@@ -255,21 +344,23 @@ def to_json(p: Plan) -> dict[str, Any]:
                       if (c := p.cells.get((a, b, t))) is not None]}
 
 
-COLOURS = {YES: "#2e7d32", COLD: "#1565c0", SOME: "#f9a825", NO: "#c62828", "none": "#eeeeee"}
+COLOURS = {YES: "#2e7d32", COLD: "#1565c0", SOME: "#f9a825", NO: "#c62828", UNKNOWN: "#bdbdbd",
+           "none": "#eeeeee"}
 
 
 def render_svg(p: Plan) -> str:
     """The group table as SVG: one cell per group pair, coloured by its summary, with
     every type's status and reasons as the cell's title (shown on hover)."""
     reps = [g[0] for g in p.groups]
-    labels = [f"G{i} {_members(g)}" for i, g in enumerate(p.groups, 1)]
+    labels = [f"G{i} {_members(g)}" + (f": {p.has[g[0]]}" if p.has.get(g[0]) else "")
+              for i, g in enumerate(p.groups, 1)]
     cell, char = 44, 7.2
     margin = int(max(len(label) for label in labels) * char) + 20
     top = 70 + int(max(len(f"G{len(reps)}") for _ in reps) * char)
     n = len(reps)
     heading = render_text(p).splitlines()[0]
     width = int(max(margin + n * cell + 20, 640, len(heading) * 8.6 + 20))  # 14 px characters
-    height = top + n * cell + 40 + 5 * 18
+    height = top + n * cell + 40 + 6 * 18
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            'font-family="monospace" font-size="12">',
            f'<text x="10" y="20" font-size="14">{escape(heading)}</text>',
@@ -288,13 +379,14 @@ def render_svg(p: Plan) -> str:
                        f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" '
                        f'fill="{COLOURS[status]}" stroke="#9e9e9e"/>'
                        f'<text x="{x + cell / 2}" y="{y + cell * 0.6:.1f}" text-anchor="middle" '
-                       f'fill="{"#000000" if status in (SOME, "none") else "#ffffff"}">'
+                       f'fill="{"#000000" if status in (SOME, UNKNOWN, "none") else "#ffffff"}">'
                        f'{escape(mark)}</text></g>')
     y = top + n * cell + 30
     for k, (status, text) in enumerate((
             (YES, "every type may migrate"), (COLD, "every type, some only cold (graded)"),
             (SOME, "some types or some GPUs only"),
-            (NO, "no type may migrate"), ("none", "no type in common"))):
+            (NO, "no type may migrate"), (UNKNOWN, "cannot tell: no migration_version"),
+            ("none", "no type in common"))):
         out.append(f'<rect x="10" y="{y + k * 18 - 11}" width="12" height="12" '
                    f'fill="{COLOURS[status]}" stroke="#9e9e9e"/>'
                    f'<text x="28" y="{y + k * 18}">{escape(text)}</text>')

@@ -193,13 +193,14 @@ def test_plan_of_the_skew_example(mdevfs_fleet, tmp_path):
     text = planner.render_text(p, why=True).splitlines()
     assert text[:7] == [
         "fleet migration plan: 6 hosts, 9 types, 2 groups of hosts with identical answers",
-        "  G1: old-1, old-2, old-3 (3 hosts)",
-        "  G2: new-1, new-2, new-3 (3 hosts)",
+        "  G1: old-1, old-2, old-3 (3 hosts): kernel 7.3, nvidia 535.54.03",
+        "  G2: new-1, new-2, new-3 (3 hosts): kernel 7.3, nvidia 535.161.07",
         "source \\ target  G1 G2",
         "G1                ✓  ✓",
         "G2                ✗  ✓",
         "legend: ✓ every type may migrate, ✗ none may, k/n k of the n types both hosts offer "
-        "(+: others to some GPUs only), · no type in common"]
+        "(+: others to some GPUs only), ? cannot tell (no migration_version), · no type in "
+        "common"]
     profiles = ["P4-1Q", "P4-2Q", "P4-4Q", "P4-8Q", "P4-1A", "P4-2A", "P4-4A", "P4-8A", "P4-1B"]
     assert text[7:] == [f"G2 → G1 nvidia-{63 + i}: no (0/16 accepted): {REFUSED.format(name)}"
                         for i, name in enumerate(profiles)]
@@ -215,7 +216,37 @@ def test_plan_of_the_skew_example(mdevfs_fleet, tmp_path):
     assert len(titles) == 4
     assert titles[2].splitlines()[:3] == ["G2 → G1", "nvidia-63: no (0/16)",
                                           "  " + REFUSED.format("P4-1Q")]
-    assert "G1 old-1, old-2, old-3 (3 hosts)" in [t.text for t in svg.iter(f"{ns}text")]
+    assert "G1 old-1, old-2, old-3 (3 hosts): kernel 7.3, nvidia 535.54.03" in [
+        t.text for t in svg.iter(f"{ns}text")]
+
+
+def test_sriov_vgpus_are_planned_through_their_drivers_grades(mdevfs_fleet, tmp_path):
+    """L40S and A100 vGPUs have no migration_version in sysfs: the plan asks the daemons'
+    service (the answers NVML gives), live counting as yes; types no one can answer for
+    (mtty's) are "cannot tell", never a refusal, and leave the verdict to the others."""
+    host = write(tmp_path / "host.toml", '[[parent]]\ndriver = "mtty"\n'
+                 '[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:41:00.0"\n'
+                 'options = { model = "L40S" }\n'
+                 '[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:81:00.0"\n'
+                 'options = { model = "A100" }\n')
+    spec = write(tmp_path / "fleet.toml", f'[fleet]\ntopology = "{host}"\n'
+                 '[[host]]\nname = "old"\n[host.options.nvidia-sriov]\nmanager = "550.54.10"\n'
+                 '[[host]]\nname = "new"\n[host.options.nvidia-sriov]\n'
+                 'manager = "550.127.06"\n')
+    p = mdevfs_fleet(spec).plan()
+    text = planner.render_text(p, why=True).splitlines()
+    assert text[1:6] == ["  G1: old: kernel 7.3, nvidia 550.54.10",
+                         "  G2: new: kernel 7.3, nvidia 550.127.06",
+                         "source \\ target  G1 G2", "G1                ✓  ✓", "G2                ✗  ✓"]
+    assert "nvidia-1150" in p.types and "nvidia-472" in p.types  # an L40S's, an A100's
+    assert p.cells[("new", "old", "nvidia-1150")].status == planner.NO
+    assert p.cells[("old", "old", "mtty-1")].status == planner.UNKNOWN
+    assert "G2 → G1 nvidia-472: no (0/1 accepted): cold (limit host_driver): source release " \
+           "550.127 is newer than this 550.54: live is refused, a restart here is not" in text
+    only_mtty = write(tmp_path / "mtty.toml", '[[parent]]\ndriver = "mtty"\n')
+    alone = mdevfs_fleet(write(tmp_path / "f2.toml", f'[fleet]\ntopology = "{only_mtty}"\n'
+                               '[[host]]\nname = "a"\n[[host]]\nname = "b"\n')).plan()
+    assert planner.summary(alone, "a", "b") == ("?", planner.UNKNOWN)
 
 
 def test_existing_vgpus_are_sources_and_the_cli_writes_json_and_svg(mdevfs_fleet, tmp_path):
@@ -229,7 +260,8 @@ def test_existing_vgpus_are_sources_and_the_cli_writes_json_and_svg(mdevfs_fleet
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[:6] == [
         "fleet migration plan: 2 hosts, 9 types, 2 groups of hosts with identical answers",
-        "  G1: old-1", "  G2: new-1", "source \\ target  G1 G2", "G1                ✓  ✓",
+        "  G1: old-1: kernel 7.3, nvidia 535.54.03", "  G2: new-1: kernel 7.3, nvidia 535.161.07",
+        "source \\ target  G1 G2", "G1                ✓  ✓",
         "G2                ✗  ✓"]
     cells = {(c["source"], c["target"], c["type"]): c
              for c in json.loads((tmp_path / "p.json").read_text())["cells"]}
@@ -247,7 +279,9 @@ def test_a_host_changed_at_run_time_splits_its_group(mdevfs_fleet):
     p = skew.plan()
     assert planner.render_text(p).splitlines()[:8] == [
         "fleet migration plan: 6 hosts, 9 types, 3 groups of hosts with identical answers",
-        "  G1: old-1", "  G2: old-2, old-3 (2 hosts)", "  G3: new-1, new-2, new-3 (3 hosts)",
+        "  G1: old-1: kernel 7.3, nvidia 535.161.07",
+        "  G2: old-2, old-3 (2 hosts): kernel 7.3, nvidia 535.54.03",
+        "  G3: new-1, new-2, new-3 (3 hosts): kernel 7.3, nvidia 535.161.07",
         "source \\ target    G1   G2   G3",
         "G1               0/9+ 0/9+    ✓",
         "G2                  ✓    ✓    ✓",

@@ -394,6 +394,23 @@ class Nvml:
                   {"result": "none", "limit": "other"})
         return [SUCCESS, VM_COMPATIBILITY[answer["result"]], LIMIT_CODES[answer["limit"]]]
 
+    def call_migration_types(self) -> list[Any]:
+        """For the migration planner: each type of each SR-IOV GPU (whose vGPUs have no
+        migration_version in sysfs) as ``label\ttype\taddress\tversion``: the string a vGPU
+        of it carries (its metadata's), graded by :meth:`call_grade`."""
+        return [SUCCESS, *(f"nvidia-{t.id}\t{t.id}\t{gpu.fn.bdf}\t"
+                           f"{version_string(gpu.manager, t.profile)}"
+                           for gpu in self._gpus() if gpu.sriov for t in gpu.types.values())]
+
+    def call_grade(self, bdf: str, type_id: str, source: str) -> list[Any]:
+        """The driver's graded answer in words: result, limit, reason."""
+        gpu = next((g for g in self._gpus() if g.fn.bdf == bdf), None)
+        info = gpu.types.get(int(type_id)) if gpu is not None else None
+        if gpu is None or info is None:
+            return [NOT_FOUND]
+        answer = gpu.grade(info, source)
+        return [SUCCESS, answer["result"], answer["limit"], answer.get("reason", "")]
+
     def call_vgpu_version(self) -> list[Any]:
         low, high = self._supported_range(self._manager())
         current = self.range or (low, high)

@@ -345,11 +345,28 @@ def test_go_helper_mounts_for_go_test_and_unmounts_in_cleanup(tmp_path):
     env = dict(os.environ, MDEVFS=str(exe) if exe.exists() else f"{sys.executable} -m mdevfs",
                GOPROXY="off", GOFLAGS="-mod=mod", TMPDIR=str(tmp_path))
     env.setdefault("GOCACHE", str(Path(env.get("HOME") or tmp_path) / ".cache/go-build"))
-    out = subprocess.run([go, "test", "-count=1", "-v", "./..."], cwd=REPO / "examples/go",
+    helper = REPO / "examples/go/mdevfstest"
+    out = subprocess.run([go, "test", "-count=1", "-v", "./..."], cwd=helper,
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     passed = [line.split()[2] for line in out.stdout.splitlines() if line.startswith("--- PASS")]
     assert passed == ["TestCreateAndRemove", "TestOwnTopologyAndErrno"]
+    # another module uses it as Go users do, through a workspace: no replace directive
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "go.mod").write_text("module example.com/user\n\ngo 1.19\n")
+    (user / "user_test.go").write_text(
+        'package user\n\nimport (\n\t"testing"\n\n\t"example.com/mdevfstest"\n)\n\n'
+        'func TestUses(t *testing.T) {\n\ttree := mdevfstest.Mount(t, "")\n'
+        '\tif err := tree.Create("mtty", "mtty-1", "0f3a4e5c-6b7d-4e8f-9a0b-1c2d3e4f5a6c"); '
+        'err != nil {\n\t\tt.Fatal(err)\n\t}\n}\n')
+    workspace = {k: v for k, v in env.items() if k != "GOFLAGS"}  # -mod=mod: not in a workspace
+    for step in (["work", "init", "."], ["work", "use", str(helper)],
+                 ["test", "-count=1", "./..."]):
+        out = subprocess.run([go, *step], cwd=user, capture_output=True, text=True,
+                             timeout=600, env=workspace)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert "replace" not in (user / "go.mod").read_text()
     assert not [m for m in mounts.mountpoints() if m.startswith(str(tmp_path))]
 
 

@@ -57,6 +57,20 @@ def test_moves_on_when_a_parent_is_full(mdevfs_factory, tmp_path):
         allocate(m.root, "mtty-2")
 
 
+def test_a_refused_create_leaves_no_device_behind(mdevfs_factory, tmp_path):
+    """The first card refuses one create (an injected EIO, once): the allocator moves on to
+    the second, and exactly one device exists, on it. (With Path.write_text the allocator
+    left two: the buffered file wrote the UUID again when it was closed, and the card,
+    whose fault was spent, took it.)"""
+    topology = tmp_path / "cards.toml"
+    topology.write_text(TWO_SMALL_CARDS)
+    m = mdevfs_factory(topology)
+    m.control.fail("class/mdev_bus/mtty-a/mdev_supported_types/mtty-2/create", "write", "EIO",
+                   once=True)
+    uuid = allocate(m.root, "mtty-2")
+    assert m.devices() == [uuid] and parent_of(m.root, uuid) == "mtty-b"
+
+
 def test_runs_unmodified_against_slash_sys(mdevfs):
     done = mdevfs.run([sys.executable, ALLOCATOR, "mtty-1"])
     assert done.returncode == 0, done.stderr

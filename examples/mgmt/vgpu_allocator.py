@@ -14,6 +14,7 @@ sysfs root, ``/sys`` by default. Its tests (test_vgpu_allocator.py) use the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -30,6 +31,17 @@ def type_dirs(root: Path, wanted: str) -> list[Path]:
     return found
 
 
+def store(attribute: Path, value: str) -> None:
+    """One write(2) of ``value``, as a sysfs store wants it, and nothing else: a buffered
+    file (``Path.write_text``) keeps what a failed write did not take and writes it again
+    when it is closed, so a create the driver refused may succeed behind the caller's back."""
+    fd = os.open(attribute, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
 def allocate(root: Path, wanted: str) -> str:
     """Create a device of type ``wanted``; its UUID. Raises LookupError when nothing has room."""
     for tdir in type_dirs(root, wanted):
@@ -37,7 +49,7 @@ def allocate(root: Path, wanted: str) -> str:
             continue
         dev = str(uuid.uuid4())
         try:
-            (tdir / "create").write_text(dev)
+            store(tdir / "create", dev)
         except OSError:
             continue  # taken meanwhile, or refused by the driver: try the next parent
         return dev

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"testing"
 
-	"example.com/mdevfstest/mdevfstest"
+	"example.com/mdevfstest"
 )
 
 const id = "0f3a4e5c-6b7d-4e8f-9a0b-1c2d3e4f5a6b"

@@ -227,6 +227,8 @@ def _run(args: argparse.Namespace) -> int:
     reason = namespace.unsupported()
     if reason:
         raise NamespaceError(reason)
+    if args.mount:
+        return _run_on_mount(args, command)
     for line in process.clean_leftovers():
         print(f"mdevfs run: {line}", file=sys.stderr)
     # As on a real host, a command that drops privileges (qemu under libvirt) may still
@@ -255,6 +257,25 @@ def sub_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     """The parser of subcommand ``name``."""
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return action.choices[name]
+
+
+def _run_on_mount(args: argparse.Namespace, command: list[str]) -> int:
+    """``run --mount DIR``: the command in a namespace showing a mount that is already up
+    (its devices, made by hand or by another tool, included); nothing is mounted or torn
+    down. Its uevents reach the namespace only if the mount was started with --uevents."""
+    given = [o for o, v in (("--config", args.config), ("--state", args.state),
+                            ("--kernel", args.kernel)) if v]
+    if given:
+        raise UsageError(f"run: --mount uses the mount as it is; {', '.join(given)} cannot "
+                         f"change it")
+    root = Path(os.path.abspath(args.mount))
+    if not mounts.is_mdevfs(root):
+        raise UsageError(f"run: {root} is not an mdevfs mount (mdevfs mount {root} first)")
+    control = runtime.default_control(root)
+    env = dict(os.environ, **(service_environment(os.fspath(control))
+                              if control.is_socket() else {}))
+    proc = process.Forked(namespace.spawn(root, command, args.mdevctl_dir, None, env))
+    return namespace.wait(proc)
 
 
 def _exit_125(parser: argparse.ArgumentParser) -> None:
@@ -405,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", metavar="X.Y",
                    help="the kernel emulated, 5.10 to 7.3 (default: the topology's [host] "
                    "kernel, else the newest)")
+    p.add_argument("--mount", metavar="DIR",
+                   help="run against the mdevfs mount at DIR, which is already up (with the "
+                   "devices made there), instead of mounting a topology")
     p.add_argument("--mdevctl-dir", metavar="DIR",
                    help="bind DIR at /etc/mdevctl.d to keep mdevctl's definitions "
                    "(default: an empty private one)")

@@ -224,3 +224,29 @@ def test_a_non_root_user_gets_a_user_namespace(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd="/tmp")
     assert (done.returncode, done.stdout) == (0, f"0\n{U1} mtty mtty-1 manual\n\n"), done.stderr
     assert host_mounts() == before
+
+
+def test_run_against_a_mount_that_is_already_up(tmp_path):
+    """run --mount DIR: mdevctl sees the devices made by hand on a mount of `mdevfs mount`,
+    and NVML sees its GPUs; nothing is mounted or taken down; --mount with a topology, or
+    on a directory that is no mdevfs mount, is mdevfs run's own error (125)."""
+    root = tmp_path / "sys"
+    root.mkdir()
+    assert subprocess.run([*MDEVFS, "mount", "--log-file", str(tmp_path / "log"), str(root)],
+                          capture_output=True, timeout=60).returncode == 0
+    try:
+        uuid = "6b0a7f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+        (root / "class/mdev_bus/mtty/mdev_supported_types/mtty-2/create").write_text(uuid)
+        listed = mdevfs_run("--mount", str(root), "--", "mdevctl", "list")
+        assert (listed.returncode, listed.stdout) == (0, f"{uuid} mtty mtty-2 manual\n\n"), \
+            listed.stderr
+        nvml = mdevfs_run("--mount", str(root), "--", sys.executable, "-c",
+                          "import pynvml as n; n.nvmlInit(); print(n.nvmlDeviceGetCount())")
+        assert (nvml.returncode, nvml.stdout) == (0, "2\n"), nvml.stderr
+        assert os.path.ismount(root)
+        assert mdevfs_run("--mount", str(root), "--config", "x.toml", "--", "true"
+                          ).returncode == 125
+    finally:
+        subprocess.run([*MDEVFS, "umount", str(root)], capture_output=True, timeout=60)
+    refused = mdevfs_run("--mount", str(root), "--", "true")
+    assert refused.returncode == 125 and "is not an mdevfs mount" in refused.stderr

@@ -345,7 +345,8 @@ def _as_error(message: str, launched: Launched) -> MountError:
     text = launched.log()
     # libfuse and fusermount3 say why only on stderr, in words: this is the one place
     # that reads them, so that callers (the pytest plugin) can test a type.
-    cls = MountNotPermitted if "not permitted" in text.lower() else MountError
+    refused = ("not permitted", "only allowed if 'user_allow_other'")  # EPERM; allow_other
+    cls = MountNotPermitted if any(r in text.lower() for r in refused) else MountError
     return cls(f"{message}; its log {launched.log_file}:\n{text[-2000:]}")
 
 

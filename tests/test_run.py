@@ -250,3 +250,28 @@ def test_run_against_a_mount_that_is_already_up(tmp_path):
         subprocess.run([*MDEVFS, "umount", str(root)], capture_output=True, timeout=60)
     refused = mdevfs_run("--mount", str(root), "--", "true")
     assert refused.returncode == 125 and "is not an mdevfs mount" in refused.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="becomes nobody with setpriv, as root")
+def test_allow_other_without_user_allow_other_is_not_permitted(tmp_path):
+    """A user's --allow-other where /etc/fuse.conf has no user_allow_other: fusermount3
+    refuses, and mount says so with 4 (mounting not permitted), as documented."""
+    if any(line.strip() == "user_allow_other"
+           for line in Path("/etc/fuse.conf").read_text().splitlines()):
+        pytest.skip("/etc/fuse.conf has user_allow_other here")
+    stash = tmp_path / "stash"
+    stash.mkdir()
+    home = Path(tempfile.mkdtemp(prefix="mdevfs-nobody-"))  # /tmp/pytest-of-root is 0700
+    try:
+        (home / "sys").mkdir()
+        for path in (home, home / "sys"):
+            os.chown(path, 65534, 65534)
+        done = subprocess.run(as_nobody(stash, [*MDEVFS, "mount", "--allow-other", "--log-file",
+                                                str(home / "log"), str(home / "sys")]),
+                              capture_output=True, text=True, timeout=60, cwd="/tmp")
+        assert done.returncode == 4, done.stderr
+        assert "user_allow_other" in done.stderr
+        assert not os.path.ismount(home / "sys")
+    finally:
+        shutil.rmtree(home)

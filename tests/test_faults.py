@@ -296,7 +296,8 @@ def test_reset_returns_to_the_topologys_initial_state(host):
     host.control.set_option("v0", "version", 7)
     host.control.unplug("v0")
     host.control.reset()
-    assert host.control.status() == {"pid": host.proc.pid, "parents": ["mtty", "v0"],
+    assert host.control.status() == {"pid": host.proc.pid, "kernel": "7.3", "modules": {},
+                                     "parents": ["mtty", "v0"],
                                      "unplugged": [], "devices": [], "errors": [],
                                      "latency": {}, "busy": []}
     assert listing(host, "class/mdev_bus") == ["mtty", "v0"]

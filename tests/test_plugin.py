@@ -222,5 +222,5 @@ def test_the_example_suite_passes():
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(EXAMPLE_SUITE)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "\n5 passed in " in done.stdout
+    assert "\n6 passed in " in done.stdout
 

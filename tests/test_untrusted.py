@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NOBODY, fill, needs_fuse, needs_nobody, small_disk, write_topology
+from mdevfs_vendors import nvml
 
 from mdevfs import fleet, journal, mounts, process, state
 from mdevfs.config import Topology, TopologyError
@@ -447,3 +448,45 @@ def test_sriov_manage_takes_only_a_pci_address(argument):
         done = m.run(["/usr/lib/nvidia/sriov-manage", "-e", argument])
     assert done.returncode == 2
     assert done.stderr == f"sriov-manage: {argument} is not a PCI address (DDDD:BB:SS.F)\n"
+
+
+# --- the NVML library cache ----------------------------------------------------------------
+
+def _plant(cache: Path, how: str) -> None:
+    """One way for someone else to put their code where `library()` loads it from."""
+    built = nvml.library()
+    if how == "cache writable by others":
+        os.chmod(cache / "mdevfs", 0o777)
+    elif how == "cache a link":
+        (cache / "mdevfs").rename(cache / "elsewhere")
+        (cache / "mdevfs").symlink_to(cache / "elsewhere")
+    elif how == "library of another user":
+        os.chown(built / "libnvidia-ml.so.1", NOBODY, NOBODY)
+    elif how == "library a link":
+        (built / "libnvidia-ml.so.1").rename(cache / "planted.so")
+        (built / "libnvidia-ml.so.1").symlink_to(cache / "planted.so")
+    elif how == "directory writable by others":
+        os.chmod(built, 0o777)
+
+
+@pytest.mark.parametrize("how", ["cache writable by others", "cache a link",
+                                 "library of another user", "library a link",
+                                 "directory writable by others"])
+def test_the_nvml_library_is_loaded_only_from_a_cache_no_one_else_can_write(
+        tmp_path, monkeypatch, how):
+    """Every client of a mount loads the library mdevfs built: one planted in its cache
+    would run inside each of them, so a cache that is not the user's own is refused."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _plant(tmp_path, how)
+    with pytest.raises(OSError, match="refusing the NVML library cache"):
+        nvml.library()
+
+
+def test_a_fresh_nvml_cache_is_the_users_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built = nvml.library()
+    assert built == nvml.library()  # built once, then reused
+    for path in (tmp_path / "mdevfs", built, built / "libnvidia-ml.so.1"):
+        info = path.lstat()
+        assert info.st_uid == os.geteuid() and not info.st_mode & 0o022, path
+    assert (tmp_path / "mdevfs").stat().st_mode & 0o777 == 0o700

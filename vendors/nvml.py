@@ -35,11 +35,12 @@ What NVML shows, from what mdevfs models:
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.resources
 import os
 import re
+import shutil
+import stat
 import subprocess
 import tempfile
 import uuid as uuidlib
@@ -466,18 +467,34 @@ def stubs(symbols: str, implemented: set[str]) -> str:
     return "".join(f"int {n}(void) {{ return 3; }}\n" for n in names)
 
 
-@functools.cache
+def _owned(path: Path) -> bool:
+    """Whether *path* is a real file or directory of this user that no one else may write:
+    the only kind of cache whose library this process will load."""
+    info = path.lstat()
+    return (not stat.S_ISLNK(info.st_mode) and info.st_uid == os.geteuid()
+            and not info.st_mode & 0o022)
+
+
 def library() -> Path:
     """The directory holding ``libnvidia-ml.so.1`` (and ``libnvidia-ml.so``) built from the
     shim's source, once per source in the user's cache (``$XDG_CACHE_HOME/mdevfs``); raises
-    OSError naming why it could not be built (no C compiler)."""
+    OSError naming why it could not be built (no C compiler) or why the cache is not to be
+    trusted (a link, another owner, writable by others): a library planted there would run
+    inside every client."""
     source, symbols = _sources()
     digest = hashlib.sha256((source + symbols).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mdevfs"
-    done = cache / f"nvml-{digest}"
-    if (done / "libnvidia-ml.so.1").is_file():
-        return done
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    done = cache / f"nvml-{digest}"
+    wanted = (cache, done, done / "libnvidia-ml.so.1")
+    if done.exists() or done.is_symlink():
+        if not all(_owned(path) for path in wanted):
+            raise OSError(f"refusing the NVML library cache {done}: it must be this user's, "
+                          "not a link, and writable by no one else")
+        return done
+    if not _owned(cache):
+        raise OSError(f"refusing the NVML library cache {cache}: it must be this user's "
+                      "directory, not a link, and writable by no one else")
     implemented = set(re.findall(r"^NVML_API\b[^(]*?\b(nvml\w+)\(", source, re.M))
     work = Path(tempfile.mkdtemp(prefix="nvml-", dir=cache))
     (work / "shim.c").write_text(source)
@@ -487,12 +504,14 @@ def library() -> Path:
          "-o", str(work / "libnvidia-ml.so.1"), str(work / "shim.c"), str(work / "stubs.c"),
          "-lpthread"], capture_output=True, text=True)
     if built.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
         raise OSError(f"cannot build the NVML library: {built.stderr.strip()[-2000:]}")
     (work / "libnvidia-ml.so").symlink_to("libnvidia-ml.so.1")
+    work.chmod(0o755)
     try:
         work.rename(done)
     except OSError:  # another process built it meanwhile
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
     return done
 
 

@@ -24,6 +24,7 @@ import shutil
 import stat
 import struct
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,15 +52,24 @@ class Root:
 
     Paths are relative to the root (``"class/mdev_bus/mtty"``). A path whose walk leaves the
     root fails with EXDEV; a loop with ELOOP; a FIFO or device is never opened for reading
-    (ENXIO-free: regular files only, else EINVAL).
+    (ENXIO-free: regular files only, else EINVAL). The last directories walked stay open and
+    names are resolved below them, just as beneath: below a directory only its own subtree is
+    reachable, which was inside the root when it was walked, even if it has moved since.
     """
+
+    #: how many directories stay open for the names below them (a recording reads a
+    #: device's dozen files from one; each walk from the root costs a FUSE LOOKUP per step)
+    DIRECTORIES = 16
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._real = os.readlink(f"/proc/self/fd/{self.fd}")
+        self._dirs: OrderedDict[str, int] = OrderedDict()
 
     def close(self) -> None:
+        while self._dirs:
+            os.close(self._dirs.popitem()[1])
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -70,10 +80,36 @@ class Root:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _directory(self, rel: str) -> int:
+        """A descriptor (O_PATH) of the directory at ``rel``, resolved beneath the root once
+        and kept among the last :attr:`DIRECTORIES` used."""
+        fd = self._dirs.pop(rel, None)
+        if fd is None:
+            fd = openat2(self.fd, rel, os.O_PATH | os.O_DIRECTORY,
+                         RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+            if len(self._dirs) >= self.DIRECTORIES:
+                os.close(self._dirs.popitem(last=False)[1])
+        self._dirs[rel] = fd
+        return fd
+
+    def _open(self, rel: str, flags: int) -> int:
+        """``rel`` opened beneath its directory when that is enough, else beneath the root: a
+        name whose link leads elsewhere in the tree is EXDEV below its directory (never
+        outside it), and is then resolved again from the root, where the answer is final."""
+        parent, _, name = rel.rpartition("/")
+        if parent and name not in ("", ".", ".."):
+            try:
+                return openat2(self._directory(parent), name, flags,
+                               RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+        return openat2(self.fd, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+
     @contextlib.contextmanager
     def _opened(self, rel: str, flags: int, follow: bool = True) -> Iterator[int]:
         flags |= 0 if follow else os.O_NOFOLLOW
-        fd = openat2(self.fd, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+        fd = self._open(rel, flags)
         try:
             yield fd
         finally:

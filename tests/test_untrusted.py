@@ -20,6 +20,7 @@ from conftest import NOBODY, fill, needs_fuse, needs_nobody, small_disk, write_t
 from mdevfs_vendors import nvml
 
 from mdevfs import fleet, journal, mounts, process, state
+from mdevfs.beneath import Root
 from mdevfs.config import Topology, TopologyError
 from mdevfs.export import Entry, walk_mount, walk_tree, write_tree
 from mdevfs.testing import mounted
@@ -109,6 +110,32 @@ def test_record_reads_nothing_through_links_that_leave_the_tree(tree, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "PRIVATE-KEY" not in done.stdout and "root:" not in done.stdout
     assert "it leads outside the root" in done.stdout
+
+
+def test_a_tree_read_from_below_its_directories_never_reads_outside_the_root(tmp_path):
+    """The reader keeps directories open and resolves names below them: a link that leads
+    elsewhere in the tree is still followed, one that leads out is EXDEV, and a directory
+    moved out of the tree after it was walked lends no path to what is beside it."""
+    root, secret = tmp_path / "root", tmp_path / "secret"
+    (root / "a").mkdir(parents=True)
+    (root / "c").mkdir()
+    (root / "c/f").write_text("inside")
+    secret.write_text("PRIVATE")
+    (root / "a/up").symlink_to("../c/f")
+    (root / "a/out").symlink_to("../../secret")
+    (root / "a/abs").symlink_to(secret)
+    (root / "a/own").write_text("own")
+    with Root(root) as tree:
+        assert tree.read("a/own") == b"own" and tree.read("a/up") == b"inside"
+        for name in ("a/out", "a/abs"):
+            with pytest.raises(OSError) as refused:
+                tree.read(name)
+            assert refused.value.errno == errno.EXDEV
+        os.rename(root / "a", tmp_path / "a")
+        (tmp_path / "a/leak").symlink_to("../secret")
+        with pytest.raises(OSError) as refused:
+            tree.read("a/leak")
+        assert refused.value.errno == errno.ENOENT
 
 
 def test_a_loop_of_links_still_records_a_topology_that_mounts(tree, tmp_path):

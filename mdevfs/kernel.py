@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from attrs import frozen
+from attrs import field, frozen
 
 
 @frozen(order=True)
@@ -151,6 +151,12 @@ class Kernel:
     """The kernel version a host emulates."""
 
     version: Version = NEWEST
+    #: the keys of CHANGES this kernel has, worked out once (has() is asked on every read)
+    _newer: frozenset[str] = field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_newer", frozenset(
+            key for key, change in CHANGES.items() if self.version >= change.since))
 
     @classmethod
     def parse(cls, text: str) -> Kernel:
@@ -163,7 +169,11 @@ class Kernel:
 
     def has(self, change: str) -> bool:
         """Whether this kernel has the newer behaviour of ``change`` (a key of CHANGES)."""
-        return self.version >= CHANGES[change].since
+        if change in self._newer:
+            return True
+        if change not in CHANGES:
+            raise KeyError(change)
+        return False
 
     def __str__(self) -> str:
         return str(self.version)

@@ -221,6 +221,7 @@ def test_a_types_properties_are_the_drivers(m):
         assert nv.nvmlVgpuTypeGetGpuInstanceProfileId(type_id) == 0xFFFFFFFF
     assert nv.nvmlVgpuTypeGetClass(64) == "Quadro" and nv.nvmlVgpuTypeGetClass(71) == "NVS"
     assert nv.nvmlVgpuTypeGetLicense(67) == "GRID-Virtual-Apps,3.0"
+    assert nv.nvmlVgpuTypeGetMaxInstancesPerVm(67) == 1  # an A profile: one per VM
     device_id, subsystem = nv.nvmlVgpuTypeGetDeviceID(64)
     assert device_id == 0x1BB310DE and subsystem & 0xFFFF == 0x10DE
     with pytest.raises(nv.NVMLError_InvalidArgument):
@@ -248,7 +249,10 @@ def test_every_vgpu_is_an_instance_while_it_exists(m):
     with pytest.raises(nv.NVMLError_NotSupported):
         nv.nvmlVgpuInstanceGetMdevUUID(on_l40s)  # a VF's vGPU is no mdev
     assert nv.nvmlVgpuInstanceGetFbUsage(on_p4) == 0
+    assert nv.nvmlVgpuInstanceGetVmID(on_p4) == (mdev.encode(), nv.NVML_VGPU_VM_ID_UUID)
     assert nv.nvmlDeviceGetMemoryInfo(l40s).used == 4096 << 20  # an L40S-4Q
+    v2 = nv.nvmlDeviceGetMemoryInfo(l40s, version=nv.nvmlMemory_v2)
+    assert (v2.total, v2.used, v2.free) == (46068 << 20, 4096 << 20, (46068 - 4096) << 20)
     m.remove(mdev)
     m.write(f"{PCI}/0000:81:00.5/nvidia/current_vgpu_type", "0")
     assert nv.nvmlDeviceGetActiveVgpus(p4) == nv.nvmlDeviceGetActiveVgpus(l40s) == []
@@ -281,6 +285,12 @@ def test_every_name_of_nvidias_library_is_exported(lib):
         set(names)
 
 
+def test_error_strings_are_nvmls(lib):
+    assert [nv.nvmlErrorString(code) for code in (nv.NVML_SUCCESS, nv.NVML_ERROR_NOT_FOUND,
+                                                  nv.NVML_ERROR_INSUFFICIENT_SIZE)] == \
+        ["Success", "Not Found", "Insufficient Size"]
+
+
 def test_before_init_and_without_a_daemon(lib, monkeypatch, tmp_path):
     """Before nvmlInit every call is UNINITIALIZED; without a daemon (no MDEVFS_CONTROL, or
     nobody there) init is DRIVER_NOT_LOADED, as NVIDIA's library answers without its driver."""
@@ -292,6 +302,7 @@ def test_before_init_and_without_a_daemon(lib, monkeypatch, tmp_path):
     monkeypatch.setenv("MDEVFS_CONTROL", str(tmp_path / "nobody.sock"))
     with pytest.raises(nv.NVMLError_DriverNotLoaded):
         nv.nvmlInit()
+    assert nv.nvmlLib.nvmlInit_v2() == nv.NVML_ERROR_DRIVER_NOT_LOADED  # C clients' name
 
 
 def test_the_vgpu_version_range_is_set_within_the_supported_one(m):

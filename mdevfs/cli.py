@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import cli_capture, cli_fleet, control, daemon, mounts, namespace, process, runtime
+from .beneath import write_new
 from .driver import service_environment
 from .errors import ControlRefused, MdevfsError, MountError, NamespaceError, UsageError
 
@@ -200,7 +201,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     render = migration.render_text if args.all else migration.render_same_type
     print(render(matrix, why=args.why), end="")
     if args.svg:
-        Path(args.svg).write_text(migration.render_svg(matrix))
+        write_new(args.svg, migration.render_svg(matrix).encode())
         print(f"wrote {args.svg}")
     return 0
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from . import namespace
+from .beneath import write_new
 from .errors import NamespaceError, UsageError
 
 
@@ -48,10 +48,10 @@ def _fleet_matrix(args: argparse.Namespace) -> int:
     plan = planner.plan({m.name: m.root for m in chosen}, graded=args.graded)
     print(planner.render_text(plan, why=args.why), end="")
     if args.json:
-        Path(args.json).write_text(json.dumps(planner.to_json(plan), indent=1) + "\n")
+        write_new(args.json, (json.dumps(planner.to_json(plan), indent=1) + "\n").encode())
         print(f"wrote {args.json}")
     if args.svg:
-        Path(args.svg).write_text(planner.render_svg(plan))
+        write_new(args.svg, planner.render_svg(plan).encode())
         print(f"wrote {args.svg}")
     return 0
 

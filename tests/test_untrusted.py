@@ -222,7 +222,8 @@ def test_a_malformed_recording_is_a_message_with_its_line(tmp_path, line):
 # --- outputs: created fresh, never through a planted link ----------------------------------
 
 @needs_nobody
-@pytest.mark.parametrize("how", ["record", "import", "export-umockdev"])
+@pytest.mark.parametrize("how", ["record", "import", "export-umockdev", "matrix-svg",
+                                 "fleet-matrix-json", "fleet-matrix-svg"])
 def test_an_output_path_holding_a_planted_link_is_replaced_not_followed(tmp_path, how):
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o1777)
@@ -239,8 +240,18 @@ def test_an_output_path_holding_a_planted_link_is_replaced_not_followed(tmp_path
             rec = tmp_path / "h.umockdev"
             assert mdevfs("export", "--mount", str(m.root), "--umockdev", str(rec)).returncode == 0
             done = mdevfs("import", str(rec), "-o", str(out))
-        else:
+        elif how == "export-umockdev":
             done = mdevfs("export", "--mount", str(m.root), "--umockdev", str(out))
+        elif how == "matrix-svg":
+            host = Path(__file__).parent.parent / "examples/two_hosts/host_a.toml"
+            done = mdevfs("matrix", str(host), "--svg", str(out))
+        else:
+            spec, top = write_topology(tmp_path, FLEET, "fleet.toml"), tmp_path / "fleet"
+            assert mdevfs("fleet", "up", str(spec), str(top)).returncode == 0
+            try:
+                done = mdevfs("fleet", "matrix", str(top), f"--{how.rsplit('-', 1)[1]}", str(out))
+            finally:
+                assert mdevfs("fleet", "down", str(top)).returncode == 0
     assert done.returncode == 0, done.stderr
     assert victim.read_text() == "precious\n"
     assert out.is_file() and not out.is_symlink()

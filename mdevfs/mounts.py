@@ -79,7 +79,7 @@ def probe(directory: Path, timeout: float = PROBE_TIMEOUT) -> int:
 
 def check_mountpoint(directory: Path) -> None:
     """Refuse a missing or non-empty directory, or one a live daemon serves; unmount one
-    left by a killed daemon ("Transport endpoint is not connected")."""
+    left by a killed mdevfs daemon ("Transport endpoint is not connected"), and only that."""
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing: load the fuse module or give the container "
                          "--device /dev/fuse")
@@ -89,6 +89,9 @@ def check_mountpoint(directory: Path) -> None:
             raise UsageError(f"{directory}: something is already mounted there")
         if code != errno.ENOTCONN:
             raise UsageError(f"{directory}: {os.strerror(code)}")
+        if not is_mdevfs(directory):
+            raise UsageError(f"{directory}: a dead mount of {fstype(directory)} is there; "
+                             "mdevfs unmounts only its own")
         log.warning("%s was left mounted by a dead daemon (%s); unmounting it",
                     directory, os.strerror(code))
         unmount(directory, lazy=True)

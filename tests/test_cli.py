@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import needs_fuse, write_topology
 
+from mdevfs import mounts
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse
@@ -90,6 +91,35 @@ def test_a_mountpoint_left_by_a_killed_daemon_is_recovered(tmp_path):
         run("umount", str(root))
         subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True)
     assert not os.path.ismount(root)
+
+
+OTHER_FUSE = """
+import sys, pyfuse3, trio
+pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=other", "subtype=other"})
+print("up", flush=True)
+trio.run(pyfuse3.main)
+"""
+
+
+def test_a_dead_mount_of_another_filesystem_is_left_alone(tmp_path):
+    """Only a dead mdevfs mount is cleaned up: another filesystem's, dead too, is refused
+    and stays mounted (mdevfs runs as root; the directory is the user's choice)."""
+    root = tmp_path / "sys"
+    root.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", OTHER_FUSE, str(root)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "up\n"
+        other.kill()
+        other.wait()
+        out = run("mount", "--foreground", str(root))
+        assert out.returncode == 2
+        assert out.stderr == (f"mdevfs: {root}: a dead mount of fuse.other is there; "
+                              "mdevfs unmounts only its own\n")
+        assert str(root) in mounts.mountpoints()
+    finally:
+        other.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True)
 
 
 def test_sigterm_unmounts_cleanly(tmp_path):

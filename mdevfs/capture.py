@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import mounts
 from .beneath import read_regular
 from .config import Topology
 from .errors import UsageError
@@ -62,8 +63,8 @@ def export(config: str | None, mount: Path | None, tree: Path | None,
     A tree is written only where nothing is, or into an empty directory of this user's, and
     files are written as new files (UsageError otherwise)."""
     if mount is not None:
-        if not (mount / "class/mdev_bus").is_dir():
-            raise UsageError(f"export: {mount} has no class/mdev_bus (not an mdevfs mount?)")
+        if not mounts.is_mdevfs(mount):  # its walk trusts the tree: only mdevfs's own
+            raise UsageError(f"export: {mount} is not an mdevfs mount")
         entries = walk_mount(mount)
     else:
         entries = walk_topology(Topology.from_toml(config) if config else Topology.default())

@@ -257,6 +257,17 @@ def test_an_output_path_holding_a_planted_link_is_replaced_not_followed(tmp_path
     assert out.is_file() and not out.is_symlink()
 
 
+def test_export_reads_only_a_live_mdevfs_mount(tree, tmp_path):
+    """export --mount walks what mdevfs serves; a plain tree with a FIFO and a link to a
+    root-only file is refused before anything in it is opened."""
+    os.mkfifo(tree / "class/mdev_bus/fifo")
+    (tree / "class/mdev_bus/key").symlink_to("/etc/shadow")
+    done = mdevfs("export", "--mount", str(tree), "--umockdev", str(tmp_path / "out"))
+    assert (done.returncode, done.stderr) == (2, f"mdevfs: export: {tree} is not an mdevfs "
+                                                 "mount\n")
+    assert not (tmp_path / "out").exists()
+
+
 @needs_nobody
 def test_export_refuses_a_tree_directory_of_another_user(tmp_path):
     os.chmod(tmp_path, 0o755)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import fcntl
 import functools
 import json
@@ -398,15 +399,16 @@ def hand_over(path: str | Path, timeout: float = 5.0) -> int:
     return 0
 
 
-def _die_with(parent: int) -> None:
-    """SIGKILL this process (about to become COMMAND) when ``parent`` dies, so that a
-    ``kill -9`` of mdevfs run leaves no command behind (its own children are its
-    business). If the parent is already gone, exit now."""
+def die_with(parent: int) -> None:
+    """SIGKILL this process when ``parent`` dies (a ``kill -9`` of mdevfs run leaves no
+    command behind, of fleet up no zygote forking on); ProcessLookupError if it already
+    has, OSError if the kernel refuses."""
     PR_SET_PDEATHSIG = 1
     if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        _fail(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
-    if os.getppid() != parent:
-        _fail(f"mdevfs run (pid {parent}) is gone")
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl(PR_SET_PDEATHSIG): {os.strerror(code)}")
+    if os.getppid() != parent:  # re-parented: to init, or to a subreaper
+        raise ProcessLookupError(errno.ESRCH, f"pid {parent} is gone")
 
 
 def _fresh_namespace() -> bool:
@@ -448,7 +450,12 @@ def enter(root: Path, command: Sequence[str], mdevctl_dir: Path | None = None,
     if uevents:
         hand_over(uevents)  # without it the command still runs, without events
     if parent is not None:
-        _die_with(parent)
+        try:
+            die_with(parent)
+        except ProcessLookupError:
+            _fail(f"mdevfs run (pid {parent}) is gone")
+        except OSError as exc:
+            _fail(str(exc.strerror))
     env.update(SYSTEMD_DEVICE_VERIFY_SYSFS="0", MDEVFS_ROOT=str(root))
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; COMMAND must not
         signal.signal(sig, signal.SIG_DFL)

@@ -17,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import daemon, readiness
+from . import daemon, namespace, readiness
 from .errors import MdevfsError
 from .process import daemon_argv, fork_daemon
 from .runtime import open_log
@@ -26,6 +26,7 @@ from .runtime import open_log
 def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
     """Read the hosts from stdin, import everything, fork a daemon per host, and print
     one JSON line per host: ``{"ready": true, "pid": N}`` or ``{"error", "kind"}``."""
+    parent = os.getppid()  # the fleet up that started it
     import gc
     import importlib.metadata
 
@@ -35,7 +36,10 @@ def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         with contextlib.suppress(Exception):
             ep.load()  # the shipped drivers, imported once for all
-    _die_with_parent()
+    try:  # it must never go on forking daemons nobody waits for (up killed, even by OOM)
+        namespace.die_with(parent)
+    except OSError as exc:
+        sys.exit(f"mdevfs zygote: {exc.strerror}")
     request = json.loads(sys.stdin.read())
     gc.freeze()  # the collector then leaves the shared pages alone in the children
     held: list[socket.socket] = []  # our ends, open until each daemon has reported
@@ -43,17 +47,6 @@ def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
     for pid, sock, log_file in children:
         sys.stdout.write(json.dumps(_readiness(pid, sock, log_file, request["timeout"])) + "\n")
     sys.stdout.flush()
-
-
-def _die_with_parent() -> None:
-    """SIGKILL this zygote when the process that started it dies (a fleet up killed, even
-    by the OOM killer), so that it never goes on forking daemons nobody waits for."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:
-        sys.exit("mdevfs zygote: the process that started it is gone")
 
 
 def _fork_daemon(host: dict[str, object], held: list[socket.socket]

@@ -378,7 +378,7 @@ def test_the_zygote_dies_with_the_process_that_started_it():
     shell = subprocess.Popen(["sh", "-c", f"{sys.executable} -P -m mdevfs.zygote & echo $!; "
                               f"exec sleep 60"], stdout=subprocess.PIPE, text=True, cwd="/")
     zygote = int(shell.stdout.readline())
-    time.sleep(0.5)  # it has set its death signal before it reads its hosts
+    time.sleep(0.5)  # it has noted its parent (its first step), if not yet its death signal
     shell.kill()
     shell.wait()
     for _ in range(200):

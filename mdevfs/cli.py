@@ -80,18 +80,18 @@ def cmd_umount(args: argparse.Namespace) -> int:
     so that a mount on DIR right after it succeeds; ``--lazy`` detaches a busy mount and
     returns at once (its daemon exits when the last user lets go)."""
     directory = Path(os.path.abspath(args.dir))
+    if not mounts.is_mdevfs(directory):
+        raise UsageError(f"{directory}: no mdevfs mount is there")
     if args.lazy:
         mounts.unmount(directory, lazy=True)
         return 0
     try:
         pid = control.Client(runtime.default_control(directory), timeout=5).status()["pid"]
     except (OSError, ValueError, KeyError):
-        pid = None  # mounted with another --control, or not by mdevfs: unmount only
-    if pid is None or str(directory) not in mounts.mountpoints():
-        mounts.unmount(directory)
-        return 0
+        pid = None  # mounted with another --control: unmount only
     mounts.unmount(directory)
-    process.stop(directory, process.Recorded(pid, process.start_time(pid)))
+    if pid is not None:
+        process.stop(directory, process.Recorded(pid, process.start_time(pid)))
     return 0
 
 

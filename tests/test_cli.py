@@ -46,6 +46,20 @@ def test_detached_mount_answers_when_it_returns_and_umount_ends_it(tmp_path):
     assert not os.path.ismount(root)
 
 
+@pytest.mark.parametrize("lazy", [[], ["--lazy"]])
+def test_umount_unmounts_only_mdevfs(tmp_path, lazy):
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(other)], check=True)
+    try:
+        out = run("umount", *lazy, str(other))
+        assert (out.returncode, out.stderr) == (2, f"mdevfs: {other}: no mdevfs mount is "
+                                                   "there\n")
+        assert os.path.ismount(other)
+    finally:
+        subprocess.run(["umount", str(other)], check=True)
+
+
 def test_bad_topology_mounts_nothing(tmp_path):
     """A bad file gets a clear error naming the file, the entry and the problem."""
     root = tmp_path / "sys"

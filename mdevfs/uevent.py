@@ -44,7 +44,7 @@ from collections.abc import Mapping
 
 from .attributes import device_uevent, parent_uevent
 from .model import Binding, Host, HostObserver, MdevDevice, Parent
-from .pci import PciFunction
+from .pci import PciDriver, PciFunction
 from .pci_sysfs import pci_uevent
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,9 @@ class Uevents(HostObserver):
         if mdev.binding is not None:
             self.emit("bind", path, "mdev", props)
 
+    def device_bound(self, mdev: MdevDevice) -> None:
+        self.emit("bind", f"{mdev.parent.path}/{mdev.uuid}", "mdev", device_uevent(mdev))
+
     def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None:
         self.emit("unbind", f"{mdev.parent.path}/{mdev.uuid}", "mdev", device_uevent(mdev))
 
@@ -175,17 +178,18 @@ class Uevents(HostObserver):
         self.emit("remove", f"{mdev.parent.path}/{mdev.uuid}", "mdev", device_uevent(mdev))
 
     def pci_added(self, fn: PciFunction) -> None:
-        """A VF made by sriov_numvfs: ``add``, then ``bind`` once its driver probed it."""
-        props = pci_uevent(fn)
-        self.emit("add", fn.path, "pci", {k: v for k, v in props.items() if k != "DRIVER"})
-        if fn.driver is not None:
-            self.emit("bind", fn.path, "pci", props)
+        """A function appears (a VF made by sriov_numvfs, a rescan) before any driver
+        probes it."""
+        self.emit("add", fn.path, "pci", pci_uevent(fn))
+
+    def pci_bound(self, fn: PciFunction) -> None:
+        self.emit("bind", fn.path, "pci", pci_uevent(fn))
+
+    def pci_unbound(self, fn: PciFunction, driver: PciDriver) -> None:
+        self.emit("unbind", fn.path, "pci", pci_uevent(fn))  # sent once the driver is gone
 
     def pci_removed(self, fn: PciFunction) -> None:
-        props = {k: v for k, v in pci_uevent(fn).items() if k != "DRIVER"}
-        if fn.driver is not None:
-            self.emit("unbind", fn.path, "pci", props)
-        self.emit("remove", fn.path, "pci", props)
+        self.emit("remove", fn.path, "pci", pci_uevent(fn))
 
     # --- the hand-over socket -----------------------------------------------------------
 

@@ -86,6 +86,41 @@ def test_the_events_follow_the_kernels_order(host):
     assert [int(e["SEQNUM"]) for e in ev.events] == list(range(1, 9))
 
 
+def test_a_vfs_events_follow_its_driver(tmp_path):
+    """A VF made by sriov_numvfs: add (no driver yet), bind with DRIVER; an unbind through
+    its driver's unbind file: unbind without it; drivers_probe binds again; sriov_numvfs 0:
+    unbind, remove (bus_notify and __device_release_driver's order)."""
+    host = Topology.from_text('[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:41:00.0"\n'
+                              '[gpu.options]\nmodel = "L40S"\nvfs = 0\n', "<test>").build()
+    Tree(host)
+    ev = Recorder(host)
+    pf = host.pci["0000:41:00.0"]
+    host.set_numvfs(pf, b"1")
+    vf = host.pci["0000:41:00.4"]
+    host.pci_unbind(vf, "nvidia")
+    host.drivers_probe(vf)
+    host.set_numvfs(pf, b"0")
+    path = f"/{vf.path}"
+    assert [(e["ACTION"], e["DEVPATH"], e["SUBSYSTEM"], e.get("DRIVER")) for e in ev.events] == [
+        ("add", path, "pci", None), ("bind", path, "pci", "nvidia"),
+        ("unbind", path, "pci", None), ("bind", path, "pci", "nvidia"),
+        ("unbind", path, "pci", None), ("remove", path, "pci", None)]
+    assert ev.events[0]["PCI_SLOT_NAME"] == "0000:41:00.4"
+
+
+def test_a_510_mdev_bound_after_its_create_announces_it():
+    """Before 5.14 a device created while the bus does not autoprobe binds to vfio_mdev
+    later (bind or drivers_probe): its bind event comes then."""
+    host = Topology.from_text('[host]\nkernel = "5.10"\n' + MTTY_ONLY, "<test>").build()
+    Tree(host)
+    ev = Recorder(host)
+    host.mdev_autoprobe = False
+    host.create(host.parents["mtty"].types["mtty-1"], U1.encode())
+    host.bind(host.devices[U1])
+    assert [(e["ACTION"], e.get("DRIVER")) for e in ev.events] == [("add", None),
+                                                                   ("bind", "vfio_mdev")]
+
+
 def test_a_socket_of_the_hosts_network_namespace_is_refused(host):
     ev = Uevents(host)
     nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)

@@ -201,11 +201,14 @@ class Daemon:
             group, vendor = before  # the device as the file still has it
             host.restore(mtype, obj.uuid, group, json.loads(vendor), bound=group is not None)
             return True
+        if op == "bind" and host.devices.get(obj.uuid) is obj and obj.binding is not None:
+            host.unbind(obj)  # before 5.14, where a bind can happen, an unbind frees nothing
+            return True
         if op == "vendor" and before is not None:
             obj.vendor.clear()
             obj.vendor.update(json.loads(before[1]))
             return True
-        return False  # an unbind (the kernel never binds again), an unplugged parent
+        return False  # an unbind (a bind again would take another group), an unplugged parent
 
     # --- serving ----------------------------------------------------------------------------
 

@@ -31,8 +31,9 @@ def read_devices(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             by_uuid[change["uuid"]] = {k: v for k, v in change.items() if k != "op"}
         elif change["op"] == "remove":
             del by_uuid[change["uuid"]]
-        elif change["op"] == "unbind":
-            by_uuid[change["uuid"]] = dict(by_uuid[change["uuid"]], iommu_group=None)
+        elif change["op"] in ("bind", "unbind"):
+            by_uuid[change["uuid"]] = dict(by_uuid[change["uuid"]],
+                                           iommu_group=change.get("iommu_group"))
         else:
             by_uuid[change["uuid"]] = dict(by_uuid[change["uuid"]], vendor=change["vendor"])
     return list(by_uuid.values())
@@ -50,6 +51,8 @@ def change_line(op: str, mdev: MdevDevice) -> dict[str, Any]:
         return {"op": "add", **device_line(mdev)}
     if op == "vendor":
         return {"op": "vendor", "uuid": mdev.uuid, "vendor": mdev.vendor}
+    if op == "bind":
+        return {"op": "bind", "uuid": mdev.uuid, "iommu_group": mdev.iommu_group}
     return {"op": op, "uuid": mdev.uuid}
 
 

@@ -8,6 +8,7 @@ one change::
     {"op": "add", "uuid": "…", "parent": "mtty", "type": "mtty-2", "iommu_group": 1, "vendor": {}}
     {"op": "vendor", "uuid": "…", "vendor": {"label": "blue"}}
     {"op": "unbind", "uuid": "…"}           # the device stays, driverless, without a group
+    {"op": "bind", "uuid": "…", "iommu_group": 2}  # before 5.14: bound after its create
     {"op": "remove", "uuid": "…"}
 
 ``vendor`` is the driver's own per-device state (:attr:`MdevDevice.vendor`, filled in
@@ -53,7 +54,7 @@ from .pci import PciFunction
 log = logging.getLogger(__name__)
 
 FORMAT = "mdevfs-state"
-_OPS = ("add", "remove", "vendor", "unbind", "pci")
+_OPS = ("add", "remove", "vendor", "bind", "unbind", "pci")
 VERSION = 2
 _KEYS = {"uuid", "parent", "type", "iommu_group", "vendor"}
 _HEADER_KEYS = {"format", "version", "devices", "gpus", "pci"}
@@ -71,7 +72,7 @@ class StateInUse(StateError):
 
 #: a device as the file records it: its IOMMU group (None: unbound) and vendor JSON
 Recorded = tuple[int | None, str]
-#: ("add" | "remove" | "vendor" | "unbind", the device, its record before the change)
+#: ("add" | "remove" | "vendor" | "bind" | "unbind", the device, its record before the change)
 Change = tuple[str, MdevDevice, Recorded | None]
 
 
@@ -297,8 +298,8 @@ class StateFile(HostObserver):
             raise self._bad(f"{where} {op} of {uuid}, which is not recorded")
         elif op == "remove":
             del by_uuid[uuid]
-        elif op == "unbind":
-            by_uuid[uuid] = dict(by_uuid[uuid], iommu_group=None)
+        elif op in ("bind", "unbind"):  # a bind's group is checked as every group is
+            by_uuid[uuid] = dict(by_uuid[uuid], iommu_group=change.get("iommu_group"))
         else:
             by_uuid[uuid] = dict(by_uuid[uuid], vendor=change.get("vendor"))
 
@@ -397,6 +398,10 @@ class StateFile(HostObserver):
         if self._pending and self._pending[-1][:2] == ("unbind", mdev):
             self._pending.pop()  # the model detaches a bound device before removing it
         self._pending.append(("remove", mdev, self._recorded.get(mdev.uuid)))
+
+    def device_bound(self, mdev: MdevDevice) -> None:  # before 5.14: bound after its create
+        if not self._paused:
+            self._pending.append(("bind", mdev, self._recorded.get(mdev.uuid)))
 
     def device_unbound(self, mdev: MdevDevice, binding: Any) -> None:
         if not self._paused:

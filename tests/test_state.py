@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import keeper, needs_fuse, write_topology
+from conftest import fill, keeper, needs_fuse, small_disk, write_topology
 
 from mdevfs.journal import read_devices
 from mdevfs.runtime import default_control
@@ -270,6 +270,39 @@ def test_an_unbound_device_is_restored_unbound(topology, tmp_path):
         assert os.path.basename(os.readlink(devices / U2 / "iommu_group")) == "1"
         new = m.create("mtty-1")
         assert os.path.basename(os.readlink(devices / new / "iommu_group")) == "0"
+
+
+def test_a_510_device_bound_after_its_create_is_restored_bound(tmp_path):
+    """Before 5.14 a device created while bus/mdev does not autoprobe is bound later through
+    vfio_mdev's bind file: a journal record, so the restart brings it back bound in its
+    group; a bind the disk refuses is undone (the device unbound again) and is EIO."""
+    topology = write_topology(tmp_path, '[host]\nkernel = "5.10"\n[[parent]]\n'
+                              'driver = "mtty"\n[parent.options]\nports = 200\n')
+    devices = "bus/mdev/devices"
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        state = disk / "state.json"
+        with mounted(topology, state=state) as m:
+            m.write("bus/mdev/drivers_autoprobe", "0")
+            m.create("mtty-1", U1)
+            m.create("mtty-1", U2)
+            m.write("bus/mdev/drivers/vfio_mdev/bind", U1)
+            assert [(r[0], r[3]) for r in recorded(state)] == [(U1, 0), (U2, None)]
+            filler = fill(disk)
+            for i in range(100):  # creates fill the file's last page, then the disk refuses
+                try:
+                    m.create("mtty-1", f"{i:08x}-0000-4000-8000-000000000000")
+                except OSError as exc:
+                    assert exc.errno == errno.EIO
+                    break
+            with pytest.raises(OSError) as refused:
+                m.write("bus/mdev/drivers/vfio_mdev/bind", U2)
+            assert refused.value.errno == errno.EIO
+            assert not (m.root / devices / U2 / "driver").exists()
+            filler.unlink()
+        with mounted(topology, state=state) as m:
+            assert os.readlink(m.root / devices / U1 / "iommu_group").endswith("/0")
+            assert os.readlink(m.root / devices / U1 / "driver").endswith("/vfio_mdev")
+            assert not (m.root / devices / U2 / "driver").exists()
 
 
 GPUS = """

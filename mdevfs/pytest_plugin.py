@@ -193,15 +193,15 @@ def mdevfs_static(pytestconfig: pytest.Config,
 
 
 @pytest.fixture
-def mdevfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MdevfsMount]:
+def mdevfs(request: pytest.FixtureRequest, tmp_path: Path,
+           mdevfs_kernel: str | None) -> Iterator[MdevfsMount]:
     """The session's mount in its initial state: no devices, an empty /etc/mdevctl.d; for a
     test marked mdevfs_readonly where FUSE is unavailable, the static tree."""
     if (request.node.get_closest_marker("mdevfs_readonly") and not _strict
             and testing.unavailable()):
         yield request.getfixturevalue("mdevfs_static")
         return
-    kernel = request.getfixturevalue("mdevfs_kernel")
-    mdevfs_session: MdevfsMount = request.getfixturevalue("_mdevfs_mounts")(kernel)
+    mdevfs_session: MdevfsMount = request.getfixturevalue("_mdevfs_mounts")(mdevfs_kernel)
     mdevfs_session.reset()
     mdevfs_session.mdevctl_dir = tmp_path / "mdevctl.d"
     mdevfs_session.mdevctl_dir.mkdir()

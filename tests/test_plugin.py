@@ -79,12 +79,16 @@ def test_one_test_runs_on_every_kernel_its_marker_names(pytester):
         def test_unmarked(mdevfs, mdevfs_kernel):
             assert mdevfs_kernel is None
 
+        @pytest.mark.mdevfs_kernels("5.10")
+        def test_marked_without_asking_which(mdevfs):
+            assert os.listdir(mdevfs.root / "bus/mdev/drivers") == ["vfio_mdev"]
+
         def test_factory(mdevfs_factory):
             old = mdevfs_factory(None, "5.10")
             assert os.listdir(old.root / "bus/mdev/drivers") == ["vfio_mdev"]
     ''')
     result = pytester.runpytest_subprocess("-v")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["*test_driver?kernel-5.10? PASSED*",
                                  "*test_driver?kernel-7.3? PASSED*"])
 

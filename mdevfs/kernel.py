@@ -83,8 +83,10 @@ CHANGES: dict[str, Change] = {
         "88a21f265ce5 vfio/mdev: Allow the mdev_parent_ops to specify the device driver to "
         "bind; drivers/vfio/mdev/mdev_core.c mdev_device_create, mdev_driver.c mdev_match"),
     BIND_BOUND_EBUSY: _change(
-        "5.14", "bind of a device that has a driver is EBUSY (ENODEV before)",
-        "204db60c8357 driver core: Pull required checks into driver_probe_device(); "
+        "5.14", "bind of a device that has a driver is EBUSY, and of one whose probe fails "
+                "the probe's errno (both ENODEV before)",
+        "204db60c8357 driver core: Pull required checks into driver_probe_device(), "
+        "ef6dcbdd8eb2 driver core: Flow the return code from ->probe() through to sysfs bind; "
         "drivers/base/bus.c bind_store, drivers/base/dd.c driver_probe_device"),
     MTTY_ENFORCES_PORTS: _change(
         "5.14", "mtty refuses a create past its ports with ENOSPC (before, available_instances "

@@ -401,7 +401,14 @@ class ParentDriver(BasePciDriver):
         return fn.bdf == self.parent
 
     def probe(self, fn: PciFunction) -> None:
-        self.host._register_parent(self.parent, self.path, self.vendor).own_pci = fn
+        """Its GPU only (another function forced on it by driver_override or new_id is
+        ENODEV, as a GPU driver's probe refuses a device it cannot drive); a parent already
+        registered (plugged while the bus did not autoprobe) is the one it takes over."""
+        if fn.bdf != self.parent:
+            fail(errno.ENODEV)
+        parent = self.host.parents.get(self.parent) or \
+            self.host._register_parent(self.parent, self.path, self.vendor)
+        parent.own_pci = fn
 
     def remove(self, fn: PciFunction) -> None:
         if self.parent in self.host.parents:

@@ -142,12 +142,14 @@ class PciBus:
     def _matching(self, fn: PciFunction, entry: DriverEntry) -> PciDriver | None:
         """pci_match_device: with driver_override, only the driver it names takes the
         function, whatever its ids; else a dynamic id of the driver's, or an instance's own
-        id table."""
+        id table. A driver mdevfs keeps as one instance per function it serves (a GPU's
+        parent driver) answers through the instance of that function when there is one."""
+        own = next((drv for drv in entry.instances if drv.matches(fn)), None)
         if fn.driver_override is not None:
-            return entry.instances[0] if fn.driver_override == entry.name else None
-        if any(dyn.matches(fn) for dyn in entry.dynamic_ids):
+            return own or entry.instances[0] if fn.driver_override == entry.name else None
+        if own is None and any(dyn.matches(fn) for dyn in entry.dynamic_ids):
             return entry.instances[0]
-        return next((drv for drv in entry.instances if drv.matches(fn)), None)
+        return own
 
     def _may_probe(self, fn: PciFunction) -> bool:
         """pci_device_can_probe: a VF probes only if its PF's sriov_drivers_autoprobe is on
@@ -173,16 +175,23 @@ class PciBus:
         return False
 
     def pci_bind(self, fn: PciFunction, name: str) -> None:
-        """``bind_store``: the function must match the driver (else ENODEV) and have none (else
-        EBUSY; ENODEV before 5.14); a VF its PF may not autoprobe is ENODEV; the probe's own
-        errno passes."""
-        entry = self.pci_drivers[name]
-        if fn.driver is not None:
-            fail(errno.EBUSY if self.kernel.has(BIND_BOUND_EBUSY) else errno.ENODEV)
-        drv = self._matching(fn, entry)
-        if drv is None or not self._may_probe(fn):
+        """``bind_store``: the function must match the driver (else ENODEV), then have none
+        (else EBUSY) and be one its PF lets probe (else ENODEV); the probe's own errno
+        passes. Before 5.14 a bound function and a failed probe were ENODEV too."""
+        drv = self._matching(fn, self.pci_drivers[name])
+        if drv is None:
             fail(errno.ENODEV)
-        self._probe_pci(fn, drv)
+        since = self.kernel.has(BIND_BOUND_EBUSY)
+        if fn.driver is not None:
+            fail(errno.EBUSY if since else errno.ENODEV)
+        if not self._may_probe(fn):
+            fail(errno.ENODEV)
+        try:
+            self._probe_pci(fn, drv)
+        except OSError:
+            if since:
+                raise
+            fail(errno.ENODEV)
 
     def pci_unbind(self, fn: PciFunction, name: str) -> None:
         """``unbind_store``: a function bound to this driver is detached (its driver's remove

@@ -8,7 +8,7 @@ import errno
 import os
 
 import pytest
-from conftest import errno_of, needs_fuse
+from conftest import errno_of, needs_fuse, write_topology
 
 from mdevfs.testing import mounted
 
@@ -84,7 +84,10 @@ def test_a_gpu_handed_to_vfio_pci_as_nodedev_detach_does(m):
 
 
 def test_bind_and_unbind_refuse_as_the_driver_core_does(m):
-    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:41:00.0") == errno.EBUSY
+    """bind_store: a driver that does not match is ENODEV before anything else; one that
+    does, on a function that has a driver, EBUSY."""
+    assert errno_of(m.write, "bus/pci/drivers/nvidia/bind", "0000:41:00.0") == errno.EBUSY
+    assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:41:00.0") == errno.ENODEV
     assert errno_of(m.write, "bus/pci/drivers/vfio-pci/unbind", "0000:41:00.0") == errno.ENODEV
     assert errno_of(m.write, "bus/pci/drivers/nvidia/unbind", "0000:99:00.0") == errno.ENODEV
     m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
@@ -92,6 +95,49 @@ def test_bind_and_unbind_refuse_as_the_driver_core_does(m):
     assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:41:00.0") == errno.ENODEV
     m.write("bus/pci/drivers/nvidia/bind", "0000:41:00.0")
     assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/nvidia"
+
+
+P4S = """
+[[parent]]
+driver = "nvidia"
+name = "0000:3b:00.0"
+path = "devices/pci0000:3a/0000:3a:00.0/0000:3b:00.0"
+[[parent]]
+driver = "nvidia"
+name = "0000:5e:00.0"
+path = "devices/pci0000:5d/0000:5d:00.0/0000:5e:00.0"
+"""
+
+
+def test_each_gpu_parent_is_its_own_once_rebound(tmp_path):
+    """Two GPUs of one driver: the second, unbound and bound again through its override,
+    registers its own mdev parent, the first keeps its own; a parent plugged while the bus
+    did not autoprobe is the one its bind takes over, devices and all."""
+    first, second = f"{PCI}/0000:3b:00.0", f"{PCI}/0000:5e:00.0"
+    with mounted(write_topology(tmp_path, P4S)) as m:
+        kept = m.create("nvidia-63", parent="0000:3b:00.0")
+        m.write(f"{second}/driver/unbind", "0000:5e:00.0")
+        m.write(f"{second}/driver_override", "nvidia")
+        m.write("bus/pci/drivers_probe", "0000:5e:00.0")
+        assert link(m, f"{second}/driver") == "../../../../bus/pci/drivers/nvidia"
+        assert link(m, "class/mdev_bus/0000:5e:00.0") == \
+            "../../devices/pci0000:5d/0000:5d:00.0/0000:5e:00.0"
+        assert os.listdir(m.path(f"{first}/mdev_supported_types/nvidia-63/devices")) == [kept]
+        # a parent plugged while the bus does not autoprobe, then bound
+        m.write("bus/pci/drivers_autoprobe", "0")
+        m.control.unplug("0000:5e:00.0")
+        m.control.plug("0000:5e:00.0")
+        assert not m.path(f"{second}/driver").exists()
+        made = m.create("nvidia-63", parent="0000:5e:00.0")
+        m.write("bus/pci/drivers/nvidia/bind", "0000:5e:00.0")
+        assert os.listdir(m.path(f"{second}/mdev_supported_types/nvidia-63/devices")) == [made]
+        assert m.devices() == sorted([kept, made])
+
+
+@pytest.mark.mdevfs_kernels("5.10")
+def test_before_5_14_a_bound_function_is_enodev_to_bind(mdevfs):
+    assert errno_of(mdevfs.write, "bus/pci/drivers/nvidia/bind", "0000:41:00.0") == \
+        errno.ENODEV
 
 
 def test_a_dynamic_id_binds_every_unbound_function_it_matches(m):

@@ -48,7 +48,7 @@ from attrs import Factory, evolve, frozen
 
 from .driver import GPU, PARENT, DriverLoadError, build, installed, kind_of, load_factory, shape_problem
 from .errors import UsageError
-from .kernel import NEWEST, Kernel
+from .kernel import Kernel
 from .model import Host
 from .pci import GENERIC_DRIVERS, GenericDriver
 
@@ -99,24 +99,26 @@ class Machine:
 
 
 def _machine(host: Mapping[str, Any], bad: Any) -> Machine:
-    kernel = host.get("kernel", str(NEWEST))
+    default = Machine()
+    kernel = host.get("kernel", str(default.kernel))
     if not isinstance(kernel, str):
         raise bad("[host] kernel", "must be a version string such as \"5.10\"")
     try:
         parsed = Kernel.parse(kernel)
     except ValueError as exc:
         raise bad("[host] kernel", str(exc)) from None
-    iommu = host.get("iommu", "intel")
+    iommu = host.get("iommu", default.iommu)
     if iommu not in ("intel", "amd", "none"):
         raise bad("[host] iommu", "must be \"intel\", \"amd\" or \"none\"")
     numbers = {}
     for key, top in (("cpus", 8192), ("numa_nodes", 1024)):
-        value = host.get(key, 2 if key == "cpus" else 1)
+        value = host.get(key, getattr(default, key))
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
             raise bad(f"[host] {key}", f"must be a whole number from 1 to {top}")
         numbers[key] = value
-    drivers = host.get("pci_drivers", list(GENERIC_DRIVERS))
-    if not isinstance(drivers, list) or not set(drivers) <= set(GENERIC_DRIVERS):
+    drivers = host.get("pci_drivers", list(default.pci_drivers))
+    if not isinstance(drivers, list) or \
+            not all(isinstance(d, str) and d in GENERIC_DRIVERS for d in drivers):
         raise bad("[host] pci_drivers", f"must be a list of {', '.join(GENERIC_DRIVERS)}")
     return Machine(parsed, iommu, numbers["cpus"], numbers["numa_nodes"], tuple(drivers))
 

@@ -62,7 +62,6 @@ class Binding:
     minor from vfio's group ida) and the ``vfio-dev/vfio<index>`` device (an ida of its own)."""
 
     iommu_group: int
-    vfio_group: int
     vfio_index: int
     vfio_minor: int = 0
 
@@ -291,7 +290,7 @@ class Host(PciBus):
     def _vfio_register(self, group: int) -> Binding:
         """vfio's registration of a device in IOMMU group ``group``: its vfio group (a
         minor of vfio's) and its vfio-dev index."""
-        return Binding(group, group, self._vfio_devices.alloc(), self._vfio_minors.alloc())
+        return Binding(group, self._vfio_devices.alloc(), self._vfio_minors.alloc())
 
     def _vfio_unregister(self, binding: Binding) -> None:
         self._vfio_devices.release(binding.vfio_index)

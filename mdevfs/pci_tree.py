@@ -47,7 +47,9 @@ class PciTree:
         """The IOMMU every PCI function sits behind (iommu-sysfs.c): Intel's ``dmar0``, a
         virtual device, or AMD's ``ivhd0`` below the IOMMU's own PCI function (whose PCI files
         mdevfs does not give); ``class/iommu/<unit>``, and a link in its ``devices/`` for each
-        function. None without an IOMMU."""
+        function. None without an IOMMU, when ``class/iommu`` is empty (the class is
+        registered at boot, iommu_dev_init, whatever the hardware)."""
+        self.mkdirs("class/iommu")
         if self.host.iommu == "none":
             return None
         name, path = (("dmar0", "devices/virtual/iommu/dmar0") if self.host.iommu == "intel"

@@ -237,14 +237,16 @@ class PciBus:
 
     def _probe_pci(self, fn: PciFunction, drv: PciDriver) -> None:
         """really_probe: the driver's probe; then the function is its, registered with VFIO
-        if the driver does that."""
+        if the driver does that (vfio_iommu_group_get: EINVAL for a function without an
+        IOMMU group)."""
+        if fn.iommu_group is None and drv.registers_vfio(fn):
+            fail(errno.EINVAL)
         drv.probe(fn)
         fn.driver, fn.powered = drv, True
         if drv.enables:  # pci_enable_device and a 64-bit DMA mask, as a device driver does
             fn.enable_cnt, fn.dma_bits = 1, 64
         if drv.registers_vfio(fn):
-            group = fn.iommu_group if fn.iommu_group is not None else -1
-            fn.vfio = self._vfio_register(group)
+            fn.vfio = self._vfio_register(fn.iommu_group)
             if not drv.enables:  # vfio-pci allows runtime PM: idle, it suspends to D3hot
                 fn.runtime_allowed = True
         self._tell("pci_bound", fn)

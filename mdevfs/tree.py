@@ -450,7 +450,7 @@ class Tree(PciTree, HostObserver):
         """The vfio group, named after the IOMMU group (``devices/virtual/vfio/<N>``,
         ``class/vfio/<N>``), and the ``class/vfio-dev`` link to the device's
         ``vfio-dev/vfio<index>``; returns them."""
-        name = str(binding.vfio_group)
+        name = str(binding.iommu_group)
         dev = f"{VFIO_GROUP_MAJOR}:{binding.vfio_minor}"
         props = f"MAJOR={VFIO_GROUP_MAJOR}\nMINOR={binding.vfio_minor}\nDEVNAME=vfio/{name}\n"
 

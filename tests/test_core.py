@@ -212,6 +212,9 @@ def test_write_to_a_removed_node_is_enodev():
     ("[[parent]]\ndriver = 'mtty'\n[parent.options]\nports = 'many'\n", "refused its options"),
     ("[[parent]]\ndriver = 'nonexistent_mod:Drv'\n", "failed to load"),
     ("[host]\niommu_group_base = -1\n[[parent]]\ndriver = 'mtty'\n", "iommu_group_base"),
+    ("[host]\npci_drivers = [[1]]\n", "[host] pci_drivers"),
+    ("[host]\npci_drivers = [{a = 1}]\n", "[host] pci_drivers"),
+    ("[host]\niommu = 'arm'\n", "[host] iommu"),
 ])
 def test_bad_topology_names_file_entry_and_problem(tmp_path, text, needle):
     """A bad file gets a clear error naming the file, the entry and the problem."""

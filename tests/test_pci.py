@@ -140,6 +140,40 @@ def test_before_5_14_a_bound_function_is_enodev_to_bind(mdevfs):
         errno.ENODEV
 
 
+L40S = '[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:41:00.0"\n'
+
+
+def test_the_machine_its_host_table_describes(tmp_path):
+    """An AMD IOMMU unit, two NUMA nodes over four CPUs, only vfio-pci of the generic
+    drivers: as class/iommu, numa_node's store and local_cpulist, bus/pci/drivers show them."""
+    topology = write_topology(tmp_path, '[host]\niommu = "amd"\ncpus = 4\nnuma_nodes = 2\n'
+                              'pci_drivers = ["vfio-pci"]\n' + L40S)
+    with mounted(topology) as m:
+        pf = f"{PCI}/0000:41:00.0"
+        assert os.listdir(m.path("class/iommu")) == ["ivhd0"]
+        assert link(m, f"{pf}/iommu") == "../0000:00:00.2/iommu/ivhd0"  # an AMD IOMMU's function
+        drivers = os.listdir(m.path("bus/pci/drivers"))
+        assert "vfio-pci" in drivers and "pci-stub" not in drivers
+        assert m.write(f"{pf}/numa_node", "1") == 1
+        assert m.read(f"{pf}/local_cpulist") == "2-3\n"
+        assert errno_of(m.write, f"{pf}/numa_node", "2") == errno.EINVAL
+
+
+def test_without_an_iommu_no_function_goes_to_vfio_pci(tmp_path):
+    """No IOMMU unit: no function has a group, and vfio-pci's probe refuses one (EINVAL,
+    vfio_iommu_group_get) instead of making a vfio group for it."""
+    with mounted(write_topology(tmp_path, '[host]\niommu = "none"\n' + L40S)) as m:
+        pf = f"{PCI}/0000:41:00.0"
+        assert os.listdir(m.path("class/iommu")) == []
+        assert not m.path(f"{pf}/iommu_group").exists()
+        m.write(f"{pf}/driver_override", "vfio-pci")
+        m.write(f"{pf}/driver/unbind", "0000:41:00.0")
+        assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:41:00.0") == \
+            errno.EINVAL
+        assert not m.path(f"{pf}/driver").exists()
+        assert os.listdir(m.path("class/vfio")) == []
+
+
 def test_a_dynamic_id_binds_every_unbound_function_it_matches(m):
     """New_id, as driverctl and older libvirt did: the unbound GPU is probed at once; the same
     id again is EEXIST; remove_id takes it back, a second time ENODEV; fewer than two

@@ -7,8 +7,10 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pynvml as nv
@@ -303,6 +305,45 @@ def test_before_init_and_without_a_daemon(lib, monkeypatch, tmp_path):
     with pytest.raises(nv.NVMLError_DriverNotLoaded):
         nv.nvmlInit()
     assert nv.nvmlLib.nvmlInit_v2() == nv.NVML_ERROR_DRIVER_NOT_LOADED  # C clients' name
+
+
+class FakeDaemon:
+    """A control socket that answers init, then every call with the next of ``replies`` (each
+    sent as it is, then the connection closed): what a broken or dying daemon could send."""
+
+    def __init__(self, path: Path, replies: list[bytes]) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        self.replies = [b'{"ok": true, "result": [0]}\n', *replies]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        for reply in self.replies:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+
+@pytest.mark.parametrize("reply", [
+    b'{"ok": true, "result": [0, "550.\\u0\n',  # an escape cut short: never read past it
+    b'{"ok": true, "result": [0, "550.127.06"]}',  # no newline: the daemon died mid-reply
+    b'{"ok": true, "result": [0, 55\n',  # a number cut short
+    b'{"ok": true, "result": [0' + b', 1' * 600 + b']}\n',  # more fields than any answer
+])
+def test_a_reply_cut_short_or_malformed_is_unknown_and_writes_nothing(lib, monkeypatch,
+                                                                     tmp_path, reply):
+    FakeDaemon(tmp_path / "control.sock", [reply])
+    monkeypatch.setenv("MDEVFS_CONTROL", str(tmp_path / "control.sock"))
+    assert nv.nvmlLib.nvmlInit_v2() == nv.NVML_SUCCESS
+    try:
+        version = ctypes.create_string_buffer(b"untouched", 80)
+        assert nv.nvmlLib.nvmlSystemGetDriverVersion(version, 80) == nv.NVML_ERROR_UNKNOWN
+        assert version.value == b"untouched"
+    finally:
+        nv.nvmlShutdown()
 
 
 def test_the_vgpu_version_range_is_set_within_the_supported_one(m):

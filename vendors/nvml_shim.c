@@ -14,12 +14,14 @@
  * NVIDIA's library does on a host without its driver.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,7 +34,7 @@ enum {
 	NOT_FOUND = 6, INSUFFICIENT_SIZE = 7, DRIVER_NOT_LOADED = 9, TIMEOUT = 10,
 	ARGUMENT_VERSION_MISMATCH = 25, UNKNOWN = 999
 };
-enum { MAX_DEVICES = 64, MAX_FIELDS = 512, REPLY_BYTES = 65536 };
+enum { MAX_DEVICES = 64, MAX_FIELDS = 512, REPLY_BYTES = 65536, ASK_SECONDS = 10 };
 
 /* ---- the daemon ------------------------------------------------------------------------- */
 
@@ -55,7 +57,7 @@ static void put_json(char *out, size_t room, size_t *len, const char *s)
 	}
 }
 
-/* the fields of {"ok": true, "result": [ ... ]}, parsed in place; -1 if not that */
+/* the fields of {"ok": true, "result": [ ... ]}, parsed in place; -1 if not that, whole */
 static int parse(struct reply *r)
 {
 	char *p = strstr(r->buf, "\"result\": [");
@@ -63,11 +65,13 @@ static int parse(struct reply *r)
 		return -1;
 	p += strlen("\"result\": [");
 	r->n = -1;
-	while (*p && *p != ']' && r->n + 1 < MAX_FIELDS) {
+	for (;;) {
 		while (*p == ' ' || *p == ',')
 			p++;
-		if (*p == ']' || !*p)
-			break;
+		if (*p == ']')
+			return 0;
+		if (!*p || r->n + 1 >= MAX_FIELDS)
+			return -1;  /* cut short, or more fields than any answer has */
 		char *out = p, *start = p;
 		if (*p == '"') {
 			start = out = ++p;
@@ -85,6 +89,9 @@ static int parse(struct reply *r)
 				case 'f': *out++ = '\f'; break;
 				case 'u': {
 					unsigned int code = 0;
+					for (int i = 1; i <= 4; i++)
+						if (!isxdigit((unsigned char)p[i]))
+							return -1;  /* cut short: never past the end */
 					if (sscanf(p + 1, "%4x", &code) != 1)
 						return -1;
 					*out++ = code < 0x80 ? (char)code : '?';
@@ -107,14 +114,13 @@ static int parse(struct reply *r)
 		char end = *p;
 		*out = '\0';
 		r->f[++r->n] = start;
-		if (!end)
-			break;
 		if (end == ']')
-			break;
+			return 0;
+		if (!end)
+			return -1;  /* a number cut short */
 		if (out == p)
 			p++;
 	}
-	return r->n >= 0 ? 0 : -1;
 }
 
 /* ask the daemon at control socket `path` (NULL: $MDEVFS_CONTROL) for `call`: its code */
@@ -150,28 +156,42 @@ static nvmlReturn_t ask_at(const char *path, struct reply *r, const char *call, 
 		close(fd);
 		return DRIVER_NOT_LOADED;
 	}
+	/* a daemon stopped mid-call is TIMEOUT, not a caller hung for ever */
+	struct timeval wait = { .tv_sec = ASK_SECONDS };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof wait);
 	size_t sent = 0, got = 0;
-	while (sent < len) {
-		ssize_t n = write(fd, req + sent, len - sent);
+	int whole = 0;
+	nvmlReturn_t code = UNKNOWN;
+	while (sent < len) {  /* MSG_NOSIGNAL: a daemon gone is an answer, not a SIGPIPE */
+		ssize_t n = send(fd, req + sent, len - sent, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
 		if (n <= 0) {
-			close(fd);
-			return UNKNOWN;
+			code = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? TIMEOUT : UNKNOWN;
+			goto out;
 		}
 		sent += (size_t)n;
 	}
-	while (got + 1 < sizeof r->buf) {
+	while (!whole && got + 1 < sizeof r->buf) {
 		ssize_t n = read(fd, r->buf + got, sizeof r->buf - 1 - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			code = TIMEOUT;
+			goto out;
+		}
 		if (n <= 0)
 			break;
+		whole = memchr(r->buf + got, '\n', (size_t)n) != NULL;
 		got += (size_t)n;
-		if (memchr(r->buf + got - n, '\n', (size_t)n))
-			break;
 	}
-	close(fd);
 	r->buf[got] = '\0';
-	if (parse(r) < 0)
-		return UNKNOWN;
-	return atoi(r->f[0]);
+	if (whole && parse(r) == 0 && r->n >= 0)
+		code = atoi(r->f[0]);
+out:
+	close(fd);
+	return code;
 }
 
 static nvmlReturn_t ask(struct reply *r, const char *call, int argc, const char *const *argv)
@@ -309,20 +329,13 @@ NVML_API nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version)
 
 /* ---- devices ---------------------------------------------------------------------------- */
 
-struct nvmlDevice_st { unsigned int index; };
+/* a handle is the address of one slot: its index is where it lies in the array */
+struct nvmlDevice_st { char slot; };
 typedef struct nvmlDevice_st *nvmlDevice_t;
 static struct nvmlDevice_st devices[MAX_DEVICES];
 
-static void init_handles(void)
-{
-	for (unsigned int i = 0; i < MAX_DEVICES; i++)
-		devices[i].index = i;
-}
-
 static nvmlReturn_t handle_of(unsigned long long index, nvmlDevice_t *device)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, init_handles);
 	if (index >= MAX_DEVICES)
 		return INVALID_ARGUMENT;
 	*device = &devices[index];
@@ -418,16 +431,21 @@ NVML_API nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigne
 	return code ? code : put(uuid, length, text(&r, 2));
 }
 
-NVML_API nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int *minor)
+static nvmlReturn_t device_number(nvmlDevice_t device, int field, unsigned int *out)
 {
 	struct reply r;
 	nvmlReturn_t code = device_facts(device, &r);
 	if (code)
 		return code;
-	if (!minor)
+	if (!out)
 		return INVALID_ARGUMENT;
-	*minor = (unsigned int)num(&r, 3);
+	*out = (unsigned int)num(&r, field);
 	return SUCCESS;
+}
+
+NVML_API nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int *minor)
+{
+	return device_number(device, 3, minor);
 }
 
 /* nvmlPciInfo_t (68 bytes, filled by _v3) and the legacy layout of _v1/_v2 (52 bytes) */
@@ -521,18 +539,6 @@ NVML_API nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, struct mem
 	out->reserved = 0;
 	out->free = v1.free;
 	out->used = v1.used;
-	return SUCCESS;
-}
-
-static nvmlReturn_t device_number(nvmlDevice_t device, int field, unsigned int *out)
-{
-	struct reply r;
-	nvmlReturn_t code = device_facts(device, &r);
-	if (code)
-		return code;
-	if (!out)
-		return INVALID_ARGUMENT;
-	*out = (unsigned int)num(&r, field);
 	return SUCCESS;
 }
 
@@ -663,6 +669,16 @@ static nvmlReturn_t type_number(unsigned int type, int field, unsigned long long
 	return SUCCESS;
 }
 
+/* a type's field that NVML hands out as an unsigned int */
+static nvmlReturn_t type_uint(unsigned int type, int field, unsigned int *out)
+{
+	unsigned long long n;
+	nvmlReturn_t code = type_number(type, field, out ? &n : NULL);
+	if (!code)
+		*out = (unsigned int)n;
+	return code;
+}
+
 NVML_API nvmlReturn_t nvmlVgpuTypeGetFramebufferSize(unsigned int type, unsigned long long *size)
 {
 	return type_number(type, 3, size);
@@ -670,20 +686,12 @@ NVML_API nvmlReturn_t nvmlVgpuTypeGetFramebufferSize(unsigned int type, unsigned
 
 NVML_API nvmlReturn_t nvmlVgpuTypeGetMaxInstancesPerVm(unsigned int type, unsigned int *count)
 {
-	unsigned long long n;
-	nvmlReturn_t code = type_number(type, 4, count ? &n : NULL);
-	if (!code)
-		*count = (unsigned int)n;
-	return code;
+	return type_uint(type, 4, count);
 }
 
 NVML_API nvmlReturn_t nvmlVgpuTypeGetNumDisplayHeads(unsigned int type, unsigned int *heads)
 {
-	unsigned long long n;
-	nvmlReturn_t code = type_number(type, 5, heads ? &n : NULL);
-	if (!code)
-		*heads = (unsigned int)n;
-	return code;
+	return type_uint(type, 5, heads);
 }
 
 NVML_API nvmlReturn_t nvmlVgpuTypeGetResolution(unsigned int type, unsigned int head,
@@ -716,11 +724,7 @@ NVML_API nvmlReturn_t nvmlVgpuTypeGetDeviceID(unsigned int type, unsigned long l
 
 NVML_API nvmlReturn_t nvmlVgpuTypeGetGpuInstanceProfileId(unsigned int type, unsigned int *id)
 {
-	unsigned long long n;
-	nvmlReturn_t code = type_number(type, 11, id ? &n : NULL);
-	if (!code)
-		*id = (unsigned int)n;
-	return code;
+	return type_uint(type, 11, id);
 }
 
 NVML_API nvmlReturn_t nvmlVgpuTypeGetMaxInstances(nvmlDevice_t device, unsigned int type,

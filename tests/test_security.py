@@ -406,7 +406,7 @@ REC = {"uuid": U1, "parent": "mtty", "type": "mtty-1", "iommu_group": 0, "vendor
      'corrupt ("devices" is not a list)'),
     (_header([]) + '{"op": "remove", "uuid": 5}\n', 'line 2: corrupt ("uuid" is not a string)'),
     (_header([]) + "[1]\n", "line 2: corrupt (not a change: an object with \"op\" add, remove, "
-                            "vendor, unbind, pci)"),
+                            "vendor, bind, unbind, pci)"),
     (_header([]) + "{]\n{}\n", "line 2: corrupt (not JSON: "),
     (_header([]) + f'{{"op": "remove", "uuid": "{U1}"}}\n',
      f"line 2: remove of {U1}, which is not recorded"),

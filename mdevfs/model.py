@@ -323,6 +323,11 @@ class Host(PciBus):
         self._vfio_unregister(binding)
         self._tell("device_unbound", mdev, binding)
 
+    def holds(self, mdev: MdevDevice) -> bool:
+        """Whether ``mdev`` holds its driver's resources: while bound (the driver's probe
+        takes them, its remove gives them back); before 5.14, from create to remove."""
+        return mdev.binding is not None or not self.kernel.has(PER_PARENT_MDEV_DRIVER)
+
     def remove(self, mdev: MdevDevice, buf: bytes) -> int:
         """``remove_store()`` (ABI §2.3): kstrtoul base 0, any failure EINVAL; 0 is a
         successful no-op."""
@@ -334,7 +339,7 @@ class Host(PciBus):
             return len(buf)
         if self.devices.get(mdev.uuid) is not mdev:
             fail(errno.ENODEV)
-        if mdev.binding is not None or not self.kernel.has(PER_PARENT_MDEV_DRIVER):
+        if self.holds(mdev):
             mdev.parent.driver.remove(mdev)
         self._destroy(mdev, vendor_removed=True)
         return len(buf)
@@ -342,8 +347,7 @@ class Host(PciBus):
     def _destroy(self, mdev: MdevDevice, vendor_removed: bool = False) -> None:
         """``mdev_device_remove()``: a bound device is detached from its driver first."""
         parent = mdev.parent
-        holds = mdev.binding is not None or not self.kernel.has(PER_PARENT_MDEV_DRIVER)
-        if holds and not vendor_removed:
+        if self.holds(mdev) and not vendor_removed:
             try:
                 parent.driver.remove(mdev)
             except OSError:

@@ -262,6 +262,31 @@ def test_every_vgpu_is_an_instance_while_it_exists(m):
         nv.nvmlVgpuInstanceGetUUID(on_p4)
 
 
+@pytest.mark.parametrize("kernel,held", [("5.10", True), ("6.1", False)])
+def test_an_unbound_mdev_holds_its_vgpu_only_before_5_14(tmp_path, monkeypatch, lib, kernel,
+                                                         held):
+    """Before 5.14 an mdev holds its vGPU from create to remove, bound or not; from 5.14 its
+    driver's probe takes it and its remove (at unbind) gives it back. NVML's instances and
+    sysfs's available_instances agree."""
+    topology = write_topology(tmp_path, '[[gpu]]\ndriver = "nvidia-sriov"\n'
+                              'address = "0000:a1:00.0"\n'
+                              'options = { model = "A100", vfs = 2 }\n')
+    with mounted(topology, args=("--kernel", kernel)) as m:
+        monkeypatch.setenv("MDEVFS_CONTROL", os.fspath(m.control.path))
+        u = m.create("nvidia-472", parent="0000:a1:00.4")  # A100-20C: two per card
+        m.write(f"bus/mdev/devices/{u}/driver/unbind", u)
+        assert not os.path.lexists(m.path(f"bus/mdev/devices/{u}/driver"))
+        nv.nvmlInit()
+        try:
+            vgpus = nv.nvmlDeviceGetActiveVgpus(handle("0000:a1:00.0"))
+            assert [nv.nvmlVgpuInstanceGetMdevUUID(v) for v in vgpus] == ([u] if held else [])
+        finally:
+            nv.nvmlShutdown()
+        avail = m.read("class/mdev_bus/0000:a1:00.4/mdev_supported_types/nvidia-472/"
+                       "available_instances")
+        assert avail == ("0\n" if held else "1\n")
+
+
 def test_the_count_protocol_of_every_client(m, lib):
     """Decided by *count, never by the array: pynvml's NULL array, Rust's dangling pointer
     with count 0 (INSUFFICIENT_SIZE, the count needed, nothing written), Go's count of 1."""

@@ -273,6 +273,17 @@ def test_sriov_numvfs_without_a_driver_that_configures_sriov_is_enoent():
     assert errno_of(host.set_numvfs, pf, b"9") == errno.ERANGE
 
 
+def test_a_manager_release_that_is_no_release_is_refused_when_the_gpu_is_built():
+    """The release is parsed once, at build: branch and minor, or the option's error."""
+    from mdevfs_vendors.nvidia_sriov import NvidiaSriovGpu
+
+    gpu = NvidiaSriovGpu({"model": "L40S", "manager": "550.54.14"})
+    assert (gpu.module_version, gpu.branch, gpu.minor) == ("550.54.14", 550, 54)
+    with pytest.raises(ValueError, match="option 'manager' must look like 535.129.03, "
+                                         "not 'latest'"):
+        NvidiaSriovGpu({"model": "L40S", "manager": "latest"})
+
+
 def test_sriov_manage_stands_in_inside_mdevfs_run(tmp_path):
     """NVIDIA's /usr/lib/nvidia/sriov-manage -e|-d, as management software calls it; the
     host's /usr/lib is untouched."""

@@ -152,10 +152,7 @@ class NvidiaVgpu(BaseDriver):
 
     def set_manager(self, version: str) -> None:
         """Change the vGPU manager version ("<branch>.<minor>[.<patch>]")."""
-        match = _MANAGER.fullmatch(version)
-        if match is None:
-            raise ValueError(f"option 'manager' must look like 535.129.03, not {version!r}")
-        self.branch, self.minor = int(match[1]), int(match[2])
+        self.branch, self.minor = parse_manager(version)
         #: nvidia.ko's version (module/nvidia/version): the manager release
         self.module_version = version
 
@@ -239,12 +236,19 @@ class NvidiaMigration:
         fail(code)
 
 
+def parse_manager(version: str) -> tuple[int, int]:
+    """A vGPU manager release ("<branch>.<minor>[.<patch>]", the ``manager`` option) as
+    its branch and minor."""
+    match = _MANAGER.fullmatch(version)
+    if match is None:
+        raise ValueError(f"option 'manager' must look like 535.129.03, not {version!r}")
+    return int(match[1]), int(match[2])
+
+
 def version_string(manager: str, profile: str) -> str:
     """The migration_version of a vGPU of ``profile`` under vGPU manager ``manager``."""
-    match = _MANAGER.fullmatch(manager)
-    if match is None:
-        raise ValueError(f"manager {manager!r} is not a release such as 535.129.03")
-    return f"NVIDIA-vGPU:{match[1]}.{match[2]}:{profile}"
+    branch, minor = parse_manager(manager)
+    return f"NVIDIA-vGPU:{branch}.{minor}:{profile}"
 
 
 def grade(source: str, branch: int, minor: int, profile: str) -> dict[str, str]:

@@ -64,6 +64,7 @@ from mdevfs.model import Host, MdevDevice, MdevType
 from mdevfs.pci import MEM32, MEM64_PREFETCH, Bar, Caps, PciFunction, PciIds, Sriov
 
 from ._options import flag, text, whole
+from .nvidia import parse_manager
 
 NVIDIA = 0x10DE
 HEADER = "ID    : vGPU Name"
@@ -209,6 +210,7 @@ class NvidiaSriovGpu:
             raise ValueError(f"option 'mig': the {self.card.key} has no MIG-backed type")
         #: the vGPU manager release: nvidia.ko's version (module/nvidia/version)
         self.module_version = text(options, "manager", DEFAULT_MANAGER)
+        self.branch, self.minor = parse_manager(self.module_version)
         #: the frame buffer heterogeneous mode shares out: the most the types can take
         #: (nominal sizes: an L40S-48Q is the whole card)
         self.capacity_mib = max((t.framebuffer_mib * t.max_instance for t in self.card.types),
@@ -301,14 +303,23 @@ class NvidiaSriovGpu:
 
     # --- the card's capacity, shared by its VFs ---------------------------------------------
 
+    def vgpus(self) -> list[tuple[PciFunction, VgpuType, MdevDevice | None]]:
+        """Every vGPU on the card: its VF, its type and (on an Ampere VF) its mdev."""
+        vfs = self.pf.sriov.vfs if self.pf is not None and self.pf.sriov is not None else []
+        found: list[tuple[PciFunction, VgpuType, MdevDevice | None]] = []
+        for vf in vfs:
+            if vf.vendor:  # an Ada VF's type
+                found.append((vf, self.types[vf.vendor["vgpu_type"]], None))
+            parent = self.host.parents.get(vf.bdf) if self.host is not None else None
+            if parent is not None and isinstance(parent.driver, AmpereVf) and \
+                    parent.driver.gpu is self:
+                found += [(vf, self.types[int(m.mdev_type.spec.sysfs_name)], m)
+                          for m in parent.driver.held()]
+        return found
+
     def running(self) -> list[VgpuType]:
         """The type of every vGPU on the card (Ada VFs or Ampere mdevs)."""
-        vfs = self.pf.sriov.vfs if self.pf is not None and self.pf.sriov is not None else []
-        held = [self.types[vf.vendor["vgpu_type"]] for vf in vfs if vf.vendor]
-        if self.host is not None and not self.card.vendor_vfio:
-            held += [self.types[int(m.mdev_type.spec.sysfs_name)] for m in self.host.devices.values()
-                     if isinstance(m.parent.driver, AmpereVf) and m.parent.driver.gpu is self]
-        return held
+        return [vtype for _, vtype, _ in self.vgpus()]
 
     def refusal(self, vtype: VgpuType) -> int | None:
         """Why one more vGPU of ``vtype`` cannot be made on the card: EINVAL (a type of
@@ -389,8 +400,15 @@ class AmpereVf(BaseDriver):
     def _type(self, mtype: MdevType) -> VgpuType:
         return self.gpu.types[int(mtype.spec.sysfs_name)]
 
+    def held(self) -> list[MdevDevice]:
+        """The mdevs of this VF that hold their vGPU: a bound one (its driver's remove gives
+        it back at unbind), and before 5.14 every one (made at create, kept until remove)."""
+        host = self.gpu.host
+        assert host is not None
+        return [m for t in self._parent_types() for m in t.devices.values() if host.holds(m)]
+
     def _holds(self) -> bool:
-        return any(t.devices for t in self._parent_types())
+        return bool(self.held())
 
     def _parent_types(self) -> list[MdevType]:
         host = self.gpu.host

@@ -21,7 +21,8 @@ What NVML shows, from what mdevfs models:
   driver has them; class, heads, resolution, licence, instances per VM, guest PCI ids and
   MIG GPU-instance profile by the type's kind (Q, B, A, C, MIG-backed C): **mdevfs's
   choices** (the table below), no public per-type source having been found.
-* **instances**: every vGPU the host holds (an mdev of an NVIDIA parent, an Ada-or-later VF
+* **instances**: every vGPU the host holds (an mdev of an NVIDIA parent while it holds its
+  vGPU: bound, or before 5.14 from create to remove; an Ada-or-later VF
   with ``current_vgpu_type``); its id is a CRC-32 of the mdev's UUID or the VF's address
   (never 0); its UUID is derived the same way; an mdev gives its UUID to ``GetMdevUUID``, a
   VF (no mdev) answers NOT_SUPPORTED. Without a VM mdevfs knows of, the VM id is the
@@ -54,7 +55,7 @@ from attrs import frozen
 from mdevfs.model import Host
 from mdevfs.pci import PciFunction
 
-from .nvidia import NvidiaVgpu, grade, version_string
+from .nvidia import NvidiaVgpu, grade, parse_manager, version_string
 from .nvidia_sriov import NvidiaSriovGpu
 
 NVIDIA = 0x10DE
@@ -156,28 +157,19 @@ def _sriov_gpu(host: Host, identity: str, gpu: NvidiaSriovGpu) -> Gpu:
     manager = gpu.module_version
 
     def instances() -> list[Instance]:
-        pf = gpu.pf
         found = []
-        for vf in (pf.sriov.vfs if pf is not None and pf.sriov is not None else []):
-            if vf.vendor and vf.driver is gpu:
-                info = types[vf.vendor["vgpu_type"]]
-                found.append(Instance(_key_id(vf.bdf), _uuid(identity, vf.bdf), "", info.id,
-                                      version_string(gpu.module_version, info.profile)))
-        for mdev in host.devices.values():  # an Ampere VF's mdevs
-            driver = mdev.parent.driver
-            if getattr(driver, "gpu", None) is gpu and mdev.binding is not None:
-                info = types[int(mdev.mdev_type.spec.sysfs_name)]
-                found.append(Instance(_key_id(mdev.uuid), _uuid(identity, mdev.uuid), mdev.uuid,
-                                      info.id,
-                                      version_string(gpu.module_version, info.profile)))
+        for vf, vtype, mdev in gpu.vgpus():
+            key = vf.bdf if mdev is None else mdev.uuid
+            found.append(Instance(_key_id(key), _uuid(identity, key),
+                                  "" if mdev is None else mdev.uuid, vtype.id,
+                                  version_string(gpu.module_version, types[vtype.id].profile)))
         return found
 
     def creatable() -> list[int]:
         return [t.id for t in card.types if gpu.refusal(t) is None]
 
     def graded(info: TypeInfo, source: str) -> dict[str, str]:
-        branch, minor = (int(x) for x in gpu.module_version.split(".")[:2])
-        return grade(source, branch, minor, info.profile)
+        return grade(source, gpu.branch, gpu.minor, info.profile)
 
     mig = gpu.mig if any(t.mig for t in card.types) else None
     assert gpu.pf is not None
@@ -202,7 +194,7 @@ def _mdev_gpu(host: Host, identity: str, fn: PciFunction, driver: NvidiaVgpu) ->
     def instances() -> list[Instance]:
         found = []
         for mdev in parent.devices():
-            if mdev.binding is None:
+            if not host.holds(mdev):
                 continue
             migration = driver.migration(mdev)
             found.append(Instance(_key_id(mdev.uuid), _uuid(identity, mdev.uuid), mdev.uuid,
@@ -240,7 +232,7 @@ def _uuid(identity: str, key: str) -> str:
 
 
 def _branch(manager: str) -> int:
-    return int(manager.split(".", 1)[0])
+    return parse_manager(manager)[0]
 
 
 class Nvml:

@@ -233,15 +233,15 @@ def test_bad_requests_are_refused_with_a_reason(host, request_, reply):
 def test_latency_delays_only_its_attribute(host):
     """`latency PATH SECONDS` sleeps before each show or store of PATH;
     other requests are served meanwhile; 0 clears it."""
-    host.control.latency(f"{T1}/available_instances", 0.4)
+    host.control.latency(f"{T1}/available_instances", 1.5)
     started = time.monotonic()
     slow = threading.Thread(target=host.read, args=(f"{T1}/available_instances",))
     slow.start()
-    time.sleep(0.05)
     assert host.read(f"{T1}/name") == "Single port serial\n"
-    assert slow.is_alive()  # the other read was answered while this one still waits
+    # the other read was answered while this one still waits (1.5 s: no load takes so long)
+    assert slow.is_alive()
     slow.join()
-    assert time.monotonic() - started >= 0.4  # a lower bound: load cannot break it
+    assert time.monotonic() - started >= 1.5  # a lower bound: load cannot break it
     host.control.latency(f"{T1}/available_instances", 0)
     assert host.control.status()["latency"] == {}
     assert host.read(f"{T1}/available_instances") == "24\n"

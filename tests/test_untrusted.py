@@ -375,13 +375,17 @@ def test_a_fleet_that_does_not_fit_in_memory_is_refused_before_anything_starts(
 
 
 def test_the_zygote_dies_with_the_process_that_started_it():
-    shell = subprocess.Popen(["sh", "-c", f"{sys.executable} -P -m mdevfs.zygote & echo $!; "
-                              f"exec sleep 60"], stdout=subprocess.PIPE, text=True, cwd="/")
+    """Its stdin held open (sh gives a background job /dev/null, which would end it on its
+    own), the zygote waits for its request: only its death signal ends it."""
+    shell = subprocess.Popen(["sh", "-c", f"exec 3<&0; {sys.executable} -P -m mdevfs.zygote "
+                              f"<&3 3<&- & echo $!; exec sleep 60 3<&-"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
     zygote = int(shell.stdout.readline())
-    time.sleep(0.5)  # it has noted its parent (its first step), if not yet its death signal
+    time.sleep(2)  # it has noted its parent (its first step), if not yet its death signal
+    assert Path(f"/proc/{zygote}/stat").read_text().split()[2] != "Z", "it ended on its own"
     shell.kill()
     shell.wait()
-    for _ in range(200):
+    for _ in range(1000):
         if process.start_time(zygote) is None or \
                 Path(f"/proc/{zygote}/stat").read_text().split()[2] == "Z":
             break
@@ -389,6 +393,7 @@ def test_the_zygote_dies_with_the_process_that_started_it():
     else:
         os.kill(zygote, signal.SIGKILL)
         pytest.fail("the zygote outlived the process that started it")
+    shell.stdin.close()
 
 
 # --- topologies that validate must build, and drivers must be drivers ---------------------

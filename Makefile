@@ -88,8 +88,9 @@ test: install test-system test-venv
 check: install test-venv
 	$(BIN)/python -m pytest -q -m "unit or adapter"
 
-# Real kernels (Debian 12's 6.1 and 6.12 in QEMU, with the kernel's mdev samples) against mdevfs;
-# tests/conformance/record --golden re-records the dumps that make test compares with.
+# Real kernels in QEMU against mdevfs: Debian's 5.10, 6.1, 6.12 and 7.3 with the kernel's mdev
+# samples, and 5.10, 6.1 and 7.3 driving QEMU's igb SR-IOV PF (tests/conformance/check says how
+# to re-record the dumps in golden/ that make test compares with).
 conformance: install
 	tests/conformance/check
 

@@ -224,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
-        raise UsageError("run: name a COMMAND, e.g. mdevfs run -- mdevctl types")
+        raise UsageError("name a COMMAND, e.g. mdevfs run -- mdevctl types")
     reason = namespace.unsupported()
     if reason:
         raise NamespaceError(reason)
@@ -267,11 +267,11 @@ def _run_on_mount(args: argparse.Namespace, command: list[str]) -> int:
     given = [o for o, v in (("--config", args.config), ("--state", args.state),
                             ("--kernel", args.kernel)) if v]
     if given:
-        raise UsageError(f"run: --mount uses the mount as it is; {', '.join(given)} cannot "
+        raise UsageError(f"--mount uses the mount as it is; {', '.join(given)} cannot "
                          f"change it")
     root = Path(os.path.abspath(args.mount))
     if not mounts.is_mdevfs(root):
-        raise UsageError(f"run: {root} is not an mdevfs mount (mdevfs mount {root} first)")
+        raise UsageError(f"{root} is not an mdevfs mount (mdevfs mount {root} first)")
     control = runtime.default_control(root)
     env = dict(os.environ, **(service_environment(os.fspath(control))
                               if control.is_socket() else {}))

@@ -176,7 +176,7 @@ class Topology:
         try:
             kernel = Kernel.parse(version)
         except ValueError as exc:
-            raise TopologyError(f"--kernel {version!r}: {exc}") from None
+            raise TopologyError(str(exc)) from None
         return evolve(self, machine=evolve(self.machine, kernel=kernel))
 
     @classmethod

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # --- the caching policy, in one place ---------------------------------------------------
 # sysfs values change behind the reader's back, so pyfuse3's defaults (page cache,
-# keep_cache, 300 s timeouts) would serve stale values forever (fuse-performance.md).
+# keep_cache, 300 s timeouts) would serve stale values forever.
 # * Attribute files are opened with direct_io: every read reaches show(), and a value
 #   that grows from "1\n" to "10\n" is never cut to a cached i_size.
 # * Names that come and go on their own (a device, the links to it, its IOMMU group:

@@ -1,6 +1,6 @@
 """``mdevfs run``: a command in a private mount namespace where the emulated tree
 sits at the real ``/sys`` paths, for software that hard-codes them (mdevctl 1.2.0
-has no root override; real-clients.md §0.1 and §2.1).
+has no root override, nor has libvirt's node-device driver).
 
 The FUSE daemon runs outside the namespace, on a temporary directory
 (:func:`mdevfs.process.temporary_mount`); only bind mounts and tmpfs are
@@ -26,8 +26,8 @@ in place (libvirt opens ``/dev/vfio/<group>`` before it destroys an mdev), bring
 up ``lo`` in the private network namespace and hands a NETLINK_KOBJECT_UEVENT
 socket of it to the daemon at SOCKET (:mod:`mdevfs.uevent`: udev events reach the
 command and never the host), sets ``SYSTEMD_DEVICE_VERIFY_SYSFS=0``
-(real-clients.md §0.4) and ``MDEVFS_ROOT`` (the mount itself), and execs COMMAND,
-whose exit status is the run's.
+(libsystemd's sd-device then accepts a /sys that is not sysfs) and ``MDEVFS_ROOT`` (the
+mount itself), and execs COMMAND, whose exit status is the run's.
 """
 from __future__ import annotations
 
@@ -297,7 +297,7 @@ class Grafter:
     def mdevctl_dir(self, keep: Path | None) -> None:
         """A private /etc/mdevctl.d (a tmpfs), or ``keep`` bound there; either gets the
         scripts.d/{callouts,notifiers} directories mdevctl checks for at start-up
-        (real-clients.md §1.1) if they are missing."""
+        (mdevctl 1.2.0 refuses to start without them) if they are missing."""
         if not MDEVCTL_DIR.is_dir():
             self.make_writable(MDEVCTL_DIR.parent)
             MDEVCTL_DIR.mkdir()

@@ -1,8 +1,8 @@
 """How KubeVirt and NVIDIA's device plugin find mdevs in /sys, transcribed to Python.
 
-Run inside ``mdevfs run``; prints one JSON object. Sources: real-clients.md §4
-(kubevirt d923fdb: mediated_device.go, mediated_devices_types.go) and §5
-(kubevirt-gpu-device-plugin d26f237: createVgpuIDMap).
+Run inside ``mdevfs run``; prints one JSON object. Sources: kubevirt d923fdb
+(mediated_device.go, mediated_devices_types.go) and kubevirt-gpu-device-plugin d26f237
+(createVgpuIDMap).
 """
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def test_wrong_direction_open_is_eacces_even_for_root(mtty):
 
 
 def test_open_with_o_trunc_and_o_creat_is_accepted(mtty):
-    """Real-clients §1.3: mdevctl opens create/remove with O_WRONLY|O_CREAT|O_TRUNC."""
+    """mdevctl 1.2.0 opens create/remove with O_WRONLY|O_CREAT|O_TRUNC."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     assert write(mtty.root / TYPES / "mtty-1/create", U.encode(), flags) == 36
     assert write(mtty.root / "bus/mdev/devices" / U / "remove", b"1", flags) == 1
@@ -208,7 +208,7 @@ def test_create_names_the_device_in_lower_case_and_duplicates_are_eexist(mtty):
 
 
 def test_device_exists_when_write_returns(mtty):
-    """§2.2 / real-clients §0.2: everything exists before write() returns."""
+    """§2.2: everything exists before write() returns (clients look right after)."""
     for i in range(5):
         u = f"{i:08x}-2222-3333-4444-555555555555"
         write(mtty.root / TYPES / "mtty-1/create", u.encode())

@@ -1,7 +1,7 @@
 """Libvirt 9.0's node-device driver against the default topology .
 
 libvirtd runs with only the node-device driver inside an ``mdevfs run`` namespace,
-as real-clients.md §3.2 describes: tmpfs on /run, /var/lib/libvirt,
+as a test host needs it: tmpfs on /run, /var/lib/libvirt,
 /var/cache/libvirt and /var/log/libvirt, its sockets in /run/lv, no auth. It
 enumerates /sys at start (coldplug) and learns of every later change from the
 udev messages mdevfs sends into the namespace (mdevfs.uevent). Each test runs

@@ -1,7 +1,7 @@
 """Debian's mdevctl 1.2.0, unmodified, as the acceptance client .
 
 Every command runs inside an ``mdevfs run`` namespace, where the emulated tree is
-/sys, and must print what it prints on a real kernel (real-clients.md §1.3) with
+/sys, and must print what it prints on a real kernel (the texts below) with
 the same exit status. mdevctl ends every listing with an empty line (it prints
 its text with println!), on a real kernel too.
 """
@@ -26,7 +26,7 @@ U1 = "11111111-2222-3333-4444-555555555555"
 U2 = "22222222-3333-4444-5555-666666666666"
 UUID_V4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
-# real-clients.md §1.3, "mdevctl types", as run on a kernel with the mtty sample loaded
+# "mdevctl types" as mdevctl 1.2.0 prints it on a kernel with the mtty sample loaded
 TYPES_TEXT = """\
 mtty
   mtty-1

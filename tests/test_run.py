@@ -82,6 +82,22 @@ def test_a_command_that_drops_privileges_reads_but_cannot_write():
     assert done.stderr == f"sh: 1: cannot create {create}: Permission denied\n"
 
 
+@pytest.mark.parametrize("kernel, driver", [("5.10", "vfio_mdev"), ("6.1", "mtty"), ("", "mtty")])
+def test_run_emulates_the_kernel_it_is_given(kernel, driver):
+    """--kernel picks the era: before 5.14 every mdev binds to vfio_mdev, later to its
+    parent's own driver (6.1 by default)."""
+    create = "/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-1/create"
+    script = f"echo {U1} > {create} && readlink /sys/bus/mdev/devices/{U1}/driver"
+    done = mdevfs_run(*(("--kernel", kernel) if kernel else ()), "--", "sh", "-c", script)
+    assert (done.returncode, done.stdout.rsplit("/", 1)[-1]) == (0, f"{driver}\n"), done.stderr
+
+
+def test_run_refuses_a_kernel_outside_the_emulated_eras():
+    done = mdevfs_run("--kernel", "4.19", "--", "true")
+    assert (done.returncode, done.stderr) == (
+        125, "mdevfs run: kernel 4.19: mdevfs emulates 5.10 to 7.3\n")
+
+
 @pytest.mark.parametrize("script, status", [("exit 0", 0), ("exit 7", 7),
                                             ("kill -KILL $$", 128 + 9)])
 def test_the_exit_status_is_the_commands(script, status):
@@ -154,7 +170,7 @@ def test_a_command_that_is_not_there_is_127():
 def test_no_command_is_a_usage_error_of_mdevfs_run_itself():
     done = mdevfs_run()
     assert (done.returncode, done.stderr) == (
-        125, "mdevfs run: run: name a COMMAND, e.g. mdevfs run -- mdevctl types\n")
+        125, "mdevfs run: name a COMMAND, e.g. mdevfs run -- mdevctl types\n")
 
 
 def test_no_namespace_is_a_clear_error_before_anything_is_mounted(tmp_path):

@@ -31,7 +31,7 @@ the reason logged. Options are checked at load time: a bad one is a ValueError
 naming it. A field changes at run time through ``set_option("fields.<name>", value)``
 (``mdevfs ctl DIR set-option PARENT fields.minor 2``).
 
-**Beyond the proposal's yes/no** (mdevfs's model of NVML's answers, issue 15), optional::
+**Beyond the proposal's yes/no** (mdevfs's model of NVML's answers), optional::
 
     ranges = { sw = [3, 5] }                       # a source's sw must lie in 3..5 (its rule
                                                    # is then "any" unless rules names it)

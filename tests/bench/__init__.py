@@ -1,4 +1,4 @@
-"""``make bench``: mdevfs against the C FUSE floor, in one interleaved run (issue 7).
+"""``make bench``: mdevfs against the C FUSE floor, in one interleaved run.
 
 At run time the benchmark builds its own ``c/driver.c`` (a tight-loop syscall
 driver) and ``c/floor.c`` (a C libfuse3 filesystem serving a small mdev-like

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_pin:
         # Children inherit the affinity: the daemons, the floors, the driver and mdevctl
         # all share one CPU, so no FUSE round trip pays a cross-CPU wake-up (on an idle
-        # VM that costs ~35 µs per hop and swamps the figures; fuse-performance.md).
+        # VM that costs ~35 µs per hop and swamps the figures; docs/performance.md).
         os.sched_setaffinity(0, {args.cpu})
         res.pinned = args.cpu
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""From samples to the report: medians, ratios, each target of issue 7 and whether it
+"""From samples to the report: medians, ratios, each target and whether it
 is met; a Markdown document and an SVG plot of listing latency against device count."""
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ WHAT = {
     "mdevctl-list": "`mdevctl list` (floor: the same tree as plain files on tmpfs)",
     "mdevctl-types": "`mdevctl types` (floor: the same tree on tmpfs; no target)",
 }
-#: ratio targets (issue 16): key → the most mdevfs / floor may be
+#: ratio targets: key → the most mdevfs / floor may be
 RATIO_TARGETS = {"read": 1.5, "write": 1.5, "stat": 1.5, "statmiss": 1.5, "create": 2.0, "remove": 2.0,
                  "list-10000": 1.5, "mdevctl-list": 1.5, "mdevctl-types": 1.5}
-#: absolute targets (issue 16): key → the most the median may be (ms, or bytes per node)
+#: absolute targets: key → the most the median may be (ms, or bytes per node)
 LIMITS = {"suite": 1.10, "mount": 100.0, "run": 150.0, "reset": 1.0, "rss-10000": 150.0, "rss-100000": 150.0,
           "state-restore": 2000.0, "state-write": 1.5}
 TARGET_TEXT = {"statmiss": "≤ 1.5× (stat)", "list-10000": "≤ 1.5× C+plus",

@@ -1,4 +1,4 @@
-"""The measurements of issue 7, each against its reference in the same run.
+"""The measurements, each against its reference in the same run.
 
 Every phase fills :class:`Results` with raw samples (one per repetition); the
 report takes medians. The floor runs in mdevfs's caching mode, read from
@@ -358,7 +358,7 @@ def phase_mount(res: Results, tools: Tools) -> None:
 
 
 def phase_state(res: Results, config: Path) -> None:
-    """``--state`` (issue 16): what recording one create costs (the state file's flush, a
+    """``--state``: what recording one create costs (the state file's flush, a
     journal line and an fsync) at 10 devices and at the plan's largest count, and a mount
     that restores that many devices, spawn to ready. The devices are made in the model,
     with the daemon's own StateFile, which a mount then restores."""
@@ -444,7 +444,7 @@ def test_create_read_remove(tree, i):
 
 
 def phase_suite(res: Results) -> None:
-    """Issue 16: a 100-test pytest suite on the mdevfs fixture (one mount, reset between
+    """A 100-test pytest suite on the mdevfs fixture (one mount, reset between
     tests) against the same suite on trees made by hand in tmp_path, each a whole pytest
     run, in turns."""
     with tempfile.TemporaryDirectory(prefix="mdevfs-bench-suite-") as tmp:

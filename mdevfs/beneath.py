@@ -233,9 +233,13 @@ def write_new(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> N
 
 
 def _umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old
+    """The process's umask, read without setting it (os.umask would change it for every
+    thread for a moment)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    raise OSError(errno.ENOSYS, "no Umask in /proc/self/status")
 
 
 class NewTree:

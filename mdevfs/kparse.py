@@ -62,8 +62,11 @@ def kstrtoul(buf: bytes, base: int = 0) -> int:
 
 
 def kstrtoint(buf: bytes) -> int:
-    """kstrtoint(buf, 0): an optional sign, then kstrtoul's digits, within an int."""
+    """kstrtoint(buf, 0): an optional sign, then kstrtoul's digits, within an int (after
+    a ``-``, kstrtoll parses with ``_kstrtoull``, which takes no ``+``: "-+5" is EINVAL)."""
     negative = buf[:1] == b"-"
+    if negative and buf[1:2] == b"+":
+        fail(errno.EINVAL)
     value = kstrtoul(buf[1:] if negative else buf)
     value = -value if negative else value
     if not -2**31 <= value < 2**31:

@@ -70,17 +70,14 @@ def apply(host: Host, fn: PciFunction, rec: Any) -> None:
         if group is not None and (not isinstance(group, int) or isinstance(group, bool)
                                   or not 0 <= group < 2**31):
             raise ValueError(f"IOMMU group {group!r} is not a whole number from 0 to 2^31-1")
-    if pf.num_vfs != len(vfs) or [vf.iommu_group for vf in pf.vfs] != groups:
-        if pf.num_vfs:
-            host.set_numvfs(fn, b"0")
-        for vf in pf.vfs:
-            vf.vendor.clear()
-        pf.drivers_autoprobe = rec["autoprobe"]
-        if vfs:
-            host.set_numvfs(fn, str(len(vfs)).encode(), groups)
     pf.drivers_autoprobe = rec["autoprobe"]
     for vf in pf.vfs:
         vf.vendor.clear()  # each VF's state is checked against the ones restored before it
+    if pf.num_vfs != len(vfs) or [vf.iommu_group for vf in pf.vfs] != groups:
+        if pf.num_vfs:
+            host.set_numvfs(fn, b"0")
+        if vfs:
+            host.set_numvfs(fn, str(len(vfs)).encode(), groups)
     for vf, vrec in zip(pf.vfs, vfs):
         if vf.bdf != vrec["bdf"]:
             raise ValueError(f"VF {vrec['bdf']} is {vf.bdf} in this topology")
@@ -96,6 +93,8 @@ def _bind(host: Host, fn: PciFunction, rec: dict[str, Any]) -> None:
     override, driver = rec["override"], rec["driver"]
     if override is not None and not isinstance(override, str):
         raise ValueError(f"{fn.bdf}: override {override!r} is not a string")
+    if driver is not None and not isinstance(driver, str):
+        raise ValueError(f"{fn.bdf}: driver {driver!r} is not a string")
     if driver is not None and driver not in host.pci_drivers:
         raise ValueError(f"{fn.bdf}: no driver {driver!r} on this host "
                          f"(drivers: {', '.join(host.pci_drivers)})")

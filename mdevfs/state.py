@@ -494,12 +494,13 @@ class StateFile(HostObserver):
             os.close(fd)
             _unlink(self._tmp())
             raise
-        self._fsync_dir()
+        # the file is the new one from here: appends go to it even if the fsync below fails
         os.close(self.fd)  # the old inode and its lock; the new one is locked already
         self.fd = fd
         self._size = os.fstat(fd).st_size
         self._lines = 0
         self._broken = False
+        self._fsync_dir()
 
     def _write_snapshot(self, devices: list[dict[str, Any]], like: os.stat_result | None,
                         pci: dict[str, Any] | None = None) -> int:

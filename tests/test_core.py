@@ -8,7 +8,7 @@ from conftest import errno_of
 
 from mdevfs.config import Topology, TopologyError
 from mdevfs.driver import BaseDriver, MdevTypeSpec
-from mdevfs.kparse import kstrtoul, parse_uuid
+from mdevfs.kparse import kstrtoint, kstrtoul, parse_uuid
 from mdevfs.model import Host
 from mdevfs.nodes import File, Op
 from mdevfs.tree import Tree
@@ -65,6 +65,21 @@ def test_kstrtoul_overflow_is_erange():
 
 
 # --- the model ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("buf,value", [(b"-5", -5), (b"+5\n", 5), (b"-0x10", -16),
+                                       (b"-2147483648", -2**31), (b"2147483647", 2**31 - 1)])
+def test_kstrtoint_takes_one_sign(buf, value):
+    assert kstrtoint(buf) == value
+
+
+@pytest.mark.parametrize("buf,code", [(b"-+5", errno.EINVAL), (b"--5", errno.EINVAL),
+                                      (b"+-5", errno.EINVAL), (b"-", errno.EINVAL),
+                                      (b"2147483648", errno.ERANGE),
+                                      (b"-2147483649", errno.ERANGE)])
+def test_kstrtoint_refuses_as_kstrtoll_then_the_int_check(buf, code):
+    """Lib/kstrtox.c: after a '-', _kstrtoull (no '+'); a value outside int is ERANGE."""
+    assert errno_of(kstrtoint, buf) == code
+
 
 def test_mtty_pool_is_shared_between_its_types():
     """ABI §3 mtty: one pool of 24 ports; mtty-1 takes 1, mtty-2 takes 2."""

@@ -392,6 +392,7 @@ def _header(devices) -> str:
     return json.dumps({"format": "mdevfs-state", "version": 2, "devices": devices}) + "\n"
 
 
+L40S = "0000:c1:00.0"  # the default host's SR-IOV GPU
 REC = {"uuid": U1, "parent": "mtty", "type": "mtty-1", "iommu_group": 0, "vendor": {}}
 
 
@@ -411,6 +412,12 @@ REC = {"uuid": U1, "parent": "mtty", "type": "mtty-1", "iommu_group": 0, "vendor
     (_header([]) + f'{{"op": "remove", "uuid": "{U1}"}}\n',
      f"line 2: remove of {U1}, which is not recorded"),
     (b"\xff\xfe".decode("latin-1"), "corrupt (not UTF-8 text: "),
+    (json.dumps({"format": "mdevfs-state", "version": 2, "devices": [],
+                 "pci": {L40S: {"driver": ["nvidia"], "override": None}}}) + "\n",
+     f"PCI function {L40S}: {L40S}: driver ['nvidia'] is not a string"),
+    (json.dumps({"format": "mdevfs-state", "version": 2, "devices": [],
+                 "pci": {L40S: {"driver": "nvidia", "override": 7}}}) + "\n",
+     f"PCI function {L40S}: {L40S}: override 7 is not a string"),
 ])
 def test_a_malformed_state_file_is_named_with_its_problem(tmp_path, root, text, problem):
     """Wrong JSON types, deep nesting, bad journal lines."""

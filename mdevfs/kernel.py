@@ -108,10 +108,12 @@ CHANGES: dict[str, Change] = {
         "c04ac34078a4 vfio: simplify iommu group allocation for mediated devices; "
         "drivers/vfio/vfio.c vfio_noiommu_group_alloc"),
     PCI_STORE_EINVAL: _change(
-        "5.16", "PCI stores answer EINVAL for every parse error: sriov_numvfs 65536, enable "
-                "past ULONG_MAX (kstrto*'s own ERANGE before)",
+        "5.16", "enable, reset, numa_node, sriov_numvfs and sriov_vf_msix_count answer EINVAL "
+                "for every parse error (kstrto*'s own ERANGE before: sriov_numvfs 65536, "
+                "numa_node past INT_MAX)",
         "36f354ec7bf9 PCI/sysfs: Return -EINVAL consistently from \"store\" functions; "
-        "drivers/pci/iov.c sriov_numvfs_store"),
+        "drivers/pci/pci-sysfs.c enable_store, numa_node_store, reset_store; drivers/pci/iov.c "
+        "sriov_numvfs_store, sriov_vf_msix_count_store"),
     NO_VFIO_MDEV_DRIVER: _change(
         "5.19", "bus/mdev/drivers no longer holds vfio_mdev",
         "6c7f98b334a3 vfio/mdev: Remove vfio_mdev.c"),

@@ -25,7 +25,7 @@ from .kernel import (
     VF_MSIX_FILES,
     Kernel,
 )
-from .kparse import kstrtoint, kstrtoul
+from .kparse import kstrtoint, kstrtoul, parse_ulong
 from .nodes import PAGE_SIZE, Op
 from .pci import LINK_SPEEDS, RESET_METHODS, PciFunction
 
@@ -55,10 +55,12 @@ def modalias(fn: PciFunction) -> str:
 
 # --- parsing as the kernel's stores do --------------------------------------------------------
 
-def _ulong(fn: PciFunction, buf: bytes) -> int:
-    """kstrtoul(buf, 0): every failure EINVAL (before 5.16 kstrtoul's own errno: ERANGE)."""
+def _parsed(fn: PciFunction, parse: Callable[[bytes], int], buf: bytes) -> int:
+    """The stores 36f354ec7bf9 changed (enable, reset: kstrtoul; numa_node,
+    sriov_vf_msix_count: kstrtoint): every failure EINVAL; before 5.16 the parser's own
+    errno (ERANGE past the type's range)."""
     try:
-        return kstrtoul(buf)
+        return parse(buf)
     except OSError:
         if fn.host is not None and not fn.host.kernel.has(PCI_STORE_EINVAL):
             raise
@@ -92,9 +94,10 @@ def _hex(width: int, get: Callable[[PciFunction], int]) -> Op:
 
 
 def _flag(get: Callable[[PciFunction], bool], put: Callable[[PciFunction, bool], None]) -> Op:
-    """A 0644 flag: shows 0 or 1; a store is kstrtoul (EINVAL), any non-zero value sets it."""
+    """A 0644 flag: shows 0 or 1; a store is kstrtoul, any failure EINVAL in every era; any
+    non-zero value sets it."""
     def store(fn: PciFunction, buf: bytes) -> int:
-        put(fn, bool(_ulong(fn, buf)))
+        put(fn, bool(parse_ulong(buf)))
         return len(buf)
 
     return Op(show=lambda fn: text(int(get(fn))), store=store)
@@ -103,7 +106,7 @@ def _flag(get: Callable[[PciFunction], bool], put: Callable[[PciFunction, bool],
 def _enable_store(fn: PciFunction, buf: bytes) -> int:
     """enable_store: kstrtoul (EINVAL); a function with a driver is EBUSY; non-zero enables
     (pci_enable_device counts), 0 disables an enabled one, else EIO."""
-    value = _ulong(fn, buf)
+    value = _parsed(fn, kstrtoul, buf)
     if fn.driver is not None:
         fail(errno.EBUSY)
     if value:
@@ -117,12 +120,10 @@ def _enable_store(fn: PciFunction, buf: bytes) -> int:
 
 
 def _numa_store(fn: PciFunction, buf: bytes) -> int:
-    """numa_node_store: kstrtoint (EINVAL); a node below -1, past MAX_NUMNODES or offline is
-    EINVAL; else the node is overridden (the kernel taints itself, FW_BUG)."""
-    try:
-        node = kstrtoint(buf)
-    except OSError:
-        fail(errno.EINVAL)
+    """numa_node_store: kstrtoint (EINVAL; before 5.16 its own errno); a node below -1,
+    past MAX_NUMNODES or offline is EINVAL; else the node is overridden (the kernel taints
+    itself, FW_BUG)."""
+    node = _parsed(fn, kstrtoint, buf)
     nodes = fn.host.numa_nodes if fn.host is not None else 1
     if (node < 0 and node != -1) or node >= MAX_NUMNODES or (node != -1 and node >= nodes):
         fail(errno.EINVAL)
@@ -142,7 +143,7 @@ def _driver_override_store(fn: PciFunction, buf: bytes) -> int:
 
 def _reset_store(fn: PciFunction, buf: bytes) -> int:
     """reset_store: kstrtoul, and only 1 (else EINVAL); no reset method in force is ENOTTY."""
-    if _ulong(fn, buf) != 1:
+    if _parsed(fn, kstrtoul, buf) != 1:
         fail(errno.EINVAL)
     if not fn.reset_methods:
         fail(errno.ENOTTY)
@@ -174,13 +175,10 @@ def _reset_method_store(fn: PciFunction, buf: bytes) -> int:
 
 
 def _msix_count_store(fn: PciFunction, buf: bytes) -> int:
-    """sriov_vf_msix_count_store: kstrtoint (EINVAL), negative EINVAL; a PF driver without
+    """sriov_vf_msix_count_store: kstrtoint (EINVAL; before 5.16 its own errno), negative
+    EINVAL; a PF driver without
     sriov_set_msix_vec_count (none here) EOPNOTSUPP."""
-    try:
-        value = kstrtoint(buf)
-    except OSError:
-        fail(errno.EINVAL)
-    if value < 0:
+    if _parsed(fn, kstrtoint, buf) < 0:
         fail(errno.EINVAL)
     fail(errno.EOPNOTSUPP)
 

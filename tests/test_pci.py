@@ -302,6 +302,20 @@ def test_an_unknown_kernel_is_refused_by_mount(tmp_path):
             pass
 
 
+@pytest.mark.parametrize(("kernel", "file", "answer"), [
+    ("5.10", "numa_node", errno.ERANGE), ("5.10", "enable", errno.ERANGE),
+    ("5.10", "reset", errno.ERANGE), ("5.10", "msi_bus", errno.EINVAL),
+    ("5.10", "d3cold_allowed", errno.EINVAL), ("5.16", "numa_node", errno.EINVAL),
+    ("5.16", "enable", errno.EINVAL), ("6.1", "reset", errno.EINVAL)])
+def test_a_number_past_its_type_is_erange_before_5_16_only_where_36f354ec7bf9_changed_it(
+        kernel, file, answer):
+    """enable, reset, numa_node passed kstrto*'s ERANGE on until 5.16; the flags' stores
+    were EINVAL for every failure already."""
+    big = "99999999999999999999999"  # past ULONG_MAX and INT_MAX
+    with mounted(args=("--kernel", kernel)) as m:
+        assert errno_of(m.write, f"{PF}/{file}", big) == answer
+
+
 @pytest.mark.parametrize(("kernel", "word", "answer"), [
     ("5.10", "true", errno.EINVAL), ("5.19", "true", "1\n"), ("6.12", "disabled", errno.EINVAL),
     ("6.16", "disabled", "0\n"), ("7.3", "enabled", "1\n")])

@@ -141,11 +141,6 @@ PARENT_DEV = Op(show=lambda p: text("{MAJOR}:{MINOR}".format_map(p.driver.parent
 BUS_UEVENT = Op(store=uevent_store)
 
 
-def set_autoprobe(state: list[int], buf: bytes) -> int:
-    state[0] = 0 if buf[:1] == b"0" else 1  # bus_autoprobe store: '0' off, else on
-    return len(buf)
-
-
 def _streq(buf: bytes, word: str) -> bool:
     """``sysfs_streq``: equal but for one trailing newline on either side."""
     text = buf.split(b"\0", 1)[0].decode("latin-1")

@@ -109,7 +109,7 @@ def _copy_attributes(attr: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
 
 
 class SysfsOperations(pyfuse3.Operations):
-    """Serves a :class:`~mdevfs.sysfs.Tree` as a sysfs root."""
+    """Serves a :class:`~mdevfs.tree.Tree` as a sysfs root."""
 
     enable_writeback_cache = False
     #: a link's target never changes while its inode lives (inodes are never reused), so

@@ -2,7 +2,7 @@
 
 Pure and synchronous: no FUSE here. The rules and their errnos follow
 ``docs/abi.md`` §2.2 (create_store) and §2.3 (remove_store); the
-sysfs view of these objects lives in :mod:`mdevfs.sysfs`.
+sysfs view of these objects lives in :mod:`mdevfs.tree`.
 """
 from __future__ import annotations
 

@@ -81,10 +81,6 @@ class PciBus:
                                  f"{(clash or pf).bdf}" + ("'s VFs" if bdf in self._vf_slots else ""))
         self._vf_slots.update(dict.fromkeys(slots, pf))
 
-    def vf_owner(self, bdf: str) -> PciFunction | None:
-        """The PF whose VF would have address ``bdf``, if any."""
-        return self._vf_slots.get(bdf)
-
     def remove_pci(self, fn: PciFunction) -> None:
         """``pci_stop_and_remove_bus_device()``: its VFs first, its driver detached, then it goes."""
         if fn.sriov is not None and fn.sriov.vfs:

@@ -9,6 +9,7 @@ Formats and errnos follow the kernel: ``mdev_sysfs.c`` for types and devices,
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -182,6 +183,7 @@ _RESERVED = {"intel": b"0x00000000fee00000 0x00000000feefffff msi\n",
                     b"0x000000fd00000000 0x000000ffffffffff reserved\n"}
 
 
+@functools.cache  # the same few for every group, made once per kernel and IOMMU: read only
 def group_files(kernel: Kernel, iommu: str | None) -> dict[str, Op]:
     """An IOMMU group's files: one made by vfio_register_emulated_iommu_dev() for an mdev
     (``iommu`` None: named vfio-noiommu from 5.16, no domain), or a PCI function's behind an

@@ -244,9 +244,11 @@ class SysfsOperations(pyfuse3.Operations):
             return self.entry_attributes(parent)
         if text == "..":
             return self.entry_attributes(parent.parent or self.tree.root)
-        child = parent.children.get(text)
-        if child is None or (parent.parent is None and parent is not self.tree.root):
+        if parent.parent is None and parent is not self.tree.root:
             raise pyfuse3.FUSEError(errno.ENOENT)  # a removed directory has no children
+        child = parent.child(text)
+        if child is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
         self.known[child.inode] = self.known.get(child.inode, 0) + 1
         return self.entry_attributes(child)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import posixpath
 from collections.abc import Callable
 from typing import Any
 
@@ -96,6 +95,10 @@ class Dir(Node):
     def mode(self) -> int:
         return 0o755
 
+    def child(self, name: str) -> Node | None:
+        """The entry called ``name`` (a lookup)."""
+        return self.children.get(name)
+
 
 class LazyDir(Dir):
     """A directory whose entries are made when first looked at (a ``power/``, an IOMMU
@@ -129,7 +132,29 @@ class VolatileLazyDir(LazyDir):
     volatile = True
 
 
+class DeviceDir(VolatileLazyDir):
+    """A device's directory: its builder, asked for one name (``build(dir, name)``), may
+    make that entry alone and return it, so that a lookup of ``remove`` (on its way to a
+    remove) builds one node, not the directory; the full build (``build(dir, None)``)
+    makes the rest."""
+
+    __slots__ = ()
+
+    def child(self, name: str) -> Node | None:
+        build = self.build
+        if build is not None:
+            node = raw_children(self).get(name) or build(self, name)  # type: ignore[call-arg]
+            if node is not None:
+                return node
+        return self.children.get(name)
+
+
 _DIR_CHILDREN = Dir.__dict__["children"]  # the slot LazyDir's property stands in front of
+
+
+def raw_children(directory: Dir) -> dict[str, Node]:
+    """A directory's entries as they are, without building a lazy one."""
+    return _DIR_CHILDREN.__get__(directory)  # type: ignore[no-any-return]
 
 
 class VolatileDir(Dir):
@@ -185,13 +210,27 @@ class Link(Node):
 
     @property
     def target(self) -> str:
-        """As kernfs_get_target_path() writes it: up to the nearest *strict* ancestor of
-        the target, then down, so a link to an ancestor reads ``../../../<name>``."""
-        where = self.parent.path if self.parent is not None else ""
-        rel = posixpath.relpath(self.to.path or ".", where or ".")
-        if self.to.parent is not None and set(rel.split("/")) <= {"..", "."}:
-            rel = posixpath.normpath(posixpath.join(rel, "..")) + "/" + self.to.name
-        return rel
+        """As kernfs_get_target_path() writes it: up from the link's directory to the
+        nearest ancestor of the target's directory, then down to the target, so a link to
+        an ancestor reads ``../../../<name>``."""
+        here, there = _ancestors(self.parent), _ancestors(self.to.parent)
+        common = 0
+        for mine, theirs in zip(here, there):
+            if mine is not theirs:
+                break
+            common += 1
+        return "/".join([".."] * (len(here) - common)
+                        + [n.name for n in there[common:]] + [self.to.name])
+
+
+def _ancestors(directory: Node | None) -> list[Node]:
+    """``directory`` and its ancestors below the root, from the top."""
+    chain = []
+    while directory is not None and directory.inode != ROOT_INODE:
+        chain.append(directory)
+        directory = directory.parent
+    chain.reverse()
+    return chain
 
 
 class VolatileLink(Link):

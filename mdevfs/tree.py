@@ -50,6 +50,7 @@ from .kernel import NO_VFIO_MDEV_DRIVER, PER_PARENT_MDEV_DRIVER, VFIO_DEV_CLASS
 from .model import VFIO_MDEV, Binding, Host, HostObserver, MdevDevice, MdevType, Parent
 from .nodes import (
     ROOT_INODE,
+    DeviceDir,
     Dir,
     File,
     InnerLink,
@@ -59,6 +60,7 @@ from .nodes import (
     Op,
     VolatileLazyDir,
     VolatileLink,
+    raw_children,
 )
 from .pci import PciFunction
 from .pci_sysfs import PCI_POWER_FILES
@@ -174,8 +176,8 @@ class Tree(PciTree, HostObserver):
             cur.parent = None  # no cycle is left behind: reference counting frees it all
             if isinstance(cur, Link):
                 cur.to = None  # type: ignore[assignment]
-            elif isinstance(cur, Dir) and not (isinstance(cur, LazyDir) and cur.build):
-                stack.extend(cur.children.values())
+            elif isinstance(cur, Dir):  # what a lazy one holds, never building it
+                stack.extend(raw_children(cur).values())
 
     def _drop_all(self, nodes: list[Node]) -> None:
         for node in nodes:
@@ -335,8 +337,7 @@ class Tree(PciTree, HostObserver):
         uuid = sys.intern(mdev.uuid)  # names several entries: one string for all
         tdir = self._type_dirs[mdev.mdev_type]
         subdirs = 1 + (0 if self._per_parent else self._vendor_subdirs(mdev))  # power/
-        ddir = VolatileLazyDir(uuid, functools.partial(self._device_entries, mdev),
-                               subdirs=subdirs)
+        ddir = DeviceDir(uuid, functools.partial(self._device_entries, mdev), subdirs=subdirs)
         self._attach(tdir.parent.parent, ddir)  # <parent>/mdev_supported_types/<type>
         nodes: list[Node] = [ddir]
         for where in (tdir.children["devices"], self.bus_devices):
@@ -349,8 +350,18 @@ class Tree(PciTree, HostObserver):
     def _per_parent(self) -> bool:
         return self.host.kernel.has(PER_PARENT_MDEV_DRIVER)
 
-    def _device_entries(self, mdev: MdevDevice, ddir: Dir) -> None:
-        self._file(ddir, "remove", DEVICE_REMOVE, mdev)
+    def _device_entries(self, mdev: MdevDevice, ddir: Dir,
+                        only: str | None = None) -> Node | None:
+        """Build ``ddir``: every entry, or with ``only`` "remove" that one alone (a remove
+        needs no more), or nothing for another name."""
+        entries = raw_children(ddir)
+        if "remove" not in entries and only in (None, "remove"):
+            remove = self._register(File("remove", DEVICE_REMOVE, mdev))
+            remove.parent = ddir
+            entries["remove"] = remove
+            self.generation += 1
+        if only is not None:
+            return entries.get(only) if only == "remove" else None
         self._attach(ddir, Link("mdev_type", self._type_dirs[mdev.mdev_type]))
         self._attach(ddir, Link("subsystem", self.bus_mdev))
         self._file(ddir, "uevent", DEVICE_UEVENT, mdev)

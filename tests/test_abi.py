@@ -74,6 +74,30 @@ def test_device_entries_and_link_targets(mtty):
         str(mtty.root / TYPES / "mtty-1")
 
 
+def test_a_device_reached_first_by_its_remove_file_is_whole_and_removable(mtty):
+    """The first name looked up in a device may be ``remove`` (a remove by path): the
+    directory then lists every entry, ``remove`` once and the same inode, and a remove
+    through that first handle takes the device away."""
+    u2 = "5f0d3c1e-0000-4000-8000-000000000002"
+    mtty.create("mtty-1", U)
+    mtty.create("mtty-1", u2)
+    first = os.stat(mtty.root / "bus/mdev/devices" / U / "remove")
+    listed = os.listdir(mtty.root / MTTY / U)
+    assert sorted(listed) == sorted(os.listdir(mtty.root / MTTY / u2)) == [
+        "driver", "iommu_group", "mdev_type", "power", "remove", "subsystem", "uevent",
+        "vendor", "vfio-dev"]
+    assert os.stat(mtty.root / MTTY / U / "remove").st_ino == first.st_ino
+    assert os.stat(mtty.root / MTTY / U).st_nlink == os.stat(mtty.root / MTTY / u2).st_nlink
+    fd = os.open(mtty.root / "bus/mdev/devices" / u2 / "remove", os.O_WRONLY)
+    try:
+        assert os.write(fd, b"1") == 1
+        assert errno_of(os.write, fd, b"1") == errno.ENODEV
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(mtty.root / "bus/mdev/devices")) == [U]
+    assert not os.path.lexists(mtty.root / MTTY / u2)
+
+
 def test_bus_mdev_files(mtty):
     """§1.1: /sys/bus/mdev/{devices, drivers/<name>/{bind,unbind,uevent}, drivers_autoprobe,
     drivers_probe, uevent} with the driver core's modes."""

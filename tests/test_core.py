@@ -188,6 +188,29 @@ def test_tree_builds_device_entries_and_removes_them():
     assert [p for p in expect if tree.resolve(p) is not None] == ["class/mdev_bus/mtty"]
 
 
+def test_a_remove_looked_up_alone_builds_one_node_and_leaves_none_behind():
+    """A lookup of ``remove`` in a device never looked at makes that file alone; removing
+    the device forgets every node it had, the lone file too; a lookup of any other name
+    builds the whole directory once."""
+    host = mtty_host()
+    tree = Tree(host)
+    before = len(tree.nodes)
+    mtype = host.parents["mtty"].types["mtty-2"]
+    host.create(mtype, U.encode())
+    made = len(tree.nodes)
+    ddir = tree.resolve(f"bus/mdev/devices/{U}").to
+    remove = ddir.child("remove")
+    assert remove.name == "remove" and len(tree.nodes) == made + 1
+    assert ddir.child("remove") is remove and len(tree.nodes) == made + 1
+    host.remove(host.devices[U], b"1")
+    assert len(tree.nodes) == before and remove.parent is None
+    host.create(mtype, U.encode())
+    ddir = tree.resolve(f"bus/mdev/devices/{U}").to
+    assert ddir.child("uevent") is not None and ddir.child("nothing") is None
+    whole = len(tree.nodes)
+    assert list(ddir.children).count("remove") == 1 and len(tree.nodes) == whole
+
+
 def test_file_write_is_cut_at_page_size_and_empty_write_is_zero():
     """ABI §2.1: store() once per write(2) with at most 4096 bytes; 0 bytes → 0, no store."""
     seen = []

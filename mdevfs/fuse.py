@@ -223,10 +223,13 @@ class SysfsOperations(pyfuse3.Operations):
         recounted = self.tree.recounted
         if recounted:
             # a directory's link count changed: only its cached attributes go, which
-            # takes no lock in the kernel, so it is safe inside a request
+            # takes no lock in the kernel, so it is safe inside a request; an inode the
+            # kernel was never given (or has forgotten) has no attributes to forget
+            known = self.known
             for inode in recounted:
-                with contextlib.suppress(OSError):  # ENOENT: not in the kernel's cache
-                    pyfuse3.invalidate_inode(inode, attr_only=True)
+                if inode in known or inode == ROOT_INODE:
+                    with contextlib.suppress(OSError):  # ENOENT: evicted meanwhile
+                        pyfuse3.invalidate_inode(inode, attr_only=True)
             recounted.clear()
         if self.tree.dropped:
             batch, self.tree.dropped = self.tree.dropped, []

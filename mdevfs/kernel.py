@@ -58,6 +58,7 @@ GROUP_TYPE_DMA_FQ = "group_type_dma_fq"
 RESET_METHOD = "reset_method"
 MDEV_GROUP_NAMED = "mdev_group_named"
 PCI_STORE_EINVAL = "pci_store_einval"
+VFIO_PCI_ID_TABLE = "vfio_pci_id_table"
 NO_VFIO_MDEV_DRIVER = "no_vfio_mdev_driver"
 NO_MTTY_PARENT_GROUP = "no_mtty_parent_group"
 KSTRTOBOOL_TRUE_FALSE = "kstrtobool_true_false"
@@ -96,6 +97,11 @@ CHANGES: dict[str, Change] = {
         "5.15", "mbochs refuses a create past its memory with ENOSPC (ENOMEM before)",
         "de5494af4815 vfio/mbochs: Fix missing error unwind of mbochs_used_mbytes; "
         "samples/vfio-mdev/mbochs.c"),
+    VFIO_PCI_ID_TABLE: _change(
+        "5.15", "vfio-pci has an id table (one override-only entry, driver_data 0): new_id "
+                "takes only driver_data 0 (any before, when it had none)",
+        "cc6711b0bf36 PCI / VFIO: Add 'override_only' support for VFIO PCI sub system; "
+        "drivers/vfio/pci/vfio_pci.c vfio_pci_table, drivers/pci/pci-driver.c new_id_store"),
     GROUP_TYPE_DMA_FQ: _change(
         "5.15", "a PCI function's IOMMU group type reads DMA-FQ in the default lazy mode (DMA "
                 "before)", "26225bea1d84 iommu: Expose DMA domain strictness via sysfs"),

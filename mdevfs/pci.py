@@ -109,6 +109,9 @@ class PciDriver(Protocol):
     #: power/runtime_usage of a function it has bound while runtime PM is forbidden (2: the
     #: probe's reference is kept, 1: dropped)
     runtime_usage: int
+    #: whether it has a static id table; every table here gives its entries driver_data 0
+    #: (NVIDIA's nv_pci_table too), so new_id then takes only driver_data 0
+    id_table: bool
 
     def matches(self, fn: PciFunction) -> bool:
         """Whether its id table takes ``fn`` (driver_override and new_id aside)."""
@@ -147,6 +150,7 @@ class BasePciDriver:
     configures_sriov = False
     enables = True
     runtime_usage = 2
+    id_table = True
 
     def matches(self, fn: PciFunction) -> bool:
         return False
@@ -175,13 +179,14 @@ class BasePciDriver:
 
 
 class GenericDriver(BasePciDriver):
-    """A driver without an id table, bound through ``driver_override`` or ``new_id``:
-    ``vfio-pci`` (which registers what it binds with VFIO) or ``pci-stub``."""
+    """A driver that takes no function by its ids, bound through ``driver_override`` or
+    ``new_id``: ``vfio-pci`` (which registers what it binds with VFIO) or ``pci-stub``.
+    Neither has an id table, but vfio-pci from 5.15 (``id_table``): one override-only entry."""
 
     enables = False
 
-    def __init__(self, name: str, module: str, vfio: bool) -> None:
-        self.name, self.module, self.vfio = name, module, vfio
+    def __init__(self, name: str, module: str, vfio: bool, id_table: bool = False) -> None:
+        self.name, self.module, self.vfio, self.id_table = name, module, vfio, id_table
         #: vfio-pci drops the probe's reference (and allows runtime PM: usage 0)
         self.runtime_usage = 1 if vfio else 2
 
@@ -216,6 +221,8 @@ class DynamicId:
     subdevice: int = ANY_ID
     klass: int = 0
     class_mask: int = 0
+    #: what the driver's probe gets with the id (new_id: one of its id table's, if it has one)
+    driver_data: int = 0
 
     def matches(self, fn: PciFunction) -> bool:
         ids = fn.ids
@@ -403,18 +410,35 @@ class PciFunction:
         return "D0" if self.powered or host.kernel.has(UNBOUND_POWER_D0) else "unknown"
 
 
+#: the kernel's isspace(): the C locale's six and Latin-1's no-break space (lib/ctype.c)
+_SPACE = " \t\n\v\f\r\xa0"
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+
+
 def parse_dynamic_id(buf: bytes) -> tuple[DynamicId, int]:
     """``new_id``/``remove_id``'s ``sscanf("%x %x %x %x %x %x %lx")``: the id and how many
-    fields were given; fewer than two is EINVAL."""
-    words = buf.split(b"\0", 1)[0].decode("latin-1").split()
+    fields were read; fewer than two is EINVAL. As vsscanf reads: before each field, any
+    whitespace; an optional 0x before a hex digit; then as many hex digits as there are (a
+    field ends at the first other character, where the next one must start); u32 fields
+    keep their low 32 bits."""
+    text = buf.split(b"\0", 1)[0].decode("latin-1")
     values: list[int] = []
-    for word in words[:7]:
-        digits = word[2:] if word[:2].lower() == "0x" else word
-        if not digits or any(c not in "0123456789abcdefABCDEF" for c in digits):
+    at = 0
+    while len(values) < 7:
+        while at < len(text) and text[at] in _SPACE:
+            at += 1
+        if text[at:at + 2] in ("0x", "0X") and text[at + 2:at + 3] and \
+                text[at + 2] in _HEX_DIGITS:
+            at += 2
+        end = at
+        while end < len(text) and text[end] in _HEX_DIGITS:
+            end += 1
+        if end == at:
             break
-        values.append(int(digits, 16) & (0xFFFFFFFF if len(values) < 6 else 2**64 - 1))
+        values.append(int(text[at:end], 16) & (0xFFFFFFFF if len(values) < 6 else 2**64 - 1))
+        at = end
     if len(values) < 2:
         fail(errno.EINVAL)
     fields = len(values)
-    values = values[:6] + [ANY_ID, ANY_ID, 0, 0][max(0, len(values) - 2):]
-    return DynamicId(*values[:6]), fields
+    defaults = [ANY_ID, ANY_ID, 0, 0, 0]  # subvendor, subdevice, class, class_mask, data
+    return DynamicId(*values, *defaults[fields - 2:]), fields

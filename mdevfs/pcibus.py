@@ -5,6 +5,7 @@ new_id, drivers_probe), and SR-IOV's VFs made and taken away. :class:`PciBus` is
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -201,22 +202,29 @@ class PciBus:
         self.pci_attach(fn)
 
     def new_id(self, name: str, buf: bytes) -> int:
-        """``new_id_store``: a dynamic id for the driver, then every unbound function it now
-        takes is probed. An id its table (or a dynamic id) already takes is EEXIST, when
-        given without driver data."""
+        """``new_id_store``: without driver data, an id the driver already takes (its table
+        or a dynamic id) is EEXIST; a driver with an id table takes only driver data one of
+        its entries has, else EINVAL. Then ``driver_attach()``: every function without a
+        driver that this driver now takes is probed by it (a refusal is no error)."""
         entry = self.pci_drivers[name]
         dyn, fields = parse_dynamic_id(buf)
         probe_fn = PciFunction("ffff:ff:1f.7", "", PciIds(
             dyn.vendor, dyn.device, dyn.subvendor, dyn.subdevice, dyn.klass))
         if fields < 7 and self._matching(probe_fn, entry) is not None:
             fail(errno.EEXIST)
-        if fields == 7:
-            fail(errno.EINVAL)  # driver_data must be one of the static table's: none here
+        if entry.instances[0].id_table and dyn.driver_data != 0:
+            fail(errno.EINVAL)
         entry.dynamic_ids.append(dyn)
-        for fn in list(self.pci.values()):
-            if fn.driver is None and dyn.matches(fn) and fn.driver_override is None:
-                self.pci_attach(fn)
+        self._driver_attach(entry)
         return len(buf)
+
+    def _driver_attach(self, entry: DriverEntry) -> None:
+        for fn in list(self.pci.values()):
+            if fn.driver is None and self._may_probe(fn):
+                drv = self._matching(fn, entry)
+                if drv is not None:
+                    with contextlib.suppress(OSError):
+                        self._probe_pci(fn, drv)
 
     def remove_id(self, name: str, buf: bytes) -> int:
         """``remove_id_store``: the first dynamic id equal to the one given goes, else ENODEV."""

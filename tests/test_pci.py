@@ -10,6 +10,7 @@ import os
 import pytest
 from conftest import errno_of, needs_fuse, write_topology
 
+from mdevfs.pci import ANY_ID, parse_dynamic_id
 from mdevfs.testing import mounted
 
 pytestmark = needs_fuse
@@ -187,6 +188,48 @@ def test_a_dynamic_id_binds_every_unbound_function_it_matches(m):
     assert m.write("bus/pci/drivers/vfio-pci/remove_id", ids) == len(ids)
     assert errno_of(m.write, "bus/pci/drivers/vfio-pci/remove_id", ids) == errno.ENODEV
     assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/vfio-pci"  # stays bound
+
+
+def test_a_new_id_attaches_its_own_driver_to_a_function_overridden_to_it(m):
+    """New_id ends in driver_attach(): every function without a driver that this driver now
+    matches is probed by it; a driver_override naming it matches whatever the ids."""
+    m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
+    m.write(f"{GPU}/driver_override", "vfio-pci")
+    assert not os.path.lexists(m.path(f"{GPU}/driver"))  # an override alone binds nothing
+    assert m.write("bus/pci/drivers/vfio-pci/new_id", "1234 5678") == 9
+    assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/vfio-pci"
+
+
+@pytest.mark.parametrize(("buf", "parsed"), [
+    (b"10de 1eb8", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),
+    (b"0x10de\t0X1EB8,rest", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),
+    (b"10de 1eb8xyz 5", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),
+    (b"10de 1eb8 1 2 30000 ff0000 5 9", (0x10DE, 0x1EB8, 1, 2, 0x30000, 0xFF0000, 5, 7)),
+    (b"1000010de 1eb8", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),  # u32: the low bits
+    (b"10de 1eb8\x00 5", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),
+    (b"10de,1eb8", errno.EINVAL), (b"0x 5", errno.EINVAL), (b"-10de 1eb8", errno.EINVAL)])
+def test_new_id_reads_its_fields_as_the_kernels_sscanf(buf, parsed):
+    if isinstance(parsed, int):
+        assert errno_of(parse_dynamic_id, buf) == parsed
+        return
+    dyn, fields = parse_dynamic_id(buf)
+    assert (dyn.vendor, dyn.device, dyn.subvendor, dyn.subdevice, dyn.klass, dyn.class_mask,
+            dyn.driver_data, fields) == parsed
+
+
+@pytest.mark.parametrize(("kernel", "driver", "data", "answer"), [
+    ("5.10", "vfio-pci", 5, None), ("5.10", "pci-stub", 5, None), ("6.1", "pci-stub", 5, None),
+    ("6.1", "vfio-pci", 5, errno.EINVAL), ("6.1", "vfio-pci", 0, None),
+    ("5.10", "nvidia", 5, errno.EINVAL), ("6.1", "nvidia", 0, None)])
+def test_new_id_takes_driver_data_only_from_a_drivers_id_table(kernel, driver, data, answer):
+    """new_id_store: a driver with an id table takes only driver_data an entry has (0 in
+    every table here); vfio-pci has one from 5.15 (cc6711b0bf36), pci-stub none."""
+    ids = f"1234 5678 ffffffff ffffffff 0 0 {data}"
+    with mounted(args=("--kernel", kernel)) as m:
+        if answer is None:
+            assert m.write(f"bus/pci/drivers/{driver}/new_id", ids) == len(ids)
+        else:
+            assert errno_of(m.write, f"bus/pci/drivers/{driver}/new_id", ids) == answer
 
 
 def test_unbinding_a_pf_lets_its_driver_take_the_vfs_down(m):

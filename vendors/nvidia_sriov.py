@@ -171,6 +171,8 @@ class NvidiaSriovGpu:
     #: power/runtime_usage of a bound function: the probe's reference kept (mdevfs's choice:
     #: how nvidia.ko leaves runtime PM is not known)
     runtime_usage = 2
+    #: nv_pci_table (kernel-open/nvidia/nv-pci-table.c): every entry's driver_data is 0
+    id_table = True
 
     @staticmethod
     def from_recording(fn: Any) -> tuple[dict[str, Any], list[str]] | None:

@@ -315,8 +315,8 @@ class PciBus:
 
 def attrs_evolve_function(fn: PciFunction) -> PciFunction:
     """A removed function as a rescan finds it again: its identity and capabilities, nothing
-    of what the kernel or a driver set on it."""
-    return PciFunction(bdf=fn.bdf, path=fn.path, ids=fn.ids, numa_node=fn.numa_node,
+    of what the kernel or a driver set on it; its interrupt line, the firmware's, again."""
+    return PciFunction(bdf=fn.bdf, path=fn.path, ids=fn.ids, numa_node=fn.numa_node, irq=fn.irq,
                        bars=fn.bars, caps=fn.caps, physfn=fn.physfn,
                        sriov=None if fn.sriov is None else evolve(fn.sriov, vfs=[],
                                                                  drivers_autoprobe=True),

@@ -320,12 +320,16 @@ def test_reset_method_chooses_among_the_supported_methods(m):
 
 
 def test_remove_then_rescan_finds_the_function_again(m):
+    """With its driver, and its interrupt line (the firmware's routing, not a new one)."""
+    irqs = [m.read(f"{GPU}/irq"), m.read(f"{PF}/irq")]
     m.write(f"{GPU}/remove", "1")
+    m.write(f"{PF}/remove", "1")
     assert not m.path(GPU).exists()
     assert not m.path("class/mdev_bus/0000:41:00.0").exists()
     assert m.write("bus/pci/rescan", "1") == 1
     assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/nvidia"
     assert m.path("class/mdev_bus/0000:41:00.0/mdev_supported_types").is_dir()
+    assert [m.read(f"{GPU}/irq"), m.read(f"{PF}/irq")] == irqs
 
 
 def test_config_is_readable_in_full_only_by_root(m):

@@ -244,6 +244,7 @@ class Control:
         host.pci_autoprobe = host.mdev_autoprobe = True
         self.unplugged.clear()
         self.faults.clear()
+        self.services.clear()  # what they keep (NVML's vGPU version range) starts afresh
         self.topology.populate(host)
 
     # --- helpers ------------------------------------------------------------------------

@@ -386,6 +386,46 @@ def test_the_vgpu_version_range_is_set_within_the_supported_one(m):
         nv.nvmlSetVgpuVersion(wanted)
 
 
+def test_the_vgpu_version_range_starts_afresh_after_a_reset_or_another_manager(
+        m, tmp_path, monkeypatch):
+    """What nvmlSetVgpuVersion set lives as long as the manager release it was set under;
+    a reset, or an upgrade (set-option manager, a reload), gives back the supported range."""
+    wanted = nv.c_nvmlVgpuVersion_t(0x90001, 0x120001)
+    nv.nvmlSetVgpuVersion(wanted)
+    m.reset()
+    assert nv.nvmlGetVgpuVersion()[1] == (0x70001, 0x140001)
+    nv.nvmlShutdown()
+    p4 = HOST.split("[[gpu]]")[0]  # the P4 alone: its manager is the system's
+    with mounted(write_topology(tmp_path, p4)) as host:
+        monkeypatch.setenv("MDEVFS_CONTROL", os.fspath(host.control.path))
+        nv.nvmlInit()
+        nv.nvmlSetVgpuVersion(wanted)
+        host.control.set_option("0000:41:00.0", "manager", "550.144.02")
+        assert nv.nvmlSystemGetDriverVersion() == "550.144.02"
+        assert nv.nvmlGetVgpuVersion()[1] == (0x70001, 0x140001)
+
+
+def test_an_argument_that_is_no_number_or_no_gpu_is_invalid_and_a_bug_is_unknown(lib):
+    """Through the service itself: INVALID_ARGUMENT for what the caller got wrong, and a
+    driver's own exception is not passed off as the caller's fault."""
+    from mdevfs_vendors.nvml import INVALID_ARGUMENT, NOT_SUPPORTED, Nvml
+
+    from mdevfs.config import Topology
+
+    nvml = Nvml(Topology.from_text(HOST, "<test>").build(), "test")
+    assert nvml.answer("device", ["x"]) == [INVALID_ARGUMENT]
+    assert nvml.answer("device", ["99"]) == [INVALID_ARGUMENT]
+    assert nvml.answer("device", []) == [INVALID_ARGUMENT]
+    assert nvml.answer("nothing", []) == [NOT_SUPPORTED]
+
+    def broken() -> list:
+        raise KeyError("a driver's bug")
+
+    nvml._gpus = broken  # type: ignore[method-assign]
+    with pytest.raises(KeyError):
+        nvml.answer("device", ["0"])
+
+
 # --- migration: NVML's compatibility is the driver's grade -----------------------------------
 
 def test_compatibility_agrees_with_mdevfs_ctl_grade_on_every_pair_of_the_skew_fleet(

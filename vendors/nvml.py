@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import inspect
 import os
 import re
 import shutil
@@ -227,6 +228,17 @@ def gpus(host: Host, identity: str) -> list[Gpu]:
     return found
 
 
+class _BadArgument(Exception):
+    """An argument of a call that is no number, or no GPU's index: INVALID_ARGUMENT."""
+
+
+def _number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _BadArgument(text) from None
+
+
 def _uuid(identity: str, key: str) -> str:
     return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"mdevfs:{identity}/{key}"))
 
@@ -243,16 +255,23 @@ class Nvml:
 
     def __init__(self, host: Host, identity: str) -> None:
         self.host, self.identity = host, identity
-        #: the vGPU version range set with nvmlSetVgpuVersion (None: the supported one)
-        self.range: tuple[int, int] | None = None
+        #: the vGPU version range set with nvmlSetVgpuVersion, and the manager release it was
+        #: set under (a new release, as after an upgrade's reload, starts from the supported one)
+        self.range: tuple[str, int, int] | None = None
 
     def answer(self, call: str, args: Sequence[str]) -> list[Any]:
+        """The reply to one call: an argument that is no number or names no GPU is
+        INVALID_ARGUMENT; anything else a call raises is a bug, for the daemon to log."""
         method = getattr(self, "call_" + call, None)
         if method is None:
             return [NOT_SUPPORTED]
         try:
+            inspect.signature(method).bind(*args)
+        except TypeError:
+            return [INVALID_ARGUMENT]  # the shim sent too few or too many arguments
+        try:
             return method(*args)
-        except (TypeError, ValueError, IndexError, KeyError):
+        except _BadArgument:
             return [INVALID_ARGUMENT]
 
     # --- system ---------------------------------------------------------------------------
@@ -280,7 +299,11 @@ class Nvml:
         return gpus(self.host, self.identity)
 
     def _gpu(self, index: str) -> Gpu:
-        return self._gpus()[int(index)]
+        found = self._gpus()
+        number = _number(index)
+        if not 0 <= number < len(found):
+            raise _BadArgument(index)
+        return found[number]
 
     def call_count(self) -> list[Any]:
         return [SUCCESS, len(self._gpus())]
@@ -313,7 +336,7 @@ class Nvml:
         ids = gpu.fn.ids
         used = sum(gpu.types[i.type_id].fb_mib for i in gpu.instances()) << 20
         mig = -1 if gpu.mig is None else int(gpu.mig)
-        return [SUCCESS, gpu.name, self._gpu_uuid(gpu), int(index), domain, bus,
+        return [SUCCESS, gpu.name, self._gpu_uuid(gpu), _number(index), domain, bus,
                 gpu.fn.devfn >> 3, ids.vendor, ids.device, ids.subsystem_vendor,
                 ids.subsystem_device, gpu.fb_mib << 20, used, HOST_VGPU,
                 SRIOV if gpu.sriov else NON_SRIOV, mig, mig]
@@ -325,12 +348,12 @@ class Nvml:
         return [SUCCESS, *self._gpu(index).creatable()]
 
     def call_max_instances(self, index: str, type_id: str) -> list[Any]:
-        info = self._gpu(index).types.get(int(type_id))
+        info = self._gpu(index).types.get(_number(type_id))
         return [INVALID_ARGUMENT] if info is None else [SUCCESS, info.max_per_gpu]
 
     def call_type(self, type_id: str) -> list[Any]:
         for gpu in self._gpus():
-            info = gpu.types.get(int(type_id))
+            info = gpu.types.get(_number(type_id))
             if info is not None:
                 ids = gpu.fn.ids
                 return [SUCCESS, info.name, info.klass, info.fb_mib << 20, info.per_vm,
@@ -345,7 +368,7 @@ class Nvml:
         return [SUCCESS, *(i.id for i in self._gpu(index).instances())]
 
     def _instance(self, text: str) -> tuple[Gpu, Instance] | None:
-        wanted = int(text)
+        wanted = _number(text)
         for gpu in self._gpus():
             for instance in gpu.instances():
                 if instance.id == wanted:
@@ -381,7 +404,7 @@ class Nvml:
         gpu = next((g for g in self._gpus() if g.fn.bdf == bdf), None)
         if gpu is None:
             return [NOT_FOUND]
-        info = gpu.types.get(int(type_id))
+        info = gpu.types.get(_number(type_id))
         answer = ({"result": "none", "limit": "gpu"} if info is None
                   else gpu.grade(info, source) if source else
                   {"result": "none", "limit": "other"})
@@ -398,25 +421,27 @@ class Nvml:
     def call_grade(self, bdf: str, type_id: str, source: str) -> list[Any]:
         """The driver's graded answer in words: result, limit, reason."""
         gpu = next((g for g in self._gpus() if g.fn.bdf == bdf), None)
-        info = gpu.types.get(int(type_id)) if gpu is not None else None
+        info = gpu.types.get(_number(type_id)) if gpu is not None else None
         if gpu is None or info is None:
             return [NOT_FOUND]
         answer = gpu.grade(info, source)
         return [SUCCESS, answer["result"], answer["limit"], answer.get("reason", "")]
 
     def call_vgpu_version(self) -> list[Any]:
-        low, high = self._supported_range(self._manager())
-        current = self.range or (low, high)
+        manager = self._manager()
+        low, high = self._supported_range(manager)
+        current = self.range[1:] if self.range and self.range[0] == manager else (low, high)
         return [SUCCESS, low, high, *current]
 
     def call_set_vgpu_version(self, low: str, high: str) -> list[Any]:
-        supported = self._supported_range(self._manager())
-        wanted = (int(low), int(high))
+        manager = self._manager()
+        supported = self._supported_range(manager)
+        wanted = (_number(low), _number(high))
         if not supported[0] <= wanted[0] <= wanted[1] <= supported[1]:
             return [INVALID_ARGUMENT]
         if any(fn.vfio_open for fn in self.host.pci.values()):
             return [IN_USE]  # a VM runs
-        self.range = wanted
+        self.range = (manager or "", *wanted)
         return [SUCCESS]
 
     # --- what a namespace shows beside the library ------------------------------------------

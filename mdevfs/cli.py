@@ -51,7 +51,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                                  uevents=Path(args.uevents) if args.uevents else None,
                                  allow_other=args.allow_other, timeout=args.ready_timeout,
                                  extra=_kernel_args(args),
-                                 verbose=args.verbose, entry=daemon_entry(),
+                                 verbose=args.verbose, entry=daemon.preloaded(),
                                  progress=progress if sys.stderr.isatty() else None)
     finally:
         if waited:
@@ -64,15 +64,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _kernel_args(args: argparse.Namespace) -> tuple[str, ...]:
     """The daemon's ``--kernel`` option, when the command was given one."""
     return ("--kernel", args.kernel) if args.kernel else ()
-
-
-def daemon_entry() -> process.Entry:
-    """What a forked daemon runs (:func:`mdevfs.process.start`): :func:`mdevfs.daemon.main`,
-    once everything the daemon imports is imported here, before the fork, so that it is
-    imported once."""
-    from . import fuse, uevent  # noqa: F401 - what every daemon imports
-
-    return daemon.main
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -239,16 +230,16 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with process.temporary_mount(args.config, args=extra, state=args.state, record=True,
                                      timeout=args.ready_timeout,
-                                     verbose=args.verbose, entry=daemon_entry()) as daemon:
-            env = dict(os.environ, **service_environment(os.fspath(daemon.control)))
-            proc = process.Forked(namespace.spawn(daemon.root, command, args.mdevctl_dir,
-                                                  daemon.root.parent / "uevents.sock", env))
+                                     verbose=args.verbose, entry=daemon.preloaded()) as mount:
+            env = dict(os.environ, **service_environment(os.fspath(mount.control)))
+            proc = process.Forked(namespace.spawn(mount.root, command, args.mdevctl_dir,
+                                                  mount.root.parent / "uevents.sock", env))
             status = namespace.wait(proc)
             if status != 0:
-                _explain_failure(daemon, status)
+                _explain_failure(mount, status)
             elif args.verbose:  # the request trace outlives the temporary directory
                 print(f"mdevfs run: the daemon's log, a line per request, is kept at "
-                      f"{_keep_log(daemon)}", file=sys.stderr)
+                      f"{_keep_log(mount)}", file=sys.stderr)
             return status
     except MountError as exc:
         raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
@@ -288,27 +279,27 @@ def _exit_125(parser: argparse.ArgumentParser) -> None:
     parser.error = error  # type: ignore[method-assign]
 
 
-def _explain_failure(daemon: process.Daemon, status: int) -> None:
+def _explain_failure(mount: process.Launched, status: int) -> None:
     """The command failed: if a driver refused something meanwhile, say what it logged and
     keep the daemon's log (its temporary directory goes) where the user can read it."""
     try:
-        reasons = control.Client(daemon.control, timeout=5).reasons()["reasons"]
+        reasons = control.Client(mount.control, timeout=5).reasons()["reasons"]
     except (OSError, ValueError, KeyError):
         return
     if not reasons:
         return  # nothing was refused by a driver: the command failed on its own
-    kept = _keep_log(daemon)
+    kept = _keep_log(mount)
     for r in reasons[-10:]:
         print(f"mdevfs run: refused: {r['op']} {r['path']}: {r['reason']}", file=sys.stderr)
     print(f"mdevfs run: the command exited with status {status}; the daemon's log is kept "
           f"at {kept}", file=sys.stderr)
 
 
-def _keep_log(daemon: process.Daemon) -> Path:
+def _keep_log(mount: process.Launched) -> Path:
     """A copy of the daemon's log in the runtime directory (its temporary one goes)."""
     kept = runtime.runtime_dir() / "logs" / f"run-{os.getpid()}.log"
     kept.parent.mkdir(mode=0o700, exist_ok=True)
-    kept.write_text(daemon.log())
+    kept.write_text(mount.log())
     return kept
 
 

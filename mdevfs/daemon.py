@@ -36,7 +36,7 @@ import socket
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exc.prefix}: {exc}", file=sys.stderr)
         return exc.exit_status
     return 0
+
+
+def preloaded() -> Callable[[list[str]], int]:
+    """:func:`main`, with everything a daemon imports imported now (pyfuse3 and trio, with
+    :mod:`mdevfs.fuse`): a process that forks daemons imports them once, not each daemon."""
+    from . import fuse  # noqa: F401
+
+    return main
 
 
 if __name__ == "__main__":  # python -P -m mdevfs.daemon: the module, once, under its name

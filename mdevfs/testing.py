@@ -151,9 +151,9 @@ def _daemon_entry() -> process.Entry | None:
     threads, which a fork would copy in the middle of whatever they hold."""
     if threading.active_count() > 1:
         return None
-    from . import daemon, fuse, uevent  # noqa: F401 - what every daemon imports
+    from . import daemon
 
-    return daemon.main
+    return daemon.preloaded()
 
 
 def unavailable() -> str | None:

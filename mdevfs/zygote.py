@@ -30,8 +30,9 @@ def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
     import gc
     import importlib.metadata
 
-    from . import fuse, uevent  # noqa: F401 - what every daemon imports
     from .driver import ENTRY_POINT_GROUP
+
+    daemon.preloaded()  # what every daemon imports, once for all
 
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         with contextlib.suppress(Exception):

@@ -129,7 +129,7 @@ class Reasons:
     :meth:`watch`-ed, the time the action began bounds what is taken."""
 
     def __init__(self) -> None:
-        self._mounts: list[str] | None = None
+        self._mounts: set[str] | None = None
         #: mount root → [its control client (None: no daemon answers), cursor or None]
         self._daemons: dict[str, list[Any]] = {}
 
@@ -160,8 +160,8 @@ class Reasons:
         its root (links resolved), or None where no mdevfs daemon answers."""
         real = os.path.realpath(path)
         if self._mounts is None:
-            self._mounts = sorted(mounts.mountpoints(), key=len, reverse=True)
-        root = next((m for m in self._mounts if real.startswith(m.rstrip("/") + "/")), None)
+            self._mounts = set(mounts.mountpoints())
+        root = next((str(up) for up in Path(real).parents if str(up) in self._mounts), None)
         entry = None if root is None else self._daemon(root)
         if entry is None or entry[0] is None:
             return None

@@ -22,8 +22,9 @@ proposal's yes), the answers NVML gives. A pair that no one can answer, the sour
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -36,6 +37,8 @@ YES, SOME, NO, COLD, UNKNOWN = "yes", "some", "no", "cold", "unknown"
 #: the reason of a pair no one can answer: the source has no migration_version
 NO_ATTRIBUTE = "(condition 1)"
 CORNER = "source \\ target"
+#: worker threads reading and writing the hosts (the daemons do the work)
+_WORKERS = 2 * (os.cpu_count() or 1)
 
 
 @frozen
@@ -65,7 +68,7 @@ class Plan:
     hosts: list[str]
     types: list[str]
     #: (source host, target host, type) → Cell; absent when either host lacks the type
-    cells: dict[tuple[str, str, str], Cell]
+    cells: Mapping[tuple[str, str, str], Cell]
     #: groups of hosts with identical answers, in host order
     groups: list[list[str]]
     graded: bool = False
@@ -78,48 +81,123 @@ class Plan:
 
 def plan(roots: Mapping[str, Path], graded: bool = False) -> Plan:
     """The plan of the hosts ``{name: sysfs root}``, all mounted. With ``graded``, each
-    (target node, string) is also asked mdevfs's graded question (control ``grade``)."""
+    (target node, string) is also asked mdevfs's graded question (control ``grade``).
+    Each host is read, then written to, by one worker thread: the daemons answer meanwhile."""
     reasons = Reasons()
-    for root in roots.values():
-        reasons.watch(root)
-    served = {name: _served(reasons.client_of(root)) for name, root in roots.items()}
-    nodes = {name: [(p, t, path) for p, t, path in _type_nodes(root)
-                    if t not in {s.type_id for s in served[name]} or (path / ATTR).exists()]
-             for name, root in roots.items()}
-    sources = [s for name, root in roots.items() for s in _sources(name, root, nodes[name],
-                                                                    reasons)]
-    sources += [Source(name, s.type_id, s.where, s.version, None)
-                for name in roots for s in served[name]]
-    by_type: dict[str, set[str]] = {}
-    for s in sources:
-        if s.version is not None:
-            by_type.setdefault(s.type_id, set()).add(s.version)
+    with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
+        read = dict(zip(roots, pool.map(lambda n: _read_host(n, roots[n], reasons), roots)))
+        sources = [s for name in roots for s in read[name].sources]
+        by_type: dict[str, set[str]] = {}
+        for s in sources:
+            if s.version is not None:
+                by_type.setdefault(s.type_id, set()).add(s.version)
+        written = list(pool.map(
+            lambda n: _write_host(n, read[n], by_type, reasons, graded), roots))
     answers: dict[tuple[str, str, str], list[Answer]] = {}  # (host, type, version)
     counts: dict[tuple[str, str], int] = {}  # (host, type) → its type nodes
-    for name in roots:
-        for _, type_id, path in nodes[name]:
-            counts[(name, type_id)] = counts.get((name, type_id), 0) + 1
-            for version in sorted(by_type.get(type_id, ())):
-                answers.setdefault((name, type_id, version), []).append(
-                    (_accepts(path, version, reasons),
-                     reasons.grade(path / ATTR, version) if graded else None))
-        client = reasons.client_of(roots[name])
-        for target in served[name]:
-            counts[(name, target.type_id)] = counts.get((name, target.type_id), 0) + 1
-            for version in sorted(by_type.get(target.type_id, ())):
-                answers.setdefault((name, target.type_id, version), []).append(
-                    _graded_by_service(client, target, version, graded))
+    for host_answers, host_counts in written:
+        answers.update(host_answers)
+        counts.update(host_counts)
+    has = {name: read[name].has for name in roots}
     types = sorted({s.type_id for s in sources})
-    cells = {}
-    for a in roots:
-        for t in types:
-            mine = [s for s in sources if s.host == a and s.type_id == t]
-            for b in roots:
-                if mine and (b, t) in counts:
-                    cells[(a, b, t)] = _cell(mine, answers, b, t, counts[(b, t)])
     hosts = list(roots)
-    has = {name: _has(reasons.client_of(root)) for name, root in roots.items()}
-    return Plan(hosts, types, cells, _groups(hosts, types, cells, has), graded, has)
+    mine: dict[tuple[str, str], list[Source]] = {}
+    for s in sources:
+        mine.setdefault((s.host, s.type_id), []).append(s)
+    # A cell depends on the source host's sources and the target host's answers alone: hosts
+    # that read and answer alike (a class) have equal cells, worked out once per class pair.
+    classes: dict[tuple[Any, ...], str] = {}
+    class_of = {}
+    for name in hosts:
+        reads = tuple((t, s.where, s.version, s.why) for t in types for s in mine.get((name, t), ()))
+        answered = _answered(name, types, by_type, answers)
+        offered = tuple(counts.get((name, t), 0) for t in types)
+        class_of[name] = classes.setdefault((reads, answered, offered, has[name]), name)
+    reps = list(dict.fromkeys(class_of.values()))
+    cells = {(a, b, t): _cell(mine[(a, t)], answers, b, t, counts[(b, t)])
+             for a in reps for b in reps for t in types
+             if (a, t) in mine and (b, t) in counts}
+    return Plan(hosts, types, _HostCells(cells, class_of),
+                _groups(hosts, types, cells, has, class_of), graded, has)
+
+
+@frozen
+class _Read:
+    """What one host showed: its daemon's control client, the types its services answer for,
+    its type nodes, the strings read at its sources, and what it runs."""
+
+    client: Any
+    served: list[Served]
+    nodes: list[tuple[str, str, Path]]
+    sources: list[Source]
+    has: str
+
+
+def _read_host(name: str, root: Path, reasons: Reasons) -> _Read:
+    reasons.watch(root)
+    client = reasons.client_of(root)
+    served = _served(client)
+    offered = {s.type_id for s in served}
+    nodes = [(p, t, path) for p, t, path in _type_nodes(root)
+             if t not in offered or (path / ATTR).exists()]
+    sources = _sources(name, root, nodes, reasons)
+    sources += [Source(name, s.type_id, s.where, s.version, None) for s in served]
+    return _Read(client, served, nodes, sources, _has(client))
+
+
+def _write_host(name: str, read: _Read, by_type: Mapping[str, set[str]], reasons: Reasons,
+                graded: bool) -> tuple[dict[tuple[str, str, str], list[Answer]],
+                                       dict[tuple[str, str], int]]:
+    """Every string of a type written to each of the host's nodes of it (or asked of the
+    service that speaks for it): the answers, and how many nodes of each type it has."""
+    answers: dict[tuple[str, str, str], list[Answer]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for _, type_id, path in read.nodes:
+        counts[(name, type_id)] = counts.get((name, type_id), 0) + 1
+        for version in sorted(by_type.get(type_id, ())):
+            answers.setdefault((name, type_id, version), []).append(
+                (_accepts(path, version, reasons),
+                 reasons.grade(path / ATTR, version) if graded else None))
+    for target in read.served:
+        counts[(name, target.type_id)] = counts.get((name, target.type_id), 0) + 1
+        for version in sorted(by_type.get(target.type_id, ())):
+            answers.setdefault((name, target.type_id, version), []).append(
+                _graded_by_service(read.client, target, version, graded))
+    return answers, counts
+
+
+def _answered(name: str, types: Sequence[str], by_type: Mapping[str, set[str]],
+              answers: Mapping[tuple[str, str, str], list[Answer]]) -> tuple[Any, ...]:
+    """What host ``name`` answered, as a target, to every string written to it."""
+    return tuple((t, v, tuple((why, tuple(sorted(g.items())) if g else None)
+                              for why, g in answers.get((name, t, v), ())))
+                 for t in types for v in sorted(by_type.get(t, ())))
+
+
+class _HostCells(Mapping[tuple[str, str, str], "Cell"]):
+    """Every host pair's cells, as its classes' (the hosts of a class have equal cells)."""
+
+    def __init__(self, cells: dict[tuple[str, str, str], Cell], class_of: dict[str, str]):
+        self._cells, self._class_of = cells, class_of
+
+    def __getitem__(self, key: tuple[str, str, str]) -> Cell:
+        a, b, t = key
+        return self._cells[(self._class_of[a], self._class_of[b], t)]
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        members: dict[str, list[str]] = {}
+        for host, rep in self._class_of.items():
+            members.setdefault(rep, []).append(host)
+        for ca, cb, t in self._cells:
+            for a in members[ca]:
+                for b in members[cb]:
+                    yield a, b, t
+
+    def __len__(self) -> int:
+        sizes: dict[str, int] = {}
+        for rep in self._class_of.values():
+            sizes[rep] = sizes.get(rep, 0) + 1
+        return sum(sizes[a] * sizes[b] for a, b, _ in self._cells)
 
 
 @frozen
@@ -256,14 +334,17 @@ def _cell(mine: Sequence[Source], answers: Mapping[tuple[str, str, str], list[An
 
 
 def _groups(hosts: Sequence[str], types: Sequence[str],
-            cells: Mapping[tuple[str, str, str], Cell],
-            has: Mapping[str, str]) -> list[list[str]]:
-    """Hosts with the same row and column of cells, and running the same, in host order."""
+            cells: Mapping[tuple[str, str, str], Cell], has: Mapping[str, str],
+            class_of: Mapping[str, str]) -> list[list[str]]:
+    """Hosts with the same row and column of cells, and running the same, in host order
+    (``cells``: those of the classes' representatives, ``class_of`` each host's)."""
+    reps = list(dict.fromkeys(class_of[h] for h in hosts))
+    key = {a: (tuple(cells.get((a, b, t)) for b in reps for t in types),
+               tuple(cells.get((b, a, t)) for b in reps for t in types), has.get(a, ""))
+           for a in reps}
     groups: dict[tuple[Any, ...], list[str]] = {}
     for a in hosts:
-        row = tuple(cells.get((a, b, t)) for b in hosts for t in types)
-        col = tuple(cells.get((b, a, t)) for b in hosts for t in types)
-        groups.setdefault((row, col, has.get(a, "")), []).append(a)
+        groups.setdefault(key[class_of[a]], []).append(a)
     return list(groups.values())
 
 

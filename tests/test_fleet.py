@@ -204,6 +204,10 @@ def test_plan_of_the_skew_example(mdevfs_fleet, tmp_path):
     profiles = ["P4-1Q", "P4-2Q", "P4-4Q", "P4-8Q", "P4-1A", "P4-2A", "P4-4A", "P4-8A", "P4-1B"]
     assert text[7:] == [f"G2 → G1 nvidia-{63 + i}: no (0/16 accepted): {REFUSED.format(name)}"
                         for i, name in enumerate(profiles)]
+    # every host pair has its cells, worked out once per pair of hosts that answer alike
+    assert len(p.cells) == sum(1 for _ in p.cells) == 6 * 6 * 9
+    assert p.cells[("old-1", "new-3", "nvidia-63")] == p.cells[("old-2", "new-1", "nvidia-63")]
+    assert ("nobody", "old-1", "nvidia-63") not in p.cells
     doc = planner.to_json(p)
     assert doc["groups"] == {"G1": ["old-1", "old-2", "old-3"], "G2": ["new-1", "new-2", "new-3"]}
     assert doc["hosts"]["new-2"] == "G2"

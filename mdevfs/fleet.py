@@ -286,7 +286,7 @@ def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
     (:func:`mdevfs.process.start`), several at once."""
     hosts = load(fleet_file)
     top = Path(os.path.abspath(directory))
-    admit(len(hosts))
+    admit(len(hosts), launcher)
     try:
         os.mkdir(top, 0o700)
     except FileExistsError:
@@ -324,7 +324,8 @@ def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
 
 
 #: the memory a host's daemon takes, conservatively (measured: 8.4 MiB of PSS per host of
-#: four GPUs with the zygote's pages shared, 19.8 MiB as a separate Python)
+#: four GPUs with the zygote's pages shared, 8.2 GiB for a thousand hosts; 19.8 MiB as a
+#: separate Python)
 HOST_MIB = {"zygote": 16, "exec": 24}
 
 
@@ -475,7 +476,7 @@ def _down_all(mounts: Sequence[HostMount], workers: int = WORKERS) -> None:
 
 def _stop(mount: HostMount) -> None:
     """Unmount; the daemon then exits by itself (:func:`mdevfs.process.stop`)."""
-    process.stop(mount.root, process.Recorded(mount.pid, mount.start))
+    process.stop(mount.root, mount.daemon())
 
 
 def run(directory: str | os.PathLike[str], name: str, command: Sequence[str],

@@ -191,15 +191,16 @@ class Recorded(_Pid):
         self.start = start
 
     def poll(self) -> int | None:
-        if self.pid <= 0 or self.start is None or start_time(self.pid) != self.start:
+        if self.pid <= 0 or self.start is None:
             return 0
         try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = _stat_fields(self.pid)
             owner = os.stat(f"/proc/{self.pid}").st_uid
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
         except OSError:
             return 0
-        if owner != os.geteuid() or b"mdevfs" not in cmdline:
+        state, start = fields[0], fields[19]
+        if start != self.start or owner != os.geteuid() or b"mdevfs" not in cmdline:
             return 0
         if state == "Z":  # ours after all (a fleet brought up by this process): reap it
             with contextlib.suppress(ChildProcessError):
@@ -390,10 +391,14 @@ def start_time(pid: int) -> str | None:
     """The process's start time in clock ticks (/proc/PID/stat field 22), which tells a
     live process from a later one with the same pid; None when there is none."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return _stat_fields(pid)[19]
     except OSError:
         return None
-    return text.rsplit(")", 1)[1].split()[19]
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state first); OSError if none."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def _record(workdir: Path, daemon: int | None = None, note: Path | None = None) -> Path:
@@ -421,10 +426,10 @@ def clean_leftovers() -> list[str]:
         if start_time(pid) == rec.get("start") and rec.get("start") is not None:
             continue  # that run is alive
         daemon = rec.get("daemon")
-        if isinstance(daemon, int) and start_time(daemon) == rec.get("daemon_start"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(daemon, signal.SIGCONT)
-                os.kill(daemon, signal.SIGKILL)
+        if isinstance(daemon, int):  # only this user's mdevfs daemon of that start time
+            leftover = Recorded(daemon, rec.get("daemon_start"))
+            leftover.send_signal(signal.SIGCONT)
+            leftover.kill()
         root = workdir / "sys"
         tmp = Path(tempfile.gettempdir())
         if workdir.parent == tmp and workdir.name.startswith("mdevfs-"):

@@ -363,13 +363,15 @@ def test_stop_unmounts_only_an_mdevfs_mount(tmp_path):
         subprocess.run(["umount", str(tmp_path / "sys")], check=True)
 
 
+@pytest.mark.parametrize("launcher,need", [("zygote", 16064), ("exec", 24064)])
 def test_a_fleet_that_does_not_fit_in_memory_is_refused_before_anything_starts(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, launcher, need):
+    """Each launcher's own figure: separate Pythons share nothing."""
     monkeypatch.setattr(fleet, "available_mib", lambda: 100)
     spec = write_topology(tmp_path, '[[host]]\nname = "h{n}"\ncount = 1000\n', "fleet.toml")
     with pytest.raises(fleet.UsageError) as refused:
-        fleet.up(spec, tmp_path / "f")
-    assert str(refused.value) == ("a fleet of 1000 hosts needs about 16064 MiB of memory; "
+        fleet.up(spec, tmp_path / "f", launcher=launcher)
+    assert str(refused.value) == (f"a fleet of 1000 hosts needs about {need} MiB of memory; "
                                   "100 MiB is available here (MemAvailable, cgroup memory.max)")
     assert not (tmp_path / "f").exists()
 

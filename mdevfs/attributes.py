@@ -18,6 +18,7 @@ from typing import Any
 from .driver import Attribute, Migration
 from .errors import fail
 from .kernel import GROUP_TYPE_DMA_FQ, GROUP_TYPE_WRITABLE, MDEV_GROUP_NAMED, Kernel
+from .kparse import UUID_STRING_LEN, sysfs_word, uuid_is_valid
 from .model import MdevDevice, MdevType, Parent
 from .nodes import Op
 
@@ -47,7 +48,6 @@ UEVENT_NUM_ENVP, UEVENT_BUFFER_SIZE = 64, 2048
 #: the SEQNUM= of a synthetic event: its length counts against the buffer (a number of a busy
 #: host's order)
 _SEQNUM = "SEQNUM=2000"
-UUID_STRING_LEN = 36
 
 
 class _Env:
@@ -94,7 +94,7 @@ def _synth_args(args: str) -> list[str]:
     if args[-1:] in ("\n", "\0"):
         args = args[:-1]
     uuid = args[:UUID_STRING_LEN]
-    if len(args) < UUID_STRING_LEN or not _UUID_TEXT.fullmatch(uuid):
+    if not uuid_is_valid(uuid.encode("latin-1")):
         fail(errno.EINVAL)
     out, env = [f"SYNTH_UUID={uuid}"], _Env()
     env.add(out[0])
@@ -108,8 +108,6 @@ def _synth_args(args: str) -> list[str]:
     return out
 
 
-_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                        r"[0-9a-fA-F]{12}")
 #: one space, a key and a value of letters and digits (isalnum, in the C locale)
 _PAIR = re.compile(r" ([0-9A-Za-z]+)=([0-9A-Za-z]+)(?= |$)")
 
@@ -142,21 +140,15 @@ PARENT_DEV = Op(show=lambda p: text("{MAJOR}:{MINOR}".format_map(p.driver.parent
 BUS_UEVENT = Op(store=uevent_store)
 
 
-def _streq(buf: bytes, word: str) -> bool:
-    """``sysfs_streq``: equal but for one trailing newline on either side."""
-    text = buf.split(b"\0", 1)[0].decode("latin-1")
-    return text.removesuffix("\n") == word
-
-
 def _one_of(*words: str) -> Callable[[list[str], bytes], int]:
     """A store that keeps one of ``words`` (compared as sysfs_streq does), else EINVAL."""
 
     def store(state: list[str], buf: bytes) -> int:
-        for word in words:
-            if _streq(buf, word):
-                state[0] = word
-                return len(buf)
-        fail(errno.EINVAL)
+        word = sysfs_word(buf)
+        if word not in words:
+            fail(errno.EINVAL)
+        state[0] = word
+        return len(buf)
 
     return store
 

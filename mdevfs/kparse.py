@@ -25,9 +25,15 @@ def parse_uuid(buf: bytes) -> str:
     if not UUID_STRING_LEN <= len(buf) <= UUID_STRING_LEN + 1:
         fail(errno.EINVAL)
     head = buf[:UUID_STRING_LEN]
-    if _UUID.fullmatch(head) is None:
+    if not uuid_is_valid(head):
         fail(errno.EINVAL)
     return head.decode("ascii").lower()
+
+
+def uuid_is_valid(text: bytes) -> bool:
+    """``uuid_is_valid()``: 36 characters, hyphens at 8, 13, 18 and 23, hex digits (either
+    case) elsewhere."""
+    return _UUID.fullmatch(text) is not None
 
 
 def kstrtoul(buf: bytes, base: int = 0) -> int:
@@ -59,6 +65,12 @@ def kstrtoul(buf: bytes, base: int = 0) -> int:
         if value > _ULONG_MAX:
             fail(errno.ERANGE)
     return value
+
+
+def sysfs_word(buf: bytes) -> str:
+    """A store buffer as ``sysfs_streq`` (and ``bus_find_device_by_name``, which uses it)
+    compares it: its text up to the first NUL, less one trailing newline."""
+    return buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
 
 
 def kstrtoint(buf: bytes) -> int:

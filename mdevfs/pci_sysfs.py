@@ -25,7 +25,7 @@ from .kernel import (
     VF_MSIX_FILES,
     Kernel,
 )
-from .kparse import kstrtoint, kstrtoul, parse_ulong
+from .kparse import kstrtoint, kstrtoul, parse_ulong, sysfs_word
 from .nodes import PAGE_SIZE, Op
 from .pci import LINK_SPEEDS, RESET_METHODS, PciFunction
 
@@ -80,11 +80,6 @@ def kstrtobool(fn: PciFunction, buf: bytes) -> bool:
     if first == b"o" and buf[1:2].lower() in (b"n", b"f"):
         return buf[1:2].lower() == b"n"
     fail(errno.EINVAL)
-
-
-def _streq_word(buf: bytes) -> str:
-    """The text of a store buffer up to its first NUL, without one trailing newline."""
-    return buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
 
 
 # --- the files -----------------------------------------------------------------------------
@@ -153,7 +148,7 @@ def _reset_store(fn: PciFunction, buf: bytes) -> int:
 def _reset_method_store(fn: PciFunction, buf: bytes) -> int:
     """reset_method_store: "" disables every method, "default" restores those probed at boot,
     else the names given, in order; one unknown or unsupported is EINVAL and changes nothing."""
-    words = _streq_word(buf)
+    words = sysfs_word(buf)
     if words == "":
         fn.resets = ()
         return len(buf)
@@ -375,7 +370,7 @@ def _async_store(fn: PciFunction, buf: bytes) -> int:
 def _word(buf: bytes, words: dict[str, bool]) -> bool:
     """The value of the word ``buf`` is (sysfs_streq: one trailing newline allowed), else
     EINVAL."""
-    word = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
+    word = sysfs_word(buf)
     if word not in words:
         fail(errno.EINVAL)
     return words[word]

@@ -20,6 +20,7 @@ from .attributes import (
     iommu_unit_files,
 )
 from .errors import fail
+from .kparse import sysfs_word
 from .nodes import Dir, LazyDir, Link, Node, Op, VolatileDir, VolatileLink
 from .pci import DriverEntry, PciDriver, PciFunction
 from .pci_sysfs import function_files
@@ -143,7 +144,7 @@ class PciTree:
             self._dir(module, sub)
 
     def _function_named(self, buf: bytes) -> PciFunction:
-        fn = self.host.pci.get(buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n"))
+        fn = self.host.pci.get(sysfs_word(buf))
         if fn is None:
             fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
         return fn

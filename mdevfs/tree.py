@@ -47,6 +47,7 @@ from .attributes import (
 )
 from .errors import fail
 from .kernel import NO_VFIO_MDEV_DRIVER, PER_PARENT_MDEV_DRIVER, VFIO_DEV_CLASS
+from .kparse import sysfs_word
 from .model import VFIO_MDEV, Binding, Host, HostObserver, MdevDevice, MdevType, Parent
 from .nodes import (
     ROOT_INODE,
@@ -482,8 +483,7 @@ class Tree(PciTree, HostObserver):
     # --- the mdev bus's files ------------------------------------------------------------------
 
     def _device_named(self, buf: bytes) -> MdevDevice:
-        name = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
-        mdev = self.host.devices.get(name)
+        mdev = self.host.devices.get(sysfs_word(buf))
         if mdev is None:
             fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
         return mdev

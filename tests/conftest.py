@@ -26,6 +26,18 @@ from mdevfs.testing import mounted
 
 MTTY_ONLY = '[[parent]]\ndriver = "mtty"\n'
 
+#: the two hosts of examples/two_hosts: the same GPU type, vendor strings that disagree
+TWO_HOSTS = Path(__file__).resolve().parent.parent / "examples" / "two_hosts"
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    """examples/two_hosts mounted: (host a, host b), for a module's tests."""
+    with mounted(TWO_HOSTS / "host_a.toml") as a, mounted(TWO_HOSTS / "host_b.toml") as b:
+        yield a, b
+        assert a.alive() and b.alive(), a.log() + b.log()
+
+
 # MDEVFS_STRICT=1 (as .ci/run sets it): a machine without FUSE fails these tests, never skips
 STRICT = strict_from_env()
 needs_fuse = pytest.mark.skipif((not os.path.exists("/dev/fuse") or os.geteuid() != 0)

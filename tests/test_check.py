@@ -9,25 +9,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import needs_fuse
 
 from mdevfs.cli import main
 from mdevfs.migration import check
-from mdevfs.testing import mounted
 
 pytestmark = needs_fuse
-HOSTS = Path(__file__).resolve().parent.parent / "examples" / "two_hosts"
 ACME = "0000:81:00.0"
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    with mounted(HOSTS / "host_a.toml") as a, mounted(HOSTS / "host_b.toml") as b:
-        yield a, b
-        assert a.alive() and b.alive(), a.log() + b.log()
 
 
 @pytest.fixture

@@ -9,21 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import needs_fuse
+from conftest import TWO_HOSTS, needs_fuse
 
 from mdevfs.config import Topology
-from mdevfs.testing import mounted
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-HOSTS = EXAMPLES / "two_hosts"
 SCRIPT = EXAMPLES / "migration_check.sh"
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    with mounted(HOSTS / "host_a.toml") as a, mounted(HOSTS / "host_b.toml") as b:
-        yield a, b
-        assert a.alive() and b.alive(), a.log() + b.log()
 
 
 def script(source: Path, target: Path) -> subprocess.CompletedProcess[str]:
@@ -124,7 +115,7 @@ def test_script_usage(hosts):
 def acme(topology: str, type_id: str, tmp_path: Path, monkeypatch):
     """The example driver's Migration for a type, loaded by file path from another directory."""
     monkeypatch.chdir(tmp_path)  # the driver path is relative to the topology file, not to cwd
-    host = Topology.from_toml(HOSTS / topology).build()
+    host = Topology.from_toml(TWO_HOSTS / topology).build()
     mtype = host.parents["0000:81:00.0"].types[type_id]
     return mtype.parent.driver.migration(mtype)
 

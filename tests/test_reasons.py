@@ -7,24 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import needs_fuse
+from conftest import TWO_HOSTS, needs_fuse
 
 from mdevfs.cli import main
 from mdevfs.migration import check
-from mdevfs.testing import mounted
 
 pytestmark = needs_fuse
-HOSTS = Path(__file__).resolve().parent.parent / "examples" / "two_hosts"
 ATTR = "class/mdev_bus/0000:81:00.0/mdev_supported_types/acme-small/migration_version"
 #: where ATTR's links lead: the path the daemon names an attribute by
 REAL = "devices/pci0000:80/0000:80:01.0/0000:81:00.0/mdev_supported_types/acme-small/" \
     "migration_version"
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    with mounted(HOSTS / "host_a.toml") as a, mounted(HOSTS / "host_b.toml") as b:
-        yield a, b
 
 
 def test_a_refused_write_keeps_the_drivers_words_for_that_attribute(hosts):
@@ -96,7 +88,7 @@ def test_mdevfs_run_says_what_the_driver_refused_and_keeps_the_log(tmp_path):
     write = ("import os; fd = os.open('/sys/" + ATTR + "', os.O_WRONLY)\n"
              "try: os.write(fd, b'acme-2.3-small\\n')\n"
              "except OSError as e: raise SystemExit(f'refused: {e.strerror}')")
-    run = [sys.executable, "-m", "mdevfs", "run", "--config", str(HOSTS / "host_a.toml"), "--"]
+    run = [sys.executable, "-m", "mdevfs", "run", "--config", str(TWO_HOSTS / "host_a.toml"), "--"]
     done = subprocess.run([*run, sys.executable, "-c", write], capture_output=True, text=True,
                           timeout=60)
     match = re.fullmatch(

@@ -337,8 +337,10 @@ def test_config_is_readable_in_full_only_by_root(m):
     (the header) for anyone else (tested as nobody in test_permissions)."""
     with open(m.path(f"{GPU}/config"), "rb") as f:
         data = f.read()
-    assert len(data) == 4096 and data[:4] == bytes.fromhex("de10") + data[2:4]
-    assert data[0x34] != 0  # a capability list
+    ids = [int(m.read(f"{GPU}/{name}"), 16) for name in ("vendor", "device")]
+    assert len(data) == 4096 and data[:4] == b"".join(i.to_bytes(2, "little") for i in ids)
+    assert ids[0] == 0x10DE
+    assert data[6] & 0x10 and data[0x34] >= 0x40  # status: a capability list, past the header
 
 
 def test_an_unknown_kernel_is_refused_by_mount(tmp_path):

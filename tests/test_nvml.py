@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pynvml as nv
@@ -131,6 +132,41 @@ def test_every_gpu_the_nvidia_driver_holds_in_pci_order_with_the_sysfs_ids(m):
         nv.nvmlDeviceGetMigMode(handle("0000:81:00.0"))  # an L40S has no MIG
     total = nv.nvmlDeviceGetMemoryInfo(handle("0000:81:00.0"))
     assert (total.total, total.used) == (46068 << 20, 0)
+
+
+class LegacyPciInfo(ctypes.Structure):
+    """nvmlPciInfo_t as _v1 and _v2 fill it (52 bytes: no 32-byte busId)."""
+
+    _fields_ = [("busId", ctypes.c_char * 16), ("domain", ctypes.c_uint), ("bus", ctypes.c_uint),
+                ("device", ctypes.c_uint), ("pciDeviceId", ctypes.c_uint),
+                ("pciSubSystemId", ctypes.c_uint), ("reserved", ctypes.c_uint * 4)]
+
+
+@pytest.mark.parametrize("function", ["nvmlDeviceGetPciInfo", "nvmlDeviceGetPciInfo_v2"])
+def test_the_legacy_pci_info_layouts_carry_the_sysfs_ids(m, lib, function):
+    """Older clients call _v1/_v2 with the 52-byte layout: the same ids, a 16-byte bus id."""
+    info = LegacyPciInfo()
+    assert getattr(nv.nvmlLib, function)(handle("0000:41:00.0"), ctypes.byref(info)) == 0
+    fn = f"{PCI}/0000:41:00.0"
+    ids = [int(m.read(f"{fn}/{name}"), 16) for name in
+           ("vendor", "device", "subsystem_vendor", "subsystem_device")]
+    assert (info.busId, info.domain, info.bus, info.device) == (b"0000:41:00.0", 0, 0x41, 0)
+    assert (info.pciDeviceId, info.pciSubSystemId) == (ids[1] << 16 | ids[0], ids[3] << 16 | ids[2])
+    assert info.reserved[:] == [0, 0, 0, 0]
+
+
+def test_events_never_come_and_a_wait_lasts_its_timeout(m):
+    """A health checker's loop: register, wait, time out (it must not spin), free."""
+    events = nv.nvmlEventSetCreate()
+    h = handle("0000:81:00.0")
+    types = nv.nvmlDeviceGetSupportedEventTypes(h)
+    assert types & nv.nvmlEventTypeXidCriticalError
+    nv.nvmlDeviceRegisterEvents(h, types, events)
+    before = time.monotonic()
+    with pytest.raises(nv.NVMLError_Timeout):
+        nv.nvmlEventSetWait_v2(events, 50)
+    assert time.monotonic() - before >= 0.05  # a lower bound: load cannot break it
+    nv.nvmlEventSetFree(events)
 
 
 def test_lookups_that_find_nothing_answer_as_nvml_documents(m):

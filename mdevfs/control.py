@@ -12,8 +12,9 @@ object per line each way::
 
 Commands (fields): ``status``; ``unplug`` / ``plug`` (parent); ``fail`` (path,
 op "read"|"write", error: an errno number or name such as "EIO", once);
-``latency`` (path, seconds; 0 clears); ``busy`` (uuid, on); ``open`` (address, on: a
-PCI function's VFIO device held open, as by a VM); ``clear`` (path,
+``latency`` (path, seconds; 0 clears it, and the requests sleeping on it go on); ``busy``
+(uuid, on); ``open`` (address, on: a PCI function's VFIO device held open, as by a VM);
+``clear`` (path,
 optional: without it every fault goes); ``set-option`` (parent, key, value);
 ``reset``; ``reasons`` (since, path: both optional): the refusal reasons the
 drivers logged during recent shows and stores (:class:`mdevfs.daemon.Refusals`);
@@ -141,10 +142,7 @@ class Control:
         if not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
             fail(errno.EINVAL, f"seconds must be a number from 0 to 3600, not {seconds!r}")
         node = self._file(path)
-        if seconds:
-            self.faults.latency[node.path] = float(seconds)
-        else:
-            self.faults.latency.pop(node.path, None)
+        self.faults.set_latency(node.path, float(seconds))
         return node.path
 
     def cmd_busy(self, uuid: str, on: bool = True) -> None:

@@ -30,17 +30,35 @@ class Faults:
     latency: dict[str, float] = Factory(dict)
     #: UUIDs whose ``remove`` answers EBUSY, as GVT did for an in-use vGPU on old kernels
     busy: set[str] = Factory(set)
+    #: path → what the requests sleeping on its latency wait for: cleared, they go on at once
+    _sleepers: dict[str, trio.Event] = Factory(dict)
+
+    def set_latency(self, path: str, seconds: float) -> None:
+        """Sleep ``seconds`` before each show or store of ``path``; 0 clears the latency and
+        lets the requests sleeping on it go on now."""
+        if seconds:
+            self.latency[path] = seconds
+        else:
+            self.latency.pop(path, None)
+            self._wake(path)
 
     def clear(self, path: str | None = None) -> None:
-        """Forget the faults on ``path``, or every fault."""
+        """Forget the faults on ``path``, or every fault (sleeping requests go on)."""
         if path is None:
             self.errors.clear()
             self.latency.clear()
             self.busy.clear()
+            for sleeping in list(self._sleepers):
+                self._wake(sleeping)
             return
-        self.latency.pop(path, None)
+        self.set_latency(path, 0)
         for op in (READ, WRITE):
             self.errors.pop((path, op), None)
+
+    def _wake(self, path: str) -> None:
+        event = self._sleepers.pop(path, None)
+        if event is not None:
+            event.set()
 
     async def before(self, node: File, buf: bytes | None) -> None:
         """Sleep, then fail as told; ``buf`` is None for a read. No-op on a dead node,
@@ -50,7 +68,8 @@ class Faults:
         path = node.path
         delay = self.latency.get(path)
         if delay:
-            await trio.sleep(delay)
+            with trio.move_on_after(delay):
+                await self._sleepers.setdefault(path, trio.Event()).wait()
         if node.parent is None:
             return
         op = READ if buf is None else WRITE

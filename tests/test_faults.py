@@ -231,20 +231,23 @@ def test_bad_requests_are_refused_with_a_reason(host, request_, reply):
 
 
 def test_latency_delays_only_its_attribute(host):
-    """`latency PATH SECONDS` sleeps before each show or store of PATH;
-    other requests are served meanwhile; 0 clears it."""
-    host.control.latency(f"{T1}/available_instances", 1.5)
+    """`latency PATH SECONDS` sleeps before each show or store of PATH; other requests are
+    served meanwhile; 0 clears it and lets a request sleeping on it go on."""
+    host.control.latency(f"{T1}/available_instances", 0.4)
     started = time.monotonic()
-    slow = threading.Thread(target=host.read, args=(f"{T1}/available_instances",))
+    assert host.read(f"{T1}/available_instances") == "24\n"
+    assert time.monotonic() - started >= 0.4  # a lower bound: load cannot break it
+    host.control.latency(f"{T1}/available_instances", 3600)
+    answer: list[str] = []
+    slow = threading.Thread(target=lambda: answer.append(host.read(f"{T1}/available_instances")),
+                            daemon=True)
     slow.start()
     assert host.read(f"{T1}/name") == "Single port serial\n"
-    # the other read was answered while this one still waits (1.5 s: no load takes so long)
-    assert slow.is_alive()
-    slow.join()
-    assert time.monotonic() - started >= 1.5  # a lower bound: load cannot break it
+    assert slow.is_alive() and answer == []  # the other read was answered while it sleeps
     host.control.latency(f"{T1}/available_instances", 0)
+    slow.join(30)  # released: not the hour
+    assert not slow.is_alive() and answer == ["24\n"]
     assert host.control.status()["latency"] == {}
-    assert host.read(f"{T1}/available_instances") == "24\n"
 
 
 # --- run-time driver options ---------------------------------------------------------------

@@ -8,7 +8,7 @@ is returned; what it does not reproduce (vfio numbers, IOMMU groups) is said in 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import tomli_w
@@ -213,13 +213,17 @@ def candidates(parent: RecParent) -> list[Candidate]:
     options each inferred; none where a type's available_instances could not be read."""
     if None in parent.available().values():
         return []
-    found: list[Candidate] = []
-    for name, factory in installed(PARENT):
+    return [(name, dict(options)) for name, options in _recognised(PARENT, parent)]
+
+
+def _recognised(kind: str, recorded: Any) -> Iterator[tuple[str, Any]]:
+    """Each installed driver of ``kind`` whose ``from_recording`` recognises ``recorded``,
+    with what it inferred, in the installed order."""
+    for name, factory in installed(kind):
         recognise = getattr(factory, "from_recording", None)
-        options = recognise(parent) if recognise is not None else None
-        if options is not None:
-            found.append((name, dict(options)))
-    return found
+        found = recognise(recorded) if recognise is not None else None
+        if found is not None:
+            yield name, found
 
 
 def mismatch(driver: str, options: dict[str, Any], parent: RecParent,
@@ -399,13 +403,9 @@ def pool(parent: RecParent) -> tuple[int | None, dict[str, int], list[str]]:
 
 def _function_block(fn: RecFunction, notes: list[str]) -> Block | None:
     """The ``[[gpu]]`` entry of the first installed driver that recognises ``fn``."""
-    for name, factory in installed(GPU):
-        recognise = getattr(factory, "from_recording", None)
-        found = recognise(fn) if recognise is not None else None
-        if found is not None:
-            options, lines = found
-            return (lines, "gpu", {"driver": name, "address": fn.address, "path": fn.path,
-                                   "options": dict(options)})
+    for name, (options, lines) in _recognised(GPU, fn):
+        return (lines, "gpu", {"driver": name, "address": fn.address, "path": fn.path,
+                               "options": dict(options)})
     notes.append(f"PCI function {fn.address} ({fn.vendor:04x}:{fn.device:04x}, SR-IOV, "
                  f"{fn.num_vfs} VFs): no installed driver recognises it; left out")
     return None

@@ -245,12 +245,6 @@ def _run(args: argparse.Namespace) -> int:
         raise NamespaceError(f"cannot mount the emulated tree: {exc}") from None
 
 
-def sub_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    """The parser of subcommand ``name``."""
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices[name]
-
-
 def _run_on_mount(args: argparse.Namespace, command: list[str]) -> int:
     """``run --mount DIR``: the command in a namespace showing a mount that is already up
     (its devices, made by hand or by another tool, included); nothing is mounted or torn
@@ -428,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as for mount: restore the devices from FILE and record them there")
     _ready_timeout(p)
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, own_parser=p)  # its usage errors are its own (exit 125)
     _exit_125(p)
     cli_capture.add_parsers(sub)
 
@@ -539,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             argcomplete.autocomplete(parser)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # run's own usage errors are 125 too
-        (sub_parser(parser, "run") if args.func is cmd_run else parser).error(
-            f"unrecognized arguments: {' '.join(unknown)}")
+        getattr(args, "own_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:

@@ -287,10 +287,8 @@ class Tree(PciTree, HostObserver):
         for mtype in parent.types.values():
             self._type_dir(types, mtype)
         name = self.host.mdev_driver_of(parent)
-        if name not in self._mdev_drivers:
-            module = (getattr(driver, "module", None) or name.replace("-", "_")
-                      if name != VFIO_MDEV else VFIO_MDEV)
-            self._mdev_driver_dir(name, module)
+        if name not in self._mdev_drivers:  # vfio_mdev's is there from the start
+            self._mdev_driver_dir(name, getattr(driver, "module", None) or name.replace("-", "_"))
         nodes.append(self.link(f"class/mdev_bus/{parent.name}", parent.path))
         self._parent_nodes[parent] = nodes
 

@@ -395,6 +395,8 @@ class ParentDriver(BasePciDriver):
         self.host, self.parent, self.path, self.vendor = host, parent, path, vendor
         self.name = name
         self.module = getattr(vendor, "module", None) or name
+        #: its id table's driver_data, as the vendor driver declares it (``pci_driver_data``)
+        self.id_table_data = getattr(vendor, "pci_driver_data", frozenset({0}))
 
     @property
     def module_version(self) -> str | None:  # type: ignore[override]

@@ -109,9 +109,9 @@ class PciDriver(Protocol):
     #: power/runtime_usage of a function it has bound while runtime PM is forbidden (2: the
     #: probe's reference is kept, 1: dropped)
     runtime_usage: int
-    #: whether it has a static id table; every table here gives its entries driver_data 0
-    #: (NVIDIA's nv_pci_table too), so new_id then takes only driver_data 0
-    id_table: bool
+    #: the driver_data its static id table's entries carry, the only values new_id takes
+    #: (None: it has no table, and new_id takes any)
+    id_table_data: frozenset[int] | None
 
     def matches(self, fn: PciFunction) -> bool:
         """Whether its id table takes ``fn`` (driver_override and new_id aside)."""
@@ -150,7 +150,7 @@ class BasePciDriver:
     configures_sriov = False
     enables = True
     runtime_usage = 2
-    id_table = True
+    id_table_data: frozenset[int] | None = frozenset({0})
 
     def matches(self, fn: PciFunction) -> bool:
         return False
@@ -181,12 +181,14 @@ class BasePciDriver:
 class GenericDriver(BasePciDriver):
     """A driver that takes no function by its ids, bound through ``driver_override`` or
     ``new_id``: ``vfio-pci`` (which registers what it binds with VFIO) or ``pci-stub``.
-    Neither has an id table, but vfio-pci from 5.15 (``id_table``): one override-only entry."""
+    Neither has an id table, but vfio-pci from 5.15 (``id_table``): one override-only entry,
+    driver_data 0."""
 
     enables = False
 
     def __init__(self, name: str, module: str, vfio: bool, id_table: bool = False) -> None:
-        self.name, self.module, self.vfio, self.id_table = name, module, vfio, id_table
+        self.name, self.module, self.vfio = name, module, vfio
+        self.id_table_data = frozenset({0}) if id_table else None
         #: vfio-pci drops the probe's reference (and allows runtime PM: usage 0)
         self.runtime_usage = 1 if vfio else 2
 
@@ -240,6 +242,9 @@ class DriverEntry:
     module: str
     #: the module's version as it was when the driver registered (None: no version file)
     registered_version: str | None
+    #: its id table's driver_data values (:attr:`PciDriver.id_table_data`), kept while no
+    #: instance is registered
+    id_table_data: frozenset[int] | None = frozenset({0})
     instances: list[PciDriver] = Factory(list)
     dynamic_ids: list[DynamicId] = Factory(list)
 
@@ -418,24 +423,25 @@ _HEX_DIGITS = "0123456789abcdefABCDEF"
 def parse_dynamic_id(buf: bytes) -> tuple[DynamicId, int]:
     """``new_id``/``remove_id``'s ``sscanf("%x %x %x %x %x %x %lx")``: the id and how many
     fields were read; fewer than two is EINVAL. As vsscanf reads: before each field, any
-    whitespace; an optional 0x before a hex digit; then as many hex digits as there are (a
-    field ends at the first other character, where the next one must start); u32 fields
-    keep their low 32 bits."""
+    whitespace; a field must start with a hex digit; ``_parse_integer_fixup_radix`` then
+    skips a 0x whatever follows it (``0x`` alone reads 0, and the next field starts after
+    the x); then as many hex digits as there are (a field ends at the first other
+    character, where the next one must start); u32 fields keep their low 32 bits."""
     text = buf.split(b"\0", 1)[0].decode("latin-1")
     values: list[int] = []
     at = 0
     while len(values) < 7:
         while at < len(text) and text[at] in _SPACE:
             at += 1
-        if text[at:at + 2] in ("0x", "0X") and text[at + 2:at + 3] and \
-                text[at + 2] in _HEX_DIGITS:
+        if at == len(text) or text[at] not in _HEX_DIGITS:
+            break
+        if text[at:at + 2] in ("0x", "0X"):
             at += 2
         end = at
         while end < len(text) and text[end] in _HEX_DIGITS:
             end += 1
-        if end == at:
-            break
-        values.append(int(text[at:end], 16) & (0xFFFFFFFF if len(values) < 6 else 2**64 - 1))
+        values.append(int(text[at:end] or "0", 16) & (0xFFFFFFFF if len(values) < 6
+                                                       else 2**64 - 1))
         at = end
     if len(values) < 2:
         fail(errno.EINVAL)

@@ -124,7 +124,7 @@ class PciBus:
         entry = self.pci_drivers.get(driver.name)
         if entry is None:
             entry = self.pci_drivers[driver.name] = DriverEntry(
-                driver.name, driver.module, driver.module_version)
+                driver.name, driver.module, driver.module_version, driver.id_table_data)
             self._tell("pci_driver_added", entry)
         entry.instances.append(driver)
         return entry
@@ -142,10 +142,11 @@ class PciBus:
         id table. A driver mdevfs keeps as one instance per function it serves (a GPU's
         parent driver) answers through the instance of that function when there is one."""
         own = next((drv for drv in entry.instances if drv.matches(fn)), None)
+        first = entry.instances[0] if entry.instances else None  # none: no driver to probe
         if fn.driver_override is not None:
-            return own or entry.instances[0] if fn.driver_override == entry.name else None
+            return own or first if fn.driver_override == entry.name else None
         if own is None and any(dyn.matches(fn) for dyn in entry.dynamic_ids):
-            return entry.instances[0]
+            return first
         return own
 
     def _may_probe(self, fn: PciFunction) -> bool:
@@ -210,9 +211,10 @@ class PciBus:
         dyn, fields = parse_dynamic_id(buf)
         probe_fn = PciFunction("ffff:ff:1f.7", "", PciIds(
             dyn.vendor, dyn.device, dyn.subvendor, dyn.subdevice, dyn.klass))
-        if fields < 7 and self._matching(probe_fn, entry) is not None:
-            fail(errno.EEXIST)
-        if entry.instances[0].id_table and dyn.driver_data != 0:
+        if fields < 7 and (any(dyn.matches(probe_fn) for dyn in entry.dynamic_ids)
+                           or any(drv.matches(probe_fn) for drv in entry.instances)):
+            fail(errno.EEXIST)  # pci_match_device: a dynamic id, or the id table, takes it
+        if entry.id_table_data is not None and dyn.driver_data not in entry.id_table_data:
             fail(errno.EINVAL)
         entry.dynamic_ids.append(dyn)
         self._driver_attach(entry)

@@ -200,6 +200,18 @@ def test_a_new_id_attaches_its_own_driver_to_a_function_overridden_to_it(m):
     assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/vfio-pci"
 
 
+def test_a_driver_whose_last_gpu_is_gone_still_takes_a_dynamic_id(tmp_path):
+    """A host whose only NVIDIA GPU, a P4, is unplugged: nvidia's directory stays (the
+    module is loaded) and new_id adds the id, with nothing to probe."""
+    topology = write_topology(tmp_path, '[[parent]]\ndriver = "nvidia"\n')
+    with mounted(topology) as host:
+        host.control.unplug("0000:41:00.0")
+        assert host.write("bus/pci/drivers/nvidia/new_id", "1234 5678") == 9
+        assert errno_of(host.write, "bus/pci/drivers/nvidia/new_id", "1234 5678") == \
+            errno.EEXIST
+        assert host.alive(), host.log()
+
+
 @pytest.mark.parametrize(("buf", "parsed"), [
     (b"10de 1eb8", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),
     (b"0x10de\t0X1EB8,rest", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),
@@ -207,7 +219,9 @@ def test_a_new_id_attaches_its_own_driver_to_a_function_overridden_to_it(m):
     (b"10de 1eb8 1 2 30000 ff0000 5 9", (0x10DE, 0x1EB8, 1, 2, 0x30000, 0xFF0000, 5, 7)),
     (b"1000010de 1eb8", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),  # u32: the low bits
     (b"10de 1eb8\x00 5", (0x10DE, 0x1EB8, ANY_ID, ANY_ID, 0, 0, 0, 2)),
-    (b"10de,1eb8", errno.EINVAL), (b"0x 5", errno.EINVAL), (b"-10de 1eb8", errno.EINVAL)])
+    (b"0x 5", (0, 5, ANY_ID, ANY_ID, 0, 0, 0, 2)),  # 0x alone reads 0
+    (b"10de 0x 5", (0x10DE, 0, 5, ANY_ID, 0, 0, 0, 3)),
+    (b"10de,1eb8", errno.EINVAL), (b"x10de 1eb8", errno.EINVAL), (b"-10de 1eb8", errno.EINVAL)])
 def test_new_id_reads_its_fields_as_the_kernels_sscanf(buf, parsed):
     if isinstance(parsed, int):
         assert errno_of(parse_dynamic_id, buf) == parsed
@@ -220,10 +234,11 @@ def test_new_id_reads_its_fields_as_the_kernels_sscanf(buf, parsed):
 @pytest.mark.parametrize(("kernel", "driver", "data", "answer"), [
     ("5.10", "vfio-pci", 5, None), ("5.10", "pci-stub", 5, None), ("6.1", "pci-stub", 5, None),
     ("6.1", "vfio-pci", 5, errno.EINVAL), ("6.1", "vfio-pci", 0, None),
-    ("5.10", "nvidia", 5, errno.EINVAL), ("6.1", "nvidia", 0, None)])
+    ("5.10", "nvidia", 5, errno.EINVAL), ("6.1", "nvidia", 0, None), ("6.1", "i915", 0, errno.EINVAL)])
 def test_new_id_takes_driver_data_only_from_a_drivers_id_table(kernel, driver, data, answer):
     """new_id_store: a driver with an id table takes only driver_data an entry has (0 in
-    every table here); vfio-pci has one from 5.15 (cc6711b0bf36), pci-stub none."""
+    nvidia's; i915's carry pointers, so it takes none); vfio-pci has one from 5.15
+    (cc6711b0bf36), pci-stub none."""
     ids = f"1234 5678 ffffffff ffffffff 0 0 {data}"
     with mounted(args=("--kernel", kernel)) as m:
         if answer is None:

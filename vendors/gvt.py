@@ -77,6 +77,9 @@ class Gvt(BaseDriver):
     #: and aperture BARs (sizes as lspci shows a Skylake GT2)
     pci_caps = Caps(link=None, resets=("flr",))
     pci_bars = (Bar(0xDE000000, 16 << 20, MEM64), None, Bar(0xC0000000, 256 << 20, MEM64_PREFETCH))
+    #: i915's pciidlist: each entry's driver_data is a pointer to its device info
+    #: (INTEL_VGA_DEVICE), no value a user can give, so new_id refuses every one (EINVAL)
+    pci_driver_data: frozenset[int] = frozenset()
 
     OPTIONS = (Option("gen", "int", 9, "the GPU's generation: 8 (Broadwell) or 9 (Skylake)"),
                Option("device_id", "int", None, "its PCI device id (0x1616 on gen 8, else 0x1912)"),

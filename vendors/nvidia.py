@@ -114,6 +114,8 @@ class NvidiaVgpu(BaseDriver):
     #: the GPU as a PCI function: a Tesla P4 is PCIe Gen3 x16 with registers, frame buffer
     #: and BAR3 windows (sizes as lspci shows a P4)
     pci_caps = Caps(link=(3, 16, 3, 16), resets=("bus",))
+    #: nv_pci_table (kernel-open/nvidia/nv-pci-table.c): every entry's driver_data is 0
+    pci_driver_data = frozenset({0})
     pci_bars = (Bar(0xF8000000, 16 << 20, MEM32), Bar(0x38400000000, 256 << 20, MEM64_PREFETCH),
                 None, Bar(0x38410000000, 32 << 20, MEM64_PREFETCH))
 

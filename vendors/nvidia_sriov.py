@@ -172,7 +172,7 @@ class NvidiaSriovGpu:
     #: how nvidia.ko leaves runtime PM is not known)
     runtime_usage = 2
     #: nv_pci_table (kernel-open/nvidia/nv-pci-table.c): every entry's driver_data is 0
-    id_table = True
+    id_table_data = frozenset({0})
 
     @staticmethod
     def from_recording(fn: Any) -> tuple[dict[str, Any], list[str]] | None:

@@ -439,6 +439,10 @@ def test_the_vgpu_version_range_starts_afresh_after_a_reset_or_another_manager(
         host.control.set_option("0000:41:00.0", "manager", "550.144.02")
         assert nv.nvmlSystemGetDriverVersion() == "550.144.02"
         assert nv.nvmlGetVgpuVersion()[1] == (0x70001, 0x140001)
+        nv.nvmlSetVgpuVersion(wanted)
+        host.control.set_option("0000:41:00.0", "manager", "550.127.06")
+        host.control.set_option("0000:41:00.0", "manager", "550.144.02")  # and back: a reload
+        assert nv.nvmlGetVgpuVersion()[1] == (0x70001, 0x140001)
 
 
 def test_an_argument_that_is_no_number_or_no_gpu_is_invalid_and_a_bug_is_unknown(lib):

@@ -148,6 +148,8 @@ class NvidiaVgpu(BaseDriver):
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         super().__init__(options)
         self.prefix = text(self.options, "prefix", "GRID", allowed=("GRID", "NVIDIA"))
+        #: how many times a release was loaded (a change at run time is a reload)
+        self.loads = 0
         self.set_manager(text(self.options, "manager", "535.129.03"))
         self.migratable = flag(self.options, "migration", True)
         self.profiles = {str(p.type_id): p for p in TESLA_P4}
@@ -157,6 +159,7 @@ class NvidiaVgpu(BaseDriver):
         self.branch, self.minor = parse_manager(version)
         #: nvidia.ko's version (module/nvidia/version): the manager release
         self.module_version = version
+        self.loads += 1
 
     def set_option(self, key: str, value: object) -> None:
         """Run-time options (``mdevfs ctl DIR set-option``): only ``manager``."""

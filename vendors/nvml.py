@@ -255,9 +255,9 @@ class Nvml:
 
     def __init__(self, host: Host, identity: str) -> None:
         self.host, self.identity = host, identity
-        #: the vGPU version range set with nvmlSetVgpuVersion, and the manager release it was
-        #: set under (a new release, as after an upgrade's reload, starts from the supported one)
-        self.range: tuple[str, int, int] | None = None
+        #: the vGPU version range set with nvmlSetVgpuVersion, and the load of the manager it
+        #: was set under (:meth:`_load`: another load, as an upgrade's, starts afresh)
+        self.range: tuple[Any, int, int] | None = None
 
     def answer(self, call: str, args: Sequence[str]) -> list[Any]:
         """The reply to one call: an argument that is no number or names no GPU is
@@ -275,6 +275,14 @@ class Nvml:
             return [INVALID_ARGUMENT]
 
     # --- system ---------------------------------------------------------------------------
+
+    def _load(self) -> tuple[str | None, int]:
+        """The manager release loaded, and which load of it this is (set-option manager
+        reloads): what the vGPU version range is kept with."""
+        entry = self.host.pci_drivers.get("nvidia")
+        first = entry.instances[0] if entry is not None and entry.instances else None
+        vendor = getattr(first, "vendor", first)  # a P4's parent driver: its NvidiaVgpu
+        return self._manager(), getattr(vendor, "loads", 0)
 
     def _manager(self) -> str | None:
         entry = self.host.pci_drivers.get("nvidia")
@@ -430,7 +438,7 @@ class Nvml:
     def call_vgpu_version(self) -> list[Any]:
         manager = self._manager()
         low, high = self._supported_range(manager)
-        current = self.range[1:] if self.range and self.range[0] == manager else (low, high)
+        current = self.range[1:] if self.range and self.range[0] == self._load() else (low, high)
         return [SUCCESS, low, high, *current]
 
     def call_set_vgpu_version(self, low: str, high: str) -> list[Any]:
@@ -441,7 +449,7 @@ class Nvml:
             return [INVALID_ARGUMENT]
         if any(fn.vfio_open for fn in self.host.pci.values()):
             return [IN_USE]  # a VM runs
-        self.range = (manager or "", *wanted)
+        self.range = (self._load(), *wanted)
         return [SUCCESS]
 
     # --- what a namespace shows beside the library ------------------------------------------

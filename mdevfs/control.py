@@ -108,7 +108,8 @@ class Control:
                 "devices": list(self.host.devices),
                 "errors": [{"path": p, "op": op, "errno": errno.errorcode.get(e, e), "once": o}
                            for (p, op), (e, o) in self.faults.errors.items()],
-                "latency": dict(self.faults.latency), "busy": sorted(self.faults.busy)}
+                "latency": dict(self.faults.latency), "sleeping": self.faults.sleeping(),
+                "busy": sorted(self.faults.busy)}
 
     def cmd_unplug(self, parent: str) -> None:
         """Hot-unplug: the parent's devices are destroyed, then the parent goes."""

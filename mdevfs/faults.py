@@ -55,6 +55,10 @@ class Faults:
         for op in (READ, WRITE):
             self.errors.pop((path, op), None)
 
+    def sleeping(self) -> list[str]:
+        """The paths a request is sleeping on now."""
+        return sorted(p for p, e in self._sleepers.items() if e.statistics().tasks_waiting)
+
     def _wake(self, path: str) -> None:
         event = self._sleepers.pop(path, None)
         if event is not None:
@@ -68,8 +72,11 @@ class Faults:
         path = node.path
         delay = self.latency.get(path)
         if delay:
+            event = self._sleepers.setdefault(path, trio.Event())
             with trio.move_on_after(delay):
-                await self._sleepers.setdefault(path, trio.Event()).wait()
+                await event.wait()
+            if self._sleepers.get(path) is event and not event.statistics().tasks_waiting:
+                del self._sleepers[path]  # slept its time, and the last to
         if node.parent is None:
             return
         op = READ if buf is None else WRITE

@@ -204,11 +204,16 @@ def test_a_remove_looked_up_alone_builds_one_node_and_leaves_none_behind():
     assert ddir.child("remove") is remove and len(tree.nodes) == made + 1
     host.remove(host.devices[U], b"1")
     assert len(tree.nodes) == before and remove.parent is None
-    host.create(mtype, U.encode())
-    ddir = tree.resolve(f"bus/mdev/devices/{U}").to
-    assert ddir.child("uevent") is not None and ddir.child("nothing") is None
-    whole = len(tree.nodes)
-    assert list(ddir.children).count("remove") == 1 and len(tree.nodes) == whole
+    other = "5f0d3c1e-0000-4000-8000-0000000000aa"
+    made = {}
+    for uuid, first in ((U, "remove"), (other, "uevent")):  # remove alone first, or whole
+        count = len(tree.nodes)
+        host.create(mtype, uuid.encode())
+        ddir = tree.resolve(f"bus/mdev/devices/{uuid}").to
+        alone = ddir.child(first)
+        assert ddir.child("nothing") is None and ddir.children[first] is alone
+        made[first] = (len(tree.nodes) - count, list(ddir.children))
+    assert made["remove"] == made["uevent"]  # the same nodes, the same order: none twice
 
 
 def test_file_write_is_cut_at_page_size_and_empty_write_is_zero():

@@ -237,17 +237,22 @@ def test_latency_delays_only_its_attribute(host):
     started = time.monotonic()
     assert host.read(f"{T1}/available_instances") == "24\n"
     assert time.monotonic() - started >= 0.4  # a lower bound: load cannot break it
-    host.control.latency(f"{T1}/available_instances", 3600)
+    where = host.control.latency(f"{T1}/available_instances", 3600)  # its canonical path
     answer: list[str] = []
     slow = threading.Thread(target=lambda: answer.append(host.read(f"{T1}/available_instances")),
                             daemon=True)
     slow.start()
+    for _ in range(3000):  # until the daemon has it asleep
+        if host.control.status()["sleeping"]:
+            break
+        time.sleep(0.01)
+    assert host.control.status()["sleeping"] == [where]
     assert host.read(f"{T1}/name") == "Single port serial\n"
     assert slow.is_alive() and answer == []  # the other read was answered while it sleeps
     host.control.latency(f"{T1}/available_instances", 0)
     slow.join(30)  # released: not the hour
     assert not slow.is_alive() and answer == ["24\n"]
-    assert host.control.status()["latency"] == {}
+    assert host.control.status()["latency"] == {} and host.control.status()["sleeping"] == []
 
 
 # --- run-time driver options ---------------------------------------------------------------
@@ -302,7 +307,7 @@ def test_reset_returns_to_the_topologys_initial_state(host):
     assert host.control.status() == {"pid": host.proc.pid, "kernel": "7.3", "modules": {},
                                      "parents": ["mtty", "v0"],
                                      "unplugged": [], "devices": [], "errors": [],
-                                     "latency": {}, "busy": []}
+                                     "latency": {}, "sleeping": [], "busy": []}
     assert listing(host, "class/mdev_bus") == ["mtty", "v0"]
     assert listing(host, "bus/mdev/devices") == [] and recorded(host) == []
     assert host.read(f"{T1}/name") == "Single port serial\n"

@@ -379,7 +379,7 @@ class Tree(PciTree, HostObserver):
         self._bound_nodes[mdev] = [group, *self._vfio_group(ddir, binding),
                                    self._attach(drvdir, VolatileLink(ddir.name, ddir))]
         if isinstance(ddir, LazyDir) and ddir.build is not None:
-            ddir.subdirs += self._bound_subdirs(mdev)  # what it will hold once built
+            self._recount(ddir, self._bound_subdirs(mdev))  # what it will hold once built
         else:
             self._bound_entries(mdev, ddir, binding)
 

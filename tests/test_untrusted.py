@@ -353,6 +353,27 @@ def test_a_recorded_pid_of_another_program_is_never_signalled(tmp_path):
         victim.wait()
 
 
+def test_a_recorded_daemon_that_is_our_zombie_is_reaped_and_gone():
+    """A zombie's cmdline is empty: it is still ours (its pid, start time and owner say so),
+    so polling it reaps it, and it counts as gone."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    start = process.start_time(pid)
+    os.close(write_end)  # the child ends, and stays a zombie until reaped
+    for _ in range(1000):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.01)
+    assert process.Recorded(pid, start).poll() == 0
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped already
+
+
 def test_stop_unmounts_only_an_mdevfs_mount(tmp_path):
     (tmp_path / "sys").mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmp_path / "sys")], check=True)

@@ -35,6 +35,34 @@ def unmount_if_mounted(directory: Path) -> None:
 
 # --- packaging ------------------------------------------------------------------------------
 
+@needs_fuse
+def test_the_readmes_first_mount_works_as_written(tmp_path):
+    """The README's first block, run as a newcomer would paste it (its /tmp/sys moved into
+    tmp_path): every command succeeds, the device exists and the VFs appear."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## A first mount\n", 1)[1]
+    block = section.lstrip("\n").split("\n\n", 1)[0]  # the first indented block
+    lines = [line[4:].split("  #")[0].rstrip() for line in block.splitlines()]
+    assert lines[0] == "mkdir -p /tmp/sys" and lines[-1] == ".venv/bin/mdevfs umount /tmp/sys"
+    root = tmp_path / "sys"
+    script = "\n".join(line.replace("/tmp/sys", str(root)) for line in lines[:-1])
+    script += f"\nls {root}/bus/mdev/devices; ls -d {root}/bus/pci/devices/0000:c1:00.[45]"
+    try:
+        done = subprocess.run(["bash", "-e", "-c", script], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout.splitlines()
+        assert out[-2:] == [f"{root}/bus/pci/devices/0000:c1:00.4",
+                            f"{root}/bus/pci/devices/0000:c1:00.5"]
+        assert re.fullmatch(r"[0-9a-f-]{36}", out[-3]), out
+        umount = subprocess.run(["bash", "-e", "-c", lines[-1].replace("/tmp/sys", str(root))],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert umount.returncode == 0, umount.stderr
+        assert str(root) not in mounts.mountpoints()
+    finally:
+        unmount_if_mounted(root)
+
+
 def test_version_is_the_installed_distributions():
     out = mdevfs("--version")
     assert (out.returncode, out.stdout) == (0, f"mdevfs {importlib.metadata.version('mdevfs')}\n")

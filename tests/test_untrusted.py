@@ -68,11 +68,6 @@ def drivers_of(text: str) -> set[str]:
     return {e["driver"] for kind in ("parent", "gpu") for e in doc.get(kind, [])}
 
 
-@pytest.fixture
-def marker(tmp_path) -> Path:
-    return tmp_path / "ran"
-
-
 # --- record: names from the tree never become TOML; nothing outside is read ----------------
 
 def test_a_name_with_line_breaks_cannot_add_a_parent_to_a_recording(tree, tmp_path):

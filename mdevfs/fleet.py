@@ -324,8 +324,8 @@ def up(fleet_file: str | os.PathLike[str], directory: str | os.PathLike[str],
 
 
 #: the memory a host's daemon takes, conservatively (measured: 8.4 MiB of PSS per host of
-#: four GPUs with the zygote's pages shared, 8.2 GiB for a thousand hosts; 19.8 MiB as a
-#: separate Python)
+#: four GPUs with the zygote's pages shared, 7.8 GiB for a thousand hosts of
+#: examples/fleet/gpu-host.toml; 19.8 MiB as a separate Python)
 HOST_MIB = {"zygote": 16, "exec": 24}
 
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 import errno
 import re
 import string
+from collections.abc import Mapping
+from typing import TypeVar
 
 from .errors import fail
+
+T = TypeVar("T")
 
 UUID_STRING_LEN = 36
 _HEX = frozenset(string.hexdigits)
@@ -71,6 +75,15 @@ def sysfs_word(buf: bytes) -> str:
     """A store buffer as ``sysfs_streq`` (and ``bus_find_device_by_name``, which uses it)
     compares it: its text up to the first NUL, less one trailing newline."""
     return buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
+
+
+def device_named(devices: Mapping[str, T], buf: bytes) -> T:
+    """``bus_find_device_by_name()`` on a bind, unbind or drivers_probe store: the device
+    that ``buf`` names (compared as :func:`sysfs_word`), else ENODEV."""
+    found = devices.get(sysfs_word(buf))
+    if found is None:
+        fail(errno.ENODEV)
+    return found
 
 
 def kstrtoint(buf: bytes) -> int:

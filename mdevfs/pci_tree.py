@@ -5,7 +5,6 @@ observer methods ``pci_added``, ``pci_bound`` … A mixin: the node helpers are 
 """
 from __future__ import annotations
 
-import errno
 import functools
 import posixpath
 from typing import Any
@@ -19,8 +18,7 @@ from .attributes import (
     RESOURCE_ALIGNMENT,
     iommu_unit_files,
 )
-from .errors import fail
-from .kparse import sysfs_word
+from .kparse import device_named
 from .nodes import Dir, LazyDir, Link, Node, Op, VolatileDir, VolatileLink
 from .pci import DriverEntry, PciDriver, PciFunction
 from .pci_sysfs import function_files
@@ -143,20 +141,14 @@ class PciTree:
         for sub in ("holders", "notes", "sections"):
             self._dir(module, sub)
 
-    def _function_named(self, buf: bytes) -> PciFunction:
-        fn = self.host.pci.get(sysfs_word(buf))
-        if fn is None:
-            fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
-        return fn
-
     def _pci_bind(self, entry: DriverEntry, buf: bytes) -> int:
-        self.host.pci_bind(self._function_named(buf), entry.name)
+        self.host.pci_bind(device_named(self.host.pci, buf), entry.name)
         return len(buf)
 
     def _pci_unbind(self, entry: DriverEntry, buf: bytes) -> int:
-        self.host.pci_unbind(self._function_named(buf), entry.name)
+        self.host.pci_unbind(device_named(self.host.pci, buf), entry.name)
         return len(buf)
 
     def _pci_drivers_probe(self, _obj: Any, buf: bytes) -> int:
-        self.host.drivers_probe(self._function_named(buf))
+        self.host.drivers_probe(device_named(self.host.pci, buf))
         return len(buf)

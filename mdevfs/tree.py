@@ -47,7 +47,7 @@ from .attributes import (
 )
 from .errors import fail
 from .kernel import NO_VFIO_MDEV_DRIVER, PER_PARENT_MDEV_DRIVER, VFIO_DEV_CLASS
-from .kparse import sysfs_word
+from .kparse import device_named
 from .model import VFIO_MDEV, Binding, Host, HostObserver, MdevDevice, MdevType, Parent
 from .nodes import (
     ROOT_INODE,
@@ -480,16 +480,10 @@ class Tree(PciTree, HostObserver):
 
     # --- the mdev bus's files ------------------------------------------------------------------
 
-    def _device_named(self, buf: bytes) -> MdevDevice:
-        mdev = self.host.devices.get(sysfs_word(buf))
-        if mdev is None:
-            fail(errno.ENODEV)  # bus_find_device_by_name() found nothing
-        return mdev
-
     def _mdev_drivers_probe(self, _obj: Any, buf: bytes) -> int:
         """``drivers_probe``: an unbound device is offered to the drivers; from 5.14 none
         takes it (``mdev_match`` is 0), before vfio_mdev does."""
-        mdev = self._device_named(buf)
+        mdev = device_named(self.host.devices, buf)
         if mdev.binding is None and not self._per_parent:
             self.host.bind(mdev)
         return len(buf)
@@ -497,7 +491,7 @@ class Tree(PciTree, HostObserver):
     def _mdev_bind(self, driver: str, _obj: Any, buf: bytes) -> int:
         """``bind_store``: from 5.14 no mdev ever matches a driver: ENODEV; before, vfio_mdev
         takes an unbound device."""
-        mdev = self._device_named(buf)
+        mdev = device_named(self.host.devices, buf)
         if driver != VFIO_MDEV:
             fail(errno.ENODEV)
         self.host.bind(mdev)
@@ -505,7 +499,7 @@ class Tree(PciTree, HostObserver):
 
     def _mdev_unbind(self, driver: str, _obj: Any, buf: bytes) -> int:
         """``unbind_store``: a device bound to this driver is detached, else ENODEV."""
-        mdev = self._device_named(buf)
+        mdev = device_named(self.host.devices, buf)
         if mdev.binding is None or self.host.mdev_driver_of(mdev.parent) != driver:
             fail(errno.ENODEV)
         self.host.unbind(mdev)

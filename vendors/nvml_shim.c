@@ -851,6 +851,22 @@ static nvmlReturn_t sized(void *md, unsigned int *size, unsigned int need)
 	return SUCCESS;
 }
 
+/* a metadata call: the daemon's reply, whose field ``at`` is the opaque data (at most
+ * OPAQUE_MAX bytes, its length in *opaque), then the size protocol for a struct whose
+ * opaque data starts at ``head`` */
+static nvmlReturn_t ask_metadata(struct reply *r, const char *call, unsigned long long arg,
+				 int at, void *md, unsigned int *size, unsigned int head,
+				 size_t *opaque)
+{
+	nvmlReturn_t code = ask_number(r, call, arg);
+	if (code)
+		return code;
+	*opaque = strlen(text(r, at));
+	if (*opaque > OPAQUE_MAX)
+		return UNKNOWN;
+	return sized(md, size, head + (unsigned int)*opaque);
+}
+
 NVML_API nvmlReturn_t nvmlVgpuInstanceGetMetadata(unsigned int instance, struct vgpu_metadata *md,
 						  unsigned int *size)
 {
@@ -858,13 +874,9 @@ NVML_API nvmlReturn_t nvmlVgpuInstanceGetMetadata(unsigned int instance, struct 
 	if (!instance || !size)
 		return INVALID_ARGUMENT;
 	struct reply r;
-	nvmlReturn_t code = ask_number(&r, "instance_metadata", (unsigned long long)instance);
-	if (code)
-		return code;
-	size_t opaque = strlen(text(&r, 3));
-	if (opaque > OPAQUE_MAX)
-		return UNKNOWN;
-	code = sized(md, size, VGPU_META_HEAD + (unsigned int)opaque);
+	size_t opaque;
+	nvmlReturn_t code = ask_metadata(&r, "instance_metadata", instance, 3, md, size,
+					 VGPU_META_HEAD, &opaque);
 	if (code)
 		return code;
 	md->version = md->revision = 1;
@@ -883,13 +895,9 @@ NVML_API nvmlReturn_t nvmlDeviceGetVgpuMetadata(nvmlDevice_t device, struct pgpu
 	if (index < 0 || !size)
 		return INVALID_ARGUMENT;
 	struct reply r;
-	nvmlReturn_t code = ask_number(&r, "pgpu_metadata", (unsigned long long)index);
-	if (code)
-		return code;
-	size_t opaque = strlen(text(&r, 5));
-	if (opaque > OPAQUE_MAX)
-		return UNKNOWN;
-	code = sized(md, size, PGPU_META_HEAD + (unsigned int)opaque);
+	size_t opaque;
+	nvmlReturn_t code = ask_metadata(&r, "pgpu_metadata", (unsigned long long)index, 5, md,
+					 size, PGPU_META_HEAD, &opaque);
 	if (code)
 		return code;
 	md->version = md->revision = 1;

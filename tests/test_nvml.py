@@ -219,6 +219,12 @@ def test_creatable_types_follow_an_sriov_card_filled_and_emptied(m):
     for vf in vfs:
         m.write(f"{PCI}/{vf}/nvidia/current_vgpu_type", "0")
     assert len(agree()) == 23
+    for vf in vfs:  # every VF holds an L40S-4Q; the card has room for 9 more, no VF for them
+        m.write(f"{PCI}/{vf}/nvidia/current_vgpu_type", "1150")
+    assert [sysfs_creatable(m, vf) for vf in vfs] == [None] * 3
+    assert nv.nvmlDeviceGetCreatableVgpus(h) == []
+    m.write(f"{PCI}/0000:81:00.0/sriov_numvfs", "0")  # no VF at all: none either
+    assert nv.nvmlDeviceGetCreatableVgpus(h) == []
 
 
 def test_creatable_types_follow_an_ampere_vfs_available_instances(m):
@@ -265,6 +271,8 @@ def test_a_types_properties_are_the_drivers(m):
     with pytest.raises(nv.NVMLError_InvalidArgument):
         nv.nvmlVgpuTypeGetMaxInstances(h, 1145)  # an L40S type, not the P4's
     h100 = handle("0000:c1:00.0")
+    assert nv.nvmlDeviceGetCreatableVgpus(h100) == []  # no VF enabled: none can be made
+    m.write(f"{PCI}/0000:c1:00.0/sriov_numvfs", "2")
     mig = [t for t in nv.nvmlDeviceGetCreatableVgpus(h100)]
     assert mig and all(re.search(r"-\d+-\d+C(ME)?$", nv.nvmlVgpuTypeGetName(t)) for t in mig)
     assert {nv.nvmlVgpuTypeGetGpuInstanceProfileId(t) for t in mig} <= set(range(8))
@@ -296,6 +304,28 @@ def test_every_vgpu_is_an_instance_while_it_exists(m):
     assert nv.nvmlDeviceGetActiveVgpus(p4) == nv.nvmlDeviceGetActiveVgpus(l40s) == []
     with pytest.raises(nv.NVMLError_NotFound):
         nv.nvmlVgpuInstanceGetUUID(on_p4)
+
+
+P4_ONLY = '[[parent]]\ndriver = "nvidia"\n'
+
+
+@pytest.mark.parametrize("kernel,held", [("5.10", True), ("6.1", False)])
+def test_an_unbound_p4_mdev_holds_its_vgpu_only_before_5_14(tmp_path, monkeypatch, lib, kernel,
+                                                            held):
+    """The P4 as the Ampere VF: its available_instances and NVML's instances agree."""
+    with mounted(write_topology(tmp_path, P4_ONLY), args=("--kernel", kernel)) as m:
+        monkeypatch.setenv("MDEVFS_CONTROL", os.fspath(m.control.path))
+        u = m.create("nvidia-66")  # P4-8Q: one per GPU
+        m.write(f"bus/mdev/devices/{u}/driver/unbind", u)
+        nv.nvmlInit()
+        try:
+            vgpus = nv.nvmlDeviceGetActiveVgpus(handle("0000:41:00.0"))
+            assert [nv.nvmlVgpuInstanceGetMdevUUID(v) for v in vgpus] == ([u] if held else [])
+        finally:
+            nv.nvmlShutdown()
+        types = "class/mdev_bus/0000:41:00.0/mdev_supported_types"
+        assert m.read(f"{types}/nvidia-66/available_instances") == ("0\n" if held else "1\n")
+        assert m.read(f"{types}/nvidia-63/available_instances") == ("0\n" if held else "8\n")
 
 
 @pytest.mark.parametrize("kernel,held", [("5.10", True), ("6.1", False)])

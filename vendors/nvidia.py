@@ -175,13 +175,13 @@ class NvidiaVgpu(BaseDriver):
                      for key, p in self.profiles.items())
 
     def available_instances(self, mtype: MdevType) -> int:
-        if any(t is not mtype and t.devices for t in mtype.parent.types.values()):
+        if any(t is not mtype and _held(t) for t in mtype.parent.types.values()):
             return 0  # the GPU runs another type
-        return self.profiles[mtype.spec.sysfs_name].max_instance - len(mtype.devices)
+        return self.profiles[mtype.spec.sysfs_name].max_instance - len(_held(mtype))
 
     def probe(self, mdev: MdevDevice) -> None:
         mtype = mdev.mdev_type
-        if any(t is not mtype and t.devices for t in mtype.parent.types.values()):
+        if any(t is not mtype and _held(t) for t in mtype.parent.types.values()):
             fail(errno.EBUSY)
         if self.available_instances(mtype) <= 0:
             fail(errno.ENOSPC)
@@ -239,6 +239,12 @@ class NvidiaMigration:
     def _refuse(self, code: int, reason: str, source: str) -> NoReturn:
         log.error("vGPU migration from %r refused: %s", source, reason)
         fail(code)
+
+
+def _held(mtype: MdevType) -> list[MdevDevice]:
+    """The devices of ``mtype`` that hold a vGPU (:meth:`mdevfs.model.Host.holds`)."""
+    host = mtype.parent.host
+    return [m for m in mtype.devices.values() if host.holds(m)]
 
 
 def parse_manager(version: str) -> tuple[int, int]:

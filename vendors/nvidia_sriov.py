@@ -323,13 +323,13 @@ class NvidiaSriovGpu:
         """The type of every vGPU on the card (Ada VFs or Ampere mdevs)."""
         return [vtype for _, vtype, _ in self.vgpus()]
 
-    def refusal(self, vtype: VgpuType) -> int | None:
+    def refusal(self, vtype: VgpuType, held: list[VgpuType] | None = None) -> int | None:
         """Why one more vGPU of ``vtype`` cannot be made on the card: EINVAL (a type of
         the other MIG mode; homogeneous mode and another type runs), ENOSPC (no room), or
-        None."""
+        None. ``held``: :meth:`running`, when the caller has it already."""
         if vtype.mig != self.mig:
             return errno.EINVAL  # a MIG-backed type needs MIG mode, a time-sliced one not
-        held = self.running()
+        held = self.running() if held is None else held
         if self.homogeneous and any(t.id != vtype.id for t in held):
             return errno.EINVAL
         if sum(t.id == vtype.id for t in held) >= vtype.max_instance:
@@ -338,6 +338,25 @@ class NvidiaSriovGpu:
                 sum(t.framebuffer_mib for t in held) + vtype.framebuffer_mib > self.capacity_mib:
             return errno.ENOSPC
         return None
+
+    def creatable(self) -> list[VgpuType]:
+        """The types one more vGPU could be of: those the card has room for, while a VF is
+        free to take it (what a free VF's creatable_vgpu_types or available_instances
+        offers; none when every VF holds a vGPU)."""
+        vfs = self.pf.sriov.vfs if self.pf is not None and self.pf.sriov is not None else []
+        if not any(self._free(vf) for vf in vfs):
+            return []
+        held = self.running()
+        return [t for t in self.card.types if self.refusal(t, held) is None]
+
+    def _free(self, vf: PciFunction) -> bool:
+        """Whether ``vf`` could take a vGPU: an Ada VF of this driver with no type set and
+        no VM; an Ampere VF that is an mdev parent of this card holding none."""
+        if self.card.vendor_vfio:
+            return vf.driver is self and not vf.vendor and not vf.vfio_open
+        parent = self.host.parents.get(vf.bdf) if self.host is not None else None
+        return parent is not None and isinstance(parent.driver, AmpereVf) and \
+            parent.driver.gpu is self and not parent.driver.held()
 
     # --- the nvidia/ group of an Ada-or-later VF ------------------------------------------
 
@@ -356,7 +375,9 @@ class NvidiaSriovGpu:
     def _creatable(self, vf: PciFunction) -> str | None:
         if vf.vendor:
             return None  # no lines at all: the file reads empty
-        lines = [f"{t.id:<5d} : {t.name}" for t in self.card.types if self.refusal(t) is None]
+        held = self.running()
+        lines = [f"{t.id:<5d} : {t.name}" for t in self.card.types
+                 if self.refusal(t, held) is None]
         return "\n".join([HEADER, *lines])
 
     def _set_type(self, vf: PciFunction, buf: bytes) -> None:

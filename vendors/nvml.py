@@ -16,11 +16,12 @@ What NVML shows, from what mdevfs models:
   SR-IOV or not (``GetHostVgpuMode``), MIG mode from the driver: an SR-IOV card's catalog, a
   Tesla P4's profiles. Memory used: the frame buffer of the vGPUs the GPU holds.
 * **types**: the card's; creatable now exactly when sysfs offers them (a free VF's
-  ``creatable_vgpu_types``, an Ampere VF's or a P4's ``available_instances``): the driver's
-  own ``refusal``/``available_instances`` decide both. Per type: name and framebuffer as the
-  driver has them; class, heads, resolution, licence, instances per VM, guest PCI ids and
-  MIG GPU-instance profile by the type's kind (Q, B, A, C, MIG-backed C): **mdevfs's
-  choices** (the table below), no public per-type source having been found.
+  ``creatable_vgpu_types``, an Ampere VF's or a P4's ``available_instances``; none while no
+  VF is free): the driver's own ``creatable``/``available_instances`` decide both. Per
+  type: name and framebuffer as the driver has them; class, heads, resolution, licence,
+  instances per VM, guest PCI ids and MIG GPU-instance profile by the type's kind (Q, B, A,
+  C, MIG-backed C): **mdevfs's choices** (the table below), no public per-type source
+  having been found.
 * **instances**: every vGPU the host holds (an mdev of an NVIDIA parent while it holds its
   vGPU: bound, or before 5.14 from create to remove; an Ada-or-later VF
   with ``current_vgpu_type``); its id is a CRC-32 of the mdev's UUID or the VF's address
@@ -167,7 +168,7 @@ def _sriov_gpu(host: Host, identity: str, gpu: NvidiaSriovGpu) -> Gpu:
         return found
 
     def creatable() -> list[int]:
-        return [t.id for t in card.types if gpu.refusal(t) is None]
+        return [t.id for t in gpu.creatable()]
 
     def graded(info: TypeInfo, source: str) -> dict[str, str]:
         return grade(source, gpu.branch, gpu.minor, info.profile)

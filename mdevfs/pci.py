@@ -129,9 +129,6 @@ class PciDriver(Protocol):
         """Before the host makes ``num_vfs`` VFs, or (with 0) before it takes them all away:
         refuse with OSError, or tear down what the driver built on them."""
 
-    def vfs_added(self, pf: PciFunction) -> None:
-        """The PF's VFs exist now (and are bound, where autoprobe did it)."""
-
     def function_attributes(self, fn: PciFunction) -> Sequence[Attribute]:
         """Attributes the driver adds to a function it is bound to (e.g. ``nvidia/…``)."""
 
@@ -166,9 +163,6 @@ class BasePciDriver:
 
     def sriov_configure(self, pf: PciFunction, num_vfs: int) -> None:
         fail(errno.ENOENT)
-
-    def vfs_added(self, pf: PciFunction) -> None:
-        return None
 
     def function_attributes(self, fn: PciFunction) -> Sequence[Attribute]:
         return ()

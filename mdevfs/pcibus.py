@@ -304,7 +304,6 @@ class PciBus:
                              vfio_pci_refused=sriov.vf_vfio_pci_refused)
             sriov.vfs.append(vf)  # virtfn<i> is its place in this list
             self.add_pci(vf, groups[i] if i < len(groups) else None)
-        pf.driver.vfs_added(pf)
         return len(buf)
 
     def _disable_vfs(self, pf: PciFunction) -> None:

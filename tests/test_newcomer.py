@@ -175,7 +175,7 @@ def test_default_ready_timeout_grows_with_the_state_file(tmp_path):
 
 
 def test_run_with_a_bad_topology_prints_the_cause_and_exits_125(tmp_path):
-    """Mdevfs run's own failures are 125 (as env's and timeout's), never a status the
+    """The failures of mdevfs run itself are 125 (as env's and timeout's), never a status the
     command could give: a bad topology, a usage error, no COMMAND."""
     bad = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\n[parent.options]\nports = -1\n')
     out = mdevfs("run", "--config", str(bad), "--", "true")

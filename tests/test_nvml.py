@@ -537,7 +537,7 @@ def test_compatibility_agrees_with_mdevfs_ctl_grade_on_every_pair_of_the_skew_fl
 
 
 def test_inside_mdevfs_run_nvml_needs_no_setting(tmp_path):
-    """Mdevfs run: the library is found where clients load it from, the daemon without a
+    """Inside mdevfs run: the library is found where clients load it from, the daemon without a
     variable set by hand; /proc/driver/nvidia says what NVML says."""
     script = tmp_path / "ask.py"
     script.write_text(

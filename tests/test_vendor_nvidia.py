@@ -137,7 +137,7 @@ def test_version_string_at_type_and_device(m):
     ("8086-1912-GVTg_V5_4-00000001", errno.EINVAL),
 ])
 def test_branch_compatibility(m, source, code):
-    """Nvidia.py scheme: same profile, same branch, source minor ≤ target minor; errnos."""
+    """The scheme of vendors/nvidia.py: same profile, same branch, source minor ≤ target minor; errnos."""
     uuid = m.create("nvidia-64", parent=GPU)
     for where in (f"{TYPES}/nvidia-64", f"bus/mdev/devices/{uuid}"):
         path = f"{where}/migration_version"
@@ -159,7 +159,7 @@ def test_no_migration_support_means_no_attribute(m):
 
 
 def test_manager_upgrade_through_the_control_socket(m):
-    """Nvidia.py scheme: after a host upgrade (ctl set-option manager) old sources still go,
+    """The scheme of vendors/nvidia.py: after a host upgrade (ctl set-option manager) old sources still go,
     while the upgraded string no longer fits an older host (here: this one, downgraded)."""
     path = f"{TYPES}/nvidia-64/migration_version"
     try:
@@ -192,7 +192,7 @@ def test_bad_options_name_the_option(options, named):
        target=st.tuples(st.integers(0, 999), st.integers(0, 999)),
        profile=st.sampled_from([p.name for p in TESLA_P4]))
 def test_rule_is_same_branch_and_no_newer_minor(source, target, profile):
-    """Nvidia.py scheme: compatible iff same profile and branch and source minor ≤ target's."""
+    """The scheme of vendors/nvidia.py: compatible iff same profile and branch and source minor ≤ target's."""
     gpu = NvidiaVgpu({"manager": f"{target[0]}.{target[1]}.01"})
     migration = NvidiaMigration(gpu, "P4-2Q")
     text = f"NVIDIA-vGPU:{source[0]}.{source[1]}:{profile}"
@@ -206,7 +206,7 @@ def test_rule_is_same_branch_and_no_newer_minor(source, target, profile):
 
 
 def test_manager_version_changes_at_run_time():
-    """Nvidia.py scheme: set_manager() moves the string; an older target then refuses."""
+    """The scheme of vendors/nvidia.py: set_manager() moves the string; an older target then refuses."""
     gpu = NvidiaVgpu({})
     migration = NvidiaMigration(gpu, "P4-2Q")
     source = migration.version()

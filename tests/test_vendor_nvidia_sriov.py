@@ -261,7 +261,7 @@ def test_a_topology_brings_its_own_catalog_and_heterogeneous_mode(tmp_path):
 
 
 def test_sriov_numvfs_without_a_driver_that_configures_sriov_is_enoent():
-    """Iov.c: no PF driver, or one without sriov_configure: ENOENT (pure core)."""
+    """As iov.c has it: no PF driver, or one without sriov_configure: ENOENT (pure core)."""
     from mdevfs.model import Host
     from mdevfs.pci import PciFunction, PciIds, Sriov
 

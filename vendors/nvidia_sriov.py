@@ -276,9 +276,6 @@ class NvidiaSriovGpu:
         if not num_vfs and any(vf.vfio_open for vf in pf.sriov.vfs):
             fail(errno.EBUSY)
 
-    def vfs_added(self, pf: PciFunction) -> None:
-        return None
-
     def restore_function(self, fn: PciFunction, vendor: Mapping[str, Any]) -> None:
         if not vendor:
             return

@@ -292,7 +292,7 @@ PCI_AUTOPROBE = _set_autoprobe("pci_autoprobe")
 
 
 def _alignment_store(state: list[str], buf: bytes) -> int:
-    state[0] = buf.split(b"\0", 1)[0].decode("latin-1").removesuffix("\n")
+    state[0] = sysfs_word(buf)
     return len(buf)
 
 

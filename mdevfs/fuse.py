@@ -301,6 +301,8 @@ class SysfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, Link):
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if node.parent is None:  # removed, still held (its target is forgotten): mdevfs's
+            raise pyfuse3.FUSEError(errno.ENOENT)  # answer, where kernfs gives the old path
         return os.fsencode(node.target)
 
     @handler

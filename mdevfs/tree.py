@@ -137,9 +137,11 @@ class Tree(PciTree, HostObserver):
         return node
 
     def _attach(self, directory: Dir, node: Node) -> Any:
+        """``node`` into ``directory``; a lazy directory is not built for it (its build,
+        later, makes the rest)."""
         self._register(node)
         node.parent = directory
-        directory.children[node.name] = node
+        raw_children(directory)[node.name] = node
         self.generation += 1
         if isinstance(node, Dir):
             self._recount(directory, 1)
@@ -178,7 +180,13 @@ class Tree(PciTree, HostObserver):
             if isinstance(cur, Link):
                 cur.to = None  # type: ignore[assignment]
             elif isinstance(cur, Dir):  # what a lazy one holds, never building it
-                stack.extend(raw_children(cur).values())
+                entries = raw_children(cur)
+                stack.extend(entries.values())
+                # a removed directory the kernel still holds (fuse's ``dead``) lists and
+                # finds nothing: it keeps none of its subtree alive
+                entries.clear()
+                if isinstance(cur, LazyDir):
+                    cur.build = None
 
     def _drop_all(self, nodes: list[Node]) -> None:
         for node in nodes:
@@ -353,14 +361,10 @@ class Tree(PciTree, HostObserver):
                         only: str | None = None) -> Node | None:
         """Build ``ddir``: every entry, or with ``only`` "remove" that one alone (a remove
         needs no more), or nothing for another name."""
-        entries = raw_children(ddir)
-        if "remove" not in entries and only in (None, "remove"):
-            remove = self._register(File("remove", DEVICE_REMOVE, mdev))
-            remove.parent = ddir
-            entries["remove"] = remove
-            self.generation += 1
+        if "remove" not in raw_children(ddir) and only in (None, "remove"):
+            self._file(ddir, "remove", DEVICE_REMOVE, mdev)
         if only is not None:
-            return entries.get(only) if only == "remove" else None
+            return raw_children(ddir).get(only) if only == "remove" else None
         self._attach(ddir, Link("mdev_type", self._type_dirs[mdev.mdev_type]))
         self._attach(ddir, Link("subsystem", self.bus_mdev))
         self._file(ddir, "uevent", DEVICE_UEVENT, mdev)

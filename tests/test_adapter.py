@@ -221,3 +221,28 @@ def test_a_users_read_of_pci_config_is_the_header_alone():
     config = "bus/pci/devices/0000:c1:00.0/config"
     assert len(trio.run(read, ops, config)) == 4096
     assert len(trio.run(read, ops, config, 1000)) == 64
+
+
+def test_a_removed_link_and_directory_the_kernel_still_holds_answer_and_keep_nothing():
+    """After a remove, the kernel may still hold the device's bus link and directory: the
+    link's readlink is ENOENT (its target is gone), the directory holds no entries and
+    finds none, so nothing of the device is kept alive by them."""
+    ops = setup()
+
+    async def scenario() -> None:
+        await write(ops, f"{TYPE}/create", U.encode())
+        link = (await ops.lookup(await walk(ops, "bus/mdev/devices"), U.encode(), Root())).st_ino
+        ddir = await walk(ops, f"devices/virtual/mtty/mtty/{U}")
+        await walk(ops, f"devices/virtual/mtty/mtty/{U}/power/control")  # built and held
+        assert await write(ops, f"bus/mdev/devices/{U}/remove", b"1") == 1
+        for inode in (link, ddir):
+            assert (await ops.getattr(inode, Root())).st_ino == inode  # still held
+        with pytest.raises(pyfuse3.FUSEError) as gone:
+            await ops.readlink(link, Root())
+        assert gone.value.errno == errno.ENOENT
+        with pytest.raises(pyfuse3.FUSEError) as empty:
+            await ops.lookup(ddir, b"power", Root())
+        assert empty.value.errno == errno.ENOENT
+        assert ops.dead[ddir].children == {}
+
+    trio.run(scenario)

@@ -189,11 +189,13 @@ def _cpus(fn: PciFunction) -> list[int]:
 
 
 def _cpu_mask(fn: PciFunction) -> bytes:
-    """``%*pb``: the hex bitmap, in 32-bit words separated by commas, most significant first."""
+    """``%*pb`` (lib/vsprintf.c bitmap_string): the hex bitmap of nr_cpu_ids bits in 32-bit
+    chunks separated by commas, most significant first, each zero-padded to its width (the
+    first chunk's: its bits, nr_cpu_ids % 32 or 32, in hex digits)."""
     mask = sum(1 << c for c in _cpus(fn))
     host_cpus = fn.host.cpus if fn.host is not None else 2
     words = [(mask >> (32 * i)) & 0xFFFFFFFF for i in range((host_cpus + 31) // 32)]
-    first = f"{words[-1]:x}"
+    first = f"{words[-1]:0{-(-(host_cpus % 32 or 32) // 4)}x}"
     return text(",".join([first, *(f"{w:08x}" for w in reversed(words[:-1]))]))
 
 

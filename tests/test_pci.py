@@ -145,9 +145,10 @@ L40S = '[[gpu]]\ndriver = "nvidia-sriov"\naddress = "0000:41:00.0"\n'
 
 
 def test_the_machine_its_host_table_describes(tmp_path):
-    """An AMD IOMMU unit, two NUMA nodes over four CPUs, only vfio-pci of the generic
-    drivers: as class/iommu, numa_node's store and local_cpulist, bus/pci/drivers show them."""
-    topology = write_topology(tmp_path, '[host]\niommu = "amd"\ncpus = 4\nnuma_nodes = 2\n'
+    """An AMD IOMMU unit, two NUMA nodes over eight CPUs, only vfio-pci of the generic
+    drivers: as class/iommu, numa_node's store, local_cpulist and local_cpus (bitmap_string:
+    the first chunk zero-padded to nr_cpu_ids' hex digits), bus/pci/drivers show them."""
+    topology = write_topology(tmp_path, '[host]\niommu = "amd"\ncpus = 8\nnuma_nodes = 2\n'
                               'pci_drivers = ["vfio-pci"]\n' + L40S)
     with mounted(topology) as m:
         pf = f"{PCI}/0000:41:00.0"
@@ -156,7 +157,9 @@ def test_the_machine_its_host_table_describes(tmp_path):
         drivers = os.listdir(m.path("bus/pci/drivers"))
         assert "vfio-pci" in drivers and "pci-stub" not in drivers
         assert m.write(f"{pf}/numa_node", "1") == 1
-        assert m.read(f"{pf}/local_cpulist") == "2-3\n"
+        assert (m.read(f"{pf}/local_cpulist"), m.read(f"{pf}/local_cpus")) == ("4-7\n", "f0\n")
+        assert m.write(f"{pf}/numa_node", "0") == 1
+        assert (m.read(f"{pf}/local_cpulist"), m.read(f"{pf}/local_cpus")) == ("0-3\n", "0f\n")
         assert errno_of(m.write, f"{pf}/numa_node", "2") == errno.EINVAL
 
 

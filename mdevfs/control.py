@@ -231,20 +231,11 @@ class Control:
     def cmd_reset(self) -> None:
         """The topology's initial state: no devices, no faults, fresh drivers, every GPU
         and parent as the topology gives them."""
-        host = self.host
-        for name in list(host.parents):
-            host.remove_parent(name)
-        for fn in reversed([f for f in host.pci.values() if not f.is_vf]):
-            host.remove_pci(fn)  # a PF's VFs first
-        for entry in host.pci_drivers.values():
-            entry.instances.clear()
-            entry.dynamic_ids.clear()
-        host.removed.clear()
-        host.pci_autoprobe = host.mdev_autoprobe = True
+        self.host.clear()
         self.unplugged.clear()
         self.faults.clear()
         self.services.clear()  # what they keep (NVML's vGPU version range) starts afresh
-        self.topology.populate(host)
+        self.topology.populate(self.host)
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -15,7 +15,9 @@ T = TypeVar("T")
 
 UUID_STRING_LEN = 36
 _HEX = frozenset(string.hexdigits)
-_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: uuid_is_valid()'s form: hyphens at 8, 13, 18 and 23, hex digits (either case) elsewhere
+UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID = re.compile(UUID_PATTERN.encode())
 _ULONG_MAX = 2**64 - 1
 
 

@@ -175,6 +175,20 @@ class Host(PciBus):
         for obs in self.observers:
             getattr(obs, event)(*args)
 
+    def clear(self) -> None:
+        """Back to the empty host a topology populates: no parent, no PCI function (a PF's
+        VFs go first), drivers with no instance and no dynamic id, nothing removed to be
+        rescanned, both buses autoprobing."""
+        for name in list(self.parents):
+            self.remove_parent(name)
+        for fn in reversed([f for f in self.pci.values() if not f.is_vf]):
+            self.remove_pci(fn)
+        for entry in self.pci_drivers.values():
+            entry.instances.clear()
+            entry.dynamic_ids.clear()
+        self.removed.clear()
+        self.pci_autoprobe = self.mdev_autoprobe = True
+
     # --- mdev parents -----------------------------------------------------------------------
 
     def add_parent(self, name: str, path: str, driver: VendorDriver) -> Parent:

@@ -285,7 +285,7 @@ def _source(host: str, type_id: str, where: str, attr: Path, reasons: Reasons) -
         raw = driver_reasons(attr, lambda: _read(attr), reasons)
     except OSError as exc:
         if isinstance(exc, FileNotFoundError) and not attr.exists():  # not a driver's ENOENT
-            return Source(host, type_id, where, None, f"the source has no {ATTR} (condition 1)")
+            return Source(host, type_id, where, None, f"the source has no {ATTR} {NO_ATTRIBUTE}")
         return Source(host, type_id, where, None, _why("reading at the source", exc, 3))
     return Source(host, type_id, where, raw.decode("ascii", "replace").removesuffix("\n"), None)
 
@@ -297,7 +297,7 @@ def _accepts(type_dir: Path, version: str, reasons: Reasons) -> str | None:
         driver_reasons(attr, lambda: _write(attr, version.encode() + b"\n"), reasons)
     except OSError as exc:
         if isinstance(exc, FileNotFoundError) and not attr.exists():  # not a driver's ENOENT
-            return f"the target has no {ATTR} (condition 1)"
+            return f"the target has no {ATTR} {NO_ATTRIBUTE}"
         return _why("writing at the target", exc, 4)
     return None
 

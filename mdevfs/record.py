@@ -38,8 +38,9 @@ from .kernel import (
     VFIO_DEV_CLASS,
     Version,
 )
+from .kparse import UUID_PATTERN
 
-UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+UUID_RE = re.compile(UUID_PATTERN)
 #: files of a type directory the core makes; the rest are the driver's
 _TYPE_CORE = {"available_instances", "create", "description", "device_api", "devices", "name",
               "migration_version"}

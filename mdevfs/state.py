@@ -97,8 +97,6 @@ class StateFile(HostObserver):
         #: uuid -> (IOMMU group, vendor state as JSON text) as the file has it
         self._recorded: dict[str, Recorded] = {}
         self._pending: list[Change] = []
-        #: PF address -> its VFs as the file has them (JSON text), and PFs whose VFs or
-        #: their state may have changed since
         #: each PCI function's record (pcistate) as the file has it, as JSON text, and the
         #: functions whose record may have changed since
         self._pci_recorded: dict[str, str] = {}

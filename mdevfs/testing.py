@@ -43,6 +43,7 @@ class Mount:
         self.mdevctl_dir: Path | None = None
         #: the daemon's uevent hand-over socket (``--uevents``), passed on by :meth:`run`
         self.uevents: Path | None = None
+        self._environment: dict[str, str] | None = None
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -113,7 +114,9 @@ class Mount:
         library's directory in LD_LIBRARY_PATH, the control socket in MDEVFS_CONTROL);
         :meth:`run` sets it."""
         assert self.control is not None, "mounted() gives every mount a control socket"
-        return service_environment(os.fspath(self.control.path))
+        if self._environment is None:  # worked out once: the socket never moves
+            self._environment = service_environment(os.fspath(self.control.path))
+        return dict(self._environment)
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")

@@ -9,10 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import needs_fuse, write_topology
+from conftest import TWO_HOSTS, needs_fuse, write_topology
 
 pytestmark = needs_fuse
-HOSTS = Path(__file__).resolve().parent.parent / "examples" / "two_hosts"
 LABELS = [f"{host}:{parent}:{type_id}" for host in ("host_a", "host_b")
           for parent, type_id in (("0000:81:00.0", "acme-large"), ("0000:81:00.0", "acme-small"),
                                   ("mtty", "mtty-1"), ("mtty", "mtty-2"))]
@@ -48,7 +47,7 @@ def assert_nothing_left(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("matrix")
-    out = matrix(tmp, str(HOSTS / "host_a.toml"), str(HOSTS / "host_b.toml"),
+    out = matrix(tmp, str(TWO_HOSTS / "host_a.toml"), str(TWO_HOSTS / "host_b.toml"),
                  "--svg", str(tmp / "m.svg"), "--why", "--all")
     return tmp, out
 
@@ -56,7 +55,7 @@ def run(tmp_path_factory):
 def test_by_default_only_same_type_pairs(tmp_path):
     """Without --all, a table per type id: a pair of different types is incompatible by
     condition 2 and said once, not in most cells of the full table."""
-    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(HOSTS / "host_b.toml"), "--why")
+    out = matrix(tmp_path, str(TWO_HOSTS / "host_a.toml"), str(TWO_HOSTS / "host_b.toml"), "--why")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[:9] == [
@@ -157,7 +156,7 @@ def test_a_host_that_fails_to_mount_unmounts_the_others(tmp_path):
         "        if '--ready-fd' in sys.argv:\n"
         "            raise RuntimeError('no serving today')\n")
     dies = write_topology(tmp_path, '[[parent]]\ndriver = "dies.py"\n', "dies.toml")
-    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(dies))
+    out = matrix(tmp_path, str(TWO_HOSTS / "host_a.toml"), str(dies))
     assert out.returncode == 2
     assert out.stderr == (f"mdevfs: a host did not mount: {dies}: parent #1 (driver 'dies.py'): "
                           f"the driver refused its options: RuntimeError: no serving today\n")
@@ -167,7 +166,7 @@ def test_a_host_that_fails_to_mount_unmounts_the_others(tmp_path):
 def test_bad_topology_mounts_nothing(tmp_path):
     """A bad file is refused (exit 2, file and problem named) before any host is mounted."""
     bad = write_topology(tmp_path, '[[parent]]\ndriver = "mtty"\nfoo = 1\n', "bad.toml")
-    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(bad))
+    out = matrix(tmp_path, str(TWO_HOSTS / "host_a.toml"), str(bad))
     assert (out.returncode, out.stdout) == (2, "")
     assert out.stderr == f"mdevfs: {bad}: parent #1: unknown key(s) foo\n"
     assert_nothing_left(tmp_path)
@@ -175,7 +174,7 @@ def test_bad_topology_mounts_nothing(tmp_path):
 
 def test_same_stem_twice_gets_distinct_host_names(tmp_path):
     """Labels stay unique when two topology files share a stem: host_a, host_a#2."""
-    out = matrix(tmp_path, str(HOSTS / "host_a.toml"), str(HOSTS / "host_a.toml"), "--all")
+    out = matrix(tmp_path, str(TWO_HOSTS / "host_a.toml"), str(TWO_HOSTS / "host_a.toml"), "--all")
     assert out.returncode == 0, out.stderr
     labels = [m[2] for m in map(ROW.fullmatch, out.stdout.splitlines()) if m]
     assert labels == LABELS[:4] + [label.replace("host_a", "host_a#2") for label in LABELS[:4]]

@@ -401,12 +401,11 @@ class PciFunction:
         fn = self.physfn or self
         return fn.caps.link if self.caps.link is not None else None
 
-    def power_state(self, host: Host) -> str:
-        from .kernel import UNBOUND_POWER_D0
-
+    def power_state(self) -> str:
+        """``current_state``: D3hot while runtime-suspended, D0 once powered, else unknown."""
         if self.suspended:
             return "D3hot"
-        return "D0" if self.powered or host.kernel.has(UNBOUND_POWER_D0) else "unknown"
+        return "D0" if self.powered else "unknown"
 
 
 #: the kernel's isspace(): the C locale's six and Latin-1's no-break space (lib/ctype.c)

@@ -245,7 +245,7 @@ def _resource_file(index: int) -> Op:
 
 
 def _power_state(fn: PciFunction) -> bytes:
-    return text(fn.power_state(fn.host) if fn.host is not None else "D0")
+    return text(fn.power_state())
 
 
 def _ari_enabled(fn: PciFunction) -> bytes:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from attrs import evolve
 
 from .errors import fail
-from .kernel import BIND_BOUND_EBUSY, PCI_STORE_EINVAL
+from .kernel import BIND_BOUND_EBUSY, PCI_STORE_EINVAL, UNBOUND_POWER_D0
 from .kparse import parse_numvfs, parse_ulong
 from .pci import ANY_ID, Caps, DriverEntry, PciDriver, PciFunction, PciIds, parse_dynamic_id
 
@@ -62,6 +62,8 @@ class PciBus:
             fn.irq = fn.irq or self._irqs.alloc()
             self._irqs.take(fn.irq)
         fn.d3cold_allowed = fn.caps.pm
+        # pci_setup_device leaves current_state unknown; from 6.16 pci_pm_init puts it in D0
+        fn.powered = self.kernel.has(UNBOUND_POWER_D0)
         self.pci[fn.bdf] = fn
         self._tell("pci_added", fn)
         if probe and self.pci_autoprobe and self._may_probe(fn):
@@ -248,9 +250,9 @@ class PciBus:
         if fn.iommu_group is None and drv.registers_vfio(fn):
             fail(errno.EINVAL)
         drv.probe(fn)
-        fn.driver, fn.powered = drv, True
-        if drv.enables:  # pci_enable_device and a 64-bit DMA mask, as a device driver does
-            fn.enable_cnt, fn.dma_bits = 1, 64
+        fn.driver = drv
+        if drv.enables:  # pci_enable_device (D0) and a 64-bit DMA mask, as a device driver does
+            fn.enable_cnt, fn.dma_bits, fn.powered = 1, 64, True
         if drv.registers_vfio(fn):
             fn.vfio = self._vfio_register(fn.iommu_group)
             if not drv.enables:  # vfio-pci allows runtime PM: idle, it suspends to D3hot
@@ -270,7 +272,8 @@ class PciBus:
             fn.vfio, fn.vfio_open = None, False
             if not drv.enables:  # vfio-pci forbids runtime PM again as it lets go
                 fn.runtime_allowed = False
-        fn.driver, fn.enable_cnt, fn.dma_bits = None, 0, 32
+        # pci_device_remove: a function left on is in a state "unknown" to the next driver
+        fn.driver, fn.enable_cnt, fn.dma_bits, fn.powered = None, 0, 32, False
         self._tell("pci_unbound", fn, drv)
 
     # --- SR-IOV -------------------------------------------------------------------------------

@@ -361,6 +361,25 @@ def test_config_is_readable_in_full_only_by_root(m):
     assert data[6] & 0x10 and data[0x34] >= 0x40  # status: a capability list, past the header
 
 
+@pytest.mark.parametrize("kernel", ["6.1", "7.3"])
+def test_power_state_is_unknown_once_a_driver_lets_go(kernel):
+    """pci_device_remove: a function its driver left in D0 is "unknown" to the next one, in
+    every era (6.16 changed only enumeration); the driver's pci_enable_device makes it D0;
+    pci-stub enables nothing."""
+    with mounted(args=("--kernel", kernel)) as m:
+        assert m.read(f"{GPU}/power_state") == "D0\n"
+        m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
+        assert m.read(f"{GPU}/power_state") == "unknown\n"
+        m.write(f"{GPU}/driver_override", "pci-stub")
+        m.write("bus/pci/drivers_probe", "0000:41:00.0")
+        assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/pci-stub"
+        assert m.read(f"{GPU}/power_state") == "unknown\n"
+        m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
+        m.write(f"{GPU}/driver_override", "\n")
+        m.write("bus/pci/drivers_probe", "0000:41:00.0")
+        assert m.read(f"{GPU}/power_state") == "D0\n"
+
+
 def test_an_unknown_kernel_is_refused_by_mount(tmp_path):
     from mdevfs.config import TopologyError
 

@@ -376,17 +376,26 @@ class PciFunction:
         after the PF's own BARs."""
         if self.sriov is None:
             return []
-        top = max((b.start + b.size for b in self.bars if b is not None), default=0xF0000000)
+        own = [b for b in self.bars if b is not None]
+        top = max((b.start + b.size for b in own), default=0xF0000000)
+        bottom = min((b.start for b in own if not b.wide), default=0xF0000000)
         out: list[Bar | None] = []
         for bar in self.sriov.vf_bars:
             if bar is None or not bar.size:
                 out.append(None)
                 continue
-            # where the firmware placed the span (a VF BAR given with a start), else after
-            # the PF's own BARs, aligned to its size
-            top = bar.start or -(-top // bar.size) * bar.size
-            out.append(Bar(top, bar.size * self.sriov.total_vfs, bar.flags))
-            top += bar.size * self.sriov.total_vfs
+            span = bar.size * self.sriov.total_vfs
+            # where the firmware placed the span (a VF BAR given with a start); else a
+            # 64-bit one after the PF's own BARs and a 32-bit one, which must stay below
+            # 4 GiB, below the PF's 32-bit BARs; aligned to the VF BAR's size
+            if bar.start:
+                start = bar.start
+            elif bar.wide:
+                start = top = -(-top // bar.size) * bar.size
+                top += span
+            else:
+                start = bottom = (bottom - span) // bar.size * bar.size
+            out.append(Bar(start, span, bar.flags))
         return out
 
     def vf_bars(self, index: int) -> tuple[Bar | None, ...]:

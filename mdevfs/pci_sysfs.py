@@ -404,9 +404,10 @@ PCI_POWER_FILES = {
 def config_space(fn: PciFunction) -> bytes:
     """The function's configuration space as its files describe it: the type-0 header (ids,
     command and status, BARs, subsystem ids, interrupt pin), then the capability chain: power
-    management at 0x40 (not on a VF), MSI-X at 0x48, PCI Express at 0x60 (its link, FLR when
-    ``flr`` is a reset method); extended capabilities from 0x100: ARI, and a PF's SR-IOV
-    capability, whose NumVFs, offset, stride, VF device id and VF BARs follow ``sriov_*``.
+    management at 0x40, MSI-X at 0x48, PCI Express at 0x54 (its link, FLR when ``flr`` is a
+    reset method); a VF, without power management, has them at 0x40 and 0x4C. Extended
+    capabilities from 0x100: ARI, and a PF's SR-IOV capability, whose NumVFs, offset, stride
+    and VF device id follow ``sriov_*``, and whose VF BARs hold where VF0's start.
     256 bytes for a conventional function, 4096 for a PCI Express one. A VF's vendor and
     device ids read all ones, as on hardware (its files show the PF's vendor and the VF id)."""
     ids = fn.ids
@@ -491,4 +492,4 @@ def _put_extended(cfg: bytearray, fn: PciFunction) -> None:
     struct.pack_into("<IIHHHHHHHHHHII", cfg, sriov_at, 0x0010 | 1 << 16, 0, control, 0,
                      pf.total_vfs, pf.total_vfs, num, 0, pf.offset, pf.stride, 0, pf.vf_device,
                      0x00000553, 0x00000001)
-    _put_bars(cfg, sriov_at + 0x24, pf.vf_bars)
+    _put_bars(cfg, sriov_at + 0x24, tuple(fn.iov_bars()))  # VF BARn: where VF0's starts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 
 import pytest
 from conftest import errno_of, needs_fuse, write_topology
@@ -378,6 +379,34 @@ def test_power_state_is_unknown_once_a_driver_lets_go(kernel):
         m.write(f"{GPU}/driver_override", "\n")
         m.write("bus/pci/drivers_probe", "0000:41:00.0")
         assert m.read(f"{GPU}/power_state") == "D0\n"
+
+
+def test_the_sriov_capability_in_config_says_what_the_sriov_files_and_resource_say(m):
+    """The extended capability list from 0x100 reaches SR-IOV; its NumVFs, First VF Offset,
+    VF Stride and VF Device ID are the sriov_* files', and VF BAR0 holds where VF0's BAR0
+    starts (resource line 7, as VF0's own resource line 0)."""
+    m.write(f"{PF}/sriov_numvfs", "2")
+    with open(m.path(f"{PF}/config"), "rb") as f:
+        cfg = f.read()
+    at = 0x100
+    while at:
+        header = struct.unpack_from("<I", cfg, at)[0]
+        if header & 0xFFFF == 0x0010:
+            break
+        at = header >> 20
+    assert at, "no SR-IOV capability"
+    num, offset, stride = struct.unpack_from("<HHH", cfg, at + 0x10)[0], \
+        *struct.unpack_from("<HH", cfg, at + 0x14)
+    vf_device = struct.unpack_from("<H", cfg, at + 0x1A)[0]
+    assert (num, offset, stride, vf_device) == (
+        2, int(m.read(f"{PF}/sriov_offset")), int(m.read(f"{PF}/sriov_stride")),
+        int(m.read(f"{PF}/sriov_vf_device"), 16))
+    low, high = struct.unpack_from("<II", cfg, at + 0x24)
+    base = (high << 32 if low & 0x4 else 0) | low & ~0xF  # a 64-bit BAR takes two registers
+    iov0 = int(m.read(f"{PF}/resource").splitlines()[7].split()[0], 16)
+    vf0 = os.path.basename(os.readlink(m.path(f"{PF}/virtfn0")))
+    assert base == iov0 == int(m.read(f"{PCI}/{vf0}/resource").splitlines()[0].split()[0], 16)
+    assert 0 < iov0 < 1 << 32 or low & 0x4  # a 32-bit BAR lies below 4 GiB
 
 
 def test_an_unknown_kernel_is_refused_by_mount(tmp_path):

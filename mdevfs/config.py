@@ -48,7 +48,7 @@ from attrs import Factory, evolve, frozen
 
 from .driver import GPU, PARENT, DriverLoadError, build, installed, kind_of, load_factory, shape_problem
 from .errors import UsageError
-from .kernel import VFIO_PCI_ID_TABLE, Kernel
+from .kernel import VFIO_PCI_ID_TABLE, VFIO_PCI_RUNTIME_PM, Kernel
 from .model import Host
 from .pci import GENERIC_DRIVERS, GenericDriver
 
@@ -283,7 +283,8 @@ class Topology:
             if entry is None or not entry.instances:
                 module, vfio = GENERIC_DRIVERS[name]
                 host.register_pci_driver(GenericDriver(
-                    name, module, vfio, id_table=vfio and host.kernel.has(VFIO_PCI_ID_TABLE)))
+                    name, module, vfio, id_table=vfio and host.kernel.has(VFIO_PCI_ID_TABLE),
+                    runtime_pm=host.kernel.has(VFIO_PCI_RUNTIME_PM)))
         paths: set[str] = set()
         plugged = []
         for i, gpu in enumerate(self.gpus):  # PCI devices first, as the kernel finds them at boot

@@ -171,7 +171,7 @@ class Control:
         fn = self.host.pci.get(str(address))
         if fn is None or fn.vfio is None:
             fail(errno.ENOENT, f"no VFIO device of a PCI function {address}")
-        fn.vfio_open = bool(on)
+        self.host.open_vfio(fn, bool(on))
 
     def cmd_reasons(self, since: int = 0, path: str | None = None) -> dict[str, Any]:
         """The reasons drivers logged for refusals after ``since`` (``path``: one

@@ -59,6 +59,7 @@ RESET_METHOD = "reset_method"
 MDEV_GROUP_NAMED = "mdev_group_named"
 PCI_STORE_EINVAL = "pci_store_einval"
 VFIO_PCI_ID_TABLE = "vfio_pci_id_table"
+VFIO_PCI_RUNTIME_PM = "vfio_pci_runtime_pm"
 NO_VFIO_MDEV_DRIVER = "no_vfio_mdev_driver"
 NO_MTTY_PARENT_GROUP = "no_mtty_parent_group"
 KSTRTOBOOL_TRUE_FALSE = "kstrtobool_true_false"
@@ -123,6 +124,12 @@ CHANGES: dict[str, Change] = {
     NO_VFIO_MDEV_DRIVER: _change(
         "5.19", "bus/mdev/drivers no longer holds vfio_mdev",
         "6c7f98b334a3 vfio/mdev: Remove vfio_mdev.c"),
+    VFIO_PCI_RUNTIME_PM: _change(
+        "5.19", "vfio-pci idles an unused function through runtime PM (power/control auto, "
+                "runtime_status suspended, usage 0, D3hot); before, its probe put it in D3hot "
+                "itself, runtime PM forbidden (control on, status active, usage 2)",
+        "7ab5e10eda02 vfio/pci: Move the unused device into low power state with runtime PM; "
+        "drivers/vfio/pci/vfio_pci_core.c vfio_pci_core_register_device"),
     NO_MTTY_PARENT_GROUP: _change(
         "5.19", "mtty's parent has no mtty_dev/sample_mtty_dev",
         "e6486939d8ea vfio/mdev: Remove mdev_parent_ops dev_attr_groups"),

@@ -180,11 +180,14 @@ class GenericDriver(BasePciDriver):
 
     enables = False
 
-    def __init__(self, name: str, module: str, vfio: bool, id_table: bool = False) -> None:
+    def __init__(self, name: str, module: str, vfio: bool, id_table: bool = False,
+                 runtime_pm: bool = True) -> None:
         self.name, self.module, self.vfio = name, module, vfio
         self.id_table_data = frozenset({0}) if id_table else None
-        #: vfio-pci drops the probe's reference (and allows runtime PM: usage 0)
-        self.runtime_usage = 1 if vfio else 2
+        #: vfio-pci idles what it binds through runtime PM (from 5.19), else puts it in D3hot
+        self.runtime_pm = runtime_pm
+        #: vfio-pci drops the probe's reference (and allows runtime PM: usage 0), from 5.19
+        self.runtime_usage = 1 if vfio and runtime_pm else 2
 
     def probe(self, fn: PciFunction) -> None:
         if not self.vfio:
@@ -319,6 +322,8 @@ class PciFunction:
     #: power/control: ``auto`` (pm_runtime_allow) or ``on`` (forbidden, as pci_pm_init leaves
     #: it); power/async: asynchronous suspend (pci_pm_init enables it)
     runtime_allowed: bool = False
+    #: bound to vfio-pci before 5.19, which puts it in D3hot itself while no VM has it open
+    idles_d3hot: bool = False
     async_suspend: bool = True
     #: the DMA mask its driver set (32 bits until a driver sets one)
     dma_bits: int = 32
@@ -346,7 +351,7 @@ class PciFunction:
         """power/runtime_usage: the reference a forbidden runtime PM holds, the driver's own
         (its probe's, unless it dropped it), and an open VFIO device's (a VM uses it)."""
         held = 1 if self.driver is None else self.driver.runtime_usage
-        return held - self.runtime_allowed + self.vfio_open
+        return held - self.runtime_allowed + (self.vfio_open and not self.idles_d3hot)
 
     @property
     def suspended(self) -> bool:
@@ -412,9 +417,9 @@ class PciFunction:
 
     def power_state(self) -> str:
         """``current_state``: D3hot while runtime-suspended, D0 once powered, else unknown."""
-        if self.suspended:
+        if self.suspended or (self.idles_d3hot and not self.vfio_open):
             return "D3hot"
-        return "D0" if self.powered else "unknown"
+        return "D0" if self.powered or self.idles_d3hot else "unknown"
 
 
 #: the kernel's isspace(): the C locale's six and Latin-1's no-break space (lib/ctype.c)

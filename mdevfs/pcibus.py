@@ -200,6 +200,13 @@ class PciBus:
             fail(errno.ENODEV)
         self._detach_pci(fn)
 
+    def open_vfio(self, fn: PciFunction, on: bool) -> None:
+        """A VM opens (or closes) ``fn``'s VFIO device: opening enables the function
+        (pci_enable_device: D0, where it stays after the close unless it idles again)."""
+        fn.vfio_open = on
+        if on:
+            fn.powered = True
+
     def drivers_probe(self, fn: PciFunction) -> None:
         """``drivers_probe_store`` of one function: attach it if it has no driver."""
         self.pci_attach(fn)
@@ -255,8 +262,10 @@ class PciBus:
             fn.enable_cnt, fn.dma_bits, fn.powered = 1, 64, True
         if drv.registers_vfio(fn):
             fn.vfio = self._vfio_register(fn.iommu_group)
-            if not drv.enables:  # vfio-pci allows runtime PM: idle, it suspends to D3hot
-                fn.runtime_allowed = True
+            if not drv.enables and getattr(drv, "runtime_pm", True):
+                fn.runtime_allowed = True  # vfio-pci allows runtime PM: idle, it suspends
+            elif not drv.enables:
+                fn.idles_d3hot = True  # before 5.19: vfio_pci_set_power_state(D3hot)
         self._tell("pci_bound", fn)
 
     def _detach_pci(self, fn: PciFunction) -> None:
@@ -274,6 +283,7 @@ class PciBus:
                 fn.runtime_allowed = False
         # pci_device_remove: a function left on is in a state "unknown" to the next driver
         fn.driver, fn.enable_cnt, fn.dma_bits, fn.powered = None, 0, 32, False
+        fn.idles_d3hot = False
         self._tell("pci_unbound", fn, drv)
 
     # --- SR-IOV -------------------------------------------------------------------------------

@@ -409,6 +409,28 @@ def test_the_sriov_capability_in_config_says_what_the_sriov_files_and_resource_s
     assert 0 < iov0 < 1 << 32 or low & 0x4  # a 32-bit BAR lies below 4 GiB
 
 
+@pytest.mark.parametrize("kernel,idle,in_use", [
+    ("5.10", ("on\n", "active\n", "2\n", "D3hot\n"), ("on\n", "active\n", "2\n", "D0\n")),
+    ("6.1", ("auto\n", "suspended\n", "0\n", "D3hot\n"),
+     ("auto\n", "active\n", "1\n", "D0\n"))])
+def test_vfio_pci_idles_a_function_as_its_kernel_does(kernel, idle, in_use):
+    """From 5.19 (7ab5e10eda02) through runtime PM; before, its probe put the function in
+    D3hot itself with runtime PM forbidden. A VM's open brings it to D0 either way."""
+    files = ("power/control", "power/runtime_status", "power/runtime_usage", "power_state")
+    with mounted(args=("--kernel", kernel)) as m:
+        m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
+        m.write(f"{GPU}/driver_override", "vfio-pci")
+        m.write("bus/pci/drivers_probe", "0000:41:00.0")
+        assert link(m, f"{GPU}/driver") == "../../../../bus/pci/drivers/vfio-pci"
+        assert tuple(m.read(f"{GPU}/{name}") for name in files) == idle
+        m.control.open("0000:41:00.0")
+        assert tuple(m.read(f"{GPU}/{name}") for name in files) == in_use
+        m.control.open("0000:41:00.0", False)
+        assert tuple(m.read(f"{GPU}/{name}") for name in files) == idle
+        m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
+        assert m.read(f"{GPU}/power_state") == "unknown\n"
+
+
 def test_an_unknown_kernel_is_refused_by_mount(tmp_path):
     from mdevfs.config import TopologyError
 

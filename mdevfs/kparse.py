@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from .errors import fail
@@ -101,17 +101,24 @@ def kstrtoint(buf: bytes) -> int:
     return value
 
 
-def parse_numvfs(buf: bytes, einval: bool = True) -> int:
-    """``sriov_numvfs_store``'s ``kstrtou16(buf, 0)``: any failure, a value past 65535
-    too, is EINVAL (the store turns every parse error into EINVAL, as remove does); before
-    5.16 (``einval`` False) kstrtou16's own errno passes: ERANGE past 65535."""
-    try:
-        value = kstrtoul(buf)
-    except OSError as exc:
-        fail(errno.EINVAL if einval else exc.errno or errno.EINVAL)
+def kstrtou16(buf: bytes) -> int:
+    """kstrtou16(buf, 0): kstrtoul's, within 16 bits (ERANGE past 65535)."""
+    value = kstrtoul(buf)
     if value > 0xFFFF:
-        fail(errno.EINVAL if einval else errno.ERANGE)
+        fail(errno.ERANGE)
     return value
+
+
+def pci_store_parse(parse: Callable[[bytes], int], buf: bytes, einval: bool) -> int:
+    """A parse in one of the PCI stores 36f354ec7bf9 changed (enable, reset, numa_node,
+    sriov_numvfs, sriov_vf_msix_count): with ``einval`` (from 5.16) every failure is EINVAL;
+    before, the parser's own errno passes (ERANGE past the type's range)."""
+    try:
+        return parse(buf)
+    except OSError:
+        if not einval:
+            raise
+        fail(errno.EINVAL)
 
 
 def parse_ulong(buf: bytes) -> int:

@@ -21,7 +21,7 @@ from .kernel import (
     PER_PARENT_MDEV_DRIVER,
     Kernel,
 )
-from .kparse import kstrtoul, parse_uuid
+from .kparse import parse_ulong, parse_uuid
 from .pci import (
     BasePciDriver,
     Caps,
@@ -345,10 +345,7 @@ class Host(PciBus):
     def remove(self, mdev: MdevDevice, buf: bytes) -> int:
         """``remove_store()`` (ABI §2.3): kstrtoul base 0, any failure EINVAL; 0 is a
         successful no-op."""
-        try:
-            value = kstrtoul(buf)
-        except OSError:
-            fail(errno.EINVAL)
+        value = parse_ulong(buf)
         if value == 0:
             return len(buf)
         if self.devices.get(mdev.uuid) is not mdev:

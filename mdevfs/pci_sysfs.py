@@ -25,7 +25,7 @@ from .kernel import (
     VF_MSIX_FILES,
     Kernel,
 )
-from .kparse import kstrtoint, kstrtoul, parse_ulong, sysfs_word
+from .kparse import kstrtoint, kstrtoul, parse_ulong, pci_store_parse, sysfs_word
 from .nodes import PAGE_SIZE, Op
 from .pci import LINK_SPEEDS, RESET_METHODS, PciFunction
 
@@ -56,16 +56,8 @@ def modalias(fn: PciFunction) -> str:
 # --- parsing as the kernel's stores do --------------------------------------------------------
 
 def _parsed(fn: PciFunction, parse: Callable[[bytes], int], buf: bytes) -> int:
-    """The stores 36f354ec7bf9 changed (enable, reset: kstrtoul; numa_node,
-    sriov_vf_msix_count: kstrtoint): every failure EINVAL; before 5.16 the parser's own
-    errno (ERANGE past the type's range)."""
-    try:
-        return parse(buf)
-    except OSError:
-        if fn.host is not None and not fn.host.kernel.has(PCI_STORE_EINVAL):
-            raise
-        fail(errno.EINVAL)
-    raise AssertionError  # unreachable
+    """:func:`mdevfs.kparse.pci_store_parse` in ``fn``'s kernel."""
+    return pci_store_parse(parse, buf, fn.host is None or fn.host.kernel.has(PCI_STORE_EINVAL))
 
 
 def kstrtobool(fn: PciFunction, buf: bytes) -> bool:

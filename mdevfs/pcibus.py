@@ -14,7 +14,7 @@ from attrs import evolve
 
 from .errors import fail
 from .kernel import BIND_BOUND_EBUSY, PCI_STORE_EINVAL, UNBOUND_POWER_D0
-from .kparse import parse_numvfs, parse_ulong
+from .kparse import kstrtou16, parse_ulong, pci_store_parse
 from .pci import ANY_ID, Caps, DriverEntry, PciDriver, PciFunction, PciIds, parse_dynamic_id
 
 if TYPE_CHECKING:
@@ -296,7 +296,7 @@ class PciBus:
         VFs exist before the write returns; ``groups`` (a restore) gives their IOMMU groups."""
         sriov = pf.sriov
         assert sriov is not None
-        count = parse_numvfs(buf, einval=self.kernel.has(PCI_STORE_EINVAL))
+        count = pci_store_parse(kstrtou16, buf, self.kernel.has(PCI_STORE_EINVAL))
         if count > sriov.limit:
             fail(errno.ERANGE)
         if count == sriov.num_vfs:

@@ -121,8 +121,10 @@ class PciBus:
     # --- the PCI bus: drivers and binding ------------------------------------------------------
 
     def register_pci_driver(self, driver: PciDriver) -> DriverEntry:
-        """A driver (or one more instance of a driver's name) on the bus; unbound functions
-        its id table takes are probed, as driver_register's driver_attach does."""
+        """A driver (or one more instance of a driver's name) on the bus. Nothing is probed
+        here: every driver registers before the functions it takes are added (which probes
+        them), and one more instance of a name (another GPU) is no driver_register, so a
+        function its user unbound stays unbound."""
         entry = self.pci_drivers.get(driver.name)
         if entry is None:
             entry = self.pci_drivers[driver.name] = DriverEntry(

@@ -116,6 +116,8 @@ class NvidiaVgpu(BaseDriver):
     pci_caps = Caps(link=(3, 16, 3, 16), resets=("bus",))
     #: nv_pci_table (kernel-open/nvidia/nv-pci-table.c): every entry's driver_data is 0
     pci_driver_data = frozenset({0})
+    #: the board as NVML names it, and its frame buffer
+    card_name, framebuffer_mib = "Tesla P4", 8192
     pci_bars = (Bar(0xF8000000, 16 << 20, MEM32), Bar(0x38400000000, 256 << 20, MEM64_PREFETCH),
                 None, Bar(0x38410000000, 32 << 20, MEM64_PREFETCH))
 
@@ -214,7 +216,7 @@ class NvidiaMigration:
         self.profile = profile
 
     def version(self) -> str:
-        return f"NVIDIA-vGPU:{self.gpu.branch}.{self.gpu.minor}:{self.profile}"
+        return _version(self.gpu.branch, self.gpu.minor, self.profile)
 
     def check(self, source: str) -> None:
         match = _VERSION.fullmatch(source)
@@ -258,7 +260,10 @@ def parse_manager(version: str) -> tuple[int, int]:
 
 def version_string(manager: str, profile: str) -> str:
     """The migration_version of a vGPU of ``profile`` under vGPU manager ``manager``."""
-    branch, minor = parse_manager(manager)
+    return _version(*parse_manager(manager), profile)
+
+
+def _version(branch: int, minor: int, profile: str) -> str:
     return f"NVIDIA-vGPU:{branch}.{minor}:{profile}"
 
 

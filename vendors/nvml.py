@@ -210,8 +210,8 @@ def _mdev_gpu(host: Host, identity: str, fn: PciFunction, driver: NvidiaVgpu) ->
             return {"result": "none", "limit": "other", "reason": "no migration support"}
         return migration.grade(source)  # type: ignore[attr-defined]
 
-    return Gpu(fn, "Tesla P4", 8192, False, None, driver.module_version, types, creatable,
-               instances, graded)
+    return Gpu(fn, driver.card_name, driver.framebuffer_mib, False, None, driver.module_version,
+               types, creatable, instances, graded)
 
 
 def gpus(host: Host, identity: str) -> list[Gpu]:

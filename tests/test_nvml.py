@@ -536,6 +536,20 @@ def test_compatibility_agrees_with_mdevfs_ctl_grade_on_every_pair_of_the_skew_fl
     assert graded == {"live", "cold"}  # both answers are met
 
 
+def test_an_sriov_vgpus_compatibility_is_its_drivers_grade(m):
+    """An L40S-4Q on a VF (no migration_version in sysfs: its metadata carries the string
+    the driver's version_string makes): live to its own card, every state bit and no limit;
+    to the A100, which has no such type, none, limited by the GPU."""
+    m.write(f"{PCI}/0000:81:00.4/nvidia/current_vgpu_type", "1150")
+    [instance] = nv.nvmlDeviceGetActiveVgpus(handle("0000:81:00.0"))
+    vgpu = nv.nvmlVgpuInstanceGetMetadata(instance)
+    answers = []
+    for target in ("0000:81:00.0", "0000:a1:00.0"):
+        compat = nv.nvmlGetVgpuCompatibility(vgpu, nv.nvmlDeviceGetVgpuMetadata(handle(target)))
+        answers.append((compat.vgpuVmCompatibility, compat.compatibilityLimitCode))
+    assert answers == [(0xF, 0), (0x0, 4)]
+
+
 def test_inside_mdevfs_run_nvml_needs_no_setting(tmp_path):
     """Inside mdevfs run: the library is found where clients load it from, the daemon without a
     variable set by hand; /proc/driver/nvidia says what NVML says."""

@@ -51,9 +51,6 @@ class Op:
 
 class Node:
     __slots__ = ("inode", "name", "parent", "iattr")
-    #: a name that comes and goes on its own (a device, a link to it, its IOMMU group):
-    #: the FUSE adapter never lets the kernel cache it, so no reader sees it stale
-    volatile = False
 
     def __init__(self, name: str) -> None:
         self.inode = 0
@@ -127,12 +124,7 @@ class LazyDir(Dir):
         _DIR_CHILDREN.__set__(self, value)
 
 
-class VolatileLazyDir(LazyDir):
-    __slots__ = ()
-    volatile = True
-
-
-class DeviceDir(VolatileLazyDir):
+class DeviceDir(LazyDir):
     """A device's directory: its builder, asked for one name (``build(dir, name)``), may
     make that entry alone and return it, so that a lookup of ``remove`` (on its way to a
     remove) builds one node, not the directory; the full build (``build(dir, None)``)
@@ -155,11 +147,6 @@ _DIR_CHILDREN = Dir.__dict__["children"]  # the slot LazyDir's property stands i
 def raw_children(directory: Dir) -> dict[str, Node]:
     """A directory's entries as they are, without building a lazy one."""
     return _DIR_CHILDREN.__get__(directory)  # type: ignore[no-any-return]
-
-
-class VolatileDir(Dir):
-    __slots__ = ()
-    volatile = True
 
 
 class File(Node):
@@ -233,12 +220,7 @@ def _ancestors(directory: Node | None) -> list[Node]:
     return chain
 
 
-class VolatileLink(Link):
-    __slots__ = ()
-    volatile = True
-
-
-class InnerLink(VolatileLink):
+class InnerLink(Link):
     """A link to a node inside a lazy directory (``class/vfio-dev/vfioN`` to a device's
     ``vfio-dev/vfioN``): the node, and the directory around it, are made when the link
     is first read, not when the link is."""

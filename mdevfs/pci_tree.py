@@ -19,7 +19,7 @@ from .attributes import (
     iommu_unit_files,
 )
 from .kparse import device_named
-from .nodes import Dir, LazyDir, Link, Node, Op, VolatileDir, VolatileLink
+from .nodes import Dir, LazyDir, Link, Node, Op
 from .pci import DriverEntry, PciDriver, PciFunction
 from .pci_sysfs import function_files
 
@@ -69,13 +69,13 @@ class PciTree:
         """A PCI function: pci-sysfs.c's files, its links, its IOMMU group and unit; a PF's
         SR-IOV files, a VF's physfn; then, if a driver has it, what binding adds."""
         where, name = posixpath.split(fn.path)
-        fdir = self._attach(self.mkdirs(where), (VolatileDir if fn.is_vf else Dir)(name))
+        fdir = self._attach(self.mkdirs(where), Dir(name))
         self._pci_dirs[fn] = fdir
         for file, op in function_files(fn).items():
             self._file(fdir, file, op, fn)
         self._attach(fdir, LazyDir("power", functools.partial(self._pci_power, fn)))
         self._attach(fdir, Link("subsystem", self.bus_pci))
-        nodes: list[Node] = [fdir, self._attach(self.bus_pci_devices, VolatileLink(fn.bdf, fdir))]
+        nodes: list[Node] = [fdir, self._attach(self.bus_pci_devices, Link(fn.bdf, fdir))]
         if fn.iommu_group is not None:
             group = self._iommu_group(fdir, fn.iommu_group, self.host.iommu)
             self._attach(fdir, Link("iommu_group", group))
@@ -83,12 +83,12 @@ class PciTree:
         if self.iommu_unit is not None:
             self._attach(fdir, Link("iommu", self.iommu_unit))
             nodes.append(self._attach(self.iommu_unit.children["devices"],
-                                      VolatileLink(fn.bdf, fdir)))
+                                      Link(fn.bdf, fdir)))
         if fn.physfn is not None:
             pf = self._pci_dirs[fn.physfn]
             self._attach(fdir, Link("physfn", pf))
             index = fn.physfn.sriov.vfs.index(fn)  # type: ignore[union-attr]
-            nodes.append(self._attach(pf, VolatileLink(f"virtfn{index}", fdir)))
+            nodes.append(self._attach(pf, Link(f"virtfn{index}", fdir)))
         self._pci_nodes[fn] = nodes
         if fn.driver is not None:
             self.pci_bound(fn)
@@ -105,7 +105,7 @@ class PciTree:
         assert driver is not None
         fdir, ddir = self._pci_dirs[fn], self._pci_drivers[driver.name]
         nodes = [self._attach(fdir, Link("driver", ddir)),
-                 self._attach(ddir, VolatileLink(fn.bdf, fdir))]
+                 self._attach(ddir, Link(fn.bdf, fdir))]
         nodes += self._vendor_files(fdir, driver.function_attributes(fn), fn)
         if fn.vfio is not None:
             nodes += self._vfio_dev(fdir, fn.vfio) + self._vfio_group(fdir, fn.vfio)

@@ -59,8 +59,6 @@ from .nodes import (
     Link,
     Node,
     Op,
-    VolatileLazyDir,
-    VolatileLink,
     raw_children,
 )
 from .pci import PciFunction
@@ -74,9 +72,9 @@ class Tree(PciTree, HostObserver):
     def __init__(self, host: Host) -> None:
         self.host = host
         self.nodes: dict[int, Node] = {}
-        #: (directory inode, name) of every entry removed since the FUSE adapter last
-        #: told the kernel; None while nobody listens (no mount)
-        self.dropped: list[tuple[int, str]] | None = None
+        #: (directory inode, name, inode) of every entry removed since the FUSE adapter
+        #: last told the kernel; None while nobody listens (no mount)
+        self.dropped: list[tuple[int, str, int]] | None = None
         #: directories whose link count (2 + subdirectories) changed since the FUSE adapter
         #: last told the kernel; None while nobody listens
         self.recounted: set[int] | None = None
@@ -168,8 +166,8 @@ class Tree(PciTree, HostObserver):
             self.generation += 1
             if isinstance(node, Dir):
                 self._recount(node.parent, -1)
-            if self.dropped is not None and not node.volatile:
-                self.dropped.append((node.parent.inode, node.name))
+            if self.dropped is not None:
+                self.dropped.append((node.parent.inode, node.name, node.inode))
         stack = [node]
         while stack:
             cur = stack.pop()
@@ -348,7 +346,7 @@ class Tree(PciTree, HostObserver):
         self._attach(tdir.parent.parent, ddir)  # <parent>/mdev_supported_types/<type>
         nodes: list[Node] = [ddir]
         for where in (tdir.children["devices"], self.bus_devices):
-            nodes.append(self._attach(where, VolatileLink(uuid, ddir)))
+            nodes.append(self._attach(where, Link(uuid, ddir)))
         self._device_nodes[mdev] = nodes
         if mdev.binding is not None:
             self._bound(mdev, ddir, mdev.binding)
@@ -381,7 +379,7 @@ class Tree(PciTree, HostObserver):
         drvdir = self._driver_of(mdev)
         group = self._iommu_group(ddir, binding.iommu_group, None)
         self._bound_nodes[mdev] = [group, *self._vfio_group(ddir, binding),
-                                   self._attach(drvdir, VolatileLink(ddir.name, ddir))]
+                                   self._attach(drvdir, Link(ddir.name, ddir))]
         if isinstance(ddir, LazyDir) and ddir.build is not None:
             self._recount(ddir, self._bound_subdirs(mdev))  # what it will hold once built
         else:
@@ -420,12 +418,22 @@ class Tree(PciTree, HostObserver):
         if isinstance(ddir, LazyDir) and ddir.build is not None:
             self._recount(ddir, -self._bound_subdirs(mdev))  # it will not hold them now
 
+    def names_removed_by(self, node: Node) -> list[Node]:
+        """The names a store to ``node`` would take away, where known before it runs: for a
+        device's ``remove``, its directory and every name outside it that leads to it (the
+        links, its IOMMU group and vfio group); else none."""
+        if not isinstance(node, File) or node.op is not DEVICE_REMOVE or node.parent is None:
+            return []
+        ddir = node.parent
+        return [n for n in self._bound_nodes.get(node.obj, []) + self._device_nodes.get(
+            node.obj, []) if n.parent is not ddir]
+
     def device_removed(self, mdev: MdevDevice) -> None:
         nodes = self._device_nodes.pop(mdev, [])
         if nodes and self.dropped:
             # The device was just unbound on its way out (Host._destroy): the names its
             # unbinding took from its directory need no telling the kernel, since nothing
-            # reaches them once the directory (never cached) is gone.
+            # reaches them once the directory's own name is gone from its cache.
             ddir = nodes[0].inode
             self.dropped = [entry for entry in self.dropped if entry[0] != ddir]
         self._drop_all(self._bound_nodes.pop(mdev, []) + nodes)
@@ -442,7 +450,7 @@ class Tree(PciTree, HostObserver):
                 self._file(group, name, op)
             self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
 
-        return self._attach(self.iommu_groups, VolatileLazyDir(str(number), build, subdirs=1))
+        return self._attach(self.iommu_groups, LazyDir(str(number), build, subdirs=1))
 
     def _vfio_dev(self, ddir: Dir, binding: Binding) -> list[Node]:
         """``vfio-dev/vfio<index>`` in ``ddir`` (from 6.1), its entries made when first looked
@@ -474,8 +482,8 @@ class Tree(PciTree, HostObserver):
             self._file(vgroup, "uevent", Op(show=lambda _: props.encode(), store=uevent_store))
             self._power(vgroup)
 
-        vgroup = self._attach(self.virtual_vfio, VolatileLazyDir(name, build_group, subdirs=1))
-        nodes = [vgroup, self._attach(self.class_vfio, VolatileLink(name, vgroup))]
+        vgroup = self._attach(self.virtual_vfio, LazyDir(name, build_group, subdirs=1))
+        nodes = [vgroup, self._attach(self.class_vfio, Link(name, vgroup))]
         if self.class_vfio_dev is not None:
             vfio = f"vfio{binding.vfio_index}"
             nodes.append(self._attach(self.class_vfio_dev,

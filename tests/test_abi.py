@@ -510,6 +510,23 @@ def test_cached_names_are_never_stale_after_a_change(mtty):
     assert seen == []
 
 
+def test_names_a_control_request_took_are_forgotten_before_it_is_answered(mtty):
+    """A reset over the control socket drops every device: the kernel, which cached each
+    name a walk gave it, finds none of them afterwards, and the same UUID made again, of
+    another type, is found afresh (its new mdev_type), not through a stale entry."""
+    dev, bus = mtty.root / MTTY / U, mtty.root / "bus/mdev/devices" / U
+    mtty.create("mtty-1", U)
+    assert os.readlink(bus / "mdev_type") == "../mdev_supported_types/mtty-1"
+    assert os.readlink(dev / "iommu_group") == "../../../../../kernel/iommu_groups/0"
+    mtty.reset()
+    for gone in (bus, dev, mtty.root / TYPES / "mtty-1/devices" / U,
+                 mtty.root / "kernel/iommu_groups/0"):
+        assert not os.path.lexists(gone), gone
+    mtty.create("mtty-2", U)
+    assert os.readlink(bus / "mdev_type") == "../mdev_supported_types/mtty-2"
+    assert os.stat(bus).st_ino == os.stat(dev).st_ino
+
+
 def test_a_device_counts_its_subdirectories_before_it_is_first_looked_at():
     """A device's directory is built when first looked at : its link count, and
     the link from class/vfio-dev into it, are right before that, bound and unbound, for

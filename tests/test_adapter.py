@@ -15,7 +15,7 @@ import trio
 
 from mdevfs.config import Topology
 from mdevfs.driver import Attribute, BaseDriver, MdevTypeSpec
-from mdevfs.fuse import SysfsOperations
+from mdevfs.fuse import ENTRY_TIMEOUT, SysfsOperations
 from mdevfs.model import Host
 from mdevfs.nodes import ROOT_INODE
 from mdevfs.tree import Tree
@@ -24,17 +24,23 @@ U = "12345678-1234-4234-8234-123456789abc"
 
 
 class Ops(SysfsOperations):
-    """The adapter with the kernel's invalidation recorded instead of sent."""
+    """The adapter with what it tells the kernel to forget recorded instead of sent: each
+    name, and the entry timeout a lookup of it gets meanwhile (None: not found)."""
 
     def __init__(self, tree: Tree) -> None:
         super().__init__(tree)
-        self.invalidated: list[tuple[int, str]] = []
+        self.invalidated: list[tuple[str, float | None]] = []
 
-    async def invalidate_dropped(self) -> None:
-        self._bury()
-        self.tree.recounted.clear()
-        self.invalidated += self.tree.dropped
-        self.tree.dropped = []
+    async def forget_names(self, entries: list[tuple[int, str]]) -> None:
+        for parent, name in entries:
+            try:
+                timeout = (await self.lookup(parent, name.encode(), Root())).entry_timeout
+            except pyfuse3.FUSEError:
+                timeout = None
+            self.invalidated.append((f"{self.tree.nodes[parent].path}/{name}", timeout))
+
+    def forget_attributes(self, inodes: list[int]) -> None:
+        pass
 
 
 class Root:
@@ -108,9 +114,15 @@ def test_a_create_through_the_adapter_makes_the_device_and_counts_it():
         device = await ops.lookup(await walk(ops, "bus/mdev/devices"), U.encode(), Root())
         types = await ops.lookup(await walk(ops, "devices/virtual/mtty/mtty"),
                                  b"mdev_supported_types", Root())
-        # a device's names come and go: never cached; a parent's stay: cached
-        assert device.entry_timeout == 0 and types.entry_timeout > 0
+        # every name is cached, a device's as a parent's
+        assert device.entry_timeout == types.entry_timeout == ENTRY_TIMEOUT
+        ops.invalidated.clear()
         assert await write(ops, f"bus/mdev/devices/{U}/remove", b"1") == 1
+        # the remove had the kernel forget each name of the device it was given (not the
+        # type's link, nor the IOMMU group, never looked up), before the device went:
+        # meanwhile a lookup still found them, uncached
+        assert sorted(ops.invalidated) == [(f"bus/mdev/devices/{U}", 0),
+                                           (f"devices/virtual/mtty/mtty/{U}", 0)]
         with pytest.raises(pyfuse3.FUSEError) as gone:
             await walk(ops, f"bus/mdev/devices/{U}")
         assert gone.value.errno == errno.ENOENT

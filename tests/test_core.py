@@ -306,19 +306,22 @@ def test_ida_hands_out_the_lowest_free_id():
     assert ida.take(2) and ida.alloc() == 8
 
 
-def test_names_that_come_and_go_are_volatile_and_the_rest_are_not():
-    """The FUSE adapter caches only names that never vanish on their own (fuse.py's policy):
-    a device, every link to it, its IOMMU group and its vfio group are volatile (what lies
-    inside a volatile directory goes with it); each node is reachable."""
+def test_a_devices_remove_names_every_name_that_leads_to_the_device():
+    """What the FUSE adapter has the kernel forget before a remove (fuse.py's policy): the
+    device, every link to it, its IOMMU group and its vfio group; what lies inside them
+    goes with them. Every other file takes nothing away."""
     host = mtty_host()
     tree = Tree(host)
     host.create(host.parents["mtty"].types["mtty-1"], U.encode())
-    volatile = sorted(n.path for n in tree.walk() if n.volatile)
-    assert volatile == sorted([
+    remove = tree.resolve(f"devices/virtual/mtty/mtty/{U}/remove")
+    assert sorted(n.path for n in tree.names_removed_by(remove)) == sorted([
         f"bus/mdev/devices/{U}", f"bus/mdev/drivers/mtty/{U}", "kernel/iommu_groups/0",
         f"devices/virtual/mtty/mtty/{U}", "class/vfio-dev/vfio0", "class/vfio/0",
         "devices/virtual/vfio/0",
         f"devices/virtual/mtty/mtty/mdev_supported_types/mtty-1/devices/{U}"])
-    assert sorted(tree.nodes) == sorted(n.inode for n in tree.walk())
+    assert tree.names_removed_by(tree.resolve(f"devices/virtual/mtty/mtty/{U}/uevent")) == []
+    assert tree.names_removed_by(tree.resolve("bus/mdev/drivers_probe")) == []
+    walked = sorted(n.inode for n in tree.walk())  # builds every lazy directory
+    assert sorted(tree.nodes) == walked
     assert tree.resolve(f"devices/virtual/mtty/mtty/{U}/iommu_group").to is \
         tree.resolve("kernel/iommu_groups/0")

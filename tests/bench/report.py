@@ -30,7 +30,7 @@ WHAT = {
     "create": "create: write a UUID to `create` (the device appears)",
     "remove": "remove: write `1` to `<uuid>/remove` (Python loop on both; the floor "
               "cannot remove, so its figure is the same syscalls on a file that accepts them, "
-              "with its names uncached as a device's names are on mdevfs)",
+              "with its names uncached, as a fresh device's names are new to the kernel)",
     "read-deep": "attribute read by the full path `class/mdev_bus/mtty/…/available_instances` "
                  "(floor: its flat read; no target)",
     "list-100000": "100,000 devices mounted and listed (`bus/mdev/devices`, mdevfs alone)",

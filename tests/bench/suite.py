@@ -120,9 +120,9 @@ def log(message: str) -> None:
 
 
 #: the floors: name → (READDIRPLUS forced, names uncached). ``C+plus`` is mdevfs's mode
-#: for the names that stay (entry_timeout ENTRY_TIMEOUT); ``C+plus/uncached`` is its mode
-#: for a device's own names (entry_timeout 0, Node.volatile), which the floor can set only
-#: for the whole mount: the floor of ``remove``, whose path crosses a device's name.
+#: (entry_timeout ENTRY_TIMEOUT); ``C+plus/uncached`` looks every name up each time, as a
+#: path through a device made a moment ago does on mdevfs: the floor of ``remove``, which
+#: cannot remove, so repeats its syscalls on one file.
 FLOORS = {"C+plus": (True, False), "C": (False, False), "C+plus/uncached": (True, True)}
 
 

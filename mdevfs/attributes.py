@@ -312,3 +312,7 @@ MODULE_VERSION = Op(show=lambda e: text(e.module_version))
 #: whatever is free when vfio loads (244 to 248 on the Debian VMs of tests/conformance);
 #: mdevfs's choice is 6.1's
 VFIO_GROUP_MAJOR = 246
+#: a vfio group's files (``devices/virtual/vfio/<N>``), of its :class:`~mdevfs.model.Binding`
+VFIO_GROUP_DEV = Op(show=lambda b: f"{VFIO_GROUP_MAJOR}:{b.vfio_minor}\n".encode())
+VFIO_GROUP_UEVENT = Op(show=lambda b: f"MAJOR={VFIO_GROUP_MAJOR}\nMINOR={b.vfio_minor}\n"
+                       f"DEVNAME=vfio/{b.iommu_group}\n".encode(), store=uevent_store)

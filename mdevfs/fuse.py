@@ -132,9 +132,11 @@ class SysfsOperations(pyfuse3.Operations):
         #: the inodes the kernel holds, with its lookup count of each (every entry given by
         #: lookup or readdirplus counts one; forget takes its count back: the kernel may
         #: forget one lookup, of a revalidation that found a new inode, while it still holds
-        #: the next); a removed one stays in ``dead`` while held, for a held descriptor
+        #: the next), and the node of each: the only way from an inode to its node, so the
+        #: tree keeps no table of inodes. A removed node stays while held, for a held
+        #: descriptor (kernfs keeps the node).
         self.known: dict[int, int] = {}
-        self.dead: dict[int, Node] = {}
+        self.held: dict[int, Node] = {ROOT_INODE: tree.root}
         #: inodes whose names a request in progress is taking away: found uncached until
         #: it ends (a count: two removes of one device may overlap)
         self.doomed: dict[int, int] = {}
@@ -150,22 +152,19 @@ class SysfsOperations(pyfuse3.Operations):
     # --- helpers ------------------------------------------------------------------------
 
     def _node(self, inode: int) -> Node:
-        node = self.tree.nodes.get(inode) or self.dead.get(inode)
+        node = self.held.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
     def _bury(self) -> None:
-        """Keep the removed nodes the kernel knows: a descriptor held across a removal still
-        stats and chmods (kernfs keeps the node), though it reads nothing."""
+        """A removed node the kernel holds stats with a removed node's link count."""
         graveyard = self.tree.graveyard
         if graveyard:
-            known, dead, recounted = self.known, self.dead, self.tree.recounted
+            held, recounted = self.held, self.tree.recounted
             for node in graveyard:
-                if node.inode in known:
-                    dead[node.inode] = node
-                    if recounted is not None:
-                        recounted.add(node.inode)  # its link count is that of a removed node
+                if node.inode in held and recounted is not None:
+                    recounted.add(node.inode)
             graveyard.clear()
 
     def _new_fh(self, value: Any) -> int:
@@ -275,6 +274,7 @@ class SysfsOperations(pyfuse3.Operations):
         if child is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.known[child.inode] = self.known.get(child.inode, 0) + 1
+        self.held[child.inode] = child
         return self.entry_attributes(child)
 
     @handler
@@ -425,13 +425,14 @@ class SysfsOperations(pyfuse3.Operations):
             listing.inodes = [n.inode for n in listing.entries]
         entries = listing.entries
         reused = self._fresh_attributes()
-        known = self.known
+        known, held = self.known, self.held
         for i in range(bisect_right(listing.inodes, start_id - 2), len(entries)):
             node = entries[i]
             attr = self.entry_attributes(node, reused)
             if not pyfuse3.readdir_reply(token, os.fsencode(node.name), attr, node.inode + 2):
                 break
             known[node.inode] = known.get(node.inode, 0) + 1  # an entry given: one lookup
+            held[node.inode] = node
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -455,7 +456,8 @@ class SysfsOperations(pyfuse3.Operations):
                 known[inode] = left
             else:
                 known.pop(inode, None)
-                self.dead.pop(inode, None)
+                if inode != ROOT_INODE:
+                    self.held.pop(inode, None)
 
 
 class _Notifier:

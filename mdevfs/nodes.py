@@ -100,14 +100,19 @@ class Dir(Node):
 class LazyDir(Dir):
     """A directory whose entries are made when first looked at (a ``power/``, an IOMMU
     group's files, ``vfio-dev/vfioN``: most of a device, which clients rarely read); until
-    then it costs one node. ``subdirs`` is what it will hold, so that its link count is
-    right before it is built."""
+    then it costs one node, without even an empty table of entries. ``build(arg, dir)``
+    makes them: a builder shared by every directory of its kind, with ``arg`` what tells
+    this one from the others (a per-directory closure would cost more than the
+    directory). ``subdirs`` is what it will hold, so that its link count is right before
+    it is built."""
 
-    __slots__ = ("build",)
+    __slots__ = ("build", "arg")
 
-    def __init__(self, name: str, build: Callable[[Dir], None], subdirs: int = 0) -> None:
-        super().__init__(name)
-        self.build: Callable[[Dir], None] | None = build
+    def __init__(self, name: str, build: Callable[[Any, Dir], None], arg: Any = None,
+                 subdirs: int = 0) -> None:
+        Node.__init__(self, name)
+        self.build: Callable[[Any, Dir], None] | None = build
+        self.arg = arg
         self.subdirs = subdirs
 
     @property  # type: ignore[override]
@@ -115,9 +120,10 @@ class LazyDir(Dir):
         if self.build is not None:
             build, self.build = self.build, None
             subdirs = self.subdirs
-            build(self)
+            build(self.arg, self)
+            self.arg = None
             self.subdirs = subdirs  # building counted them again
-        return _DIR_CHILDREN.__get__(self)
+        return raw_children(self)
 
     @children.setter
     def children(self, value: dict[str, Node]) -> None:
@@ -125,17 +131,16 @@ class LazyDir(Dir):
 
 
 class DeviceDir(LazyDir):
-    """A device's directory: its builder, asked for one name (``build(dir, name)``), may
-    make that entry alone and return it, so that a lookup of ``remove`` (on its way to a
-    remove) builds one node, not the directory; the full build (``build(dir, None)``)
-    makes the rest."""
+    """A device's directory: its builder, asked for one name (``build(arg, dir, name)``),
+    may make that entry alone and return it, so that a lookup of ``remove`` (on its way to
+    a remove) builds one node, not the directory; the full build makes the rest."""
 
     __slots__ = ()
 
     def child(self, name: str) -> Node | None:
         build = self.build
         if build is not None:
-            node = raw_children(self).get(name) or build(self, name)  # type: ignore[call-arg]
+            node = raw_children(self).get(name) or build(self.arg, self, name)  # type: ignore[call-arg]
             if node is not None:
                 return node
         return self.children.get(name)
@@ -146,7 +151,12 @@ _DIR_CHILDREN = Dir.__dict__["children"]  # the slot LazyDir's property stands i
 
 def raw_children(directory: Dir) -> dict[str, Node]:
     """A directory's entries as they are, without building a lazy one."""
-    return _DIR_CHILDREN.__get__(directory)  # type: ignore[no-any-return]
+    try:
+        return _DIR_CHILDREN.__get__(directory)  # type: ignore[no-any-return]
+    except AttributeError:  # a lazy directory nothing was put in yet
+        entries: dict[str, Node] = {}
+        _DIR_CHILDREN.__set__(directory, entries)
+        return entries
 
 
 class File(Node):
@@ -221,23 +231,20 @@ def _ancestors(directory: Node | None) -> list[Node]:
 
 
 class InnerLink(Link):
-    """A link to a node inside a lazy directory (``class/vfio-dev/vfioN`` to a device's
-    ``vfio-dev/vfioN``): the node, and the directory around it, are made when the link
-    is first read, not when the link is."""
+    """A link to the node of its own name in ``base/inner``, inside a lazy directory
+    (``class/vfio-dev/vfioN`` to a device's ``vfio-dev/vfioN``): the node, and the
+    directory around it, are made when the link is first read, not when the link is."""
 
     __slots__ = ("base", "inner")
 
-    def __init__(self, name: str, base: Dir, inner: tuple[str, ...]) -> None:
+    def __init__(self, name: str, base: Dir, inner: str) -> None:
         Node.__init__(self, name)
         self.base: Dir | None = base
         self.inner = inner
 
     @property  # type: ignore[override]
     def to(self) -> Node:
-        node: Node = self.base  # type: ignore[assignment]
-        for name in self.inner:
-            node = node.children[name]  # type: ignore[attr-defined]
-        return node
+        return self.base.children[self.inner].children[self.name]  # type: ignore[union-attr,attr-defined]
 
     @to.setter
     def to(self, value: Node | None) -> None:  # Tree._drop: the link is gone

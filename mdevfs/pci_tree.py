@@ -5,7 +5,6 @@ observer methods ``pci_added``, ``pci_bound`` … A mixin: the node helpers are 
 """
 from __future__ import annotations
 
-import functools
 import posixpath
 from typing import Any
 
@@ -73,7 +72,7 @@ class PciTree:
         self._pci_dirs[fn] = fdir
         for file, op in function_files(fn).items():
             self._file(fdir, file, op, fn)
-        self._attach(fdir, LazyDir("power", functools.partial(self._pci_power, fn)))
+        self._attach(fdir, LazyDir("power", self._pci_power, fn))
         self._attach(fdir, Link("subsystem", self.bus_pci))
         nodes: list[Node] = [fdir, self._attach(self.bus_pci_devices, Link(fn.bdf, fdir))]
         if fn.iommu_group is not None:

@@ -39,10 +39,10 @@ from .attributes import (
     TYPE_DESCRIPTION,
     TYPE_DEVICE_API,
     TYPE_NAME,
-    VFIO_GROUP_MAJOR,
+    VFIO_GROUP_DEV,
+    VFIO_GROUP_UEVENT,
     group_files,
     migration_op,
-    uevent_store,
     vendor_op,
 )
 from .errors import fail
@@ -71,7 +71,9 @@ class Tree(PciTree, HostObserver):
 
     def __init__(self, host: Host) -> None:
         self.host = host
-        self.nodes: dict[int, Node] = {}
+        #: how many nodes the tree holds (the FUSE adapter maps the inodes it gave out to
+        #: their nodes; nothing else needs a table of them)
+        self.size = 0
         #: (directory inode, name, inode) of every entry removed since the FUSE adapter
         #: last told the kernel; None while nobody listens (no mount)
         self.dropped: list[tuple[int, str, int]] | None = None
@@ -95,6 +97,13 @@ class Tree(PciTree, HostObserver):
         self._mdev_drivers: dict[str, Dir] = {}
         self._pci_drivers: dict[str, Dir] = {}
         self._next_inode = ROOT_INODE
+        # the builders of lazy directories, bound once: a bound method made for each
+        # directory would cost more than the directory
+        self._build_power = self._power_files
+        self._build_device = self._device_entries
+        self._build_mdev_group = functools.partial(self._iommu_group_entries, None)
+        self._build_vfio_device = self._vfio_device
+        self._build_vfio_group = self._vfio_group_entries
         self.root = self._register(Dir(""))
         for path in ("class/mdev_bus", "bus/mdev/devices", "bus/mdev/drivers",
                      "kernel/iommu_groups", "devices/virtual/vfio", "class/vfio"):
@@ -131,7 +140,7 @@ class Tree(PciTree, HostObserver):
     def _register(self, node: Node) -> Any:
         node.inode = self._next_inode
         self._next_inode += 1
-        self.nodes[node.inode] = node
+        self.size += 1
         return node
 
     def _attach(self, directory: Dir, node: Node) -> Any:
@@ -161,17 +170,18 @@ class Tree(PciTree, HostObserver):
 
     def _drop(self, node: Node) -> None:
         """Detach ``node`` and forget its whole subtree; its inodes are never reused."""
-        if node.parent is not None:
-            node.parent.children.pop(node.name, None)
-            self.generation += 1
-            if isinstance(node, Dir):
-                self._recount(node.parent, -1)
-            if self.dropped is not None:
-                self.dropped.append((node.parent.inode, node.name, node.inode))
+        if node.parent is None:
+            return  # dropped already
+        node.parent.children.pop(node.name, None)
+        self.generation += 1
+        if isinstance(node, Dir):
+            self._recount(node.parent, -1)
+        if self.dropped is not None:
+            self.dropped.append((node.parent.inode, node.name, node.inode))
         stack = [node]
         while stack:
             cur = stack.pop()
-            self.nodes.pop(cur.inode, None)
+            self.size -= 1
             if self.graveyard is not None:
                 self.graveyard.append(cur)
             cur.parent = None  # no cycle is left behind: reference counting frees it all
@@ -180,11 +190,11 @@ class Tree(PciTree, HostObserver):
             elif isinstance(cur, Dir):  # what a lazy one holds, never building it
                 entries = raw_children(cur)
                 stack.extend(entries.values())
-                # a removed directory the kernel still holds (fuse's ``dead``) lists and
+                # a removed directory the kernel still holds (fuse's ``held``) lists and
                 # finds nothing: it keeps none of its subtree alive
                 entries.clear()
                 if isinstance(cur, LazyDir):
-                    cur.build = None
+                    cur.build = cur.arg = None
 
     def _drop_all(self, nodes: list[Node]) -> None:
         for node in nodes:
@@ -239,9 +249,9 @@ class Tree(PciTree, HostObserver):
         return made
 
     def _power(self, directory: Dir) -> Dir:
-        return self._attach(directory, LazyDir("power", self._power_files))
+        return self._attach(directory, LazyDir("power", self._build_power))
 
-    def _power_files(self, power: Dir) -> None:
+    def _power_files(self, _: None, power: Dir) -> None:
         self._file(power, "control", POWER_CONTROL, ["auto"])
         self._file(power, "runtime_status", POWER_STATUS)
         self._file(power, "runtime_active_time", POWER_TIME)
@@ -342,7 +352,7 @@ class Tree(PciTree, HostObserver):
         uuid = sys.intern(mdev.uuid)  # names several entries: one string for all
         tdir = self._type_dirs[mdev.mdev_type]
         subdirs = 1 + (0 if self._per_parent else self._vendor_subdirs(mdev))  # power/
-        ddir = DeviceDir(uuid, functools.partial(self._device_entries, mdev), subdirs=subdirs)
+        ddir = DeviceDir(uuid, self._build_device, mdev, subdirs=subdirs)
         self._attach(tdir.parent.parent, ddir)  # <parent>/mdev_supported_types/<type>
         nodes: list[Node] = [ddir]
         for where in (tdir.children["devices"], self.bus_devices):
@@ -443,14 +453,14 @@ class Tree(PciTree, HostObserver):
     def _iommu_group(self, ddir: Dir, number: int, iommu: str | None) -> Dir:
         """``kernel/iommu_groups/<number>`` holding ``ddir`` (an mdev's emulated group when
         ``iommu`` is None); ddir's ``iommu_group`` link is the caller's to make."""
-        files = group_files(self.host.kernel, iommu)
+        build = (self._build_mdev_group if iommu is None
+                 else functools.partial(self._iommu_group_entries, iommu))
+        return self._attach(self.iommu_groups, LazyDir(str(number), build, ddir, subdirs=1))
 
-        def build(group: Dir) -> None:
-            for name, op in files.items():
-                self._file(group, name, op)
-            self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
-
-        return self._attach(self.iommu_groups, LazyDir(str(number), build, subdirs=1))
+    def _iommu_group_entries(self, iommu: str | None, ddir: Dir, group: Dir) -> None:
+        for name, op in group_files(self.host.kernel, iommu).items():
+            self._file(group, name, op)
+        self._attach(self._dir(group, "devices"), Link(ddir.name, ddir))
 
     def _vfio_dev(self, ddir: Dir, binding: Binding) -> list[Node]:
         """``vfio-dev/vfio<index>`` in ``ddir`` (from 6.1), its entries made when first looked
@@ -459,7 +469,7 @@ class Tree(PciTree, HostObserver):
             return []
         vfio_dev = self._dir(ddir, "vfio-dev")
         self._attach(vfio_dev, LazyDir(f"vfio{binding.vfio_index}",
-                                       functools.partial(self._vfio_device, ddir), subdirs=1))
+                                       self._build_vfio_device, ddir, subdirs=1))
         return [vfio_dev]
 
     def _vfio_device(self, ddir: Dir, vfio: Dir) -> None:
@@ -473,22 +483,20 @@ class Tree(PciTree, HostObserver):
         ``class/vfio/<N>``), and the ``class/vfio-dev`` link to the device's
         ``vfio-dev/vfio<index>``; returns them."""
         name = str(binding.iommu_group)
-        dev = f"{VFIO_GROUP_MAJOR}:{binding.vfio_minor}"
-        props = f"MAJOR={VFIO_GROUP_MAJOR}\nMINOR={binding.vfio_minor}\nDEVNAME=vfio/{name}\n"
-
-        def build_group(vgroup: Dir) -> None:
-            self._file(vgroup, "dev", Op(show=lambda _: f"{dev}\n".encode()))
-            self._attach(vgroup, Link("subsystem", self.class_vfio))
-            self._file(vgroup, "uevent", Op(show=lambda _: props.encode(), store=uevent_store))
-            self._power(vgroup)
-
-        vgroup = self._attach(self.virtual_vfio, LazyDir(name, build_group, subdirs=1))
+        vgroup = self._attach(self.virtual_vfio,
+                              LazyDir(name, self._build_vfio_group, binding, subdirs=1))
         nodes = [vgroup, self._attach(self.class_vfio, Link(name, vgroup))]
         if self.class_vfio_dev is not None:
             vfio = f"vfio{binding.vfio_index}"
             nodes.append(self._attach(self.class_vfio_dev,
-                                      InnerLink(vfio, ddir, ("vfio-dev", vfio))))
+                                      InnerLink(vfio, ddir, "vfio-dev")))
         return nodes
+
+    def _vfio_group_entries(self, binding: Binding, vgroup: Dir) -> None:
+        self._file(vgroup, "dev", VFIO_GROUP_DEV, binding)
+        self._attach(vgroup, Link("subsystem", self.class_vfio))
+        self._file(vgroup, "uevent", VFIO_GROUP_UEVENT, binding)
+        self._power(vgroup)
 
     # --- the mdev bus's files ------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ class Ops(SysfsOperations):
                 timeout = (await self.lookup(parent, name.encode(), Root())).entry_timeout
             except pyfuse3.FUSEError:
                 timeout = None
-            self.invalidated.append((f"{self.tree.nodes[parent].path}/{name}", timeout))
+            self.invalidated.append((f"{self.held[parent].path}/{name}", timeout))
 
     def forget_attributes(self, inodes: list[int]) -> None:
         pass
@@ -65,7 +65,7 @@ async def walk(ops: Ops, path: str) -> int:
     while parts:
         name = parts.pop(0)
         attr = await ops.lookup(inode, name.encode(), Root())
-        node = ops.tree.nodes[attr.st_ino]
+        node = ops.held[attr.st_ino]
         if hasattr(node, "target") and parts:  # a link in the middle: follow it
             target = (await ops.readlink(attr.st_ino, Root())).decode()
             base = node.path.rsplit("/", 1)[0]
@@ -181,7 +181,7 @@ def test_a_forget_gives_back_its_lookups_not_the_inode():
     async def scenario() -> None:
         await write(ops, f"{TYPE}/create", U.encode())
         group = await walk(ops, f"bus/mdev/devices/{U}/iommu_group")
-        node = ops.tree.nodes[group]
+        node = ops.held[group]
         await ops.lookup(node.parent.inode, node.name.encode(), Root())  # a second lookup
         await ops.forget([(group, 1)])
         await write(ops, f"bus/mdev/devices/{U}/remove", b"1")
@@ -255,6 +255,6 @@ def test_a_removed_link_and_directory_the_kernel_still_holds_answer_and_keep_not
         with pytest.raises(pyfuse3.FUSEError) as empty:
             await ops.lookup(ddir, b"power", Root())
         assert empty.value.errno == errno.ENOENT
-        assert ops.dead[ddir].children == {}
+        assert ops.held[ddir].children == {}
 
     trio.run(scenario)

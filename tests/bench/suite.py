@@ -323,11 +323,11 @@ def count_nodes() -> tuple[int, int]:
 
     host = Topology.from_text(BENCH_TOPOLOGY, "<bench topology>").build()
     tree = Tree(host)
-    base = len(tree.nodes)
+    base = tree.size
     mtype = next(iter(host.parents.values())).types[TYPE]
     for _ in range(10):
         host.create(mtype, str(uuidlib.uuid4()).encode())
-    return (len(tree.nodes) - base) // 10, base
+    return (tree.size - base) // 10, base
 
 
 # --- mount, reset --------------------------------------------------------------------------

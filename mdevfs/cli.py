@@ -16,9 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import cli_capture, cli_fleet, control, daemon, mounts, namespace, process, runtime
+from . import cli_capture, cli_fleet, mounts, namespace, process, runtime
 from .beneath import write_new
-from .driver import service_environment
 from .errors import ControlRefused, MdevfsError, MountError, NamespaceError, UsageError
 
 log = logging.getLogger("mdevfs")
@@ -27,6 +26,8 @@ __all__ = ["UsageError", "build_parser", "main"]
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from . import daemon
+
     directory = Path(os.path.abspath(args.dir))
     control_path = (Path(os.path.abspath(args.control)) if args.control
                     else runtime.default_control(directory))
@@ -76,6 +77,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if args.lazy:
         mounts.unmount(directory, lazy=True)
         return 0
+    from . import control
+
     try:
         pid = control.Client(runtime.default_control(directory), timeout=5).status()["pid"]
     except (OSError, ValueError, KeyError):
@@ -92,6 +95,8 @@ _CTL_FIELDS = ("parent", "path", "op", "error", "once", "seconds", "uuid", "on",
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """One control request; exit 0 done, 1 refused by the daemon, 2 no daemon answers."""
+    from . import control
+
     directory = Path(os.path.abspath(args.dir))
     client = control.Client(args.control or runtime.default_control(directory))
     fields = {k: getattr(args, k) for k in _CTL_FIELDS if getattr(args, k, None) is not None}
@@ -221,6 +226,17 @@ def _run(args: argparse.Namespace) -> int:
         raise NamespaceError(reason)
     if args.mount:
         return _run_on_mount(args, command)
+    from .forker import Forker
+
+    # The forker, a service of this user's, forks the daemon with everything imported;
+    # without one (this run starts it for the next), this process imports and forks it.
+    forker = Forker.connect()
+    if forker is None:
+        from . import daemon
+
+        entry: process.Entry | None = daemon.preloaded()
+    else:
+        entry = None
     for line in process.clean_leftovers():
         print(f"mdevfs run: {line}", file=sys.stderr)
     # As on a real host, a command that drops privileges (qemu under libvirt) may still
@@ -230,8 +246,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with process.temporary_mount(args.config, args=extra, state=args.state, record=True,
                                      timeout=args.ready_timeout,
-                                     verbose=args.verbose, entry=daemon.preloaded()) as mount:
-            env = dict(os.environ, **service_environment(os.fspath(mount.control)))
+                                     verbose=args.verbose, entry=entry, forker=forker,
+                                     environment=True) as mount:
+            env = dict(os.environ, **mount.environment)
             proc = process.Forked(namespace.spawn(mount.root, command, args.mdevctl_dir,
                                                   mount.root.parent / "uevents.sock", env))
             status = namespace.wait(proc)
@@ -257,6 +274,8 @@ def _run_on_mount(args: argparse.Namespace, command: list[str]) -> int:
     root = Path(os.path.abspath(args.mount))
     if not mounts.is_mdevfs(root):
         raise UsageError(f"{root} is not an mdevfs mount (mdevfs mount {root} first)")
+    from .driver import service_environment
+
     control = runtime.default_control(root)
     env = dict(os.environ, **(service_environment(os.fspath(control))
                               if control.is_socket() else {}))
@@ -276,6 +295,8 @@ def _exit_125(parser: argparse.ArgumentParser) -> None:
 def _explain_failure(mount: process.Launched, status: int) -> None:
     """The command failed: if a driver refused something meanwhile, say what it logged and
     keep the daemon's log (its temporary directory goes) where the user can read it."""
+    from . import control
+
     try:
         reasons = control.Client(mount.control, timeout=5).reasons()["reasons"]
     except (OSError, ValueError, KeyError):

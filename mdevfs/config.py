@@ -47,7 +47,7 @@ from typing import Any
 from attrs import Factory, evolve, frozen
 
 from .driver import GPU, PARENT, DriverLoadError, build, installed, kind_of, load_factory, shape_problem
-from .errors import UsageError
+from .errors import TopologyError
 from .kernel import VFIO_PCI_ID_TABLE, VFIO_PCI_RUNTIME_PM, Kernel
 from .model import Host
 from .pci import GENERIC_DRIVERS, GenericDriver
@@ -57,10 +57,6 @@ _HOST_KEYS = {"iommu_group_base", "pm_advanced_debug", "kernel", "iommu", "cpus"
 _PARENT_KEYS = {"driver", "name", "path", "options"}
 _DEVICE_KEYS = {"uuid", "parent", "type", "iommu_group", "bound", "vendor"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-class TopologyError(UsageError):
-    """The topology cannot be used; the message names the file, the entry and the problem."""
 
 
 def name_problem(name: object) -> str | None:

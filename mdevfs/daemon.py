@@ -44,6 +44,7 @@ from attrs import Factory, define
 
 from . import control
 from .config import Topology
+from .driver import service_environment
 from .errors import MdevfsError, MountError, UsageError
 from .faults import Faults
 from .model import Host
@@ -316,11 +317,17 @@ def run(directory: str | os.PathLike[str], *, config: str | None = None,
         control_path: str | os.PathLike[str] | None = None,
         uevents_path: str | os.PathLike[str] | None = None, allow_other: bool = False,
         ready_fd: int | None = None, stop_with_client: bool = False,
-        trace: bool = False) -> None:
+        trace: bool = False, environment: bool = False) -> None:
     """Prepare and serve the topology ``config`` (default: the embedded one), on ``kernel``
     when given, on ``directory``: everything that can fail on bad input fails before the
-    mount. A failure is reported on ``ready_fd`` (:mod:`mdevfs.readiness`) as well as raised."""
-    reporter = Reporter(ready_fd) if ready_fd is not None else None
+    mount. A failure is reported on ``ready_fd`` (:mod:`mdevfs.readiness`) as well as raised;
+    with ``environment``, the report of readiness carries what a client needs to use the
+    daemon's services (:func:`mdevfs.driver.service_environment`)."""
+    reporter = None
+    if ready_fd is not None:
+        reporter = Reporter(ready_fd, functools.partial(
+            service_environment, os.fspath(control_path)) if environment and control_path
+            else None)
     try:
         topology = Topology.from_toml(config) if config else Topology.default()
         daemon = Daemon.prepare(topology.on_kernel(kernel), state)
@@ -340,7 +347,7 @@ def run(directory: str | os.PathLike[str], *, config: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     """A daemon process: ``python -P -m mdevfs.daemon [--debug] --control PATH [--ready-fd
     FD] [--config FILE] [--kernel X.Y] [--state FILE] [--uevents SOCKET] [--allow-other]
-    [--stop-with-client] DIR``, the command line :func:`mdevfs.process.daemon_argv` builds.
+    [--stop-with-client] [--environment] DIR``, the command line :func:`mdevfs.process.daemon_argv` builds.
     Returns the exit status of :mod:`mdevfs.errors`, having printed the error."""
     import argparse
 
@@ -355,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uevents")
     parser.add_argument("--allow-other", action="store_true")
     parser.add_argument("--stop-with-client", action="store_true")
+    parser.add_argument("--environment", action="store_true")
     parser.add_argument("dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
@@ -363,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         run(os.path.abspath(args.dir), config=args.config, kernel=args.kernel, state=args.state,
             control_path=args.control, uevents_path=args.uevents,
             allow_other=args.allow_other, ready_fd=args.ready_fd,
-            stop_with_client=args.stop_with_client, trace=args.debug)
+            stop_with_client=args.stop_with_client, trace=args.debug,
+            environment=args.environment)
     except MdevfsError as exc:
         print(f"{exc.prefix}: {exc}", file=sys.stderr)
         return exc.exit_status

@@ -4,16 +4,17 @@
   the kernel returns (:func:`fail`); the FUSE adapter hands it to the caller unchanged.
 * The user's: every problem a command reports is an :class:`MdevfsError` whose class
   says what kind it is and carries the command's exit status; ``cli.main`` catches the
-  family once, prints ``mdevfs: <message>`` and exits with that status.
+  family once, prints ``mdevfs: <message>`` and exits with that status. Every class lives
+  here, so that a starter that imported nothing else knows the one a daemon reports.
 
 =====================  ======  ====================================================
 class                  status  meaning
 =====================  ======  ====================================================
 ``ControlRefused``     1       the daemon refused a ``mdevfs ctl`` command
 ``UsageError``         2       bad input: arguments, a mountpoint, a file
-``TopologyError``      2       a topology file cannot be used (``config``)
-``StateError``         2       a state file cannot be used (``state``)
-``StateInUse``         2       another daemon holds the state file (``state``)
+``TopologyError``      2       a topology file cannot be used
+``StateError``         2       a state file cannot be used
+``StateInUse``         2       another daemon holds the state file
 ``MountError``         3       the daemon did not come up, or does not answer
 ``MountNotPermitted``  4       this process may not mount FUSE here
 ``NamespaceError``     125     ``mdevfs run`` cannot set up its namespace
@@ -48,6 +49,18 @@ class UsageError(MdevfsError):
     """Bad input: an argument, a mountpoint, a file (exit status 2)."""
 
     exit_status = 2
+
+
+class TopologyError(UsageError):
+    """The topology cannot be used; the message names the file, the entry and the problem."""
+
+
+class StateError(UsageError):
+    """The state file cannot be used; the message names the file, the device and the problem."""
+
+
+class StateInUse(StateError):
+    """Another mdevfs daemon holds the state file."""
 
 
 class MountError(MdevfsError, RuntimeError):

@@ -36,11 +36,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import readiness
 from .errors import MdevfsError, MountError, MountNotPermitted
 from .mounts import is_mdevfs, unmount
 from .runtime import open_log, runtime_dir
+
+if TYPE_CHECKING:
+    from .forker import Forker
 
 #: seconds for a daemon to mount
 READY_TIMEOUT = 10.0
@@ -65,10 +69,12 @@ def ready_timeout(state: str | os.PathLike[str] | None = None) -> float:
 def daemon_argv(directory: Path, *, control: Path, ready_fd: int, config: str | None = None,
                 state: str | None = None, uevents: Path | None = None,
                 allow_other: bool = False, stop_with_client: bool = False,
-                extra: Sequence[str] = (), verbose: bool = False) -> list[str]:
+                extra: Sequence[str] = (), verbose: bool = False,
+                environment: bool = False) -> list[str]:
     """The daemon's command line (:func:`mdevfs.daemon.main` parses it); every path
     absolute, as it runs in ``/``. ``verbose`` logs at debug level, with a line for every
-    request (:mod:`mdevfs.trace`)."""
+    request (:mod:`mdevfs.trace`); ``environment``: the readiness report carries what a
+    client needs to use the daemon's services (:func:`mdevfs.driver.service_environment`)."""
     argv = [sys.executable, "-P", "-m", "mdevfs.daemon", *(["--debug"] if verbose else []),
             "--control", os.path.abspath(control), "--ready-fd", str(ready_fd)]
     if config is not None:
@@ -81,6 +87,8 @@ def daemon_argv(directory: Path, *, control: Path, ready_fd: int, config: str | 
         argv.append("--allow-other")
     if stop_with_client:
         argv.append("--stop-with-client")
+    if environment:
+        argv.append("--environment")
     return [*argv, *extra, os.path.abspath(directory)]
 
 
@@ -215,7 +223,7 @@ Process = subprocess.Popen[bytes] | Forked | Recorded
 class Launched:
     """A daemon this process started: its process, mountpoint, control socket and log."""
 
-    def __init__(self, root: Path, proc: subprocess.Popen[bytes] | Forked, control: Path,
+    def __init__(self, root: Path, proc: Process, control: Path,
                  log_file: Path, link: socket.socket | None) -> None:
         self.root = root
         self.proc = proc
@@ -223,6 +231,9 @@ class Launched:
         self.log_file = log_file
         #: our end of the readiness socket, held while the daemon should live
         self.link = link
+        #: what a client needs to use the daemon's services, as the daemon reported it
+        #: (started with ``environment``)
+        self.environment: dict[str, str] = {}
 
     def log(self) -> str:
         try:
@@ -273,7 +284,8 @@ def start(root: Path, *, control: Path, log_file: Path, config: str | None = Non
           stop_with_client: bool = False, extra: Sequence[str] = (),
           timeout: float | None = None, verbose: bool = False,
           progress: Callable[[float], None] | None = None,
-          entry: Entry | None = None) -> Launched:
+          entry: Entry | None = None, forker: Forker | None = None,
+          environment: bool = False) -> Launched:
     """Start a daemon mounting on ``root`` and return once the mount exists. Raises the
     daemon's own error (TopologyError, StateError, UsageError, … from mdevfs.errors),
     MountNotPermitted, or MountError with the tail of its log. ``timeout`` (default:
@@ -283,7 +295,10 @@ def start(root: Path, *, control: Path, log_file: Path, config: str | None = Non
     With ``entry`` (:func:`mdevfs.daemon.main`, which the caller has imported along with all
     the daemon needs), the daemon is forked from this process and runs ``entry`` on its
     argv instead of starting a new Python: ``mdevfs mount`` and ``mdevfs run`` so save a
-    whole interpreter's start-up and imports. Only a process without threads may fork."""
+    whole interpreter's start-up and imports. Only a process without threads may fork.
+    With ``forker`` (:class:`mdevfs.forker.Forker`), the forker forks it, and this process
+    imports nothing of the daemon; should the forker refuse, it is forked from here.
+    ``environment``: as for :func:`daemon_argv`, in :attr:`Launched.environment`."""
     if timeout is None:
         timeout = ready_timeout(state)
     log_fd = open_log(log_file)
@@ -291,12 +306,23 @@ def start(root: Path, *, control: Path, log_file: Path, config: str | None = Non
     try:
         argv = daemon_argv(root, control=control, ready_fd=theirs.fileno(), config=config,
                            state=state, uevents=uevents, allow_other=allow_other,
-                           stop_with_client=stop_with_client, extra=extra, verbose=verbose)
-        if entry is None:
-            proc: subprocess.Popen[bytes] | Forked = subprocess.Popen(
+                           stop_with_client=stop_with_client, extra=extra, verbose=verbose,
+                           environment=environment)
+        proc: Process | None = None
+        if forker is not None:
+            forked = forker.fork(argv, log_fd, theirs.fileno(), not stop_with_client)
+            if forked is not None:
+                proc = Recorded(*forked)
+            else:  # refused: forked from here after all
+                from . import daemon
+
+                entry = daemon.preloaded()
+        if proc is None and entry is None:
+            proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                 pass_fds=(theirs.fileno(),), cwd="/", start_new_session=not stop_with_client)
-        else:
+        elif proc is None:
+            assert entry is not None
             proc = Forked(fork_daemon(entry, argv, log_fd, theirs.fileno(),
                                       new_session=not stop_with_client))
     finally:
@@ -335,6 +361,9 @@ def _wait_ready(launched: Launched, timeout: float,
         status = launched.proc.wait(timeout=5)
         raise _as_error(f"the mdevfs daemon exited with status {status}", launched)
     if report.get("ready"):
+        environment = report.get("environment")
+        if isinstance(environment, dict):
+            launched.environment = {str(k): str(v) for k, v in environment.items()}
         return
     error = readiness.error_of(report)
     if type(error) is MountError:
@@ -358,13 +387,15 @@ def temporary_mount(config: str | os.PathLike[str] | None = None, *,
                     args: Sequence[str] = (), state: str | os.PathLike[str] | None = None,
                     timeout: float | None = None, record: bool = False,
                     verbose: bool = False,
-                    entry: Callable[[list[str]], int] | None = None) -> Iterator[Launched]:
+                    entry: Callable[[list[str]], int] | None = None,
+                    forker: Forker | None = None, environment: bool = False
+                    ) -> Iterator[Launched]:
     """A daemon mounting ``config`` in a fresh private temporary directory (``sys``, with
     ``control.sock``, ``uevents.sock`` and ``mdevfs.log`` beside it), tied to this
     process: it unmounts when this process dies. Stopped, and the directory removed, in
     every case. With ``record``, a killed process's leftovers are found and removed by
-    the next :func:`clean_leftovers` (``mdevfs run`` records its mounts). ``entry``: as
-    for :func:`start`."""
+    the next :func:`clean_leftovers` (``mdevfs run`` records its mounts). ``entry``,
+    ``forker`` and ``environment``: as for :func:`start`."""
     workdir = Path(tempfile.mkdtemp(prefix="mdevfs-"))
     root = workdir / "sys"
     root.mkdir()
@@ -375,7 +406,8 @@ def temporary_mount(config: str | os.PathLike[str] | None = None, *,
                        config=None if config is None else os.fspath(config),
                        state=None if state is None else os.fspath(state),
                        uevents=workdir / "uevents.sock", stop_with_client=True, extra=args,
-                       timeout=timeout, verbose=verbose, entry=entry)
+                       timeout=timeout, verbose=verbose, entry=entry, forker=forker,
+                       environment=environment)
         if note is not None:
             _record(workdir, launched.proc.pid, note)
         yield launched

@@ -1,11 +1,11 @@
 """The readiness protocol between a daemon and whoever started it: one JSON line.
 
 The starter keeps one end of a socket pair; the daemon gets the other (``--ready-fd``). The
-daemon writes ``{"ready": true}`` once the kernel mount exists, or ``{"error": MESSAGE,
-"kind": CLASS}`` when it cannot mount (CLASS names a class of :mod:`mdevfs.errors`); if it
-dies first, the starter reads end-of-file. With ``--stop-with-client`` the daemon keeps its
-end open and unmounts when the starter's end closes, which the kernel does when the starter
-dies, even by ``kill -9``.
+daemon writes ``{"ready": true}`` (with ``"environment"`` when asked for) once the kernel
+mount exists, or ``{"error": MESSAGE, "kind": CLASS}`` when it cannot mount (CLASS names a
+class of :mod:`mdevfs.errors`); if it dies first, the starter reads end-of-file. With
+``--stop-with-client`` the daemon keeps its end open and unmounts when the starter's end
+closes, which the kernel does when the starter dies, even by ``kill -9``.
 
 :class:`Reporter` is the daemon's side; :func:`receive` the starter's
 (:func:`mdevfs.process.start` and the zygote of :func:`mdevfs.process.start_many`).
@@ -24,14 +24,21 @@ from .errors import MdevfsError, by_name
 
 
 class Reporter:
-    """The daemon's end of the readiness socket (``--ready-fd``)."""
+    """The daemon's end of the readiness socket (``--ready-fd``). ``environment``, if
+    given, is asked once the mount exists: its answer goes with ``ready`` (what a client
+    needs to use the daemon's services)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int,
+                 environment: Callable[[], dict[str, str]] | None = None) -> None:
         self.sock = socket.socket(fileno=fd)
         self.sock.set_inheritable(False)
+        self.environment = environment
 
     def ready(self) -> None:
-        self._send({"ready": True})
+        report: dict[str, object] = {"ready": True}
+        if self.environment is not None:
+            report["environment"] = self.environment()
+        self._send(report)
 
     def failed(self, exc: MdevfsError) -> None:
         self._send({"error": str(exc), "kind": type(exc).__name__})

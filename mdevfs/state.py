@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pcistate
-from .errors import UsageError
+from .errors import StateError, StateInUse
 from .journal import change_line, device_line, dumps, parse_line
 from .kparse import parse_uuid
 from .model import Host, HostObserver, MdevDevice
@@ -60,14 +60,6 @@ _KEYS = {"uuid", "parent", "type", "iommu_group", "vendor"}
 _HEADER_KEYS = {"format", "version", "devices", "gpus", "pci"}
 #: compact once the journal holds more change lines than this and than devices
 COMPACT_AFTER = 1000
-
-
-class StateError(UsageError):
-    """The state file cannot be used; the message names the file, the device and the problem."""
-
-
-class StateInUse(StateError):
-    """Another mdevfs daemon holds the state file."""
 
 
 #: a device as the file records it: its IOMMU group (None: unbound) and vendor JSON

@@ -52,7 +52,7 @@ TIERS = {
               "test_readers", "test_reasons", "test_security", "test_state", "test_untrusted",
               "test_vendor_gvt", "test_vendor_nvidia", "test_vendor_nvidia_sriov",
               "test_vendor_samples", "test_vendor_scheme", "test_plugin"},
-    "clients": {"test_mdevctl", "test_libvirt", "test_nvml", "test_run", "test_record",
+    "clients": {"test_mdevctl", "test_libvirt", "test_nvml", "test_run", "test_forker", "test_record",
                 "test_uevent"},
     "slow": {"test_conformance", "test_fuzz", "test_fuzz_state", "test_stress", "test_fleet",
              "test_newcomer", "test_examples", "test_bench"},

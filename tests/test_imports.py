@@ -22,7 +22,7 @@ LAYERS = {
     "system": {"runtime", "mounts", "readiness", "namespace", "beneath"},
     "serving": {"faults", "journal", "state", "pcistate", "control", "uevent", "fuse", "trace",
                 "daemon"},
-    "launching": {"process", "zygote"},
+    "launching": {"process", "zygote", "forker"},
     "tools": {"__init__", "__main__", "cli", "cli_capture", "cli_fleet", "testing",
               "pytest_plugin", "migration", "planner", "fleet", "record", "infer", "export",
               "umockdev", "capture", "driverdoc"},

@@ -142,11 +142,13 @@ def test_the_command_gets_the_signal_dispositions_of_a_shell():
     assert ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)) == 0, done.stdout
 
 
-def test_one_python_process_serves_the_mount_and_starts_the_command():
-    """The daemon and the command are forked from mdevfs run itself, with
-    no interpreter started between (the daemon's command line is run's own)."""
+def test_without_the_forker_one_python_process_serves_the_mount_and_starts_the_command():
+    """With no forker (MDEVFS_FORKER=off), the daemon and the command are forked from
+    mdevfs run itself, with no interpreter started between (the daemon's command line is
+    run's own). With one, tests/test_forker.py."""
     proc = subprocess.Popen([*MDEVFS, "run", "--", "sh", "-c", "echo $PPID; read x"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, MDEVFS_FORKER="off"))
     try:
         assert int(proc.stdout.readline()) == proc.pid
         children = [pid for pid in os.listdir("/proc") if pid.isdigit()

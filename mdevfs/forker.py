@@ -1,0 +1,291 @@
+"""A per-user service that forks daemons: ``mdevfs run`` without the daemon's imports.
+
+A daemon's start is mostly Python importing trio, pyfuse3 and the drivers: 130 of the
+250 ms of ``mdevfs run -- true``. The forker imports them once and stays, listening in the
+user's private runtime directory (:func:`mdevfs.runtime.runtime_dir`); ``mdevfs run`` asks
+it for a daemon over that socket, handing over the daemon's log and readiness sockets, and
+imports nothing of the daemon itself. The first run starts the forker (and forks its own
+daemon as before); the forker leaves after :data:`IDLE` seconds without a request.
+
+Safety:
+
+* The socket lies in a directory only its user may enter, and the forker answers only a
+  peer of its own uid (``SO_PEERCRED``). A request carries what the daemon's own command
+  line would (:func:`mdevfs.process.daemon_argv`), with the caller's environment and umask:
+  nothing the caller could not run itself.
+* The socket's name carries a fingerprint of the code (the interpreter and every file of
+  ``mdevfs`` and its drivers, by size and time): edited code gets a fresh forker, never a
+  stale one. A third party's driver is imported by each daemon, never by the forker.
+* A caller in another mount or user namespace than the forker's (``unshare``, a
+  container) would not see the daemon's mount: the forker refuses, and the caller forks
+  its daemon itself. So does everything when ``MDEVFS_FORKER=off``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .runtime import runtime_dir
+
+#: seconds without a request after which the forker leaves
+IDLE = 120.0
+#: what a request or its reply may hold, at most
+_LIMIT = 1 << 20
+_DRIVERS = "mdevfs_vendors"
+
+
+def disabled() -> bool:
+    return os.environ.get("MDEVFS_FORKER", "").lower() in ("off", "0", "no")
+
+
+def fingerprint() -> str:
+    """The interpreter and every file of mdevfs and its shipped drivers, by name, size and
+    modification time, hashed: what a forker has imported must be what is on disk now."""
+    digest = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{sys.version}".encode())
+    for directory in (Path(__file__).parent, _drivers_dir()):
+        if directory is None:
+            continue
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_file():
+                    st = entry.stat()
+                    digest.update(f"\0{entry.path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _drivers_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(_DRIVERS)
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def socket_path() -> Path:
+    return runtime_dir() / f"forker-{fingerprint()}.sock"
+
+
+def _namespaces() -> list[str]:
+    return [os.readlink(f"/proc/self/ns/{ns}") for ns in ("mnt", "user")]
+
+
+# --- the caller's side ---------------------------------------------------------------------
+
+class Forker:
+    """A connection to the running forker of this user and this code."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    def connect(cls) -> Forker | None:
+        """The forker, if one runs for this code; else None (and, unless disabled, one is
+        started for the next caller)."""
+        if disabled():
+            return None
+        path = socket_path()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5.0)
+        try:
+            sock.connect(os.fspath(path))
+        except OSError:
+            sock.close()
+            _start(path)
+            return None
+        return cls(sock)
+
+    def fork(self, argv: Sequence[str], log_fd: int, ready_fd: int,
+             new_session: bool) -> tuple[int, str | None] | None:
+        """A daemon running ``argv`` (as :func:`mdevfs.process.daemon_argv` builds it), with
+        this process's environment and umask: (pid, start time), or None if the forker
+        cannot (another namespace, or it failed: the caller forks its own)."""
+        umask = os.umask(0o022)
+        os.umask(umask)
+        request = {"argv": list(argv), "env": dict(os.environ), "umask": umask,
+                   "new_session": new_session, "namespaces": _namespaces()}
+        try:
+            with self.sock:
+                socket.send_fds(self.sock, [json.dumps(request).encode()], [log_fd, ready_fd])
+                self.sock.shutdown(socket.SHUT_WR)
+                reply = json.loads(_read_all(self.sock))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(reply, dict) or not isinstance(reply.get("pid"), int):
+            return None
+        return reply["pid"], reply.get("start")
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks, size = [], 0
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > _LIMIT:
+            raise ValueError("too long")
+    return b"".join(chunks)
+
+
+def _start(path: Path) -> None:
+    """Start a forker in the background (``python -P -m mdevfs.forker`` in ``/``, as a
+    daemon runs: nothing of the caller's directory importable), detached from the caller:
+    its own session, no descriptor of the caller's."""
+    with contextlib.suppress(OSError):
+        subprocess.Popen([sys.executable, "-P", "-m", "mdevfs.forker", os.fspath(path)],
+                         cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+# --- the forker ----------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - python -m mdevfs.forker
+    """Import what every daemon imports, listen at the given path, fork a daemon per
+    request; leave after :data:`IDLE` seconds without one, or once the socket is no longer
+    ours (another forker took the name, or the runtime directory went)."""
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0])
+    if path.parent != runtime_dir() or not path.name.startswith("forker-"):
+        return 2
+    from . import daemon
+
+    entry = daemon.preloaded()
+    _preload_drivers()
+    listener = _listen(path)
+    if listener is None:
+        return 0  # another forker has it
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the daemons are reaped as they end
+    import gc
+
+    gc.freeze()  # the collector leaves the shared pages alone in the daemons
+    ours = os.stat(path).st_ino
+    last = time.monotonic()
+    with listener:
+        while time.monotonic() - last < _idle():
+            if not select.select([listener], [], [], 1.0)[0]:
+                try:
+                    if os.stat(path).st_ino != ours:
+                        return 0
+                except OSError:
+                    return 0
+                continue
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                with conn:
+                    _serve(conn, entry)
+            last = time.monotonic()
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == ours:
+            path.unlink()
+    return 0
+
+
+def _idle() -> float:
+    try:
+        return float(os.environ.get("MDEVFS_FORKER_IDLE", IDLE))
+    except ValueError:
+        return IDLE
+
+
+def _preload_drivers() -> None:
+    """The shipped drivers and services (their code is in the fingerprint); a third party's
+    are left for each daemon to import from disk."""
+    import importlib.metadata
+
+    from .driver import ENTRY_POINT_GROUP
+
+    for group in (ENTRY_POINT_GROUP, "mdevfs.services"):
+        for ep in importlib.metadata.entry_points(group=group):
+            if ep.value.startswith(_DRIVERS + "."):
+                with contextlib.suppress(Exception):
+                    ep.load()
+
+
+def _listen(path: Path) -> socket.socket | None:
+    """A socket listening at ``path``, created 0600; None if a live forker has it. A stale
+    one (nobody answers) is replaced."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        try:
+            sock.bind(os.fspath(path))
+        except OSError:
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(os.fspath(path))
+                sock.close()
+                return None  # alive
+            except OSError:
+                pass
+            finally:
+                probe.close()
+            if not path.is_socket():
+                sock.close()
+                return None  # not ours to remove
+            path.unlink()
+            sock.bind(os.fspath(path))
+    except OSError:
+        sock.close()
+        return None
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    return sock
+
+
+def _serve(conn: socket.socket, entry: object) -> None:
+    """One request: a daemon forked, its pid answered; or an error answered."""
+    conn.settimeout(5.0)
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    fds: list[int] = []
+    try:
+        if uid != os.geteuid():
+            raise ValueError(f"uid {uid} is not this forker's")
+        msg, fds, _flags, _addr = socket.recv_fds(conn, _LIMIT, 2)
+        more = _read_all(conn)
+        request = json.loads(msg + more)
+        argv, env, umask = request["argv"], request["env"], request["umask"]
+        if request.get("namespaces") != _namespaces():
+            raise ValueError("the caller is in another namespace")
+        if (len(fds) != 2 or not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)
+                or not isinstance(env, dict) or not isinstance(umask, int)
+                or argv[1:4] != ["-P", "-m", "mdevfs.daemon"]):
+            raise ValueError("a malformed request")
+        pid = _fork(entry, argv, env, umask, fds[0], fds[1], bool(request.get("new_session")))
+        from .process import start_time
+
+        reply: dict[str, object] = {"pid": pid, "start": start_time(pid)}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reply = {"error": str(exc)}
+    finally:
+        for fd in fds:
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps(reply).encode())
+
+
+def _fork(entry: object, argv: list[str], env: dict[str, str], umask: int, log_fd: int,
+          ready_fd: int, new_session: bool) -> int:
+    from .process import fork_daemon
+
+    def run(args: list[str]) -> int:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the daemon waits for its children
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        os.umask(umask & 0o777)
+        return entry(args)  # type: ignore[operator, no-any-return]
+
+    return fork_daemon(run, argv, log_fd, ready_fd, new_session)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

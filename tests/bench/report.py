@@ -42,7 +42,10 @@ WHAT = {
     "state-write": "`--state`: one create recorded (a journal line and an fsync; "
                    "floor column: the same at 10 devices)",
     "state-restore": "`--state`: spawn to ready, restoring",
-    "run": "`mdevfs run -- true`, default topology (the console script, start to exit)",
+    "run": "`mdevfs run -- true`, default topology (the console script, start to exit), "
+           "its daemon forked by the forker a first run started",
+    "run-cold": "the same without a forker (`MDEVFS_FORKER=off`): run imports and forks "
+                "its daemon itself, as a first run does",
     "mdevctl-list": "`mdevctl list` (floor: the same tree as plain files on tmpfs)",
     "mdevctl-types": "`mdevctl types` (floor: the same tree on tmpfs; no target)",
 }
@@ -164,6 +167,9 @@ def rows(res: Results) -> list[Row]:
     rm = median(res.run)
     out.append(Row("run", WHAT["run"], ms(rm), "—", "—", TARGET_TEXT["run"],
                    verdict(rm <= LIMITS["run"])) if rm is not None else missing("run", "mount"))
+    rc = median(res.run_cold)
+    if rc is not None:
+        out.append(Row("run-cold", WHAT["run-cold"], ms(rc), "—", "—", "—", "—"))
     out.extend(reset_rows(res))
     sm, st = median(res.suite.get("mdevfs")), median(res.suite.get("tmpfs"))
     if sm is not None and st is not None:

@@ -420,9 +420,10 @@ class SysfsOperations(pyfuse3.Operations):
         if directory.parent is None and directory is not self.tree.root:
             return
         if listing.generation != self.tree.generation:
-            listing.generation = self.tree.generation
-            listing.entries = list(directory.children.values())  # in inode order, as made
+            # in inode order, as made (a view makes what it lacks first, at the end)
+            listing.entries = list(directory.children.values())
             listing.inodes = [n.inode for n in listing.entries]
+            listing.generation = self.tree.generation
         entries = listing.entries
         reused = self._fresh_attributes()
         known, held = self.known, self.held

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from attrs import frozen
@@ -144,6 +144,37 @@ class DeviceDir(LazyDir):
             if node is not None:
                 return node
         return self.children.get(name)
+
+
+class ViewDir(Dir):
+    """A directory whose entries for the model's objects are computed from the model
+    (``bus/mdev/devices``, a type's ``devices/``, ``kernel/iommu_groups``, ``class/vfio``):
+    ``names()`` says which there are, ``make(dir, name)`` makes and attaches the node of
+    one (None: there is none), which then stays, the same inode, until the tree drops it.
+    A create or a restore so makes no node here: a lookup makes one, a listing all.
+    Entries attached as usual (a PCI function's group) live beside them."""
+
+    __slots__ = ("names", "make")
+
+    def __init__(self, name: str, names: Callable[[], Iterable[str]],
+                 make: Callable[[ViewDir, str], Node | None]) -> None:
+        super().__init__(name)
+        self.names = names
+        self.make = make
+
+    @property  # type: ignore[override]
+    def children(self) -> dict[str, Node]:
+        entries = raw_children(self)
+        for name in [n for n in self.names() if n not in entries]:
+            self.make(self, name)
+        return entries
+
+    @children.setter
+    def children(self, value: dict[str, Node]) -> None:
+        _DIR_CHILDREN.__set__(self, value)
+
+    def child(self, name: str) -> Node | None:
+        return raw_children(self).get(name) or self.make(self, name)
 
 
 _DIR_CHILDREN = Dir.__dict__["children"]  # the slot LazyDir's property stands in front of

@@ -17,7 +17,7 @@ import errno
 import functools
 import posixpath
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .attributes import (
@@ -59,6 +59,7 @@ from .nodes import (
     Link,
     Node,
     Op,
+    ViewDir,
     raw_children,
 )
 from .pci import PciFunction
@@ -85,10 +86,15 @@ class Tree(PciTree, HostObserver):
         #: every node dropped since the FUSE adapter last looked: one the kernel knows may
         #: still be held open (fstat answers for it); None while nobody listens
         self.graveyard: list[Node] | None = None
-        #: what each object added: all of it, and what goes when it is unbound
+        #: what each object added: all of it, and what goes when it is unbound (a device's
+        #: names outside its directory are views of the model: see ``_device_views``; what
+        #: binding put inside a device's directory, once built)
         self._parent_nodes: dict[Parent, list[Node]] = {}
-        self._device_nodes: dict[MdevDevice, list[Node]] = {}
-        self._bound_nodes: dict[MdevDevice, list[Node]] = {}
+        self._bound_inside: dict[MdevDevice, list[Node]] = {}
+        #: the bound mdevs, by IOMMU group and by vfio device index: what the views of
+        #: the groups and vfio devices show
+        self._mdev_groups: dict[int, MdevDevice] = {}
+        self._mdev_vfio: dict[int, MdevDevice] = {}
         self._pci_dirs: dict[PciFunction, Dir] = {}
         self._pci_nodes: dict[PciFunction, list[Node]] = {}
         self._pci_bound_nodes: dict[PciFunction, list[Node]] = {}
@@ -105,23 +111,25 @@ class Tree(PciTree, HostObserver):
         self._build_vfio_device = self._vfio_device
         self._build_vfio_group = self._vfio_group_entries
         self.root = self._register(Dir(""))
-        for path in ("class/mdev_bus", "bus/mdev/devices", "bus/mdev/drivers",
-                     "kernel/iommu_groups", "devices/virtual/vfio", "class/vfio"):
-            self.mkdirs(path)
-        if host.kernel.has(VFIO_DEV_CLASS):
-            self.mkdirs("class/vfio-dev")
+        # the directories every device is seen in: views of the model
+        self.mkdirs("class/mdev_bus")
         bus = self.mkdirs("bus/mdev")
+        self.bus_devices = self._view(bus, "devices", host.devices.keys, self._bus_link)
+        self.mkdirs("bus/mdev/drivers")
+        groups = self._group_names
+        self.iommu_groups = self._view(self.mkdirs("kernel"), "iommu_groups", groups,
+                                       self._mdev_group)
+        self.virtual_vfio = self._view(self.mkdirs("devices/virtual"), "vfio", groups,
+                                       self._mdev_vfio_group)
+        self.class_vfio = self._view(self.mkdirs("class"), "vfio", groups,
+                                     self._mdev_vfio_group_link)
+        self.class_vfio_dev: ViewDir | None = (
+            self._view(self.mkdirs("class"), "vfio-dev", self._vfio_dev_names,
+                       self._mdev_vfio_dev_link) if host.kernel.has(VFIO_DEV_CLASS) else None)
         self._file(bus, "drivers_autoprobe", MDEV_AUTOPROBE, host)
         self._file(bus, "drivers_probe", Op(store=self._mdev_drivers_probe))
         self._file(bus, "uevent", BUS_UEVENT)
-        # the directories every device links into, found once
-        self.iommu_groups = self._dir_at("kernel/iommu_groups")
         self.bus_mdev = bus
-        self.bus_devices = self._dir_at("bus/mdev/devices")
-        self.class_vfio = self._dir_at("class/vfio")
-        self.class_vfio_dev: Dir | None = (self._dir_at("class/vfio-dev")
-                                           if host.kernel.has(VFIO_DEV_CLASS) else None)
-        self.virtual_vfio = self._dir_at("devices/virtual/vfio")
         if not host.kernel.has(NO_VFIO_MDEV_DRIVER):  # vfio_mdev: every mdev's until 5.14
             self._mdev_driver_dir(VFIO_MDEV, VFIO_MDEV if not host.kernel.has(
                 PER_PARENT_MDEV_DRIVER) else "mdev")
@@ -143,16 +151,21 @@ class Tree(PciTree, HostObserver):
         self.size += 1
         return node
 
-    def _attach(self, directory: Dir, node: Node) -> Any:
+    def _attach(self, directory: Dir, node: Node, counted: bool = False) -> Any:
         """``node`` into ``directory``; a lazy directory is not built for it (its build,
-        later, makes the rest)."""
+        later, makes the rest). ``counted``: a directory already in ``directory``'s link
+        count (a view's, counted when the model made it)."""
         self._register(node)
         node.parent = directory
         raw_children(directory)[node.name] = node
         self.generation += 1
-        if isinstance(node, Dir):
+        if not counted and isinstance(node, Dir):
             self._recount(directory, 1)
         return node
+
+    def _view(self, directory: Dir, name: str, names: Callable[[], Iterable[str]],
+              make: Callable[[ViewDir, str], Node | None]) -> ViewDir:
+        return self._attach(directory, ViewDir(name, names, make))
 
     def _recount(self, directory: Dir, change: int) -> None:
         directory.subdirs += change
@@ -172,7 +185,7 @@ class Tree(PciTree, HostObserver):
         """Detach ``node`` and forget its whole subtree; its inodes are never reused."""
         if node.parent is None:
             return  # dropped already
-        node.parent.children.pop(node.name, None)
+        raw_children(node.parent).pop(node.name, None)
         self.generation += 1
         if isinstance(node, Dir):
             self._recount(node.parent, -1)
@@ -205,7 +218,7 @@ class Tree(PciTree, HostObserver):
         for part in filter(None, path.split("/")):
             if not isinstance(node, Dir):
                 return None
-            node = node.children.get(part)
+            node = node.child(part)
         return node
 
     def mkdirs(self, path: str) -> Dir:
@@ -323,11 +336,13 @@ class Tree(PciTree, HostObserver):
             self._file(tdir, "description", TYPE_DESCRIPTION, mtype)
         self._vendor_files(tdir, mtype.parent.driver.type_attributes(mtype), mtype)
         self._migration(tdir, mtype)
-        self._dir(tdir, "devices")
+        self._view(tdir, "devices", mtype.devices.keys, functools.partial(self._type_link, mtype))
 
     def _mdev_driver_dir(self, name: str, module: str) -> Dir:
         """``bus/mdev/drivers/<name>`` with its ``module`` link (``module/<module>``)."""
-        ddir = self._mdev_drivers[name] = self._dir(self._dir_at("bus/mdev/drivers"), name)
+        ddir = self._mdev_drivers[name] = self._view(
+            self._dir_at("bus/mdev/drivers"), name, functools.partial(self._driver_names, name),
+            functools.partial(self._driver_link, name))
         self._file(ddir, "bind", Op(store=functools.partial(self._mdev_bind, name)))
         self._file(ddir, "unbind", Op(store=functools.partial(self._mdev_unbind, name)))
         self._file(ddir, "uevent", BUS_UEVENT)
@@ -345,21 +360,21 @@ class Tree(PciTree, HostObserver):
     # --- mdev devices -----------------------------------------------------------------------
 
     def device_added(self, mdev: MdevDevice) -> None:
-        """``device_add()``: the device directory exists before any link to it appears; its
-        entries (and, if the driver bound it, what binding adds inside it) are made when
-        it is first looked at, which most devices never are: a create or a restore makes
-        the names that lead to the device, a third of its nodes."""
-        uuid = sys.intern(mdev.uuid)  # names several entries: one string for all
+        """``device_add()``: the device directory, under its parent. Its entries (and, if
+        the driver bound it, what binding adds inside it) are made when it is first looked
+        at, which most devices never are; every name that leads to it (``bus/mdev/devices``,
+        its type's ``devices/``, its groups) is a view of the model, made when looked up.
+        A create or a restore makes one node."""
+        uuid = sys.intern(mdev.uuid)
         tdir = self._type_dirs[mdev.mdev_type]
         subdirs = 1 + (0 if self._per_parent else self._vendor_subdirs(mdev))  # power/
         ddir = DeviceDir(uuid, self._build_device, mdev, subdirs=subdirs)
         self._attach(tdir.parent.parent, ddir)  # <parent>/mdev_supported_types/<type>
-        nodes: list[Node] = [ddir]
-        for where in (tdir.children["devices"], self.bus_devices):
-            nodes.append(self._attach(where, Link(uuid, ddir)))
-        self._device_nodes[mdev] = nodes
         if mdev.binding is not None:
             self._bound(mdev, ddir, mdev.binding)
+
+    def _ddir(self, mdev: MdevDevice) -> DeviceDir:
+        return raw_children(self._type_dirs[mdev.mdev_type].parent.parent)[mdev.uuid]  # type: ignore
 
     @property
     def _per_parent(self) -> bool:
@@ -385,11 +400,14 @@ class Tree(PciTree, HostObserver):
 
     def _bound(self, mdev: MdevDevice, ddir: Dir, binding: Binding) -> None:
         """What the driver's probe and ``vfio_register_emulated_iommu_dev()`` add: outside
-        the device directory now, inside it with the rest of its entries."""
-        drvdir = self._driver_of(mdev)
-        group = self._iommu_group(ddir, binding.iommu_group, None)
-        self._bound_nodes[mdev] = [group, *self._vfio_group(ddir, binding),
-                                   self._attach(drvdir, Link(ddir.name, ddir))]
+        the device directory (the groups, the links to it: views), inside it with the rest
+        of its entries."""
+        self._mdev_groups[binding.iommu_group] = mdev
+        if self.class_vfio_dev is not None:
+            self._mdev_vfio[binding.vfio_index] = mdev
+        self._recount(self.iommu_groups, 1)
+        self._recount(self.virtual_vfio, 1)
+        self.generation += 1
         if isinstance(ddir, LazyDir) and ddir.build is not None:
             self._recount(ddir, self._bound_subdirs(mdev))  # what it will hold once built
         else:
@@ -409,9 +427,9 @@ class Tree(PciTree, HostObserver):
                 + (self._vendor_subdirs(mdev) if self._per_parent else 0))
 
     def _bound_entries(self, mdev: MdevDevice, ddir: Dir, binding: Binding) -> None:
-        nodes = self._bound_nodes[mdev]
+        nodes = self._bound_inside.setdefault(mdev, [])
         nodes.append(self._attach(ddir, Link(
-            "iommu_group", self.iommu_groups.children[str(binding.iommu_group)])))
+            "iommu_group", self.iommu_groups.child(str(binding.iommu_group)))))
         nodes.append(self._attach(ddir, Link("driver", self._driver_of(mdev))))
         if self._per_parent:
             nodes += self._vendor_files(ddir, mdev.parent.driver.device_attributes(mdev), mdev)
@@ -420,33 +438,128 @@ class Tree(PciTree, HostObserver):
 
     def device_bound(self, mdev: MdevDevice) -> None:
         assert mdev.binding is not None
-        self._bound(mdev, self._device_nodes[mdev][0], mdev.binding)  # type: ignore[arg-type]
+        self._bound(mdev, self._ddir(mdev), mdev.binding)
 
     def device_unbound(self, mdev: MdevDevice, binding: Binding) -> None:
-        self._drop_all(self._bound_nodes.pop(mdev, []))
-        ddir = self._device_nodes[mdev][0]
+        self._drop_all(self._bound_inside.pop(mdev, []))
+        ddir = self._ddir(mdev)
+        for view, name in self._bound_views(mdev, ddir, binding):
+            node = raw_children(view).get(name)
+            if node is not None:
+                self._drop(node)
+            elif view is self.iommu_groups or view is self.virtual_vfio:
+                self._recount(view, -1)  # a group never looked at: counted all the same
+        del self._mdev_groups[binding.iommu_group]
+        self._mdev_vfio.pop(binding.vfio_index, None)
+        self.generation += 1
         if isinstance(ddir, LazyDir) and ddir.build is not None:
             self._recount(ddir, -self._bound_subdirs(mdev))  # it will not hold them now
+
+    def _bound_views(self, mdev: MdevDevice, ddir: Dir,
+                     binding: Binding) -> list[tuple[Dir, str]]:
+        """Where a bound device is seen outside its directory: its IOMMU group, its vfio
+        group and the links to it, each (directory, name)."""
+        group = str(binding.iommu_group)
+        views: list[tuple[Dir, str]] = [(self.iommu_groups, group), (self.virtual_vfio, group),
+                                        (self.class_vfio, group)]
+        if self.class_vfio_dev is not None:
+            views.append((self.class_vfio_dev, f"vfio{binding.vfio_index}"))
+        views.append((self._driver_of(mdev), ddir.name))
+        return views
+
+    def _device_views(self, mdev: MdevDevice) -> list[tuple[Dir, str]]:
+        """Where a device is seen outside its directory: its bus and type links, and, bound,
+        what :meth:`_bound_views` says."""
+        ddir = self._ddir(mdev)
+        views: list[tuple[Dir, str]] = [(self.bus_devices, ddir.name), (
+            raw_children(self._type_dirs[mdev.mdev_type])["devices"], ddir.name)]  # type: ignore
+        if mdev.binding is not None:
+            views += self._bound_views(mdev, ddir, mdev.binding)
+        return views
 
     def names_removed_by(self, node: Node) -> list[Node]:
         """The names a store to ``node`` would take away, where known before it runs: for a
         device's ``remove``, its directory and every name outside it that leads to it (the
-        links, its IOMMU group and vfio group); else none."""
+        links, its IOMMU group and vfio group) that has been made; else none."""
         if not isinstance(node, File) or node.op is not DEVICE_REMOVE or node.parent is None:
             return []
-        ddir = node.parent
-        return [n for n in self._bound_nodes.get(node.obj, []) + self._device_nodes.get(
-            node.obj, []) if n.parent is not ddir]
+        made = (raw_children(view).get(name) for view, name in self._device_views(node.obj))
+        return [node.parent, *(n for n in made if n is not None)]
 
     def device_removed(self, mdev: MdevDevice) -> None:
-        nodes = self._device_nodes.pop(mdev, [])
-        if nodes and self.dropped:
+        ddir = self._ddir(mdev)
+        if self.dropped:
             # The device was just unbound on its way out (Host._destroy): the names its
             # unbinding took from its directory need no telling the kernel, since nothing
             # reaches them once the directory's own name is gone from its cache.
-            ddir = nodes[0].inode
-            self.dropped = [entry for entry in self.dropped if entry[0] != ddir]
-        self._drop_all(self._bound_nodes.pop(mdev, []) + nodes)
+            self.dropped = [entry for entry in self.dropped if entry[0] != ddir.inode]
+        self._drop_all(self._bound_inside.pop(mdev, []))
+        for view, name in self._device_views(mdev):
+            node = raw_children(view).get(name)
+            if node is not None:
+                self._drop(node)
+        self._drop(ddir)
+        self.generation += 1
+
+    # --- the views: the names of devices outside their directories, made when looked up ----
+
+    def _group_names(self) -> Iterator[str]:
+        return map(str, self._mdev_groups)
+
+    def _vfio_dev_names(self) -> Iterator[str]:
+        return (f"vfio{index}" for index in self._mdev_vfio)
+
+    def _bus_link(self, view: ViewDir, name: str) -> Node | None:
+        mdev = self.host.devices.get(name)
+        return None if mdev is None else self._attach(view, Link(name, self._ddir(mdev)))
+
+    def _type_link(self, mtype: MdevType, view: ViewDir, name: str) -> Node | None:
+        mdev = mtype.devices.get(name)
+        return None if mdev is None else self._attach(view, Link(name, self._ddir(mdev)))
+
+    def _driver_link(self, driver: str, view: ViewDir, name: str) -> Node | None:
+        mdev = self.host.devices.get(name)
+        if mdev is None or mdev.binding is None or self.host.mdev_driver_of(mdev.parent) != driver:
+            return None
+        return self._attach(view, Link(name, self._ddir(mdev)))
+
+    def _driver_names(self, driver: str) -> Iterator[str]:
+        return (uuid for uuid, mdev in self.host.devices.items() if mdev.binding is not None
+                and self.host.mdev_driver_of(mdev.parent) == driver)
+
+    def _bound_mdev(self, name: str) -> MdevDevice | None:
+        """The bound mdev whose IOMMU group is called ``name``."""
+        if not name.isdigit() or str(int(name)) != name:
+            return None
+        return self._mdev_groups.get(int(name))
+
+    def _mdev_group(self, view: ViewDir, name: str) -> Node | None:
+        mdev = self._bound_mdev(name)
+        if mdev is None:
+            return None
+        return self._attach(view, LazyDir(name, self._build_mdev_group, self._ddir(mdev),
+                                          subdirs=1), counted=True)
+
+    def _mdev_vfio_group(self, view: ViewDir, name: str) -> Node | None:
+        mdev = self._bound_mdev(name)
+        if mdev is None:
+            return None
+        return self._attach(view, LazyDir(name, self._build_vfio_group, mdev.binding,
+                                          subdirs=1), counted=True)
+
+    def _mdev_vfio_group_link(self, view: ViewDir, name: str) -> Node | None:
+        if self._bound_mdev(name) is None:
+            return None
+        return self._attach(view, Link(name, self.virtual_vfio.child(name)))
+
+    def _mdev_vfio_dev_link(self, view: ViewDir, name: str) -> Node | None:
+        index = name.removeprefix("vfio")
+        if not name.startswith("vfio") or not index.isdigit() or str(int(index)) != index:
+            return None
+        mdev = self._mdev_vfio.get(int(index))
+        if mdev is None:
+            return None
+        return self._attach(view, InnerLink(name, self._ddir(mdev), "vfio-dev"))
 
     # --- IOMMU groups and VFIO ------------------------------------------------------------------
 

@@ -189,7 +189,8 @@ def test_tree_builds_device_entries_and_removes_them():
 
 
 def test_a_remove_looked_up_alone_builds_one_node_and_leaves_none_behind():
-    """A lookup of ``remove`` in a device never looked at makes that file alone; removing
+    """A create makes one node. A lookup of ``remove`` in a device never looked at makes
+    that file alone; removing
     the device forgets every node it had, the lone file too; a lookup of any other name
     builds the whole directory once."""
     host = mtty_host()
@@ -197,8 +198,12 @@ def test_a_remove_looked_up_alone_builds_one_node_and_leaves_none_behind():
     before = tree.size
     mtype = host.parents["mtty"].types["mtty-2"]
     host.create(mtype, U.encode())
-    made = tree.size
+    # one node: the device's directory; every name that leads to it is a view, made when
+    # looked up (here the bus link)
+    assert tree.size == before + 1
     ddir = tree.resolve(f"bus/mdev/devices/{U}").to
+    made = tree.size
+    assert made == before + 2
     remove = ddir.child("remove")
     assert remove.name == "remove" and tree.size == made + 1
     assert ddir.child("remove") is remove and tree.size == made + 1
@@ -314,6 +319,9 @@ def test_a_devices_remove_names_every_name_that_leads_to_the_device():
     tree = Tree(host)
     host.create(host.parents["mtty"].types["mtty-1"], U.encode())
     remove = tree.resolve(f"devices/virtual/mtty/mtty/{U}/remove")
+    # the names outside the directory are views, made when looked up: none yet
+    assert [n.path for n in tree.names_removed_by(remove)] == [f"devices/virtual/mtty/mtty/{U}"]
+    walked = sorted(n.inode for n in tree.walk())  # makes every view's names, builds all
     assert sorted(n.path for n in tree.names_removed_by(remove)) == sorted([
         f"bus/mdev/devices/{U}", f"bus/mdev/drivers/mtty/{U}", "kernel/iommu_groups/0",
         f"devices/virtual/mtty/mtty/{U}", "class/vfio-dev/vfio0", "class/vfio/0",
@@ -321,7 +329,6 @@ def test_a_devices_remove_names_every_name_that_leads_to_the_device():
         f"devices/virtual/mtty/mtty/mdev_supported_types/mtty-1/devices/{U}"])
     assert tree.names_removed_by(tree.resolve(f"devices/virtual/mtty/mtty/{U}/uevent")) == []
     assert tree.names_removed_by(tree.resolve("bus/mdev/drivers_probe")) == []
-    walked = sorted(n.inode for n in tree.walk())  # builds every lazy directory
     assert tree.size == len(set(walked)) == len(walked)
     assert tree.resolve(f"devices/virtual/mtty/mtty/{U}/iommu_group").to is \
         tree.resolve("kernel/iommu_groups/0")

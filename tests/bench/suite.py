@@ -317,8 +317,11 @@ def phase_listing(res: Results, tools: Tools, config: Path, floors: dict[str, Fl
 
 
 def count_nodes() -> tuple[int, int]:
-    """(nodes per device, nodes with no device) of the bench topology's tree, counted in
-    this process with the same Tree the daemon serves."""
+    """(names per device, nodes with no device) of the bench topology's tree, counted in
+    this process with the same Tree the daemon serves. A device's names are its directory
+    and every name outside it that leads to it (the bus and type links, its groups), as
+    the kernel holds them; the tree makes a node for the directory alone, and one for
+    each other name only when it is looked up (a view of the model)."""
     from mdevfs.config import Topology
     from mdevfs.tree import Tree
 
@@ -326,9 +329,9 @@ def count_nodes() -> tuple[int, int]:
     tree = Tree(host)
     base = tree.size
     mtype = next(iter(host.parents.values())).types[TYPE]
-    for _ in range(10):
-        host.create(mtype, str(uuidlib.uuid4()).encode())
-    return (tree.size - base) // 10, base
+    uuid = str(uuidlib.uuid4())
+    host.create(mtype, uuid.encode())
+    return 1 + len(tree._device_views(host.devices[uuid])), base
 
 
 # --- mount, reset --------------------------------------------------------------------------

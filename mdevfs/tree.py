@@ -488,11 +488,6 @@ class Tree(PciTree, HostObserver):
 
     def device_removed(self, mdev: MdevDevice) -> None:
         ddir = self._ddir(mdev)
-        if self.dropped:
-            # The device was just unbound on its way out (Host._destroy): the names its
-            # unbinding took from its directory need no telling the kernel, since nothing
-            # reaches them once the directory's own name is gone from its cache.
-            self.dropped = [entry for entry in self.dropped if entry[0] != ddir.inode]
         self._drop_all(self._bound_inside.pop(mdev, []))
         for view, name in self._device_views(mdev):
             node = raw_children(view).get(name)

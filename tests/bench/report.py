@@ -365,8 +365,8 @@ def render(res: Results, report_rows: list[Row], info: dict[str, str], svg_name:
                if res.pinned is not None else "Processes were not pinned (--no-pin).")
     method = (f"Method: mdevfs and the C floor (`tests/bench/c/floor.c`) mounted side by "
               f"side in the same caching mode (direct_io, entry_timeout "
-              f"{fuse.ENTRY_TIMEOUT:g} s for the names that stay and 0 for a device's own "
-              f"names, attr_timeout {fuse.ATTR_TIMEOUT:g} s, READDIRPLUS "
+              f"{fuse.ENTRY_TIMEOUT:g} s for every name, attr_timeout "
+              f"{fuse.ATTR_TIMEOUT:g} s, READDIRPLUS "
               f"forced on the floor as pyfuse3 forces it: `C+plus`), each op run by "
               f"`tests/bench/c/driver.c` on both in turns, {plan.reps} repetition(s) × "
               f"{plan.budget_ms:g} ms; each cell is the median of the per-repetition p50 "

@@ -43,12 +43,18 @@ class TracingOperations(SysfsOperations):
     @handler
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         try:
-            return await SysfsOperations.lookup.__wrapped__(self, parent_inode, name, ctx)
+            attr = await SysfsOperations.lookup.__wrapped__(self, parent_inode, name, ctx)
         except (OSError, pyfuse3.FUSEError) as exc:
-            parent = self._handles_path(parent_inode)
-            log.debug("lookup %s: %s", f"{parent}/{name.decode(errors='replace')}".lstrip("/"),
-                      _result(exc))
+            self._missed(parent_inode, name, _result(exc))
             raise
+        if attr.st_ino == 0:  # a missing name, answered as an entry of inode 0
+            self._missed(parent_inode, name, "ENOENT")
+        return attr
+
+    def _missed(self, parent_inode: int, name: bytes, result: str) -> None:
+        parent = self._handles_path(parent_inode)
+        log.debug("lookup %s: %s", f"{parent}/{name.decode(errors='replace')}".lstrip("/"),
+                  result)
 
     @handler
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:

@@ -34,8 +34,9 @@ class Ops(SysfsOperations):
     async def forget_names(self, entries: list[tuple[int, str]]) -> None:
         for parent, name in entries:
             try:
-                timeout = (await self.lookup(parent, name.encode(), Root())).entry_timeout
-            except pyfuse3.FUSEError:
+                attr = await self.lookup(parent, name.encode(), Root())
+                timeout = attr.entry_timeout if attr.st_ino else None
+            except pyfuse3.FUSEError:  # in a directory that is gone
                 timeout = None
             self.invalidated.append((f"{self.held[parent].path}/{name}", timeout))
 
@@ -65,6 +66,8 @@ async def walk(ops: Ops, path: str) -> int:
     while parts:
         name = parts.pop(0)
         attr = await ops.lookup(inode, name.encode(), Root())
+        if attr.st_ino == 0:  # a negative entry: the kernel's ENOENT
+            raise pyfuse3.FUSEError(errno.ENOENT)
         node = ops.held[attr.st_ino]
         if hasattr(node, "target") and parts:  # a link in the middle: follow it
             target = (await ops.readlink(attr.st_ino, Root())).decode()
@@ -136,7 +139,10 @@ def test_the_adapter_answers_the_kernels_errnos():
     directory = trio.run(walk, ops, TYPE)
     assert fuse_errno(ops.open(create, os.O_RDONLY, Root())) == errno.EACCES  # even root
     assert fuse_errno(ops.open(directory, os.O_RDONLY, Root())) == errno.EISDIR
-    assert fuse_errno(ops.lookup(directory, b"nothing", Root())) == errno.ENOENT
+    # a missing name: an entry of inode 0, kept for no time, which the kernel answers
+    # with ENOENT and never caches
+    missing = trio.run(ops.lookup, directory, b"nothing", Root())
+    assert (missing.st_ino, missing.entry_timeout) == (0, 0)
     assert fuse_errno(ops.mkdir(directory, b"x", 0o755, Root())) == errno.EPERM
     assert fuse_errno(ops.create(directory, b"x", 0o644, os.O_WRONLY, Root())) == errno.EACCES
     assert fuse_errno(ops.readlink(create, Root())) == errno.EINVAL

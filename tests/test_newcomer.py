@@ -146,6 +146,17 @@ def test_log_finds_a_default_log_and_a_temporary_mounts(tmp_path):
                                            "available_instances: b'24\\n'\n")
 
 
+@needs_fuse
+def test_the_trace_names_a_lookup_of_a_missing_name(tmp_path):
+    from mdevfs.testing import mounted
+
+    with mounted(write_topology(tmp_path, MTTY_ONLY), verbose=True) as m:
+        assert not (m.root / MTTY_NODE / "nope").exists()
+        out = mdevfs("log", "-n", "1", str(m.root))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(" ", 2)[2] == f"mdevfs.trace DEBUG: lookup {MTTY_NODE}/nope: ENOENT\n"
+
+
 def test_log_of_a_directory_never_mounted_says_where_it_looked(tmp_path):
     out = mdevfs("log", str(tmp_path / "sys"))
     assert out.returncode == 2

@@ -13,17 +13,23 @@ Safety:
   peer of its own uid (``SO_PEERCRED``). A request carries what the daemon's own command
   line would (:func:`mdevfs.process.daemon_argv`), with the caller's environment and umask:
   nothing the caller could not run itself.
-* The socket's name carries a fingerprint of the code (the interpreter and every file of
-  ``mdevfs`` and its drivers, by size and time): edited code gets a fresh forker, never a
-  stale one. A third party's driver is imported by each daemon, never by the forker.
+* The socket's name carries a fingerprint of what the forker imported (the interpreter and
+  its venv, ``PYTHONPATH``, every file of ``mdevfs`` and its drivers, the libraries, by
+  size and time): edited or reinstalled code gets a fresh forker, never a stale one. A third
+  party's driver is imported by each daemon, never by the forker.
 * A caller in another mount or user namespace than the forker's (``unshare``, a
-  container) would not see the daemon's mount: the forker refuses, and the caller forks
-  its daemon itself. So does everything when ``MDEVFS_FORKER=off``.
+  container) would not see the daemon's mount: the forker, which reads the caller's
+  namespaces from /proc by its pid, refuses, and the caller forks its daemon itself.
+  So does everything when ``MDEVFS_FORKER=off``.
+* A daemon gets the caller's environment, umask and signal dispositions, but the forker's
+  resource limits and cgroup: a run that must have its own sets ``MDEVFS_FORKER=off``.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import select
@@ -49,25 +55,41 @@ def disabled() -> bool:
     return os.environ.get("MDEVFS_FORKER", "").lower() in ("off", "0", "no")
 
 
+#: the libraries a forker imports beside mdevfs (what a daemon would import afresh)
+_LIBRARIES = ("pyfuse3", "trio", "attrs", "attr", "tomli_w")
+
+
 def fingerprint() -> str:
-    """The interpreter and every file of mdevfs and its shipped drivers, by name, size and
-    modification time, hashed: what a forker has imported must be what is on disk now."""
-    digest = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{sys.version}".encode())
+    """What a forker has imported, as it is on disk now, hashed: the interpreter and its
+    environment (``sys.prefix``, a venv's), ``PYTHONPATH``, the dynamic loader's preloads,
+    every file of mdevfs and its shipped drivers and the file of each library it imports,
+    each by name, size and modification time. A run whose fingerprint differs gets another
+    forker."""
+    digest = hashlib.sha256("\0".join([
+        os.path.realpath(sys.executable), sys.version, sys.prefix,
+        *(os.environ.get(name, "") for name in ("PYTHONPATH", "LD_PRELOAD", "LD_LIBRARY_PATH"))
+    ]).encode())
+    files = [spec.origin for spec in map(_spec, _LIBRARIES) if spec and spec.origin]
     for directory in (Path(__file__).parent, _drivers_dir()):
-        if directory is None:
-            continue
-        with os.scandir(directory) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if entry.is_file():
-                    st = entry.stat()
-                    digest.update(f"\0{entry.path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        if directory is not None:
+            with os.scandir(directory) as entries:
+                files += sorted(e.path for e in entries if e.is_file())
+    for path in files:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            digest.update(f"\0{path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
-def _drivers_dir() -> Path | None:
-    import importlib.util
+def _spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
 
-    spec = importlib.util.find_spec(_DRIVERS)
+
+def _drivers_dir() -> Path | None:
+    spec = _spec(_DRIVERS)
     return Path(spec.origin).parent if spec is not None and spec.origin else None
 
 
@@ -75,8 +97,9 @@ def socket_path() -> Path:
     return runtime_dir() / f"forker-{fingerprint()}.sock"
 
 
-def _namespaces() -> list[str]:
-    return [os.readlink(f"/proc/self/ns/{ns}") for ns in ("mnt", "user")]
+def _namespaces(pid: int | str = "self") -> list[str]:
+    """The mount and user namespaces of process ``pid``; OSError if they cannot be read."""
+    return [os.readlink(f"/proc/{pid}/ns/{ns}") for ns in ("mnt", "user")]
 
 
 # --- the caller's side ---------------------------------------------------------------------
@@ -112,7 +135,7 @@ class Forker:
         umask = os.umask(0o022)
         os.umask(umask)
         request = {"argv": list(argv), "env": dict(os.environ), "umask": umask,
-                   "new_session": new_session, "namespaces": _namespaces()}
+                   "new_session": new_session}
         try:
             with self.sock:
                 socket.send_fds(self.sock, [json.dumps(request).encode()], [log_fd, ready_fd])
@@ -245,21 +268,24 @@ def _serve(conn: socket.socket, entry: object) -> None:
     """One request: a daemon forked, its pid answered; or an error answered."""
     conn.settimeout(5.0)
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
+    peer, uid, _gid = struct.unpack("3i", creds)
     fds: list[int] = []
+    pid = None
     try:
         if uid != os.geteuid():
             raise ValueError(f"uid {uid} is not this forker's")
+        # the caller's own namespaces, as the kernel says them, not as it says
+        if _namespaces(peer) != _namespaces():
+            raise ValueError("the caller is in another namespace")
         msg, fds, _flags, _addr = socket.recv_fds(conn, _LIMIT, 2)
         more = _read_all(conn)
         request = json.loads(msg + more)
         argv, env, umask = request["argv"], request["env"], request["umask"]
-        if request.get("namespaces") != _namespaces():
-            raise ValueError("the caller is in another namespace")
         if (len(fds) != 2 or not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)
                 or not isinstance(env, dict) or not isinstance(umask, int)
-                or argv[1:4] != ["-P", "-m", "mdevfs.daemon"]):
+                or argv[1:4] != ["-P", "-m", "mdevfs.daemon"] or "--ready-fd" not in argv[:-1]):
             raise ValueError("a malformed request")
+        argv[argv.index("--ready-fd") + 1] = str(fds[1])  # its number here, not the caller's
         pid = _fork(entry, argv, env, umask, fds[0], fds[1], bool(request.get("new_session")))
         from .process import start_time
 
@@ -269,8 +295,12 @@ def _serve(conn: socket.socket, entry: object) -> None:
     finally:
         for fd in fds:
             os.close(fd)
-    with contextlib.suppress(OSError):
+    try:
         conn.sendall(json.dumps(reply).encode())
+    except OSError:
+        if pid is not None:  # the caller gave up (and forks its own): this one must not stay
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _fork(entry: object, argv: list[str], env: dict[str, str], umask: int, log_fd: int,
@@ -278,7 +308,10 @@ def _fork(entry: object, argv: list[str], env: dict[str, str], umask: int, log_f
     from .process import fork_daemon
 
     def run(args: list[str]) -> int:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the daemon waits for its children
+        # a daemon's signals as a new Python's, whatever the forker was started with
+        for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in env.items()})
         os.umask(umask & 0o777)

@@ -106,6 +106,24 @@ def test_a_run_after_the_first_gets_its_daemon_from_the_forker(runtime):
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_run_with_descriptors_of_its_own_gets_its_daemon_from_the_forker(runtime):
+    """The run's descriptors and the forker's are numbered differently (here, a run started
+    with 3 to 5 open): the daemon is told the number of its readiness socket in the
+    forker, and the run gets its daemon from the forker all the same."""
+    path = forker_up(runtime)
+    proc = subprocess.Popen(["sh", "-c", 'exec 3</dev/null 4</dev/null 5</dev/null; exec "$@"',
+                             "sh", *MDEVFS, "run", "--", *HOLD], env=runtime, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert int(proc.stdout.readline()) == proc.pid
+        runs = Path(runtime["XDG_RUNTIME_DIR"]) / "mdevfs" / "runs"
+        daemon = json.loads((runs / f"{proc.pid}.json").read_text())["daemon"]
+        assert cmdline(ppid(daemon)) == [sys.executable, "-P", "-m", "mdevfs.forker", str(path)]
+    finally:
+        proc.communicate("\n", timeout=30)
+    assert proc.returncode == 0
+
+
 def test_a_run_in_another_mount_namespace_forks_its_own_daemon(runtime):
     """The forker's daemon would mount where the run cannot see it: the forker refuses,
     and run forks the daemon itself."""

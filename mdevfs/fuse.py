@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #   them it held (invalidate_entry): the next walk finds a removed device gone, and a
 #   re-created one afresh.
 # * A device's ``remove`` takes its names from the kernel before it takes the device from
-#   the model, answering lookups of them meanwhile uncached: until the device is gone,
+#   the model, answering every lookup meanwhile uncached: until the device is gone,
 #   every name of it is found; from then on, none is. No reader ever sees one name of a
 #   device without the others.
 # * ATTR_TIMEOUT is long: a node's attributes (mode, size 4096, times) never change
@@ -138,9 +138,12 @@ class SysfsOperations(pyfuse3.Operations):
         #: descriptor (kernfs keeps the node).
         self.known: dict[int, int] = {}
         self.held: dict[int, Node] = {ROOT_INODE: tree.root}
-        #: inodes whose names a request in progress is taking away: found uncached until
-        #: it ends (a count: two removes of one device may overlap)
+        #: inodes whose names a request in progress is taking away, forgotten before the
+        #: change (a count: two removes of one device may overlap); while any is, every
+        #: lookup is answered uncached, so that no name of what goes (a view's name made
+        #: meanwhile included) is cached past the change
         self.doomed: dict[int, int] = {}
+        self._dooming = 0
         #: a removed node's link count: 1 for a file and 2 for a directory, 0 from 7.0
         self._dead_nlink = 0 if tree.host.kernel.has(REMOVED_NLINK_ZERO) else None
         self._notifier = _Notifier()
@@ -187,7 +190,7 @@ class SysfsOperations(pyfuse3.Operations):
         if attr is None:
             attr = self._fresh_attributes()
         attr.st_ino = node.inode
-        attr.entry_timeout = 0 if self.doomed and node.inode in self.doomed else ENTRY_TIMEOUT
+        attr.entry_timeout = 0 if self._dooming else ENTRY_TIMEOUT
         if isinstance(node, File):
             attr.st_mode = stat.S_IFREG | node.op.mode
             # as sysfs: every attribute stats with size 4096, a binary one with its own
@@ -248,12 +251,19 @@ class SysfsOperations(pyfuse3.Operations):
         if entries:
             await self._notifier.send(entries)
 
+    def stop(self) -> None:
+        """Before the session goes: no thread may notify it after."""
+        self._notifier.stop()
+
     def forget_attributes(self, inodes: list[int]) -> None:
         for inode in inodes:
             with contextlib.suppress(OSError):  # ENOENT: evicted meanwhile
                 pyfuse3.invalidate_inode(inode, attr_only=True)
 
     def _doom(self, names: list[Node], change: int) -> None:
+        if not names:
+            return
+        self._dooming += change
         doomed = self.doomed
         for name in names:
             left = doomed.get(name.inode, 0) + change
@@ -378,7 +388,7 @@ class SysfsOperations(pyfuse3.Operations):
             await self.before(handle.node, data)
         # The names the store is known to take away go from the kernel first, found
         # uncached meanwhile, so that they vanish from every view at once.
-        names = self.tree.names_removed_by(handle.node)
+        names = self.tree.names_removed_by(handle.node, data)
         self._doom(names, 1)
         try:
             if names:
@@ -392,8 +402,10 @@ class SysfsOperations(pyfuse3.Operations):
             gc.freeze()
             if self.after_store is not None:
                 self.after_store(handle.node)
-            await self.invalidate_dropped()
         finally:
+            # whatever the store changed before it failed (an unbind the disk refused to
+            # record stays done) is forgotten too
+            await self.invalidate_dropped()
             self._doom(names, -1)
         return count
 
@@ -478,14 +490,16 @@ class _Notifier:
         self._lock = trio.Lock()
         self._jobs: queue.SimpleQueue[tuple[int, list[tuple[int, str]]]] = queue.SimpleQueue()
         self._done = -1  # the pipe's read end, once the thread runs
+        self._thread: threading.Thread | None = None
         self._sent = 0
 
     async def send(self, entries: list[tuple[int, str]]) -> None:
         async with self._lock:  # one batch at a time: each waits for its own
             if self._done < 0:  # started in the daemon, after any fork
                 self._done, done = os.pipe2(os.O_CLOEXEC)
-                threading.Thread(target=self._run, args=(done,), name="mdevfs-invalidate",
-                                 daemon=True).start()
+                self._thread = threading.Thread(target=self._run, args=(done,),
+                                                name="mdevfs-invalidate", daemon=True)
+                self._thread.start()
             self._sent += 1
             self._jobs.put((self._sent, entries))
             # numbered, so that a wait cancelled (at unmount) leaves nothing to mistake
@@ -494,9 +508,18 @@ class _Notifier:
                 if int.from_bytes(os.read(self._done, 8), "little") == self._sent:
                     return
 
+    def stop(self) -> None:
+        """End the thread (before the session it notifies goes): it finishes the batch it
+        is in, which a kernel that is unmounting answers at once."""
+        if self._thread is not None:
+            self._jobs.put((0, []))
+            self._thread.join(timeout=5)
+
     def _run(self, done: int) -> None:
         while True:
             number, entries = self._jobs.get()
+            if number == 0:
+                return
             for parent_inode, name in entries:
                 try:
                     pyfuse3.invalidate_entry(parent_inode, os.fsencode(name))
@@ -539,4 +562,5 @@ async def serve(ops: SysfsOperations, mountpoint: str, allow_other: bool = False
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
+        ops.stop()
         pyfuse3.close(unmount=True)

@@ -5,9 +5,10 @@ show and store) and the model object it shows, so a node costs a few dozen bytes
 what it points at. :class:`mdevfs.tree.Tree` makes them and keeps them in step with the
 model; the FUSE adapter serves them.
 
-Inodes are handed out by one counter and never reused; a removed node is
-dropped from the table and marked dead (no parent), so a write through a file handle that
-outlived it fails with ENODEV, as kernfs_get_active() makes it fail.
+Inodes are handed out by one counter and never reused; a removed node is detached and
+marked dead (no parent), so a write through a file handle that outlived it fails with
+ENODEV, as kernfs_get_active() makes it fail. A :class:`ViewDir` computes its entries for
+the model's objects from the model, making a node only when a name is looked up.
 """
 from __future__ import annotations
 

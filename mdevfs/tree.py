@@ -7,9 +7,10 @@ and is kept in step with the model as a :class:`~mdevfs.model.HostObserver`. It 
 :mod:`mdevfs.attributes` and :mod:`mdevfs.pci_sysfs`. What the kernel a host runs changes
 (:mod:`mdevfs.kernel`) is asked of ``host.kernel`` here and nowhere else in the view.
 
-The tree keeps, for each model object, the nodes it made for it (keyed by the object: a
-parent, a device, a PCI function, a driver), so that taking an object away drops exactly
-those.
+The tree keeps, for each parent, PCI function and driver, the nodes it made for it, so
+that taking the object away drops exactly those. A device has one node of its own, its
+directory; every name outside it that leads to it is a view of the model (a
+:class:`~mdevfs.nodes.ViewDir`'s), made when looked up and dropped with the device.
 """
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ from .attributes import (
 )
 from .errors import fail
 from .kernel import NO_VFIO_MDEV_DRIVER, PER_PARENT_MDEV_DRIVER, VFIO_DEV_CLASS
-from .kparse import device_named
+from .kparse import device_named, parse_ulong
 from .model import VFIO_MDEV, Binding, Host, HostObserver, MdevDevice, MdevType, Parent
 from .nodes import (
+    PAGE_SIZE,
     ROOT_INODE,
     DeviceDir,
     Dir,
@@ -477,11 +479,17 @@ class Tree(PciTree, HostObserver):
             views += self._bound_views(mdev, ddir, mdev.binding)
         return views
 
-    def names_removed_by(self, node: Node) -> list[Node]:
-        """The names a store to ``node`` would take away, where known before it runs: for a
-        device's ``remove``, its directory and every name outside it that leads to it (the
-        links, its IOMMU group and vfio group) that has been made; else none."""
+    def names_removed_by(self, node: Node, buf: bytes) -> list[Node]:
+        """The names a store of ``buf`` to ``node`` would take away, where known before it
+        runs: for a device's ``remove`` of a value that removes (not 0, nor one that fails
+        to parse), its directory and every name outside it that leads to it (the links,
+        its IOMMU group and vfio group) that has been made; else none."""
         if not isinstance(node, File) or node.op is not DEVICE_REMOVE or node.parent is None:
+            return []
+        try:
+            if parse_ulong(buf[:PAGE_SIZE]) == 0:
+                return []
+        except OSError:
             return []
         made = (raw_children(view).get(name) for view, name in self._device_views(node.obj))
         return [node.parent, *(n for n in made if n is not None)]

@@ -27,11 +27,20 @@ class Ops(SysfsOperations):
     """The adapter with what it tells the kernel to forget recorded instead of sent: each
     name, and the entry timeout a lookup of it gets meanwhile (None: not found)."""
 
-    def __init__(self, tree: Tree) -> None:
-        super().__init__(tree)
+    def __init__(self, tree: Tree, **kwargs: Any) -> None:
+        super().__init__(tree, **kwargs)
         self.invalidated: list[tuple[str, float | None]] = []
+        #: a path looked up (for the first time) while names are being forgotten, with
+        #: the entry timeout it got
+        self.probe: str | None = None
+        self.probed: list[float] = []
 
     async def forget_names(self, entries: list[tuple[int, str]]) -> None:
+        if self.probe is not None:
+            where, name = self.probe.rsplit("/", 1)
+            self.probe = None
+            self.probed.append((await self.lookup(
+                await walk(self, where), name.encode(), Root())).entry_timeout)
         for parent, name in entries:
             try:
                 attr = await self.lookup(parent, name.encode(), Root())
@@ -129,6 +138,48 @@ def test_a_create_through_the_adapter_makes_the_device_and_counts_it():
         with pytest.raises(pyfuse3.FUSEError) as gone:
             await walk(ops, f"bus/mdev/devices/{U}")
         assert gone.value.errno == errno.ENOENT
+
+    trio.run(scenario)
+
+
+def test_a_name_first_looked_up_while_a_remove_forgets_is_not_cached():
+    """A walker's first lookup of one of the device's names (its IOMMU group, a view's
+    name made right then) while the remove has the kernel forget the others: answered
+    uncached, so nothing of the device outlives the remove in the kernel's cache."""
+    ops = setup()
+
+    async def scenario() -> None:
+        await write(ops, f"{TYPE}/create", U.encode())
+        await walk(ops, f"bus/mdev/devices/{U}/remove")
+        ops.probe = f"class/vfio/{ops.tree.host.devices[U].binding.iommu_group}"
+        assert await write(ops, f"bus/mdev/devices/{U}/remove", b"1") == 1
+        assert ops.probed == [0]
+
+    trio.run(scenario)
+
+
+def test_a_store_that_fails_after_its_change_still_has_the_kernel_forget_what_went():
+    """An unbind the state file refuses to record stays done and answers EIO: the names it
+    took (the IOMMU group the kernel was given) are forgotten all the same."""
+    def refuse(node: Any) -> None:
+        raise OSError(errno.EIO, "the disk is full")
+
+    host = Topology.default().empty_host()
+    tree = Tree(host)
+    Topology.default().populate(host)
+    ops = Ops(tree, after_store=refuse)
+
+    async def scenario() -> None:
+        info = await ops.open(await walk(ops, f"{TYPE}/create"), os.O_WRONLY, Root())
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.write(info.fh, 0, U.encode())  # the create stays: nothing undoes it here
+        group = f"kernel/iommu_groups/{host.devices[U].binding.iommu_group}"
+        await walk(ops, group)  # the kernel is given the group
+        ops.invalidated.clear()
+        with pytest.raises(pyfuse3.FUSEError) as failed:
+            await write(ops, "bus/mdev/drivers/mtty/unbind", U.encode())
+        assert failed.value.errno == errno.EIO and host.devices[U].binding is None
+        assert (group, None) in ops.invalidated
 
     trio.run(scenario)
 

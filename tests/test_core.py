@@ -320,15 +320,17 @@ def test_a_devices_remove_names_every_name_that_leads_to_the_device():
     host.create(host.parents["mtty"].types["mtty-1"], U.encode())
     remove = tree.resolve(f"devices/virtual/mtty/mtty/{U}/remove")
     # the names outside the directory are views, made when looked up: none yet
-    assert [n.path for n in tree.names_removed_by(remove)] == [f"devices/virtual/mtty/mtty/{U}"]
+    assert [n.path for n in tree.names_removed_by(remove, b"1")] == [f"devices/virtual/mtty/mtty/{U}"]
     walked = sorted(n.inode for n in tree.walk())  # makes every view's names, builds all
-    assert sorted(n.path for n in tree.names_removed_by(remove)) == sorted([
+    assert sorted(n.path for n in tree.names_removed_by(remove, b"1")) == sorted([
         f"bus/mdev/devices/{U}", f"bus/mdev/drivers/mtty/{U}", "kernel/iommu_groups/0",
         f"devices/virtual/mtty/mtty/{U}", "class/vfio-dev/vfio0", "class/vfio/0",
         "devices/virtual/vfio/0",
         f"devices/virtual/mtty/mtty/mdev_supported_types/mtty-1/devices/{U}"])
-    assert tree.names_removed_by(tree.resolve(f"devices/virtual/mtty/mtty/{U}/uevent")) == []
-    assert tree.names_removed_by(tree.resolve("bus/mdev/drivers_probe")) == []
+    assert tree.names_removed_by(remove, b"0\n") == tree.names_removed_by(remove, b"x") == []
+    assert tree.names_removed_by(tree.resolve(f"devices/virtual/mtty/mtty/{U}/uevent"),
+                                 b"1") == []
+    assert tree.names_removed_by(tree.resolve("bus/mdev/drivers_probe"), b"1") == []
     assert tree.size == len(set(walked)) == len(walked)
     assert tree.resolve(f"devices/virtual/mtty/mtty/{U}/iommu_group").to is \
         tree.resolve("kernel/iommu_groups/0")

@@ -182,7 +182,9 @@ class VendorDriver(Protocol):
         """Release the device's resources, or raise OSError (e.g. EBUSY) to refuse."""
 
     def device_attributes(self, mdev: MdevDevice) -> Sequence[Attribute]:
-        """Per-device vendor attributes (the kernel's dev_groups)."""
+        """Per-device vendor attributes (the kernel's dev_groups): the same names for every
+        device of a type, as the kernel's static attribute groups are; only the values
+        (what show and store do) are the device's."""
 
     def type_attributes(self, mtype: MdevType) -> Sequence[Attribute]:
         """Extra type attributes, as drivers could add them before 6.1."""

@@ -57,6 +57,8 @@ def change_line(op: str, mdev: MdevDevice) -> dict[str, Any]:
 
 
 def dumps(value: Any) -> str:
+    if value == {}:  # most devices' vendor state: a restore of 100,000 spent a tenth here
+        return "{}"
     return json.dumps(value, separators=(",", ":"))
 
 

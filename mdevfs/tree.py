@@ -102,6 +102,7 @@ class Tree(PciTree, HostObserver):
         self._pci_bound_nodes: dict[PciFunction, list[Node]] = {}
         #: each type's directory, for the devices made of it; each driver's directory
         self._type_dirs: dict[MdevType, Dir] = {}
+        self._type_subdirs: dict[MdevType, int] = {}
         self._mdev_drivers: dict[str, Dir] = {}
         self._pci_drivers: dict[str, Dir] = {}
         self._next_inode = ROOT_INODE
@@ -326,6 +327,7 @@ class Tree(PciTree, HostObserver):
     def parent_removed(self, parent: Parent) -> None:
         for mtype in parent.types.values():
             self._type_dirs.pop(mtype, None)
+            self._type_subdirs.pop(mtype, None)
         self._drop_all(self._parent_nodes.pop(parent, []))
 
     def _type_dir(self, types: Dir, mtype: MdevType) -> None:
@@ -419,8 +421,15 @@ class Tree(PciTree, HostObserver):
         return self._mdev_drivers[self.host.mdev_driver_of(mdev.parent)]
 
     def _vendor_subdirs(self, mdev: MdevDevice) -> int:
-        attrs = mdev.parent.driver.device_attributes(mdev)
-        return len({attr.name.split("/", 1)[0] for attr in attrs if "/" in attr.name})
+        """The directories of the driver's device attribute groups. In the kernel they are
+        the driver's, the same for every device (its static ``attribute_group`` arrays), so
+        they are counted once per type, not asked of the driver for each device."""
+        count = self._type_subdirs.get(mdev.mdev_type)
+        if count is None:
+            attrs = mdev.parent.driver.device_attributes(mdev)
+            count = self._type_subdirs[mdev.mdev_type] = len(
+                {attr.name.split("/", 1)[0] for attr in attrs if "/" in attr.name})
+        return count
 
     def _bound_subdirs(self, mdev: MdevDevice) -> int:
         """The directories binding adds inside a device: ``vfio-dev`` (from 6.1) and, from

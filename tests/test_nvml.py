@@ -4,6 +4,7 @@ GPUs and their PCI ids, creatable types while cards fill and empty, vGPU instanc
 and VF types come and go, and migration compatibility as `mdevfs ctl grade` grades it."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pynvml as nv
@@ -66,19 +68,34 @@ def mount(tmp_path_factory, lib):
         yield m
 
 
+@contextlib.contextmanager
+def nvml_session(control: str | os.PathLike[str], monkeypatch) -> Iterator[None]:
+    """NVML initialised against the daemon whose control socket is ``control``, shut down
+    after."""
+    monkeypatch.setenv("MDEVFS_CONTROL", os.fspath(control))
+    nv.nvmlInit()
+    try:
+        yield
+    finally:
+        nv.nvmlShutdown()
+
+
 @pytest.fixture
 def m(mount, monkeypatch):
     """The host in its initial state, NVML initialised against it."""
     mount.reset()
-    monkeypatch.setenv("MDEVFS_CONTROL", os.fspath(mount.control.path))
-    nv.nvmlInit()
-    yield mount
-    nv.nvmlShutdown()
+    with nvml_session(mount.control.path, monkeypatch):
+        yield mount
     assert mount.alive(), mount.log()
 
 
 def handle(bdf: str):
     return nv.nvmlDeviceGetHandleByPciBusId(bdf)
+
+
+def active_mdevs(bdf: str) -> list[str]:
+    """The mdev UUIDs of the vGPU instances NVML counts on the GPU at ``bdf``."""
+    return [nv.nvmlVgpuInstanceGetMdevUUID(v) for v in nv.nvmlDeviceGetActiveVgpus(handle(bdf))]
 
 
 def sysfs_creatable(m, vf: str) -> list[int] | None:
@@ -314,15 +331,10 @@ def test_an_unbound_p4_mdev_holds_its_vgpu_only_before_5_14(tmp_path, monkeypatc
                                                             held):
     """The P4 as the Ampere VF: its available_instances and NVML's instances agree."""
     with mounted(write_topology(tmp_path, P4_ONLY), args=("--kernel", kernel)) as m:
-        monkeypatch.setenv("MDEVFS_CONTROL", os.fspath(m.control.path))
         u = m.create("nvidia-66")  # P4-8Q: one per GPU
         m.write(f"bus/mdev/devices/{u}/driver/unbind", u)
-        nv.nvmlInit()
-        try:
-            vgpus = nv.nvmlDeviceGetActiveVgpus(handle("0000:41:00.0"))
-            assert [nv.nvmlVgpuInstanceGetMdevUUID(v) for v in vgpus] == ([u] if held else [])
-        finally:
-            nv.nvmlShutdown()
+        with nvml_session(m.control.path, monkeypatch):
+            assert active_mdevs("0000:41:00.0") == ([u] if held else [])
         types = "class/mdev_bus/0000:41:00.0/mdev_supported_types"
         assert m.read(f"{types}/nvidia-66/available_instances") == ("0\n" if held else "1\n")
         assert m.read(f"{types}/nvidia-63/available_instances") == ("0\n" if held else "8\n")
@@ -338,16 +350,11 @@ def test_an_unbound_mdev_holds_its_vgpu_only_before_5_14(tmp_path, monkeypatch, 
                               'address = "0000:a1:00.0"\n'
                               'options = { model = "A100", vfs = 2 }\n')
     with mounted(topology, args=("--kernel", kernel)) as m:
-        monkeypatch.setenv("MDEVFS_CONTROL", os.fspath(m.control.path))
         u = m.create("nvidia-472", parent="0000:a1:00.4")  # A100-20C: two per card
         m.write(f"bus/mdev/devices/{u}/driver/unbind", u)
         assert not os.path.lexists(m.path(f"bus/mdev/devices/{u}/driver"))
-        nv.nvmlInit()
-        try:
-            vgpus = nv.nvmlDeviceGetActiveVgpus(handle("0000:a1:00.0"))
-            assert [nv.nvmlVgpuInstanceGetMdevUUID(v) for v in vgpus] == ([u] if held else [])
-        finally:
-            nv.nvmlShutdown()
+        with nvml_session(m.control.path, monkeypatch):
+            assert active_mdevs("0000:a1:00.0") == ([u] if held else [])
         avail = m.read("class/mdev_bus/0000:a1:00.4/mdev_supported_types/nvidia-472/"
                        "available_instances")
         assert avail == ("0\n" if held else "1\n")
@@ -511,17 +518,15 @@ def test_compatibility_agrees_with_mdevfs_ctl_grade_on_every_pair_of_the_skew_fl
     with fleet.running(example, tmp_path / "f") as hosts:
         metadata, strings = {}, {}
         for host in hosts:
-            monkeypatch.setenv("MDEVFS_CONTROL", os.fspath(host.control))
-            nv.nvmlInit()
             uuid = "11111111-2222-4333-8444-555555555555"
             types = host.root / "class/mdev_bus/0000:41:00.0/mdev_supported_types"
             (types / "nvidia-63/create").write_text(uuid)
             strings[host.name] = (host.root / f"bus/mdev/devices/{uuid}/migration_version"
                                   ).read_text().strip()
-            [instance] = nv.nvmlDeviceGetActiveVgpus(handle("0000:41:00.0"))
-            metadata[host.name] = (nv.nvmlVgpuInstanceGetMetadata(instance),
-                                   nv.nvmlDeviceGetVgpuMetadata(handle("0000:41:00.0")))
-            nv.nvmlShutdown()
+            with nvml_session(host.control, monkeypatch):
+                [instance] = nv.nvmlDeviceGetActiveVgpus(handle("0000:41:00.0"))
+                metadata[host.name] = (nv.nvmlVgpuInstanceGetMetadata(instance),
+                                       nv.nvmlDeviceGetVgpuMetadata(handle("0000:41:00.0")))
         graded = set()
         for source in hosts:
             for target in hosts:

@@ -417,11 +417,8 @@ class ParentDriver(BasePciDriver):
         return fn.bdf == self.parent
 
     def probe(self, fn: PciFunction) -> None:
-        """Its GPU only (another function forced on it by driver_override or new_id is
-        ENODEV, as a GPU driver's probe refuses a device it cannot drive); a parent already
+        """Its GPU (the bus gives it no other: it takes no others); a parent already
         registered (plugged while the bus did not autoprobe) is the one it takes over."""
-        if fn.bdf != self.parent:
-            fail(errno.ENODEV)
         parent = self.host.parents.get(self.parent) or \
             self.host._register_parent(self.parent, self.path, self.vendor)
         parent.own_pci = fn

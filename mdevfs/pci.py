@@ -112,6 +112,13 @@ class PciDriver(Protocol):
     #: the driver_data its static id table's entries carry, the only values new_id takes
     #: (None: it has no table, and new_id takes any)
     id_table_data: frozenset[int] | None
+    #: whether it probes a function its id table does not take, given through
+    #: driver_override or new_id (a generic driver does; a GPU driver's instance serves its
+    #: own GPU alone, so for any other function its driver has nothing to probe: ENODEV)
+    takes_others: bool
+    #: whether it puts what it registers with VFIO in D3hot itself while no VM has it open
+    #: (vfio-pci before 5.19), where a driver that idles through runtime PM does not
+    idles_d3hot: bool
 
     def matches(self, fn: PciFunction) -> bool:
         """Whether its id table takes ``fn`` (driver_override and new_id aside)."""
@@ -148,6 +155,8 @@ class BasePciDriver:
     enables = True
     runtime_usage = 2
     id_table_data: frozenset[int] | None = frozenset({0})
+    takes_others = False
+    idles_d3hot = False
 
     def matches(self, fn: PciFunction) -> bool:
         return False
@@ -179,24 +188,23 @@ class GenericDriver(BasePciDriver):
     driver_data 0."""
 
     enables = False
+    takes_others = True
 
     def __init__(self, name: str, module: str, vfio: bool, id_table: bool = False,
                  runtime_pm: bool = True) -> None:
         self.name, self.module, self.vfio = name, module, vfio
         self.id_table_data = frozenset({0}) if id_table else None
         #: vfio-pci idles what it binds through runtime PM (from 5.19), else puts it in D3hot
-        self.runtime_pm = runtime_pm
+        self.idles_d3hot = vfio and not runtime_pm
         #: vfio-pci drops the probe's reference (and allows runtime PM: usage 0), from 5.19
         self.runtime_usage = 1 if vfio and runtime_pm else 2
 
     def probe(self, fn: PciFunction) -> None:
         if not self.vfio:
             return
-        # vfio_pci_core_register_device: no IOMMU group (no unsafe no-IOMMU mode) is EINVAL,
-        # a PF with VFs enabled EBUSY; and a function whose own driver is its VFIO provider
-        # (an NVIDIA VF) is refused by its driver's rules
-        if fn.iommu_group is None:
-            fail(errno.EINVAL)
+        # vfio_pci_core_register_device: a PF with VFs enabled is EBUSY (no IOMMU group is
+        # the bus's EINVAL, before any probe); a function whose own driver is its VFIO
+        # provider (an NVIDIA VF) is refused by its driver's rules
         if fn.sriov is not None and fn.sriov.vfs:
             fail(errno.EBUSY)
         if fn.vfio_pci_refused is not None:
@@ -322,8 +330,6 @@ class PciFunction:
     #: power/control: ``auto`` (pm_runtime_allow) or ``on`` (forbidden, as pci_pm_init leaves
     #: it); power/async: asynchronous suspend (pci_pm_init enables it)
     runtime_allowed: bool = False
-    #: bound to vfio-pci before 5.19, which puts it in D3hot itself while no VM has it open
-    idles_d3hot: bool = False
     async_suspend: bool = True
     #: the DMA mask its driver set (32 bits until a driver sets one)
     dma_bits: int = 32
@@ -415,11 +421,17 @@ class PciFunction:
         fn = self.physfn or self
         return fn.caps.link if self.caps.link is not None else None
 
+    @property
+    def idles_d3hot(self) -> bool:
+        """Registered with VFIO by a driver that puts it in D3hot itself while no VM has it
+        open (vfio-pci before 5.19)."""
+        return self.vfio is not None and self.driver is not None and self.driver.idles_d3hot
+
     def power_state(self) -> str:
         """``current_state``: D3hot while runtime-suspended, D0 once powered, else unknown."""
         if self.suspended or (self.idles_d3hot and not self.vfio_open):
             return "D3hot"
-        return "D0" if self.powered or self.idles_d3hot else "unknown"
+        return "D0" if self.powered else "unknown"
 
 
 #: the kernel's isspace(): the C locale's six and Latin-1's no-break space (lib/ctype.c)

@@ -143,14 +143,15 @@ class PciBus:
     def _matching(self, fn: PciFunction, entry: DriverEntry) -> PciDriver | None:
         """pci_match_device: with driver_override, only the driver it names takes the
         function, whatever its ids; else a dynamic id of the driver's, or an instance's own
-        id table. A driver mdevfs keeps as one instance per function it serves (a GPU's
-        parent driver) answers through the instance of that function when there is one."""
+        id table. A driver mdevfs keeps as one instance per GPU (a GPU's parent driver, an
+        SR-IOV GPU's) answers through that GPU's instance alone: a function of no GPU of its
+        finds nothing to probe; a generic driver (``takes_others``) probes any."""
         own = next((drv for drv in entry.instances if drv.matches(fn)), None)
-        first = entry.instances[0] if entry.instances else None  # none: no driver to probe
+        other = next((drv for drv in entry.instances if drv.takes_others), None)
         if fn.driver_override is not None:
-            return own or first if fn.driver_override == entry.name else None
+            return own or other if fn.driver_override == entry.name else None
         if own is None and any(dyn.matches(fn) for dyn in entry.dynamic_ids):
-            return first
+            return other
         return own
 
     def _may_probe(self, fn: PciFunction) -> bool:
@@ -264,10 +265,8 @@ class PciBus:
             fn.enable_cnt, fn.dma_bits, fn.powered = 1, 64, True
         if drv.registers_vfio(fn):
             fn.vfio = self._vfio_register(fn.iommu_group)
-            if not drv.enables and getattr(drv, "runtime_pm", True):
+            if not drv.enables and not drv.idles_d3hot:
                 fn.runtime_allowed = True  # vfio-pci allows runtime PM: idle, it suspends
-            elif not drv.enables:
-                fn.idles_d3hot = True  # before 5.19: vfio_pci_set_power_state(D3hot)
         self._tell("pci_bound", fn)
 
     def _detach_pci(self, fn: PciFunction) -> None:
@@ -285,7 +284,6 @@ class PciBus:
                 fn.runtime_allowed = False
         # pci_device_remove: a function left on is in a state "unknown" to the next driver
         fn.driver, fn.enable_cnt, fn.dma_bits, fn.powered = None, 0, 32, False
-        fn.idles_d3hot = False
         self._tell("pci_unbound", fn, drv)
 
     # --- SR-IOV -------------------------------------------------------------------------------

@@ -136,6 +136,22 @@ def test_each_gpu_parent_is_its_own_once_rebound(tmp_path):
         assert m.devices() == sorted([kept, made])
 
 
+def test_a_function_of_no_gpu_of_a_gpu_driver_finds_nothing_to_probe(m):
+    """nvidia is one instance per GPU here: the iGPU handed to it (driver_override, then
+    drivers_probe or bind) is no GPU of its, so it stays unbound (bind: ENODEV), and no
+    GPU's parent is touched."""
+    igpu = f"{PCI}/0000:00:02.0"
+    m.write(f"{igpu}/driver/unbind", "0000:00:02.0")
+    m.write(f"{igpu}/driver_override", "nvidia")
+    m.write("bus/pci/drivers_probe", "0000:00:02.0")
+    assert not m.path(f"{igpu}/driver").exists()
+    assert errno_of(m.write, "bus/pci/drivers/nvidia/bind", "0000:00:02.0") == errno.ENODEV
+    assert not m.path(f"{igpu}/driver").exists()
+    assert sorted(os.listdir(m.path("bus/pci/drivers/nvidia"))) == sorted(
+        ["0000:41:00.0", "0000:c1:00.0", "bind", "module", "new_id", "remove_id", "uevent",
+         "unbind"])
+
+
 @pytest.mark.mdevfs_kernels("5.10")
 def test_before_5_14_a_bound_function_is_enodev_to_bind(mdevfs):
     assert errno_of(mdevfs.write, "bus/pci/drivers/nvidia/bind", "0000:41:00.0") == \
@@ -164,17 +180,19 @@ def test_the_machine_its_host_table_describes(tmp_path):
         assert errno_of(m.write, f"{pf}/numa_node", "2") == errno.EINVAL
 
 
-def test_without_an_iommu_no_function_goes_to_vfio_pci(tmp_path):
+@pytest.mark.parametrize(("kernel", "answer"), [("6.1", errno.EINVAL), ("5.10", errno.ENODEV)])
+def test_without_an_iommu_no_function_goes_to_vfio_pci(tmp_path, kernel, answer):
     """No IOMMU unit: no function has a group, and vfio-pci's probe refuses one (EINVAL,
-    vfio_iommu_group_get) instead of making a vfio group for it."""
-    with mounted(write_topology(tmp_path, '[host]\niommu = "none"\n' + L40S)) as m:
+    vfio_iommu_group_get) instead of making a vfio group for it; before 5.14 bind answers a
+    failed probe ENODEV."""
+    with mounted(write_topology(tmp_path, '[host]\niommu = "none"\n' + L40S),
+                 args=("--kernel", kernel)) as m:
         pf = f"{PCI}/0000:41:00.0"
         assert os.listdir(m.path("class/iommu")) == []
         assert not m.path(f"{pf}/iommu_group").exists()
         m.write(f"{pf}/driver_override", "vfio-pci")
         m.write(f"{pf}/driver/unbind", "0000:41:00.0")
-        assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:41:00.0") == \
-            errno.EINVAL
+        assert errno_of(m.write, "bus/pci/drivers/vfio-pci/bind", "0000:41:00.0") == answer
         assert not m.path(f"{pf}/driver").exists()
         assert os.listdir(m.path("class/vfio")) == []
 
@@ -451,6 +469,20 @@ def test_a_number_past_its_type_is_erange_before_5_16_only_where_36f354ec7bf9_ch
     big = "99999999999999999999999"  # past ULONG_MAX and INT_MAX
     with mounted(args=("--kernel", kernel)) as m:
         assert errno_of(m.write, f"{PF}/{file}", big) == answer
+
+
+@pytest.mark.parametrize(("kernel", "answer"), [
+    ("5.13", errno.ERANGE), ("5.15", errno.ERANGE), ("5.16", errno.EINVAL)])
+def test_a_vfs_msix_count_past_int_is_erange_until_5_16(kernel, answer):
+    """sriov_vf_msix_count (from 5.13) passed kstrtoint's ERANGE on until 36f354ec7bf9;
+    a negative count is EINVAL and a count the PF driver cannot set EOPNOTSUPP in every
+    era."""
+    with mounted(args=("--kernel", kernel)) as m:
+        m.write(f"{PF}/sriov_numvfs", "1")
+        count = f"{PF}/virtfn0/sriov_vf_msix_count"
+        assert errno_of(m.write, count, "99999999999999999999999") == answer
+        assert errno_of(m.write, count, "-1") == errno.EINVAL
+        assert errno_of(m.write, count, "5") == errno.EOPNOTSUPP
 
 
 @pytest.mark.parametrize(("kernel", "word", "answer"), [

@@ -173,6 +173,9 @@ class NvidiaSriovGpu:
     runtime_usage = 2
     #: nv_pci_table (kernel-open/nvidia/nv-pci-table.c): every entry's driver_data is 0
     id_table_data = frozenset({0})
+    #: one instance per card: a function of another card is no GPU it drives
+    takes_others = False
+    idles_d3hot = False
 
     @staticmethod
     def from_recording(fn: Any) -> tuple[dict[str, Any], list[str]] | None:

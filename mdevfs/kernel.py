@@ -144,7 +144,8 @@ CHANGES: dict[str, Change] = {
                "max_instances); mdpy uses it (ENOMEM from mdpy itself before)",
         "9c799c224d6e vfio/mdev: add mdev available instance checking to the core"),
     UNBOUND_POWER_D0: _change(
-        "6.16", "a PCI function no driver ever enabled reads power_state D0 (unknown before)",
+        "6.16", "a PCI function reads power_state D0 from its enumeration until a driver lets "
+                "go of it (unknown before)",
         "4d4c10f763d7 PCI: Explicitly put devices into D0 when initializing; drivers/pci/pci.c "
         "pci_pm_init"),
     KSTRTOBOOL_ENABLED_DISABLED: _change(

@@ -123,7 +123,4 @@ def pci_store_parse(parse: Callable[[bytes], int], buf: bytes, einval: bool) -> 
 
 def parse_ulong(buf: bytes) -> int:
     """kstrtoul, every failure EINVAL (remove, rescan)."""
-    try:
-        return kstrtoul(buf)
-    except OSError:
-        fail(errno.EINVAL)
+    return pci_store_parse(kstrtoul, buf, einval=True)

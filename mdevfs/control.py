@@ -345,8 +345,9 @@ def _errno_number(value: int | str) -> int:
     code: Any = value
     if isinstance(value, str):
         text = value.strip()
-        code = int(text) if text.isdigit() else getattr(errno, text.upper(), None)
-        if code is None or not text.upper().startswith("E") and not text.isdigit():
+        number = text.isascii() and text.isdigit()
+        code = int(text) if number else getattr(errno, text.upper(), None)
+        if code is None or not text.upper().startswith("E") and not number:
             fail(errno.EINVAL, f"unknown errno {value!r}: give a name such as EIO or a "
                                f"number from 1 to {MAX_ERRNO}")
     if not isinstance(code, int) or isinstance(code, bool):

@@ -121,6 +121,15 @@ def pci_store_parse(parse: Callable[[bytes], int], buf: bytes, einval: bool) -> 
         fail(errno.EINVAL)
 
 
+def sysfs_number(name: str) -> int | None:
+    """The number a sysfs name is, as the kernel prints one (``%d``: ASCII digits, no
+    leading zero), or None: ``7`` is 7; ``07``, ``²`` (a digit to str.isdigit, which int()
+    refuses) and ``+7`` are no number."""
+    if name.isascii() and name.isdigit() and (name == "0" or name[0] != "0"):
+        return int(name)
+    return None
+
+
 def parse_ulong(buf: bytes) -> int:
     """kstrtoul, every failure EINVAL (remove, rescan)."""
     return pci_store_parse(kstrtoul, buf, einval=True)

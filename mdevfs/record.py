@@ -38,7 +38,7 @@ from .kernel import (
     VFIO_DEV_CLASS,
     Version,
 )
-from .kparse import UUID_PATTERN
+from .kparse import UUID_PATTERN, sysfs_number
 
 UUID_RE = re.compile(UUID_PATTERN)
 #: files of a type directory the core makes; the rest are the driver's
@@ -325,8 +325,9 @@ def _device(rec: Recording, ddir: str) -> RecDevice:
     driver = rec.link(f"{ddir}/driver")
     dev.mdev_driver = driver.rsplit("/", 1)[-1] if driver else None
     vfio = [n for n in rec.listdir(f"{ddir}/vfio-dev") if n.startswith("vfio")]
-    if vfio and vfio[0][4:].isdigit():
-        dev.vfio_index = int(vfio[0][4:])
+    index = sysfs_number(vfio[0][4:]) if vfio else None
+    if index is not None:
+        dev.vfio_index = index
     for rel, writable in _files(rec, ddir, _DEVICE_CORE):
         value = rec.read(f"{ddir}/{rel}")
         if value is not None:
@@ -349,9 +350,7 @@ def _function(rec: Recording, address: str) -> RecFunction | None:
 
 def _group(rec: Recording, directory: str) -> int | None:
     target = rec.link(f"{directory}/iommu_group")
-    if target is None or not target.rsplit("/", 1)[-1].isdigit():
-        return None
-    return int(target.rsplit("/", 1)[-1])
+    return None if target is None else sysfs_number(target.rsplit("/", 1)[-1])
 
 
 def _files(rec: Recording, directory: str, core: set[str],

@@ -48,7 +48,7 @@ from .attributes import (
 )
 from .errors import fail
 from .kernel import NO_VFIO_MDEV_DRIVER, PER_PARENT_MDEV_DRIVER, VFIO_DEV_CLASS
-from .kparse import device_named, parse_ulong
+from .kparse import device_named, parse_ulong, sysfs_number
 from .model import VFIO_MDEV, Binding, Host, HostObserver, MdevDevice, MdevType, Parent
 from .nodes import (
     PAGE_SIZE,
@@ -541,9 +541,8 @@ class Tree(PciTree, HostObserver):
 
     def _bound_mdev(self, name: str) -> MdevDevice | None:
         """The bound mdev whose IOMMU group is called ``name``."""
-        if not name.isdigit() or str(int(name)) != name:
-            return None
-        return self._mdev_groups.get(int(name))
+        number = sysfs_number(name)
+        return None if number is None else self._mdev_groups.get(number)
 
     def _mdev_group(self, view: ViewDir, name: str) -> Node | None:
         mdev = self._bound_mdev(name)
@@ -565,10 +564,8 @@ class Tree(PciTree, HostObserver):
         return self._attach(view, Link(name, self.virtual_vfio.child(name)))
 
     def _mdev_vfio_dev_link(self, view: ViewDir, name: str) -> Node | None:
-        index = name.removeprefix("vfio")
-        if not name.startswith("vfio") or not index.isdigit() or str(int(index)) != index:
-            return None
-        mdev = self._mdev_vfio.get(int(index))
+        index = sysfs_number(name[4:]) if name.startswith("vfio") else None
+        mdev = None if index is None else self._mdev_vfio.get(index)
         if mdev is None:
             return None
         return self._attach(view, InnerLink(name, self._ddir(mdev), "vfio-dev"))

@@ -204,6 +204,19 @@ def test_missing_names_are_enoent(mtty):
     assert errno_of(os.stat, mtty.root / "bus/mdev/devices" / U) == errno.ENOENT
 
 
+def test_a_group_name_no_kernel_prints_is_enoent(mtty):
+    """The views of groups and vfio devices know only the names the kernel prints (%d):
+    a device's group ``0`` exists; ``00``, ``+0`` and a digit outside ASCII (``²``, which
+    int() refuses) are ENOENT, never EIO."""
+    mtty.create("mtty-1", U)
+    for view, good in (("kernel/iommu_groups", "0"), ("class/vfio", "0"),
+                       ("devices/virtual/vfio", "0"), ("class/vfio-dev", "vfio0")):
+        assert os.path.lexists(mtty.root / view / good)
+        for bad in ("00", "+0", "²", "٣"):
+            name = good.replace("0", bad)
+            assert errno_of(os.stat, mtty.root / view / name) == errno.ENOENT, name
+
+
 # --- §2.2 create --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("data", [U, U + "\n", U + "X"])

@@ -224,7 +224,7 @@ def write_new(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> N
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            os.fchmod(f.fileno(), mode & ~_umask())
+            os.fchmod(f.fileno(), mode & ~umask())
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -232,7 +232,7 @@ def write_new(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> N
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process's umask, read without setting it (os.umask would change it for every
     thread for a moment)."""
     with open("/proc/self/status", encoding="ascii") as status:

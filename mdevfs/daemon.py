@@ -381,9 +381,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def preloaded() -> Callable[[list[str]], int]:
     """:func:`main`, with everything a daemon imports imported now (pyfuse3 and trio, with
-    :mod:`mdevfs.fuse`): a process that forks daemons imports them once, not each daemon."""
-    from . import fuse  # noqa: F401
+    :mod:`mdevfs.fuse`, and the drivers and services mdevfs ships): a process that forks
+    daemons imports them once, not each daemon. A third party's driver is left for each
+    daemon to import from disk, so that a process that lives on (the forker) never serves
+    an old copy of it."""
+    import importlib.metadata
 
+    from . import fuse  # noqa: F401
+    from .driver import ENTRY_POINT_GROUP, SERVICE_GROUP
+
+    for group in (ENTRY_POINT_GROUP, SERVICE_GROUP):
+        for ep in importlib.metadata.entry_points(group=group):
+            if ep.dist is not None and ep.dist.name == "mdevfs":
+                with contextlib.suppress(Exception):  # `mdevfs drivers` says why
+                    ep.load()
     return main
 
 

@@ -42,6 +42,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .beneath import umask
 from .runtime import runtime_dir
 
 #: seconds without a request after which the forker leaves
@@ -132,9 +133,7 @@ class Forker:
         """A daemon running ``argv`` (as :func:`mdevfs.process.daemon_argv` builds it), with
         this process's environment and umask: (pid, start time), or None if the forker
         cannot (another namespace, or it failed: the caller forks its own)."""
-        umask = os.umask(0o022)
-        os.umask(umask)
-        request = {"argv": list(argv), "env": dict(os.environ), "umask": umask,
+        request = {"argv": list(argv), "env": dict(os.environ), "umask": umask(),
                    "new_session": new_session}
         try:
             with self.sock:
@@ -181,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - python -m 
     from . import daemon
 
     entry = daemon.preloaded()
-    _preload_drivers()
     listener = _listen(path)
     if listener is None:
         return 0  # another forker has it
@@ -218,50 +216,15 @@ def _idle() -> float:
         return IDLE
 
 
-def _preload_drivers() -> None:
-    """The shipped drivers and services (their code is in the fingerprint); a third party's
-    are left for each daemon to import from disk."""
-    import importlib.metadata
-
-    from .driver import ENTRY_POINT_GROUP
-
-    for group in (ENTRY_POINT_GROUP, "mdevfs.services"):
-        for ep in importlib.metadata.entry_points(group=group):
-            if ep.value.startswith(_DRIVERS + "."):
-                with contextlib.suppress(Exception):
-                    ep.load()
-
-
 def _listen(path: Path) -> socket.socket | None:
-    """A socket listening at ``path``, created 0600; None if a live forker has it. A stale
-    one (nobody answers) is replaced."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
+    """A socket listening at ``path``, 0600 (:func:`mdevfs.control.bind`: a stale one is
+    replaced); None if a live forker has it or something else is there."""
+    from .control import bind
+
     try:
-        try:
-            sock.bind(os.fspath(path))
-        except OSError:
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(os.fspath(path))
-                sock.close()
-                return None  # alive
-            except OSError:
-                pass
-            finally:
-                probe.close()
-            if not path.is_socket():
-                sock.close()
-                return None  # not ours to remove
-            path.unlink()
-            sock.bind(os.fspath(path))
+        return bind(path)
     except OSError:
-        sock.close()
         return None
-    finally:
-        os.umask(old)
-    sock.listen(16)
-    return sock
 
 
 def _serve(conn: socket.socket, entry: object) -> None:

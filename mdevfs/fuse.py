@@ -129,7 +129,6 @@ class SysfsOperations(pyfuse3.Operations):
         self.after_store = after_store
         tree.dropped = []
         tree.recounted = set()
-        tree.graveyard = []
         #: the inodes the kernel holds, with its lookup count of each (every entry given by
         #: lookup or readdirplus counts one; forget takes its count back: the kernel may
         #: forget one lookup, of a revalidation that found a new inode, while it still holds
@@ -143,7 +142,6 @@ class SysfsOperations(pyfuse3.Operations):
         #: lookup is answered uncached, so that no name of what goes (a view's name made
         #: meanwhile included) is cached past the change
         self.doomed: dict[int, int] = {}
-        self._dooming = 0
         #: a removed node's link count: 1 for a file and 2 for a directory, 0 from 7.0
         self._dead_nlink = 0 if tree.host.kernel.has(REMOVED_NLINK_ZERO) else None
         self._notifier = _Notifier()
@@ -166,16 +164,6 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
-    def _bury(self) -> None:
-        """A removed node the kernel holds stats with a removed node's link count."""
-        graveyard = self.tree.graveyard
-        if graveyard:
-            held, recounted = self.held, self.tree.recounted
-            for node in graveyard:
-                if node.inode in held and recounted is not None:
-                    recounted.add(node.inode)
-            graveyard.clear()
-
     def _new_fh(self, value: Any) -> int:
         fh = self._next_fh
         self._next_fh += 1
@@ -190,7 +178,7 @@ class SysfsOperations(pyfuse3.Operations):
         if attr is None:
             attr = self._fresh_attributes()
         attr.st_ino = node.inode
-        attr.entry_timeout = 0 if self._dooming else ENTRY_TIMEOUT
+        attr.entry_timeout = 0 if self.doomed else ENTRY_TIMEOUT
         if isinstance(node, File):
             attr.st_mode = stat.S_IFREG | node.op.mode
             # as sysfs: every attribute stats with size 4096, a binary one with its own
@@ -229,15 +217,13 @@ class SysfsOperations(pyfuse3.Operations):
     async def invalidate_dropped(self) -> None:
         """Tell the kernel to forget every name the tree dropped that it holds, and wait
         until it has."""
-        self._bury()
         recounted = self.tree.recounted
         if recounted:
-            # a directory's link count changed: only its cached attributes go, which
-            # takes no lock in the kernel, so it is safe inside a request; an inode the
-            # kernel was never given (or has forgotten) has no attributes to forget
-            known = self.known
-            self.forget_attributes([inode for inode in recounted
-                                    if inode in known or inode == ROOT_INODE])
+            # a link count changed (a directory's, a removed node's): only its cached
+            # attributes go, which takes no lock in the kernel, so it is safe inside a
+            # request; an inode the kernel was never given (or forgot) has none to forget
+            held = self.held
+            self.forget_attributes([inode for inode in recounted if inode in held])
             recounted.clear()
         if self.tree.dropped:
             batch, self.tree.dropped = self.tree.dropped, []
@@ -261,9 +247,6 @@ class SysfsOperations(pyfuse3.Operations):
                 pyfuse3.invalidate_inode(inode, attr_only=True)
 
     def _doom(self, names: list[Node], change: int) -> None:
-        if not names:
-            return
-        self._dooming += change
         doomed = self.doomed
         for name in names:
             left = doomed.get(name.inode, 0) + change

@@ -342,6 +342,15 @@ class Host(PciBus):
         takes them, its remove gives them back); before 5.14, from create to remove."""
         return mdev.binding is not None or not self.kernel.has(PER_PARENT_MDEV_DRIVER)
 
+    @staticmethod
+    def removes(buf: bytes) -> bool:
+        """Whether ``buf``, written to a device's ``remove``, removes it: a value kstrtoul
+        takes, and not 0 (:meth:`remove`'s rule)."""
+        try:
+            return parse_ulong(buf) != 0
+        except OSError:
+            return False
+
     def remove(self, mdev: MdevDevice, buf: bytes) -> int:
         """``remove_store()`` (ABI §2.3): kstrtoul base 0, any failure EINVAL; 0 is a
         successful no-op."""

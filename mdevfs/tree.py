@@ -48,10 +48,9 @@ from .attributes import (
 )
 from .errors import fail
 from .kernel import NO_VFIO_MDEV_DRIVER, PER_PARENT_MDEV_DRIVER, VFIO_DEV_CLASS
-from .kparse import device_named, parse_ulong, sysfs_number
+from .kparse import device_named, sysfs_number
 from .model import VFIO_MDEV, Binding, Host, HostObserver, MdevDevice, MdevType, Parent
 from .nodes import (
-    PAGE_SIZE,
     ROOT_INODE,
     DeviceDir,
     Dir,
@@ -85,9 +84,6 @@ class Tree(PciTree, HostObserver):
         self.recounted: set[int] | None = None
         #: counts every change of any directory's entries (a listing is rebuilt when it moved)
         self.generation = 0
-        #: every node dropped since the FUSE adapter last looked: one the kernel knows may
-        #: still be held open (fstat answers for it); None while nobody listens
-        self.graveyard: list[Node] | None = None
         #: what each object added: all of it, and what goes when it is unbound (a device's
         #: names outside its directory are views of the model: see ``_device_views``; what
         #: binding put inside a device's directory, once built)
@@ -198,8 +194,8 @@ class Tree(PciTree, HostObserver):
         while stack:
             cur = stack.pop()
             self.size -= 1
-            if self.graveyard is not None:
-                self.graveyard.append(cur)
+            if self.recounted is not None:  # a removed node's link count, if still held
+                self.recounted.add(cur.inode)
             cur.parent = None  # no cycle is left behind: reference counting frees it all
             if isinstance(cur, Link):
                 cur.to = None  # type: ignore[assignment]
@@ -495,23 +491,18 @@ class Tree(PciTree, HostObserver):
         its IOMMU group and vfio group) that has been made; else none."""
         if not isinstance(node, File) or node.op is not DEVICE_REMOVE or node.parent is None:
             return []
-        try:
-            if parse_ulong(buf[:PAGE_SIZE]) == 0:
-                return []
-        except OSError:
+        if not Host.removes(buf):
             return []
         made = (raw_children(view).get(name) for view, name in self._device_views(node.obj))
         return [node.parent, *(n for n in made if n is not None)]
 
     def device_removed(self, mdev: MdevDevice) -> None:
-        ddir = self._ddir(mdev)
-        self._drop_all(self._bound_inside.pop(mdev, []))
+        ddir = self._ddir(mdev)  # unbound already (Host._destroy): what binding made is gone
         for view, name in self._device_views(mdev):
             node = raw_children(view).get(name)
             if node is not None:
                 self._drop(node)
         self._drop(ddir)
-        self.generation += 1
 
     # --- the views: the names of devices outside their directories, made when looked up ----
 

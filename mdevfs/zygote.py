@@ -9,7 +9,6 @@ and outlive it.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -28,15 +27,8 @@ def main() -> None:  # pragma: no cover - runs as python -m mdevfs.zygote
     one JSON line per host: ``{"ready": true, "pid": N}`` or ``{"error", "kind"}``."""
     parent = os.getppid()  # the fleet up that started it
     import gc
-    import importlib.metadata
-
-    from .driver import ENTRY_POINT_GROUP
 
     daemon.preloaded()  # what every daemon imports, once for all
-
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        with contextlib.suppress(Exception):
-            ep.load()  # the shipped drivers, imported once for all
     try:  # it must never go on forking daemons nobody waits for (up killed, even by OOM)
         namespace.die_with(parent)
     except OSError as exc:

@@ -124,6 +124,34 @@ def test_a_run_with_descriptors_of_its_own_gets_its_daemon_from_the_forker(runti
     assert proc.returncode == 0
 
 
+def test_the_daemon_gets_the_runs_umask_and_environment(runtime, tmp_path):
+    """What the run's daemon creates, it creates with the run's umask (a new state file:
+    0644 less the umask), whatever the forker's own; and the services' environment it
+    reports is worked out from the run's (the NVML library under its XDG_CACHE_HOME)."""
+    forker_up(runtime)
+    cache = tmp_path / "cache"
+    for mask, mode in (("077", 0o600), ("027", 0o640)):
+        state = tmp_path / f"state-{mask}.json"
+        out = subprocess.run(
+            ["sh", "-c", f'umask {mask}; exec "$@"', "sh", *MDEVFS, "run", "--state",
+             str(state), "--", "sh", "-c", "echo $LD_LIBRARY_PATH"],
+            env=dict(runtime, XDG_CACHE_HOME=str(cache)), capture_output=True, text=True,
+            timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert state.stat().st_mode & 0o777 == mode
+        assert out.stdout.startswith(f"{cache}/mdevfs/nvml-"), out.stdout
+
+
+def test_another_python_path_gets_another_forker(monkeypatch):
+    """The forker's name is a fingerprint of what it imported: a run with another
+    PYTHONPATH (code it would import from elsewhere) never reaches this one."""
+    here = forker.socket_path()
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert forker.socket_path() != here
+    monkeypatch.delenv("PYTHONPATH")
+    assert forker.socket_path() == here
+
+
 def test_a_run_in_another_mount_namespace_forks_its_own_daemon(runtime):
     """The forker's daemon would mount where the run cannot see it: the forker refuses,
     and run forks the daemon itself."""

@@ -136,6 +136,27 @@ def test_each_gpu_parent_is_its_own_once_rebound(tmp_path):
         assert m.devices() == sorted([kept, made])
 
 
+def test_the_group_directories_count_pci_and_mdev_groups_made_or_not(m):
+    """kernel/iommu_groups and devices/virtual/vfio hold a PCI function's groups (made
+    with it) beside an mdev's (made when looked up): st_nlink is 2 + every group, whether
+    made or not; an mdev whose group was never looked up, unbound, takes one away."""
+    dirs = ("kernel/iommu_groups", "devices/virtual/vfio")
+
+    def nlinks() -> list[int]:
+        return [os.stat(m.path(d)).st_nlink for d in dirs]
+
+    m.write(f"{GPU}/driver/unbind", "0000:41:00.0")
+    m.write(f"{GPU}/driver_override", "vfio-pci")
+    m.write("bus/pci/drivers_probe", "0000:41:00.0")  # a PCI vfio group beside the mdevs'
+    seen = m.create("mtty-1", parent="mtty")
+    unseen = m.create("mtty-1", parent="mtty")
+    assert os.path.isdir(m.path(f"bus/mdev/devices/{seen}/iommu_group"))  # its group made
+    before = nlinks()
+    m.write("bus/mdev/drivers/mtty/unbind", unseen)  # its group never made
+    assert [b - a for a, b in zip(nlinks(), before)] == [1, 1]
+    assert nlinks() == [2 + len(os.listdir(m.path(d))) for d in dirs]
+
+
 def test_a_function_of_no_gpu_of_a_gpu_driver_finds_nothing_to_probe(m):
     """nvidia is one instance per GPU here: the iGPU handed to it (driver_override, then
     drivers_probe or bind) is no GPU of its, so it stays unbound (bind: ENODEV), and no
